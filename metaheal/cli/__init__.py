@@ -1,0 +1,36 @@
+"""The ``metaheal`` command: one Typer app; each area registers its sub-commands here."""
+
+from __future__ import annotations
+
+import typer
+
+from metaheal.cli import agents, core, ledger, run, streams
+
+app = typer.Typer(
+    help="metaheal: Kafka-native, meta-coordinated self-healing control plane.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# foundation
+app.command("broker")(core.broker)
+app.add_typer(core.topics_app, name="topics")
+app.add_typer(core.config_app, name="config")
+
+# ledger
+app.add_typer(ledger.ledger_app, name="ledger")
+app.add_typer(ledger.keys_app, name="keys")
+
+# streams
+app.add_typer(streams.streams_app, name="streams")
+app.add_typer(streams.bench_app, name="bench")
+
+# agents (meta loop, advisors, executors)
+app.add_typer(agents.approvals_app, name="approvals")
+
+# the main job
+app.command("demo")(run.demo)
+
+
+def main() -> None:
+    app()

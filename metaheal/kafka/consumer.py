@@ -1,0 +1,110 @@
+"""Consumers: group members for workers, group-less readers for replay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer as _Consumer
+
+from metaheal.config import KafkaSettings
+from metaheal.kafka.config import consumer_config
+from metaheal.kafka.errors import KafkaUnavailable
+
+
+class Consumer:
+    """Wraps ``confluent_kafka.Consumer``; partition-EOF events are always enabled."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group_id: str | None = None,
+        *,
+        auto_offset_reset: str = "earliest",
+        enable_auto_commit: bool = False,
+        **overrides: Any,
+    ) -> None:
+        cfg = consumer_config(
+            settings, group_id, auto_offset_reset=auto_offset_reset, enable_auto_commit=enable_auto_commit
+        )
+        cfg.update(overrides)
+        self._consumer = _Consumer(cfg)
+
+    @property
+    def raw(self) -> _Consumer:
+        return self._consumer
+
+    def subscribe(self, topics: list[str], **kwargs: Any) -> None:
+        self._consumer.subscribe(topics, **kwargs)
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        try:
+            md = self._consumer.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"cannot read metadata for {topic}: {exc}") from exc
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise KafkaUnavailable(f"topic {topic} does not exist")
+        return sorted(t.partitions)
+
+    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
+        """Data messages only; EOF events are dropped, real errors raised."""
+        msgs = self._consumer.consume(max_messages, timeout)
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                raise KafkaUnavailable(f"consume error: {err}")
+        return out
+
+    def read_to_end(
+        self,
+        topic: str,
+        *,
+        partitions: list[int] | None = None,
+        start_offsets: dict[int, int] | None = None,
+        timeout: float = 30.0,
+        batch: int = 1000,
+    ) -> Iterator[Message]:
+        """Yield every record from the start offsets to the current end of each partition.
+
+        The end is found by partition EOF (not watermarks, which tansu gets wrong).
+        """
+        parts = partitions if partitions is not None else self.partitions(topic)
+        start_offsets = start_offsets or {}
+        self._consumer.assign([TopicPartition(topic, p, start_offsets.get(p, OFFSET_BEGINNING)) for p in parts])
+        pending = set(parts)
+        deadline = time.monotonic() + timeout
+        try:
+            while pending:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"timed out reading {topic} to its end (partitions {sorted(pending)})")
+                for m in self._consumer.consume(batch, 0.5):
+                    err = m.error()
+                    if err is None:
+                        yield m
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                    else:
+                        raise KafkaUnavailable(f"consume error on {topic}: {err}")
+        finally:
+            self._consumer.unassign()
+
+    def commit(self, message: Message | None = None, asynchronous: bool = False) -> None:
+        if message is None:
+            self._consumer.commit(asynchronous=asynchronous)
+        else:
+            self._consumer.commit(message=message, asynchronous=asynchronous)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

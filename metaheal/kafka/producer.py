@@ -1,0 +1,110 @@
+"""A thin producer: bytes in, delivery reports out, errors raised not logged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as _Producer
+
+from metaheal.config import KafkaSettings
+from metaheal.kafka.config import producer_config
+from metaheal.kafka.errors import KafkaUnavailable
+
+Headers = Mapping[str, str | bytes] | None
+
+
+def _headers(headers: Headers) -> list[tuple[str, bytes]] | None:
+    if not headers:
+        return None
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in headers.items()]
+
+
+class Producer:
+    """Wraps ``confluent_kafka.Producer``.
+
+    ``produce`` is fire-and-forget (call ``flush`` at the end of a batch);
+    ``send`` returns only after the broker acknowledged the record, which is what
+    write-ahead callers (the ledger) need.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, idempotent: bool = False, **overrides: Any) -> None:
+        cfg = producer_config(settings, idempotent=idempotent)
+        cfg.update(overrides)
+        self._producer = _Producer(cfg)
+        self._errors: list[KafkaError] = []
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: Headers = None,
+        partition: int | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": _headers(headers)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, on_delivery=self._on_delivery, **kwargs)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            self._errors.append(err)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every queued record; raise if any was not delivered."""
+        remaining = self._producer.flush(timeout)
+        errors, self._errors = self._errors, []
+        if remaining:
+            raise KafkaUnavailable(f"{remaining} record(s) not delivered within {timeout}s")
+        if errors:
+            raise KafkaUnavailable(f"{len(errors)} record(s) failed: {errors[0]}")
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None = None,
+        headers: Headers = None,
+        partition: int | None = None,
+        timeout: float = 10.0,
+    ) -> Message:
+        """Produce one record and block until the broker acknowledged it."""
+        result: dict[str, Any] = {}
+
+        def done(err: KafkaError | None, msg: Message) -> None:
+            result["err"], result["msg"] = err, msg
+
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": _headers(headers)}
+        if partition is not None:
+            kwargs["partition"] = partition
+        try:
+            self._producer.produce(topic, on_delivery=done, **kwargs)
+        except (BufferError, KafkaException) as exc:
+            raise KafkaUnavailable(f"cannot produce to {topic}: {exc}") from exc
+        self._producer.flush(timeout)
+        if "msg" not in result:
+            raise KafkaUnavailable(f"no acknowledgement from the broker for {topic} within {timeout}s")
+        if result["err"] is not None:
+            raise KafkaUnavailable(f"produce to {topic} failed: {result['err']}")
+        return result["msg"]
+
+    async def send_async(self, *args: Any, **kwargs: Any) -> Message:
+        return await asyncio.to_thread(self.send, *args, **kwargs)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.flush(timeout)
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,160 @@
+"""Serializers: Avro single-object encoding on fastavro, plus JSON telemetry.
+
+Single-object encoding (Avro spec): ``C3 01`` marker, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form, then the binary
+datum. Any reader holding the ``.avsc`` files knows the schema without a registry.
+
+>>> from metaheal.events import Metric
+>>> ser, de = AvroSerializer(Metric), AvroDeserializer(Metric)
+>>> data = ser(Metric(service="api", metric="latency_ms", value=1.5, ts=0.0))
+>>> data[:2]
+b'\\xc3\\x01'
+>>> de(data).value
+1.5
+>>> de(data[:5])
+Traceback (most recent call last):
+...
+metaheal.kafka.serializers.DecodeError: truncated: 5 bytes is shorter than the 10-byte single-object header
+>>> TelemetryDeserializer()(b'{"service": "api", "metric": "cpu_utilization", "value": 0.5, "ts": 1}')[0].metric
+'cpu_utilization'
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from typing import Any, Generic, TypeVar
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+from pydantic import ValidationError
+
+from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch
+from metaheal.schemas import load
+
+E = TypeVar("E", bound=Event)
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+
+
+class DecodeError(ValueError):
+    """Input that cannot become an event; the message names the problem and field."""
+
+
+def _fingerprint(schema: dict[str, Any]) -> bytes:
+    canonical = to_parsing_canonical_form(fastavro.parse_schema(schema))
+    return struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def validate(model: type[E], data: Any) -> E:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise DecodeError(f"invalid {model.__name__}: {_validation_message(exc)}") from None
+
+
+class AvroSerializer(Generic[E]):
+    """``event -> bytes`` in single-object encoding."""
+
+    def __init__(self, model: type[E]) -> None:
+        self.model = model
+        self.schema = load(model)
+        self._parsed = fastavro.parse_schema(self.schema)
+        self.fingerprint = _fingerprint(self.schema)
+        self._header = MAGIC + self.fingerprint
+
+    def __call__(self, event: E) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        fastavro.schemaless_writer(buf, self._parsed, event.model_dump(mode="python"))
+        return buf.getvalue()
+
+
+class AvroDeserializer(Generic[E]):
+    """``bytes -> event``; raises :class:`DecodeError` for anything else."""
+
+    def __init__(self, model: type[E]) -> None:
+        self.model = model
+        self._parsed = fastavro.parse_schema(load(model))
+        self.fingerprint = _fingerprint(load(model))
+
+    def decode_dict(self, data: bytes) -> dict[str, Any]:
+        check_header(data, self.fingerprint, self.model.__name__)
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._parsed, None)
+        except (EOFError, StopIteration, struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
+            raise DecodeError(f"truncated or corrupt {self.model.__name__} datum: {exc!r}") from None
+        return record  # type: ignore[return-value]
+
+    def __call__(self, data: bytes) -> E:
+        return validate(self.model, self.decode_dict(data))
+
+
+def check_header(data: bytes, expected: bytes | None, what: str = "record") -> bytes:
+    """Return the fingerprint after checking marker and length (and identity if ``expected``)."""
+    if len(data) < HEADER_LEN:
+        raise DecodeError(f"truncated: {len(data)} bytes is shorter than the {HEADER_LEN}-byte single-object header")
+    if data[:2] != MAGIC:
+        raise DecodeError(f"not Avro single-object encoding: marker {data[:2].hex()} != c301")
+    fp = data[2:HEADER_LEN]
+    if expected is not None and fp != expected:
+        raise DecodeError(f"unknown schema fingerprint {fp.hex()} (expected {what} {expected.hex()})")
+    return fp
+
+
+class EventDecoder:
+    """Decodes any metaheal event by its fingerprint (for tools like ``ledger replay``)."""
+
+    def __init__(self, models: tuple[type[Event], ...] = EVENT_TYPES) -> None:
+        self._by_fp = {d.fingerprint: d for d in (AvroDeserializer(m) for m in models)}
+
+    def __call__(self, data: bytes) -> Event:
+        fp = check_header(data, None)
+        de = self._by_fp.get(fp)
+        if de is None:
+            raise DecodeError(f"unknown schema fingerprint {fp.hex()}")
+        return de(data)
+
+
+class TelemetryDeserializer:
+    """Telemetry as producers send it: Avro Metric/MetricBatch, or JSON (single or ``{"samples": [...]}``)."""
+
+    def __init__(self) -> None:
+        self._metric = AvroDeserializer(Metric)
+        self._batch = AvroDeserializer(MetricBatch)
+
+    def __call__(self, data: bytes | None) -> list[Metric]:
+        if not data:
+            raise DecodeError("empty record: no telemetry value")
+        if data[:2] == MAGIC:
+            fp = check_header(data, None)
+            if fp == self._metric.fingerprint:
+                return [self._metric(data)]
+            if fp == self._batch.fingerprint:
+                return self._batch(data).samples
+            raise DecodeError(f"unknown schema fingerprint {fp.hex()} on telemetry (expected Metric or MetricBatch)")
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DecodeError(f"neither Avro single-object nor JSON: {exc}") from None
+        if isinstance(doc, dict) and "samples" in doc:
+            return validate(MetricBatch, doc).samples
+        if isinstance(doc, dict):
+            return [validate(Metric, doc)]
+        raise DecodeError(f"JSON telemetry must be an object, got {type(doc).__name__}")
+
+
+class JsonSerializer(Generic[E]):
+    """``event -> JSON bytes``; for humans and tools that cannot read Avro."""
+
+    def __call__(self, event: E) -> bytes:
+        return event.model_dump_json().encode()
