@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from metaheal.cli import agents, core, ledger, run, streams
+from metaheal.cli import agents, core, ledger, run, score, status, streams
 
 app = typer.Typer(
     help="metaheal: Kafka-native, meta-coordinated self-healing control plane.",
@@ -24,9 +24,11 @@ app.add_typer(ledger.keys_app, name="keys")
 # streams
 app.add_typer(streams.streams_app, name="streams")
 app.add_typer(streams.bench_app, name="bench")
+app.command("score")(score.score)
 
 # agents (meta loop, advisors, executors)
 app.add_typer(agents.approvals_app, name="approvals")
+app.command("status")(status.status)
 
 # the main job
 app.command("demo")(run.demo)
