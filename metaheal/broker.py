@@ -51,6 +51,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 @dataclass
 class EmbeddedBroker:
     """Start/stop a tansu broker process; usable as a context manager.
@@ -92,6 +100,14 @@ class EmbeddedBroker:
             start_new_session=True,
         )
         deadline = t0 + timeout
+        # Wait for the TCP listener first so librdkafka does not log refused connections.
+        while not _port_open(self.host, self.port):
+            if self._proc.poll() is not None:
+                raise BrokerError(f"tansu exited with code {self._proc.returncode} (port {self.port} in use?)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"tansu did not listen on {self.bootstrap} within {timeout}s")
+            time.sleep(0.01)
         admin = Admin(self.kafka_settings(), timeout=2.0)
         while True:
             if self._proc.poll() is not None:
