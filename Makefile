@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean schemas
+.PHONY: install tools demo test bench clean schemas config-example
 
 $(STAMP): pyproject.toml constraints.txt requirements-broker.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,30 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/metaheal demo
 
-test: install
+test: install tools
 	$(PY) -m pytest
+
+# Helpers outside PyPI, each installed only when missing: kcat (Debian package; we
+# run it with the wheel's librdkafka, see metaheal/kcat.py) and s3rver (npm, the
+# local S3 server behind `metaheal broker --data-dir`), project-locally in .tools/.
+S3RVER := .tools/node_modules/s3rver/bin/s3rver.js
+
+tools: $(S3RVER)
+	@command -v kcat >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kcat; }
+
+$(S3RVER):
+	mkdir -p .tools
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error s3rver@3.7.1
+
+bench: install tools
+	$(PY) benchmarks/bench_broker.py
+	$(PY) benchmarks/bench_codec.py
 
 schemas: install
 	$(PY) -m metaheal.schemas
+
+config-example: install
+	$(VENV)/bin/metaheal config example > metaheal.yaml.example
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache

@@ -1,0 +1,11 @@
+"""The signed, hash-chained, replayable ledger (``metaheal.ledger``).
+
+>>> from metaheal.ledger import ImmutableLog, LedgerUnavailable
+>>> from metaheal.kafka import KafkaUnavailable
+>>> issubclass(LedgerUnavailable, KafkaUnavailable)
+True
+"""
+
+from metaheal.ledger.log import ImmutableLog, LedgerUnavailable
+
+__all__ = ["ImmutableLog", "LedgerUnavailable"]

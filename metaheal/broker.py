@@ -9,12 +9,14 @@ Durable storage uses tansu's ``s3://`` engine against a local S3 server
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: have the kernel SIGTERM the child when its parent dies.
+
+    A killed test run or a crashed ``metaheal up`` must not leave brokers behind.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: best effort only
+        pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -88,6 +111,8 @@ class EmbeddedBroker:
     def start(self, timeout: float = 20.0) -> float:
         """Start the broker and return the seconds until it answered metadata."""
         binary = tansu_binary()
+        if not _port_free(self.host, self.port):
+            raise BrokerError(f"cannot listen on {self.bootstrap}: the port is in use")
         url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         t0 = time.monotonic()
@@ -98,6 +123,8 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             start_new_session=True,
+            # PDEATHSIG fires when the creating *thread* exits, so only from the main thread.
+            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         deadline = t0 + timeout
         # Wait for the TCP listener first so librdkafka does not log refused connections.

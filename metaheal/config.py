@@ -66,6 +66,12 @@ class CycleSettings(_Section):
     focus_decision_min_confidence: float = Field(0.70, ge=0, le=1)
     advice_wait_seconds: float = Field(5.0, ge=0)
     strong_anomaly_score: float = Field(0.99, ge=0, le=1)
+    # meta loop (agents/meta_loop.py)
+    evidence_window_seconds: float = Field(300.0, gt=0, description="how far back health/anomalies count as evidence")
+    lease_seconds: float = Field(10.0, gt=0, description="leader lease on the control topic; heartbeats every third")
+    stable_cycles_to_loosen: int = Field(3, ge=1, description="quiet cycles in a row before loosening one level")
+    min_outcomes_for_guardrails: int = Field(3, ge=1, description="outcomes needed before success rates move guardrails")
+    learning_half_life_seconds: float = Field(3600.0, gt=0, description="recency weighting of outcomes")
 
 
 class GuardrailLevelSettings(_Section):
@@ -88,12 +94,35 @@ class GuardrailSettings(_Section):
     initial_level: GuardrailLevel = "maintain"
     levels: dict[GuardrailLevel, GuardrailLevelSettings] = Field(default_factory=_default_levels)
 
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _merge_level_defaults(cls, v: Any) -> Any:
+        """Keys not given keep the design defaults, so one env override
+        (``METAHEAL_GUARDRAILS__LEVELS__TIGHT__MAX_BLAST_RADIUS=0``) changes one value only."""
+        if not isinstance(v, dict):
+            return v
+        merged: dict[str, Any] = {name: lv.model_dump() for name, lv in _default_levels().items()}
+        for name, level in v.items():
+            base = merged.get(name)
+            merged[name] = {**base, **level} if isinstance(level, dict) and base is not None else level
+        return merged
+
 
 class MLSettings(_Section):
     ml_anomaly_weight: float = Field(0.30, ge=0, le=1)
     ml_root_cause_weight: float = Field(0.25, ge=0, le=1)
     ml_playbook_weight: float = Field(0.45, ge=0, le=1)
     ml_min_confidence: float = Field(0.65, ge=0, le=1)
+    # advisors (agents/advisors/)
+    knowledge_map: Path | None = Field(None, description="YAML symptoms->causes map replacing the built-in one")
+    lookback_seconds: float = Field(300.0, gt=0, description="anomalies/health this far before a cycle are its evidence")
+    unknown_below: float = Field(0.35, ge=0, le=1, description="report 'unknown' when no cause is this probable")
+    learned_weight_halfway: float = Field(20.0, gt=0, description="confirmed outcomes at which learned = map weight")
+    prior_pseudo_count: float = Field(8.0, gt=0, description="weight of a playbook's prior_success, in outcomes")
+    outcome_half_life_hours: float = Field(168.0, gt=0, description="recency decay of playbook outcomes")
+    explore: bool = Field(True, description="Thompson-sample playbook scores where evidence is thin")
+    seed: int = 0
+    replay_hours: float = Field(24.0 * 30, gt=0, description="signed outcomes replayed from the ledger on start")
 
 
 class StreamSettings(_Section):
@@ -102,12 +131,18 @@ class StreamSettings(_Section):
     anomaly_threshold: float = Field(0.99, ge=0, le=1)
     reporting_floor: float = Field(0.9, ge=0, le=1)
     signal_map: dict[str, str] = Field(default_factory=dict, description="metric name -> signal kind overrides")
+    # streams worker (streams/app.py)
+    group_id: str = Field("streams", description="consumer group / faust app id, after the topic prefix")
+    seed: int = 0
+    datadir: Path | None = Field(None, description="faust data folder; None = a fresh temporary folder")
+    web_port: int | None = Field(None, description="faust web server port on 127.0.0.1; None = off")
 
 
 class LedgerSettings(_Section):
     checkpoint_every_entries: int = Field(1000, gt=0)
     checkpoint_every_seconds: float = Field(60.0, gt=0)
     origin: str = "metaheal.ledger"
+    append_timeout_seconds: float = Field(10.0, gt=0, description="how long an append waits for the broker's ack")
 
 
 class ServiceSettings(_Section):
@@ -116,6 +151,31 @@ class ServiceSettings(_Section):
     dependencies: list[str] = Field(default_factory=list)
     criticality: Literal["low", "medium", "high", "critical"] = "medium"
     owner: str | None = None
+
+
+class FreezeWindow(_Section):
+    """No automated change between ``start`` and ``end`` (epoch seconds, UTC) for the listed services."""
+
+    start: float
+    end: float
+    services: list[str] = Field(default_factory=lambda: ["*"])
+    reason: str = "change freeze"
+
+
+class ExecutorSettings(_Section):
+    """Policies of the agentic executor (agents/); every limit applies before any action."""
+
+    group_id: str = "metaheal-executor"
+    dry_run: bool = False
+    kill_switch: bool = False
+    kill_switch_file: Path | None = Field(None, description="if this file exists, the kill switch is engaged")
+    max_actions_per_hour: int = Field(6, ge=0)
+    rate_limits: dict[str, int] = Field(default_factory=dict, description="per-service max actions/hour overrides")
+    freeze_windows: list[FreezeWindow] = Field(default_factory=list)
+    allow_playbooks: dict[str, list[str]] = Field(default_factory=dict, description="service ('*' = any) -> allowed playbooks")
+    deny_playbooks: dict[str, list[str]] = Field(default_factory=dict, description="service ('*' = any) -> denied playbooks")
+    approval_expiry_seconds: float = Field(900.0, gt=0)
+    max_concurrent_plans: int = Field(8, gt=0)
 
 
 class OperatorSettings(_Section):
@@ -145,6 +205,7 @@ class Settings(BaseSettings):
     operators: list[OperatorSettings] = Field(default_factory=list)
     playbooks: Path = Path("playbooks")
     keys: Path = Path("keys")
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
 
     @field_validator("services")
     @classmethod
@@ -182,17 +243,37 @@ def _config_path() -> Path | None:
     return default if default.exists() else None
 
 
+class ConfigError(ValueError):
+    """A config file that is not valid YAML or not a mapping; names file, line and problem."""
+
+
+def _check_yaml(path: Path) -> None:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}:{where} YAML syntax error: {problem}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (kafka, topics, ...), got a {type(doc).__name__}")
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Load settings from ``path`` (or ``$METAHEAL_CONFIG``, or ./metaheal.yaml if present).
 
-    Raises ``FileNotFoundError`` for a named file that does not exist and
-    ``pydantic.ValidationError`` (with field paths) for invalid content.
+    Raises ``FileNotFoundError`` for a named file that does not exist,
+    :class:`ConfigError` for a YAML syntax error or a top level that is not a mapping,
+    and ``pydantic.ValidationError`` (with field paths) for invalid content.
     """
     if path is None:
         return Settings(**overrides)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
+    _check_yaml(p)
     # A subclass carries the file name, so no module-level state is needed.
     bound = type("Settings", (Settings,), {"model_config": {**Settings.model_config, "yaml_file": p}})
     return bound(**overrides)

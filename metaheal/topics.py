@@ -52,10 +52,19 @@ def declared_topics(settings: Settings) -> list[TopicSpec]:
             name=settings.topics.name(t.short),
             partitions=settings.topics.partitions.get(t.short, t.partitions),
             replication_factor=settings.kafka.replication_factor,
-            config=dict(t.config),
+            config=_config(t, settings.kafka.replication_factor),
         )
         for t in TOPICS
     ]
+
+
+def _config(t: TopicDecl, replication_factor: int) -> dict[str, str]:
+    """The declared config, plus ``min.insync.replicas`` for the ledger when replicated:
+    with RF=3 an acked ledger entry is on at least 2 brokers, and one broker may be down."""
+    config = dict(t.config)
+    if t.short == "ledger" and replication_factor > 1:
+        config["min.insync.replicas"] = str(replication_factor - 1)
+    return config
 
 
 def ensure_topics(settings: Settings) -> list[str]:

@@ -32,6 +32,8 @@ app.command("status")(status.status)
 
 # the main job
 app.command("demo")(run.demo)
+app.command("simulate")(run.simulate)
+app.command("up")(run.up)
 
 
 def main() -> None:

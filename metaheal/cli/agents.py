@@ -1,5 +1,132 @@
-"""``metaheal status`` and ``metaheal approvals ...`` (owned by the meta-loop and agentic work)."""
+"""``metaheal approvals list|approve|deny`` (owned by the agentic work).
+
+Operators answer approval requests from a terminal: the decision is signed here
+with the operator's private key file and published on ``<prefix>approvals``;
+the executor checks the signature against the operator registry
+(``settings.operators``) before it counts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+from metaheal.config import Settings
+from metaheal.events import ApprovalDecision, ApprovalRequest
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.serializers import AvroSerializer, DecodeError
 
 approvals_app = typer.Typer(help="List, approve and deny pending approval requests.", no_args_is_help=True)
+
+KeyOpt = Annotated[Path, typer.Option("--key", help="The operator's private key file (from `metaheal keys`).")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded with the decision.")]
+OperatorOpt = Annotated[
+    str | None, typer.Option("--operator", help="Operator name (default: found by the key in settings.operators).")
+]
+
+
+def _fail(msg: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"error: {msg}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+def _read(settings: Settings) -> tuple[dict[str, ApprovalRequest], dict[str, list[ApprovalDecision]]]:
+    from metaheal.agents.approvals import DECODER
+
+    requests: dict[str, ApprovalRequest] = {}
+    decisions: dict[str, list[ApprovalDecision]] = {}
+    try:
+        with Consumer(settings.kafka) as c:
+            for m in c.read_to_end(settings.topics.name("approvals")):
+                try:
+                    ev = DECODER(m.value() or b"")
+                except DecodeError:
+                    continue
+                if isinstance(ev, ApprovalRequest):
+                    requests[ev.plan_id] = ev
+                elif isinstance(ev, ApprovalDecision):
+                    decisions.setdefault(ev.plan_id, []).append(ev)
+    except KafkaUnavailable as exc:
+        raise _fail(str(exc)) from None
+    return requests, decisions
+
+
+@approvals_app.command("list")
+def list_requests(
+    all_: Annotated[bool, typer.Option("--all", help="Include answered and expired requests.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Pending approval requests (newest last)."""
+    s = require_bootstrap(settings_from(config, bootstrap))
+    requests, decisions = _read(s)
+    now = time.time()
+    rows = []
+    for req in sorted(requests.values(), key=lambda r: r.requested_at):
+        answered = decisions.get(req.plan_id, [])
+        state = "expired" if now > req.expires_at else ("answered" if answered else "pending")
+        if state == "pending" or all_:
+            rows.append((req, state, answered))
+    if as_json:
+        for req, state, answered in rows:
+            print(json.dumps({**req.model_dump(), "state": state, "decisions": [d.decision for d in answered]}))
+        return
+    table = Table("plan_id", "service", "playbook", "reason", "expires in", "state")
+    for req, state, _ in rows:
+        table.add_row(req.plan_id, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
+    Console().print(table)
+
+
+def _decide(plan_id: str, key: Path, reason: str, operator: str | None, decision: Literal["approve", "deny"],
+            config: Path | None, bootstrap: str | None) -> None:
+    from metaheal.agents.approvals import load_signing_key, sign_decision
+    from metaheal.ledger.keys import key_id_of
+
+    s = require_bootstrap(settings_from(config, bootstrap))
+    try:
+        sk = load_signing_key(key)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    pub = sk.verify_key.encode().hex()
+    if operator is None:
+        match = next((o for o in s.operators if o.public_key == pub), None)
+        if match is None:
+            raise _fail(f"--key: key {key_id_of(bytes.fromhex(pub))} is not registered in settings.operators "
+                        "(pass --operator, or add the operator's public_key)", 2)
+        operator = match.name
+    requests, _ = _read(s)
+    req = requests.get(plan_id)
+    if req is None:
+        raise _fail(f"PLAN_ID: no approval request for plan {plan_id}")
+    if time.time() > req.expires_at:
+        raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
+    signed = sign_decision(sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision,
+                           reason=reason)
+    try:
+        with Producer(s.kafka) as p:
+            p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)
+    except KafkaUnavailable as exc:
+        raise _fail(str(exc)) from None
+    print(f"{decision} {plan_id} by {operator} (decision {signed.decision_id})")
+
+
+@approvals_app.command("approve")
+def approve(plan_id: str, key: KeyOpt, reason: ReasonOpt = "", operator: OperatorOpt = None,
+            config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+    """Sign and publish an approval for PLAN_ID."""
+    _decide(plan_id, key, reason, operator, "approve", config, bootstrap)
+
+
+@approvals_app.command("deny")
+def deny(plan_id: str, key: KeyOpt, reason: ReasonOpt = "", operator: OperatorOpt = None,
+         config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+    """Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."""
+    _decide(plan_id, key, reason, operator, "deny", config, bootstrap)

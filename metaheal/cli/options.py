@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from metaheal.config import Settings, load_settings
+from metaheal.config import ConfigError, Settings, load_settings
 
 err_console = Console(stderr=True)
 
@@ -38,8 +38,8 @@ def settings_from(config: Path | None, bootstrap: str | None = None) -> Settings
     """Load settings or exit 2 with every validation error named by file and field."""
     try:
         settings = load_settings(config)
-    except FileNotFoundError as exc:
-        err_console.print(f"error: {exc}")
+    except (FileNotFoundError, ConfigError) as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
     except ValidationError as exc:
         for line in format_validation_error(exc, str(config or "environment/defaults")):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
+from pathlib import Path
+from typing import Annotated
 
 import typer
+import yaml
 
 from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.cli.options import BootstrapOpt, ConfigOpt, settings_from
 from metaheal.events import Metric, MetricBatch
-from metaheal.kafka import Consumer, Producer
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroSerializer, TelemetryDeserializer
 from metaheal.topics import ensure_topics
 
@@ -51,3 +56,189 @@ def demo(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def simulate(
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    scenario: Annotated[str | None, typer.Option(help="scenario to inject (a fault name, latency_drift, error_spike, quiet)")] = None,
+    at: Annotated[float, typer.Option("--at", help="inject the scenario this many seconds after start")] = 0.0,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")] = None,
+    interval: Annotated[float, typer.Option(help="seconds between telemetry ticks")] = 1.0,
+    seed: Annotated[int, typer.Option(help="noise seed")] = 0,
+    ready_delay: Annotated[float, typer.Option(help="seconds a new instance takes to become ready")] = 5.0,
+    services_out: Annotated[Path | None, typer.Option(help="write the services: config (admin URLs) to this YAML file")] = None,
+) -> None:
+    """Run the simulated fleet: telemetry to <prefix>telemetry, admin APIs on localhost, probes, faults."""
+    from metaheal.cli.options import require_bootstrap
+    from metaheal.runtime import configure_logging, run_until_signal
+    from metaheal.simulator.faults import SCENARIOS
+    from metaheal.simulator.runner import Simulator
+
+    settings = require_bootstrap(settings_from(config, bootstrap))
+    configure_logging()
+    if scenario is not None and scenario not in SCENARIOS:
+        typer.echo(f"error: --scenario: unknown {scenario!r}; known: {', '.join(sorted(SCENARIOS))}", err=True)
+        raise typer.Exit(2)
+    if interval <= 0:
+        typer.echo("error: --interval: must be > 0", err=True)
+        raise typer.Exit(2)
+    ensure_topics(settings)
+    sim = Simulator(settings, seed=seed, interval=interval, scenario=scenario, at=at, duration=duration,
+                    ready_delay=ready_delay)
+
+    async def main(stop: asyncio.Event) -> None:
+        await sim.start()
+        doc = {"services": [s.model_dump(exclude_none=True) for s in sim.services_config()]}
+        text = yaml.safe_dump(doc, sort_keys=False)
+        if services_out is not None:
+            services_out.write_text(text)
+        typer.echo(text, nl=False)
+        await sim.run(stop)
+
+    run_until_signal(main)
+    logging.getLogger(__name__).info("simulate done ticks=%d", sim.ticks)
+
+
+def up(
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    role: Annotated[list[str] | None, typer.Option(
+        "--role", help="all|broker|streams|advisors|meta|executor|simulator (repeat or comma-separate)")] = None,
+    workdir: Annotated[Path, typer.Option(help="folder for generated files (child-process settings)")] = Path("."),
+    port: Annotated[int, typer.Option(help="embedded broker port when no --bootstrap (0: a free one)")] = 9092,
+    scenario: Annotated[str | None, typer.Option(help="with --role simulator: scenario to inject")] = None,
+    at: Annotated[float, typer.Option(help="with --role simulator: inject after this many seconds")] = 0.0,
+) -> None:
+    """Start everything one machine needs (or one --role of it) until Ctrl-C/SIGTERM."""
+    from metaheal.broker import BrokerError
+    from metaheal.runtime import ComponentFailed, RoleUnavailable, Runtime, configure_logging, expand_roles, run_until_signal
+
+    configure_logging()
+    log = logging.getLogger("metaheal.up")
+    settings = settings_from(config, bootstrap)
+    asked = role or ["all"]
+    try:
+        roles = expand_roles(asked)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    only_broker = roles == ["broker"]
+    if only_broker and settings.kafka.bootstrap:
+        typer.echo("error: --role broker starts the embedded broker; it makes no sense with --bootstrap", err=True)
+        raise typer.Exit(2)
+    broker = None
+    if not settings.kafka.bootstrap:
+        use = port if port and _port_free(port) else free_port()
+        broker = EmbeddedBroker(port=use)
+        try:
+            took = broker.start()
+        except BrokerError as exc:
+            typer.echo(f"error: embedded broker: {exc}", err=True)
+            raise typer.Exit(1) from None
+        settings.kafka.bootstrap = broker.bootstrap
+        log.info("broker started bootstrap=%s took_ms=%.0f", broker.bootstrap, took * 1000)
+    try:
+        created = ensure_topics(settings)
+        log.info("topics ensured prefix=%s created=%d", settings.topics.prefix, len(created))
+        sim_opts = {"scenario": scenario, "at": at} if "simulator" in roles else None
+        runtime = Runtime(settings, roles, workdir=workdir.resolve(), explicit="all" not in asked,
+                          simulator_options=sim_opts)
+
+        async def main(stop: asyncio.Event) -> None:
+            if broker is not None and only_broker:
+                await stop.wait()
+                return
+            await runtime.start()
+            await runtime.run(stop)
+
+        run_until_signal(main)
+    except RoleUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KafkaUnavailable as exc:
+        typer.echo(f"error: kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except ComponentFailed as exc:
+        typer.echo(f"error: component failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if broker is not None:
+            broker.stop()
+            log.info("broker stopped")
+    log.info("up stopped cleanly")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_full(
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    workdir: Annotated[Path, typer.Option(
+        help="where the demo writes metaheal.yaml, keys/ and logs; run `metaheal ledger verify` from there")]
+    = Path("metaheal-demo"),
+    seed: Annotated[int, typer.Option(help="simulator noise seed")] = 0,
+    warmup: Annotated[float, typer.Option(help="seconds of quiet telemetry before the first flow")] = 20.0,
+) -> None:
+    """The self-healing demo: simulated fleet, every component, three flows, ledger replay and verify."""
+    from metaheal.broker import BrokerError
+    from metaheal.demo import demo_settings, new_prefix, run_demo
+
+    base = settings_from(config, bootstrap)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(workdir / "demo.log")
+    broker = None
+    if not base.kafka.bootstrap:
+        broker = EmbeddedBroker(port=free_port(), log_path=workdir / "tansu.log")
+        try:
+            took = broker.start()
+        except BrokerError as exc:
+            typer.echo(f"error: embedded broker: {exc}", err=True)
+            raise typer.Exit(1) from None
+        base.kafka.bootstrap = broker.bootstrap
+        typer.echo(f"started embedded tansu broker on {broker.bootstrap} in {took * 1000:.0f} ms")
+    settings = demo_settings(base, workdir, new_prefix())
+    started = time.monotonic()
+    try:
+        report = asyncio.run(run_demo(settings, workdir, typer.echo, seed=seed, warmup_seconds=warmup))
+    except KafkaUnavailable as exc:
+        typer.echo(f"error: kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if broker is not None:
+            broker.stop()
+    typer.echo(f"demo took {time.monotonic() - started:.0f}s; logs in {workdir / 'demo.log'}")
+    if not report.ok:
+        reasons = report.blocked + [f"{f.flow.name}: {'; '.join(f.reasons)}" for f in report.flows if not f.ok]
+        if report.verify_clean is False:
+            reasons.append("ledger verify is not clean")
+        typer.echo("DEMO FAILED: " + (" | ".join(reasons) or "no flow ran"), err=True)
+        raise typer.Exit(1)
+    typer.echo("DEMO OK: every flow healed and the ledger verifies clean")
+
+
+def _log_to_file(path: Path) -> None:
+    """Components log at INFO to a file; the terminal shows the timeline and warnings only."""
+    from metaheal.runtime import LOG_FORMAT
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    fh = logging.FileHandler(path)
+    fh.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(fh)
+    err = logging.StreamHandler()
+    err.setLevel(logging.ERROR)
+    err.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(err)
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,651 @@
+"""The meta loop: decides when a cycle runs, what it focuses on and how aggressively.
+
+It never executes anything. Each cycle it folds the evidence it has read from the
+topics (health windows, anomaly scores, outcomes, approvals, plans, directives, the
+ledger's trust violations) into a :class:`~metaheal.agents.focus.FocusDecision`,
+moves the guardrail level (:mod:`metaheal.agents.guardrails`), enables probes
+(:mod:`metaheal.agents.probes`), waits a bounded time for the advisors' MLAdvice and
+issues at most one Directive per target service.
+
+Ordering is write-ahead: every decision is appended to the ledger *before* it is
+published (``cycle_focus_decided`` -> ``cycles``, ``guardrail_changed`` -> ``control``,
+``probes_enabled`` -> ``probes``, ``directive_issued`` -> ``directives``); a ledger
+failure stops the cycle, so an unaudited directive can never reach an executor.
+
+Only the replica holding the lease on the control topic (:mod:`metaheal.agents.leader`)
+runs cycles; standbys keep reading so that a takeover starts warm. Duplicate directives
+across a takeover are prevented by state every replica reads from the topics: a service
+with a directive or plan still open (no outcome yet, within its time budget) gets none,
+and directives already recorded for a cycle (on ``directives`` or as ``directive_issued``
+in the ledger) are never re-issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from metaheal.agents.cycle_ids import CycleIds
+from metaheal.agents.focus import Evidence, FocusDecision, TrustViolation, decide_focus
+from metaheal.agents.guardrails import GuardrailChange, GuardrailState, time_budget
+from metaheal.agents.leader import CYCLE_KEY, GUARDRAILS_KEY, ControlTopic
+from metaheal.agents.learning import Insight, Learner
+from metaheal.agents.probes import probe_commands, probes_for
+from metaheal.config import Settings
+from metaheal.events import (
+    AgenticPlan,
+    AnomalyScore,
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    Directive,
+    DirectiveAdvice,
+    Event,
+    HealthWindow,
+    LedgerEntry,
+    MLAdvice,
+    SignedOutcome,
+)
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError, EventDecoder
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "meta_loop"
+#: input topics (short names) and what they carry
+INPUTS: dict[str, tuple[type[Event], ...]] = {
+    "health": (HealthWindow,),
+    "anomalies": (AnomalyScore,),
+    "outcomes": (SignedOutcome,),
+    "approvals": (ApprovalRequest, ApprovalDecision),
+    "plans": (AgenticPlan,),
+    "directives": (Directive,),
+    "advice": (MLAdvice,),
+    "cycles": (CycleFocus,),
+    "ledger": (LedgerEntry,),
+}
+#: applicable playbooks when ``playbooks/`` cannot be loaded
+DEFAULT_PLAYBOOKS: dict[str, list[str]] = {
+    "latency_drift": ["warm_cache", "scale_up_instances", "restart_service"],
+    "error_spike": ["rollback_flag", "restart_service"],
+    "capacity_strain": ["scale_up_instances"],
+    "dependency_health": ["failover_dependency"],
+    "trust_violations": [],
+    "routine_maintenance": [],
+}
+OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
+NEUTRAL_ADVICE = 0.5
+
+
+class Ledger(Protocol):
+    async def append(self, **kwargs: Any) -> Any: ...
+
+
+class LedgerFailed(RuntimeError):
+    """The write-ahead ledger append failed: the decision must not be published."""
+
+
+def _ledger_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from metaheal.ledger import LedgerUnavailable
+
+        return (LedgerUnavailable, KafkaUnavailable)
+    except ImportError:  # pragma: no cover - the ledger package is being written in parallel
+        return (KafkaUnavailable,)
+
+
+def _focus_playbooks(settings: Settings) -> dict[str, list[str]]:
+    try:
+        from metaheal.agents.playbooks import load_playbooks
+
+        books = load_playbooks(settings.playbooks)
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the documented defaults
+        logger.warning("meta_loop playbooks unavailable folder=%s error=%s: using defaults", settings.playbooks, exc)
+        return DEFAULT_PLAYBOOKS
+    out: dict[str, list[str]] = defaultdict(list)
+    for name, pb in sorted(books.items(), key=lambda kv: -kv[1].prior_success):
+        for area in pb.applies_to.focus_areas:
+            out[area].append(name)
+    return dict(out)
+
+
+# --- what the meta loop has read -----------------------------------------------------------------
+
+
+@dataclass
+class _Open:
+    service: str
+    directive_id: str | None
+    plan_id: str | None
+    since: float
+    until: float
+
+
+class Observations:
+    """Everything read from the topics, pruned to what decisions need.
+
+    All replicas build the same state from the same topics, which is what lets a
+    standby take over without duplicating work.
+    """
+
+    def __init__(self, settings: Settings, learner: Learner) -> None:
+        self.window = settings.cycle.evidence_window_seconds
+        self.strong = settings.cycle.strong_anomaly_score
+        self.learner = learner
+        self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
+        self.anomalies: deque[AnomalyScore] = deque(maxlen=20_000)
+        self.violations: dict[str, TrustViolation] = {}
+        self.last_outcome_ts: dict[str, float] = {}
+        self.advice: dict[str, MLAdvice] = {}
+        self.cycle_focus: dict[str, str] = {}
+        self.directive_focus: dict[str, str] = {}
+        self.directed: set[tuple[str, str]] = set()  # (cycle_id, service)
+        self.open: dict[str, _Open] = {}  # directive_id or plan_id -> open work
+        self.closed: set[str] = set()  # directive/plan ids with an outcome
+        self.requests: dict[str, ApprovalRequest] = {}
+        self.decided: set[str] = set()
+        self.cycle_ids: list[str] = []
+        self.last_cycle: CycleFocus | None = None
+
+    # evidence -------------------------------------------------------------------------------
+
+    def evidence(self, now: float) -> Evidence:
+        start = now - self.window
+
+        def fresh(service: str, ts: float) -> bool:
+            # evidence older than the last outcome on a service describes a system that has since changed
+            return ts >= max(start, self.last_outcome_ts.get(service, 0.0))
+
+        health = [w for w in self.health.values() if fresh(w.service, w.window_end)]
+        anomalies = [a for a in self.anomalies if fresh(a.service, a.ts)]
+        violations = [v for v in self.violations.values() if v.ts >= start]
+        return Evidence(health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window)
+
+    def busy(self, service: str, now: float) -> _Open | None:
+        """Open work (directive or plan without an outcome, within its budget) on ``service``."""
+        for key, o in list(self.open.items()):
+            if key in self.closed or (o.directive_id and o.directive_id in self.closed):
+                del self.open[key]
+                continue
+            if now > o.until:
+                continue
+            if o.service == service:
+                return o
+        return None
+
+    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+        return [r for r in self.requests.values() if r.request_id not in self.decided and r.expires_at > now]
+
+    # ingest ---------------------------------------------------------------------------------
+
+    def ingest(self, short: str, event: Event, now: float) -> tuple[str | None, Insight | None]:
+        """Apply one event; returns (early-cycle trigger reason or None, learning insight or None)."""
+        trigger: str | None = None
+        insight: Insight | None = None
+        if isinstance(event, HealthWindow):
+            for s in event.signals:
+                self.health[(event.service, s.signal, s.metric, s.dependency or "")] = event
+        elif isinstance(event, AnomalyScore):
+            self.anomalies.append(event)
+            if event.score >= self.strong and event.ts >= now - self.window:
+                trigger = f"strong_anomaly: score {event.score:.4f} on {event.service} {event.metric}"
+        elif isinstance(event, SignedOutcome):
+            insight, trigger = self._outcome(event, now)
+        elif isinstance(event, ApprovalRequest):
+            self.requests[event.request_id] = event
+        elif isinstance(event, ApprovalDecision):
+            self.decided.add(event.request_id)
+            if event.decision == "deny":
+                req = self.requests.get(event.request_id)
+                service = req.service if req else "unknown"
+                trigger = self._violation(
+                    event.plan_id, TrustViolation(service, "approval", f"operator {event.operator} denied plan {event.plan_id}: {event.reason or 'no reason'}", event.decided_at), now
+                )
+        elif isinstance(event, AgenticPlan):
+            if event.plan_id not in self.closed:
+                budget = max(event.estimated_duration * 3, 600.0)
+                self.open[event.plan_id] = _Open(event.service, event.directive_id, event.plan_id, event.ts, event.ts + min(budget, OPEN_WORK_MAX_SECONDS))
+        elif isinstance(event, Directive):
+            self._directive(event.directive_id, event.cycle_id, event.service, event.focus_area, event.ts, event.time_budget_seconds)
+        elif isinstance(event, MLAdvice):
+            self.advice[event.cycle_id] = event
+        elif isinstance(event, CycleFocus):
+            self.cycle_focus[event.cycle_id] = event.focus_area
+            self.cycle_ids.append(event.cycle_id)
+            self.last_cycle = event
+        elif isinstance(event, LedgerEntry):
+            trigger = self._ledger(event, now)
+        return trigger, insight
+
+    def _directive(self, directive_id: str, cycle_id: str, service: str, focus: str, ts: float, budget: float) -> None:
+        self.directive_focus[directive_id] = focus
+        self.directed.add((cycle_id, service))
+        if directive_id not in self.closed:
+            self.open[directive_id] = _Open(service, directive_id, None, ts, ts + min(max(budget, 60.0), OPEN_WORK_MAX_SECONDS))
+
+    def _outcome(self, o: SignedOutcome, now: float) -> tuple[Insight | None, str | None]:
+        self.closed.update({o.plan_id, o.directive_id})
+        self.open.pop(o.plan_id, None)
+        self.open.pop(o.directive_id, None)
+        self.last_outcome_ts[o.service] = max(self.last_outcome_ts.get(o.service, 0.0), o.ts)
+        trigger = None
+        if o.result == "denied":
+            trigger = self._violation(
+                o.plan_id, TrustViolation(o.service, "outcome", f"plan {o.plan_id} ({o.playbook}) denied: {o.trust_decision}", o.ts), now
+            )
+        focus = self.directive_focus.get(o.directive_id) or self.cycle_focus.get(o.cycle_id)
+        return self.learner.observe(o, focus, now), trigger
+
+    def _violation(self, key: str, v: TrustViolation, now: float) -> str | None:
+        new = key not in self.violations
+        self.violations[key] = v
+        if new and v.ts >= now - self.window:
+            return f"trust_violation: {v.detail}"
+        return None
+
+    def _ledger(self, e: LedgerEntry, now: float) -> str | None:
+        try:
+            payload = json.loads(e.payload) if e.payload else {}
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if e.action == "trust_violation":
+            service = str(payload.get("service") or e.resource)
+            key = str(payload.get("plan_id") or f"ledger:{e.sequence}")
+            detail = str(payload.get("reason") or payload.get("detail") or f"{e.actor} recorded a trust violation on {e.resource}")
+            ts = _iso_ts(e.timestamp) or now
+            return self._violation(key, TrustViolation(service, "ledger", detail, ts), now)
+        if e.action == "directive_issued" and e.actor == ACTOR:
+            # a directive recorded in the ledger counts even if its publisher died before publishing it
+            d = payload
+            if d.get("directive_id") and d.get("service"):
+                self._directive(
+                    str(d["directive_id"]), e.cycle_id, str(d["service"]), str(d.get("focus_area", "")),
+                    float(d.get("ts", now)), float(d.get("time_budget_seconds", 600)),
+                )
+        return None
+
+
+def _iso_ts(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class _Inputs:
+    """One group-less reader over every input topic (no group join delay, replays from the start)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # short fetch waits: advice and strong anomalies should reach a decision in tens of ms, not 0.5 s
+        self.consumer = Consumer(settings.kafka, group_id=None, **{"fetch.wait.max.ms": 50})
+        self.names = {settings.topics.name(short): short for short in INPUTS}
+        self.decoders: dict[str, Callable[[bytes], Event]] = {}
+        for short, models in INPUTS.items():
+            if len(models) == 1:
+                self.decoders[short] = AvroDeserializer(models[0])
+            else:
+                self.decoders[short] = EventDecoder(models)
+        parts = []
+        for topic in self.names:
+            for p in self.consumer.partitions(topic):
+                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        self.pending_eof = {(tp.topic, tp.partition) for tp in parts}
+        self.consumer.raw.assign(parts)
+
+    @property
+    def caught_up(self) -> bool:
+        return not self.pending_eof
+
+    def poll(self, timeout: float) -> list[tuple[str, Event]]:
+        out: list[tuple[str, Event]] = []
+        for m in self.consumer.raw.consume(500, timeout):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.pending_eof.discard((m.topic(), m.partition()))
+                    continue
+                raise KafkaUnavailable(f"consume error on {m.topic()}: {err}")
+            short = self.names.get(m.topic() or "")
+            if short is None or m.value() is None:
+                continue
+            try:
+                out.append((short, self.decoders[short](m.value())))
+            except DecodeError as exc:
+                # the record stays on its topic (nothing lost); its producer owns the dead-letter path
+                logger.warning("meta_loop skipped undecodable record topic=%s offset=%d error=%s", m.topic(), m.offset(), exc)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class MetaLoop:
+    """``await MetaLoop(settings).run(stop)``; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        replica_id: str | None = None,
+        ledger: Ledger | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.cycle
+        self.replica_id = replica_id or f"meta-{uuid.uuid4().hex[:8]}"
+        self.clock = clock
+        self.learner = Learner(half_life=self.cfg.learning_half_life_seconds)
+        self.obs = Observations(settings, self.learner)
+        self.guardrails = GuardrailState(
+            level=settings.guardrails.initial_level,
+            rules=settings.guardrails,
+            stable_cycles_to_loosen=self.cfg.stable_cycles_to_loosen,
+            min_outcomes=self.cfg.min_outcomes_for_guardrails,
+        )
+        self.ids = CycleIds()
+        self.playbooks = _focus_playbooks(settings)
+        self._ledger = ledger
+        self._ledger_errors = _ledger_errors()
+        self._leading = False
+        self._last_cycle_at: float | None = None
+        self._early: str | None = None
+        self._unledgered: deque[Insight] = deque(maxlen=1000)
+        self.cycles_run = 0
+        self.directives_issued: list[Directive] = []
+        self._ser_cycle = AvroSerializer(CycleFocus)
+        self._ser_directive = AvroSerializer(Directive)
+        from metaheal.events import ProbeCommand
+
+        self._ser_probe = AvroSerializer(ProbeCommand)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._inputs = await asyncio.to_thread(_Inputs, self.settings)
+        self._control = ControlTopic(self.settings, self.replica_id, self.clock)
+        self._producer = Producer(self.settings.kafka)
+        graceful = False
+        leadership = asyncio.create_task(self._leadership(stop))
+        try:
+            while not stop.is_set():
+                await self._pump(0.2)
+                if self._leading and self._inputs.caught_up:
+                    await self._ledger_insights()
+                    trigger = self._due(self.clock())
+                    if trigger is not None:
+                        await self.run_cycle(trigger, stop)
+            graceful = True
+        finally:
+            leadership.cancel()
+            try:
+                await leadership
+            except asyncio.CancelledError:
+                pass
+            await asyncio.to_thread(self._close, graceful)
+
+    async def _leadership(self, stop: asyncio.Event) -> None:
+        """Heartbeats in their own task, so a long cycle (advice wait, slow ledger) keeps the lease."""
+        while not stop.is_set():
+            if self._inputs.caught_up:
+                await self._lease_step()
+            try:
+                await asyncio.wait_for(stop.wait(), self.cfg.lease_seconds / 3)
+            except TimeoutError:
+                pass
+
+    def _close(self, graceful: bool) -> None:
+        try:
+            if graceful:
+                self._control.release()
+        except KafkaUnavailable as exc:
+            logger.warning("meta_loop could not release lease replica=%s error=%s", self.replica_id, exc)
+        finally:
+            self._control.close()
+            self._inputs.close()
+            self._producer.close(2.0)
+            close = getattr(self._ledger, "close", None)
+            if close is not None:
+                close()
+
+    async def _lease_step(self) -> None:
+        was = self._leading
+        try:
+            self._leading = await asyncio.to_thread(self._control.acquire_or_renew)
+        except KafkaUnavailable as exc:
+            logger.warning("meta_loop lease step failed replica=%s error=%s", self.replica_id, exc)
+            self._leading = False
+        if self._leading and not was:
+            self._on_elected()
+        elif was and not self._leading:
+            logger.warning("meta_loop lost leadership replica=%s", self.replica_id)
+
+    def _on_elected(self) -> None:
+        view = self._control.view
+        if view.guardrails:
+            self.guardrails.restore(view.guardrails)
+        for cid in self.obs.cycle_ids:
+            self.ids.observe(cid)
+        if view.last_cycle:
+            self.ids.observe(str(view.last_cycle.get("cycle_id", "")))
+            self._last_cycle_at = float(view.last_cycle.get("ts", 0.0))
+        logger.info(
+            "meta_loop elected replica=%s epoch=%d guardrail_level=%s last_counter=%d",
+            self.replica_id, self._control.epoch, self.guardrails.level, self.ids.last_counter,
+        )
+
+    def _due(self, now: float) -> str | None:
+        if self._last_cycle_at is None:
+            return self._early or "scheduled"
+        if now - self._last_cycle_at >= self.cfg.cycle_seconds:
+            return "scheduled"
+        if self._early is not None and now - self._last_cycle_at >= self.cfg.min_cycle_gap_seconds:
+            return self._early
+        return None
+
+    async def _pump(self, timeout: float) -> None:
+        batch = await asyncio.to_thread(self._inputs.poll, timeout)
+        now = self.clock()
+        for short, event in batch:
+            trigger, insight = self.obs.ingest(short, event, now)
+            if isinstance(event, CycleFocus):
+                self.ids.observe(event.cycle_id)
+            if trigger is not None and self._early is None:
+                self._early = trigger
+                logger.info("meta_loop early trigger replica=%s reason=%s", self.replica_id, trigger)
+            if insight is not None:
+                self._unledgered.append(insight)
+
+    # --- ledger ------------------------------------------------------------------------------
+
+    def _get_ledger(self) -> Ledger:
+        if self._ledger is None:
+            from metaheal.ledger import ImmutableLog
+
+            self._ledger = ImmutableLog(self.settings)
+        return self._ledger
+
+    async def _append(self, action: str, resource: str, payload: dict[str, Any], cycle_id: str, result: str = "ok") -> Any:
+        try:
+            return await self._get_ledger().append(
+                actor=ACTOR, action=action, resource=resource, subsystem="meta_loop",
+                payload=payload, result=result, cycle_id=cycle_id,
+            )
+        except self._ledger_errors as exc:
+            logger.error("meta_loop ledger append failed action=%s cycle_id=%s error=%s: not publishing", action, cycle_id, exc)
+            raise LedgerFailed(f"ledger append of {action} failed: {exc}") from exc
+
+    async def _ledger_insights(self) -> None:
+        while self._unledgered:
+            insight = self._unledgered[0]
+            cycle = self.obs.last_cycle.cycle_id if self.obs.last_cycle else "none"
+            try:
+                await self._append("learning_update", f"playbook:{insight.playbook}", insight.payload(), cycle)
+            except LedgerFailed:
+                return  # retried on the next pass; learning state itself is already updated
+            self._unledgered.popleft()
+            logger.info("meta_loop learning_update insight=%r", insight.sentence)
+
+    async def _publish(self, topic_short: str, key: str, value: bytes) -> None:
+        await asyncio.to_thread(self._producer.send, self.settings.topics.name(topic_short), value, key)
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    async def run_cycle(self, trigger: str, stop: asyncio.Event) -> CycleFocus | None:
+        """Decide, record, publish, wait for advice, direct. Returns the CycleFocus (None if aborted)."""
+        started = self.clock()
+        self._last_cycle_at = started
+        self._early = None
+        if not await asyncio.to_thread(self._control.still_leader):
+            self._leading = False
+            logger.warning("meta_loop fenced before cycle replica=%s", self.replica_id)
+            return None
+        cycle_id = self.ids.next(started)
+        await asyncio.to_thread(
+            self._control.put, CYCLE_KEY,
+            {"cycle_id": cycle_id, "counter": self.ids.last_counter, "ts": started, "holder": self.replica_id, "epoch": self._control.epoch},
+        )
+        self.cycles_run += 1
+        decision = decide_focus(self.obs.evidence(started), self.cfg.focus_decision_min_confidence)
+        focus = decision.focus_area
+        change = self.guardrails.decide(focus, self.learner.recent_success_rate(started), self.learner.new_since_cycle)
+        self.learner.new_since_cycle = 0
+        budget = time_budget(focus, self.guardrails.level, self.learner.typical_duration(focus, started))
+        priorities = self.learner.playbook_ranking(self.playbooks.get(focus, []), started)
+        reasoning = [*decision.reasoning]
+        if change.adjustment != "maintain":
+            reasoning.append(f"Guardrails: {change.reason}.")
+        if trigger != "scheduled":
+            reasoning.append(f"Early cycle: {trigger}.")
+        cf = CycleFocus(
+            cycle_id=cycle_id, ts=started, focus_area=focus, confidence=min(1.0, decision.confidence),
+            reasoning=reasoning, guardrail_adjustment=change.adjustment, guardrail_level=self.guardrails.level,  # type: ignore[arg-type]
+            extra_probes=probes_for(focus), playbook_priorities=priorities, time_budget_seconds=budget,
+            target_services=decision.target_services, trigger=trigger.split(":")[0],
+        )
+        try:
+            await self._decide_and_publish(cf, change, decision)
+        except LedgerFailed:
+            if change.changed:
+                self.guardrails.level = change.previous  # the change was never recorded, so it never happened
+            return None
+        logger.info(
+            "meta_loop cycle cycle_id=%s focus=%s confidence=%.2f level=%s budget=%d targets=%s trigger=%s",
+            cycle_id, focus, cf.confidence, cf.guardrail_level, budget, ",".join(cf.target_services), trigger,
+        )
+        if focus == "routine_maintenance" or not cf.target_services:
+            return cf
+        advice = await self._wait_for_advice(cycle_id, stop)
+        await self._direct(cf, decision, advice)
+        return cf
+
+    async def _decide_and_publish(self, cf: CycleFocus, change: GuardrailChange, decision: FocusDecision) -> None:
+        payload = cf.model_dump(mode="json") | {"scores": decision.scores, "epoch": self._control.epoch}
+        await self._append("cycle_focus_decided", f"cycle:{cf.cycle_id}", payload, cf.cycle_id)
+        await self._publish("cycles", cf.cycle_id, self._ser_cycle(cf))
+        if change.changed:
+            await self._append(
+                "guardrail_changed", "guardrails",
+                {"previous": change.previous, "level": change.level, "adjustment": change.adjustment, "reason": change.reason},
+                cf.cycle_id,
+            )
+        await asyncio.to_thread(self._control.put, GUARDRAILS_KEY, self.guardrails.to_json() | {"cycle_id": cf.cycle_id, "ts": cf.ts})
+        commands = probe_commands(cf.cycle_id, cf.focus_area, cf.target_services, cf.time_budget_seconds, cf.ts)
+        if commands:
+            await self._append(
+                "probes_enabled", f"probes:{','.join(cf.target_services)}",
+                {"probes": [c.probe for c in commands], "services": cf.target_services, "ttl_seconds": cf.time_budget_seconds},
+                cf.cycle_id,
+            )
+            for c in commands:
+                await self._publish("probes", c.probe, self._ser_probe(c))
+
+    async def _wait_for_advice(self, cycle_id: str, stop: asyncio.Event) -> MLAdvice | None:
+        deadline = self.clock() + self.cfg.advice_wait_seconds
+        while cycle_id not in self.obs.advice and not stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                break
+            await self._pump(min(0.2, left))
+        return self.obs.advice.get(cycle_id)
+
+    def _combine(self, service: str, cf: CycleFocus, decision: FocusDecision, advice: MLAdvice | None) -> tuple[float, DirectiveAdvice, str]:
+        ml = self.settings.ml
+        anomaly = cf.confidence
+        if advice is None:
+            rc = pb = NEUTRAL_ADVICE
+            causes: list[str] = []
+            books = list(cf.playbook_priorities)
+        else:
+            cands = [c for c in advice.root_cause_candidates if c.service in (None, service)]
+            rc = max((c.probability for c in cands), default=0.0)
+            pb = max((p.confidence for p in advice.ranked_playbooks), default=0.0)
+            causes = [c.cause for c in sorted(cands, key=lambda c: -c.probability) if c.probability >= ml.ml_min_confidence]
+            books = [p.name for p in sorted(advice.ranked_playbooks, key=lambda p: -p.score) if p.confidence >= ml.ml_min_confidence]
+        total = ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight
+        combined = round((ml.ml_anomaly_weight * anomaly + ml.ml_root_cause_weight * rc + ml.ml_playbook_weight * pb) / total, 4)
+        if advice is None:
+            note = (
+                f"No ML advice for {cf.cycle_id} within {self.cfg.advice_wait_seconds:g}s: proceeding on focus "
+                f"evidence alone at confidence {combined:.2f} (learned playbook order)"
+            )
+        elif not books:
+            books = list(cf.playbook_priorities)
+            note = f"ML advice below ml_min_confidence {ml.ml_min_confidence:.2f}: playbooks from learned order, confidence {combined:.2f}"
+        else:
+            note = f"ML advice combined: anomaly {anomaly:.2f}, root cause {rc:.2f}, playbook {pb:.2f} -> {combined:.2f}"
+        scores = {"anomaly": anomaly, "root_cause": rc, "playbook": pb, "combined": combined}
+        if advice is not None:
+            scores |= {f"advisor.{k}": v for k, v in advice.confidence_scores.items()}
+        return combined, DirectiveAdvice(root_causes=causes, recommended_playbooks=books, confidence_scores=scores), note
+
+    async def _direct(self, cf: CycleFocus, decision: FocusDecision, advice: MLAdvice | None) -> None:
+        for service in cf.target_services:
+            now = self.clock()
+            if (cf.cycle_id, service) in self.obs.directed:
+                continue
+            busy = self.obs.busy(service, now)
+            if busy is not None:
+                logger.info(
+                    "meta_loop no directive service=%s cycle_id=%s reason=open_work directive_id=%s plan_id=%s",
+                    service, cf.cycle_id, busy.directive_id, busy.plan_id,
+                )
+                continue
+            confidence, ml_advice, note = self._combine(service, cf, decision, advice)
+            directive = Directive(
+                directive_id=f"dir_{cf.cycle_id}_{service}", cycle_id=cf.cycle_id, ts=now, service=service,
+                focus_area=cf.focus_area, guardrail_level=cf.guardrail_level, ml_advice=ml_advice,
+                confidence=confidence, time_budget_seconds=cf.time_budget_seconds, requires_verification=True,
+            )
+            if not await asyncio.to_thread(self._control.still_leader):
+                self._leading = False
+                logger.warning("meta_loop fenced before directive replica=%s cycle_id=%s", self.replica_id, cf.cycle_id)
+                return
+            payload = directive.model_dump(mode="json") | {"note": note, "epoch": self._control.epoch}
+            try:
+                await self._append("directive_issued", f"service:{service}", payload, cf.cycle_id)
+            except LedgerFailed:
+                return
+            await self._publish("directives", service, self._ser_directive(directive))
+            self.obs._directive(directive.directive_id, cf.cycle_id, service, cf.focus_area, now, cf.time_budget_seconds)
+            self.directives_issued.append(directive)
+            logger.info(
+                "meta_loop directive directive_id=%s service=%s focus=%s confidence=%.2f note=%r",
+                directive.directive_id, service, cf.focus_area, confidence, note,
+            )

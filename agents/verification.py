@@ -1,0 +1,238 @@
+"""Verification on live telemetry and HTTP checks.
+
+A fix is only a fix if the service says so afterwards. Each check returns a
+:class:`Verdict` that records the query, every observed value and the
+threshold, so the ledger shows *why* an action was judged. Missing telemetry is
+``inconclusive`` — never a pass: silence from a broken service must not look
+like health.
+
+>>> v = evaluate_samples([(10.0, 250.0), (11.0, 180.0)], op="<=", threshold=200, min_samples=1)
+>>> v
+'pass'
+>>> evaluate_samples([], op="<=", threshold=200, min_samples=1)
+'inconclusive'
+>>> overall([Verdict(check="a", status="pass"), Verdict(check="b", status="inconclusive")]) is None
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any, Literal
+
+import httpx
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from pydantic import BaseModel, Field
+
+from metaheal.agents.actuators.base import compare
+from metaheal.agents.actuators.http import tls_context
+from metaheal.config import Settings
+from metaheal.events import HealthWindow, Metric
+from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka.serializers import AvroDeserializer, DecodeError, TelemetryDeserializer
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pass", "fail", "inconclusive"]
+POLL_SECONDS = 0.1
+MAX_RECORDED = 50
+
+
+class Verdict(BaseModel):
+    check: str
+    status: Status
+    query: dict[str, Any] = Field(default_factory=dict)
+    observed: list[float] = Field(default_factory=list)
+    threshold: float | int | None = None
+    op: str | None = None
+    reason: str = ""
+
+
+def evaluate_samples(samples: list[tuple[float, float]], *, op: str, threshold: float, min_samples: int) -> Status:
+    """``pass`` when the last ``min_samples`` samples all satisfy ``value op threshold``."""
+    if len(samples) < min_samples:
+        return "inconclusive"
+    recent = samples[-min_samples:]
+    return "pass" if all(compare(op, v, threshold) for _, v in recent) else "fail"
+
+
+def overall(verdicts: list[Verdict]) -> bool | None:
+    """True if every check passed, False if any failed, None (inconclusive) otherwise."""
+    if any(v.status == "fail" for v in verdicts):
+        return False
+    if all(v.status == "pass" for v in verdicts):
+        return True
+    return None
+
+
+class LiveTelemetry:
+    """A rolling in-memory view of ``<prefix>telemetry`` and ``<prefix>health``.
+
+    A background thread tails both topics with a group-less reader (no group
+    join delay) and keeps the last ``max_per_series`` samples per
+    (service, metric). Checks then only look at samples stamped after their
+    start, so it does not matter where reading began.
+    """
+
+    def __init__(self, settings: Settings, *, max_per_series: int = 2000, start_at: Literal["end", "beginning"] = "end"):
+        self._settings = settings
+        self._start = OFFSET_END if start_at == "end" else OFFSET_BEGINNING
+        self._series: dict[tuple[str, str, str], deque[tuple[float, float]]] = defaultdict(
+            lambda: deque(maxlen=max_per_series)
+        )
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._telemetry = TelemetryDeserializer()
+        self._health = AvroDeserializer(HealthWindow)
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def add_metric(self, m: Metric) -> None:
+        with self._lock:
+            self._series[("telemetry", m.service, m.metric)].append((m.ts, m.value))
+
+    def add_health(self, w: HealthWindow) -> None:
+        with self._lock:
+            for s in w.signals:
+                for stat in ("mean", "p50", "p95", "max"):
+                    self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat)))
+
+    def start(self, timeout: float = 15.0) -> LiveTelemetry:
+        self._thread = threading.Thread(target=self._run, name="live-telemetry", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise KafkaUnavailable("live telemetry reader did not get its partitions assigned")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        tel, health = self._settings.topics.name("telemetry"), self._settings.topics.name("health")
+        consumer = Consumer(self._settings.kafka)
+        try:
+            parts = []
+            for topic in (tel, health):
+                try:
+                    parts += [TopicPartition(topic, p, self._start) for p in consumer.partitions(topic)]
+                except KafkaUnavailable as exc:
+                    logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
+            consumer.raw.assign(parts)
+            self._ready.set()
+            while not self._stop.is_set():
+                for msg in consumer.raw.consume(500, 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            logger.warning("live_telemetry_consume_error error=%s", err)
+                        continue
+                    self._ingest(msg.topic() == health, msg.value())
+        finally:
+            self._ready.set()
+            consumer.close()
+
+    def _ingest(self, is_health: bool, data: bytes | None) -> None:
+        try:
+            if is_health:
+                self.add_health(self._health(data or b""))
+            else:
+                for m in self._telemetry(data):
+                    self.add_metric(m)
+        except DecodeError as exc:
+            # The streams worker dead-letters bad telemetry; here it simply does not count.
+            logger.debug("live_telemetry_skip error=%s", exc)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def samples(self, service: str, metric: str, *, since: float, source: str = "telemetry", stat: str = "p95") -> list[tuple[float, float]]:
+        key = ("telemetry" if source == "telemetry" else f"health.{stat}", service, metric)
+        with self._lock:
+            return sorted((ts, v) for ts, v in self._series.get(key, ()) if ts >= since)
+
+    async def wait_for(
+        self,
+        *,
+        service: str,
+        metric: str,
+        op: str,
+        threshold: float,
+        within: float,
+        since: float,
+        source: str = "telemetry",
+        stat: str = "p95",
+        min_samples: int = 1,
+        check: str = "metric_threshold",
+    ) -> Verdict:
+        """Wait up to ``within`` seconds for the condition; decide as soon as it holds."""
+        deadline = time.monotonic() + within
+        query = {"source": source, "service": service, "metric": metric, "since": since, "within": within,
+                 "min_samples": min_samples}
+        if source == "health":
+            query["stat"] = stat
+        while True:
+            got = self.samples(service, metric, since=since, source=source, stat=stat)
+            status = evaluate_samples(got, op=op, threshold=threshold, min_samples=min_samples)
+            if status == "pass" or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        observed = [v for _, v in got][-MAX_RECORDED:]
+        reason = {
+            "pass": f"last {min_samples} sample(s) satisfy {metric} {op} {threshold}",
+            "fail": f"{metric} {op} {threshold} not met within {within}s (last {observed[-1] if observed else None})",
+            "inconclusive": f"fewer than {min_samples} sample(s) of {metric} for {service} within {within}s",
+        }[status]
+        return Verdict(check=check, status=status, query=query, observed=observed, threshold=threshold, op=op,
+                       reason=reason)
+
+
+async def http_check(url: str, *, expect_status: int, within: float, timeout: float) -> Verdict:
+    """Poll ``url`` until it answers ``expect_status`` or ``within`` runs out."""
+    deadline = time.monotonic() + within
+    statuses: list[float] = []
+    last_error = ""
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=tls_context()) as client:
+        while True:
+            try:
+                resp = await client.get(url)
+                statuses.append(resp.status_code)
+                if resp.status_code == expect_status:
+                    break
+                last_error = f"status {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last_error = f"{exc!r}"
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    ok = bool(statuses) and statuses[-1] == expect_status
+    if ok:
+        status: Status = "pass"
+    else:
+        status = "fail" if statuses else "inconclusive"
+    return Verdict(check="http_check", status=status, query={"url": url, "within": within},
+                   observed=statuses[-MAX_RECORDED:], threshold=expect_status, op="==",
+                   reason="" if ok else f"expected {expect_status}: {last_error}")
+
+
+async def run_verification(spec: dict[str, Any], *, service: str, since: float, telemetry: LiveTelemetry | None) -> Verdict:
+    """Run one rendered verification spec (a ``PlanVerification`` body)."""
+    kind = spec.get("type")
+    if kind == "http_check":
+        return await http_check(spec["url"], expect_status=int(spec.get("expect_status", 200)),
+                                within=float(spec.get("within", 10.0)), timeout=float(spec.get("timeout", 5.0)))
+    if kind == "metric_threshold":
+        if telemetry is None:
+            return Verdict(check=kind, status="inconclusive", reason="no live telemetry reader", query=spec)
+        return await telemetry.wait_for(
+            service=spec.get("service", service), metric=spec["metric"], op=spec["op"], threshold=float(spec["value"]),
+            within=float(spec.get("within", 60.0)), since=since, source=spec.get("source", "telemetry"),
+            stat=spec.get("stat", "p95"), min_samples=int(spec.get("min_samples", 1)),
+        )
+    return Verdict(check=str(kind), status="inconclusive", reason=f"unknown verification type {kind!r}")

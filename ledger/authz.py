@@ -1,0 +1,57 @@
+"""Who may sign what: an actor may only append the actions that belong to it.
+
+The table is data, not code paths, so auditors can read it and the verifier can
+apply exactly the rule the writer applied. ``operator:<name>`` stands for every
+human operator.
+
+>>> allowed("executor", "execution_outcome"), allowed("ml_advisors", "execution_outcome")
+(True, False)
+>>> allowed("operator:alice", "approval_decided"), allowed("meta_loop", "approval_decided")
+(True, False)
+"""
+
+from __future__ import annotations
+
+ACTIONS: dict[str, frozenset[str]] = {
+    "meta_loop": frozenset(
+        {"cycle_focus_decided", "probes_enabled", "directive_issued", "learning_update", "guardrail_changed"}
+    ),
+    "ml_advisors": frozenset({"advice_provided", "model_updated"}),
+    "agentic_planner": frozenset({"plan_created", "trust_checked", "trust_violation", "approval_requested"}),
+    "executor": frozenset(
+        {
+            "execution_started",
+            "step_executed",
+            "verification_result",
+            "rollback_executed",
+            "execution_outcome",
+            "trust_violation",
+            "plan_recovered",
+            "approval_received",
+        }
+    ),
+    "operator": frozenset({"approval_decided"}),
+    "ledger": frozenset({"checkpoint"}),
+}
+
+#: Actors that get a key from ``metaheal keys init`` (operators are created by name).
+SYSTEM_ACTORS: tuple[str, ...] = ("meta_loop", "ml_advisors", "agentic_planner", "executor", "ledger")
+
+
+def role(actor: str) -> str:
+    """``operator:alice`` -> ``operator``; system actors are their own role."""
+    return "operator" if actor.startswith("operator:") else actor
+
+
+def valid_actor(actor: str) -> bool:
+    """>>> valid_actor("operator:bob"), valid_actor("operator:"), valid_actor("mallory")
+    (True, False, False)
+    """
+    if actor.startswith("operator:"):
+        name = actor.split(":", 1)[1]
+        return bool(name) and all(c.isalnum() or c in "-_." for c in name)
+    return actor in ACTIONS and actor != "operator"
+
+
+def allowed(actor: str, action: str) -> bool:
+    return valid_actor(actor) and action in ACTIONS.get(role(actor), frozenset())

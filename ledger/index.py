@@ -1,0 +1,68 @@
+"""The cycle index: ``cycle_id -> ledger offsets``, so one cycle is read without a scan.
+
+It lives on the compacted ``<prefix>ledger-index`` topic (key ``cycle_id``, value
+the JSON list of rows ``[offset, sequence, action, subsystem, timestamp]``), plus
+one ``__tail__`` record the sequencer writes after each batch: the last offset,
+sequence, entry hash and Merkle frontier, so a restarted sequencer reads only the
+ledger records after it. The index is derived data: if it is lost or stale, the
+missing part is rebuilt from the ledger (which stays the source of truth).
+
+>>> ix = CycleIndex()
+>>> ix.add(offset=0, sequence=0, cycle_id="c1", action="plan_created", subsystem="agents", timestamp="t")
+True
+>>> ix.add(offset=0, sequence=0, cycle_id="c1", action="plan_created", subsystem="agents", timestamp="t")
+False
+>>> CycleIndex.decode_rows(ix.encode_rows("c1"))
+[[0, 0, 'plan_created', 'agents', 't']]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+TAIL_KEY = "__tail__"
+
+Row = list[Any]  # [offset, sequence, action, subsystem, timestamp]
+
+
+@dataclass
+class CycleIndex:
+    cycles: dict[str, list[Row]] = field(default_factory=dict)
+    tail: dict[str, Any] | None = None
+
+    def add(self, *, offset: int, sequence: int, cycle_id: str, action: str, subsystem: str, timestamp: str) -> bool:
+        """Record one ledger record; False if that offset is already indexed."""
+        rows = self.cycles.setdefault(cycle_id, [])
+        if rows and rows[-1][0] >= offset:
+            if any(r[0] == offset for r in rows):
+                return False
+            rows.append([offset, sequence, action, subsystem, timestamp])
+            rows.sort(key=lambda r: r[0])
+            return True
+        rows.append([offset, sequence, action, subsystem, timestamp])
+        return True
+
+    def rows(self, cycle_id: str) -> list[Row]:
+        return list(self.cycles.get(cycle_id, []))
+
+    def encode_rows(self, cycle_id: str) -> bytes:
+        return json.dumps(self.cycles.get(cycle_id, []), separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode_rows(data: bytes) -> list[Row]:
+        rows = json.loads(data)
+        if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 5 for r in rows):
+            raise ValueError("index record is not a list of [offset, sequence, action, subsystem, timestamp]")
+        return rows
+
+    def merge_rows(self, cycle_id: str, rows: list[Row]) -> None:
+        """Take a stored index record (the newest record of a key wins, as in compaction)."""
+        known = {r[0]: r for r in self.cycles.get(cycle_id, [])}
+        for r in rows:
+            known[r[0]] = r
+        self.cycles[cycle_id] = sorted(known.values(), key=lambda r: r[0])
+
+    def rows_with_action(self, action: str) -> list[tuple[str, Row]]:
+        return [(c, r) for c, rows in self.cycles.items() for r in rows if r[2] == action]

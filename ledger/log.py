@@ -1,0 +1,488 @@
+"""``ImmutableLog``: append signed entries, replay a cycle, read verified outcomes.
+
+One in-process sequencer assigns ``sequence`` and ``prev_hash``: every ``append``
+puts a request on a queue and one writer task drains it in batches (sign, produce
+all, one flush, resolve), so any number of coroutines can append concurrently and
+the chain stays linear; batching is also what makes thousands of acknowledged
+appends per second possible. On start (and after any failure) the sequencer
+resumes from the tail of the topic (``__tail__`` in the index topic, then every
+ledger record after it), so a sequence is never reused.
+
+Single writer: exactly one process may append to one ledger (run the components
+that append in one process, or give each process its own prefix). A second
+concurrent writer is not prevented here; it would create two entries with one
+sequence, which ``metaheal ledger verify`` reports as a fork.
+
+Fail closed: any failure to sign (missing key, actor not allowed) or to get the
+broker's acknowledgement raises :class:`LedgerUnavailable`; callers must then not
+act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+from confluent_kafka import Producer as _Producer
+
+from metaheal.config import Settings
+from metaheal.events import LedgerEntry
+from metaheal.kafka.admin import Admin
+from metaheal.kafka.config import producer_config
+from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.ledger.authz import allowed, valid_actor
+from metaheal.ledger.canonical import canonical_json
+from metaheal.ledger.chain import GENESIS, entry_hash, message, record_headers, record_key, seal
+from metaheal.ledger.index import TAIL_KEY, CycleIndex
+from metaheal.ledger.keys import KeyError_, KeyRegistry, utc_now
+from metaheal.ledger.reader import PartitionReader
+from metaheal.ledger.sequencer import Sequencer
+from metaheal.topics import declared_topics
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+
+
+class LedgerUnavailable(KafkaUnavailable):
+    """The entry was not durably appended; the caller must not act on it."""
+
+
+@dataclass
+class _Request:
+    fields: dict[str, Any]
+    future: asyncio.Future[LedgerEntry]
+
+
+def parse_ts(ts: str) -> datetime:
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+class ImmutableLog:
+    """The signed, hash-chained ledger on ``<prefix>ledger``.
+
+    ``append`` returns only after the broker acknowledged the entry (idempotent
+    producer, ``acks=all``). Reads use the cycle index so that a replay touches
+    only the records of that cycle.
+    """
+
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
+        self.settings = settings
+        self.topic = settings.topics.name("ledger")
+        self.index_topic = settings.topics.name("ledger-index")
+        self.timeout = timeout if timeout is not None else settings.ledger.append_timeout_seconds
+        self._decode = AvroDeserializer(LedgerEntry)
+        self._encode = AvroSerializer(LedgerEntry)
+        self._io = threading.Lock()  # one thread at a time touches clients, tail and index
+        self._producer: _Producer | None = None
+        self._reader: PartitionReader | None = None
+        self._tail: Sequencer | None = None
+        self._index = CycleIndex()
+        self._index_pos = 0  # next index-topic offset to read
+        self._ledger_pos = 0  # next ledger offset not yet indexed
+        self._dirty: set[str] = set()
+        self._queue: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._topics_ok = False
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        resource: str = "",
+        subsystem: str = "",
+        payload: dict[str, Any] | None = None,
+        result: str = "",
+        cycle_id: str = "",
+    ) -> LedgerEntry:
+        """Sign and durably append one entry; raises :class:`LedgerUnavailable` on any failure."""
+        if self._closed:
+            raise LedgerUnavailable("ledger is closed")
+        if not valid_actor(actor):
+            raise LedgerUnavailable(f"actor: {actor!r} is not a known actor")
+        if not allowed(actor, action):
+            raise LedgerUnavailable(f"action: actor {actor!r} may not sign {action!r}")
+        if not cycle_id or not isinstance(cycle_id, str):
+            raise LedgerUnavailable("cycle_id: required (a non-empty string)")
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise LedgerUnavailable(f"payload: must be a JSON object (dict), got {type(payload).__name__}")
+        try:
+            payload_text = canonical_json(payload)
+        except (TypeError, ValueError) as exc:
+            raise LedgerUnavailable(f"payload: {exc}") from None
+        fields = {
+            "actor": actor,
+            "action": action,
+            "resource": resource,
+            "subsystem": subsystem,
+            "payload": payload_text,
+            "result": result,
+            "cycle_id": cycle_id,
+        }
+        loop = asyncio.get_running_loop()
+        req = _Request(fields, loop.create_future())
+        self._queue.append(req)
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._drain())
+        return await req.future
+
+    async def replay_cycle(self, cycle_id: str) -> list[LedgerEntry]:
+        """That cycle's entries in sequence order (read through the index, not a scan)."""
+        return await asyncio.to_thread(self.replay_cycle_sync, cycle_id)
+
+    async def get_signed_outcomes(
+        self, subsystem: str | None = None, hours_back: float = 24, limit: int = 100
+    ) -> list[LedgerEntry]:
+        """The newest ``limit`` verified ``execution_outcome`` entries, oldest first."""
+        return await asyncio.to_thread(self.get_signed_outcomes_sync, subsystem, hours_back, limit)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._io:
+            if self._producer is not None:
+                self._producer.flush(5.0)
+                self._producer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    # -- writer ---------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                entries = await asyncio.to_thread(self._write_batch, [r.fields for r in batch])
+            except BaseException as exc:  # every waiter learns of the failure
+                err = exc if isinstance(exc, LedgerUnavailable) else LedgerUnavailable(f"append failed: {exc!r}")
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(err)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for r, e in zip(batch, entries, strict=True):
+                if r.future.done():
+                    continue
+                if isinstance(e, LedgerEntry):
+                    r.future.set_result(e)
+                else:
+                    r.future.set_exception(e)
+
+    def _write_batch(self, requests: list[dict[str, Any]]) -> list[LedgerEntry | LedgerUnavailable]:
+        with self._io:
+            try:
+                return self._write_batch_locked(requests)
+            except LedgerUnavailable:
+                self._tail = None  # unknown what was written: resync from the topic next time
+                raise
+            except KafkaUnavailable as exc:
+                self._tail = None
+                raise LedgerUnavailable(str(exc)) from exc
+
+    def _write_batch_locked(self, requests: list[dict[str, Any]]) -> list[LedgerEntry | LedgerUnavailable]:
+        """Sign and produce a batch; a request whose key is missing fails alone (without a sequence)."""
+        try:
+            registry = KeyRegistry.load(self.settings.keys)
+        except KeyError_ as exc:
+            raise LedgerUnavailable(str(exc)) from None
+        signers: dict[str, tuple[str, Any] | LedgerUnavailable] = {}
+        for actor in [f["actor"] for f in requests] + ["ledger"]:
+            if actor not in signers:
+                try:
+                    signers[actor] = registry.signing_key(actor)
+                except KeyError_ as exc:
+                    signers[actor] = LedgerUnavailable(str(exc))
+        ledger_signer = signers["ledger"]
+        if isinstance(ledger_signer, LedgerUnavailable):
+            ledger_signer = None  # no checkpoints without the ledger key; entries still go out
+            logger.warning("ledger_checkpoint_skipped reason=no_ledger_key")
+        if self._tail is None:
+            self._sync()
+        assert self._tail is not None
+        work = self._tail.copy()
+        entries: list[LedgerEntry] = []
+        results: list[LedgerEntry | LedgerUnavailable] = []
+        for fields in requests:
+            signer = signers[fields["actor"]]
+            if isinstance(signer, LedgerUnavailable):
+                results.append(signer)
+                continue
+            sealed = work.add(fields, signer, ledger_signer)
+            results.append(sealed[0])
+            entries += sealed
+        if not entries:
+            return results
+        offsets = self._produce_and_ack(entries)
+        # Acknowledged: the scratch state becomes the tail; index the new records.
+        work.last_offset = max(offsets)
+        self._tail = work
+        for e, off in zip(entries, offsets, strict=True):
+            self._index_entry(e, off)
+        self._ledger_pos = max(self._ledger_pos, work.last_offset + 1)
+        self._write_index()
+        logger.debug("ledger_appended count=%d next_sequence=%d", len(entries), work.next_sequence)
+        return results
+
+    def _produce_and_ack(self, entries: list[LedgerEntry]) -> list[int]:
+        producer = self._get_producer()
+        offsets: list[int | None] = [None] * len(entries)
+        errors: list[str] = []
+
+        def report(i: int):  # noqa: ANN202
+            def cb(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    errors.append(str(err))
+                else:
+                    offsets[i] = msg.offset()
+
+            return cb
+
+        try:
+            for i, e in enumerate(entries):
+                while True:
+                    try:
+                        producer.produce(
+                            self.topic, value=self._encode(e), key=record_key(e).encode(),
+                            headers=[(k, v.encode()) for k, v in record_headers(e).items()],
+                            partition=0, on_delivery=report(i),
+                        )
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            remaining = producer.flush(self.timeout)
+        except KafkaException as exc:
+            raise LedgerUnavailable(f"cannot produce to {self.topic}: {exc}") from exc
+        if remaining or errors or any(o is None for o in offsets):
+            self._producer = None  # its queue may hold records: never reuse it
+            why = errors[0] if errors else f"{remaining} record(s) unacknowledged after {self.timeout}s"
+            raise LedgerUnavailable(f"ledger append not acknowledged by the broker: {why}")
+        return offsets  # type: ignore[return-value]
+
+    def _write_index(self) -> None:
+        """Best effort: the index is derived data, rebuilt from the ledger if stale."""
+        tail = self._tail
+        assert tail is not None
+        try:
+            producer = self._get_producer()
+            for cycle in self._dirty:
+                producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(), partition=0)
+            producer.produce(
+                self.index_topic, value=json.dumps(tail.to_json()).encode(), key=TAIL_KEY.encode(), partition=0
+            )
+            if producer.flush(self.timeout):
+                raise KafkaUnavailable("index records unacknowledged")
+            self._dirty.clear()
+        except (KafkaException, KafkaUnavailable, BufferError) as exc:
+            logger.warning("ledger_index_write_failed error=%s (rebuilt from the ledger later)", exc)
+
+    def _get_producer(self) -> _Producer:
+        if self._producer is None:
+            cfg = producer_config(self.settings.kafka, idempotent=True)
+            cfg.update({"linger.ms": 2, "message.timeout.ms": int(self.timeout * 1000)})
+            producer = _Producer(cfg)
+            try:  # metadata first: an unknown topic would wait for librdkafka's 1 s refresh timer
+                for topic in (self.topic, self.index_topic):
+                    producer.list_topics(topic, timeout=self.timeout)
+            except KafkaException as exc:
+                raise LedgerUnavailable(f"cannot reach the broker for {self.topic}: {exc}") from exc
+            self._producer = producer
+        return self._producer
+
+    # -- reading the tail and the index ---------------------------------------------------------
+
+    def _get_reader(self) -> PartitionReader:
+        if self._reader is None:
+            self._reader = PartitionReader(self.settings.kafka)
+        return self._reader
+
+    def _ensure_topics(self) -> None:
+        if self._topics_ok:
+            return
+        wanted = {self.topic, self.index_topic}
+        specs = [s for s in declared_topics(self.settings) if s.name in wanted]
+        Admin(self.settings.kafka, timeout=self.timeout).ensure(specs)
+        self._topics_ok = True
+
+    def _read_to_end(self, topic: str, start: int) -> Iterable[Message]:
+        try:
+            yield from self._get_reader().read(topic, start, timeout=self.timeout)
+        except LedgerUnavailable:
+            raise
+        except KafkaUnavailable as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+    def _catch_up(self, tail: Sequencer | None = None) -> None:
+        """Load index records written since the last call, then index ledger records after them.
+
+        With ``tail`` (resuming the sequencer), the ledger records found are also
+        chained onto it.
+        """
+        try:
+            self._ensure_topics()
+            for m in self._read_to_end(self.index_topic, self._index_pos):
+                self._index_pos = m.offset() + 1
+                key = (m.key() or b"").decode()
+                if m.value() is None:
+                    continue
+                try:
+                    if key == TAIL_KEY:
+                        self._index.tail = json.loads(m.value())
+                    else:
+                        self._index.merge_rows(key, CycleIndex.decode_rows(m.value()))
+                except ValueError as exc:
+                    logger.warning("ledger_index_record_ignored offset=%d error=%s", m.offset(), exc)
+            if tail is not None and self._index.tail is not None:
+                tail.load_json(self._index.tail)
+            if self._index.tail is not None and self._ledger_pos == 0:
+                self._ledger_pos = int(self._index.tail["last_offset"]) + 1
+            for m in self._read_to_end(self.topic, self._ledger_pos):
+                self._ledger_pos = m.offset() + 1
+                if m.value() is None:
+                    continue
+                try:
+                    e = self._decode(m.value())
+                except DecodeError as exc:
+                    logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
+                    continue
+                self._index_entry(e, m.offset())
+                if tail is not None:
+                    _advance(tail, e, m.offset())
+        except KafkaException as exc:
+            raise LedgerUnavailable(f"cannot read the ledger: {exc}") from exc
+        except KafkaUnavailable as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+
+    def _sync(self) -> None:
+        """Resume the sequencer: from the stored tail, then every ledger record after it."""
+        self._index = CycleIndex()
+        self._index_pos = self._ledger_pos = 0
+        self._tail = None
+        tail = self._new_sequencer()
+        self._catch_up(tail)
+        self._tail = tail
+        logger.info("ledger_sequencer_resumed next_sequence=%d topic=%s", self._tail.next_sequence, self.topic)
+
+    def _new_sequencer(self) -> Sequencer:
+        ls = self.settings.ledger
+        return Sequencer(checkpoint_every_entries=ls.checkpoint_every_entries,
+                         checkpoint_every_seconds=ls.checkpoint_every_seconds, origin=ls.origin)
+
+    def _index_entry(self, e: LedgerEntry, offset: int) -> None:
+        if self._index.add(
+            offset=offset, sequence=e.sequence, cycle_id=e.cycle_id, action=e.action,
+            subsystem=e.subsystem, timestamp=e.timestamp,
+        ):
+            self._dirty.add(e.cycle_id)
+
+    def _fetch(self, offsets: list[int]) -> list[Message]:
+        """Read exactly the records at ``offsets`` (runs of nearby offsets in one fetch)."""
+        wanted = sorted(set(offsets))
+        if not wanted:
+            return []
+        runs: list[list[int]] = [[wanted[0]]]
+        for o in wanted[1:]:
+            if o - runs[-1][-1] <= 64:
+                runs[-1].append(o)
+            else:
+                runs.append([o])
+        reader = self._get_reader()
+        consumer = reader.consumer
+        out: list[Message] = []
+        try:
+            for run in runs:
+                need = set(run)
+                reader.assign(self.topic, run[0], timeout=self.timeout)
+                deadline = time.monotonic() + self.timeout
+                while need:
+                    if time.monotonic() > deadline:
+                        raise LedgerUnavailable(f"timed out fetching ledger offsets {sorted(need)[:5]}")
+                    for m in consumer.consume(500, 0.005):
+                        err = m.error()
+                        if err is None:
+                            if m.offset() in need:
+                                need.discard(m.offset())
+                                out.append(m)
+                        elif err.code() == KafkaError._PARTITION_EOF:
+                            need.clear()  # compacted away or not there: nothing more to read
+                            break
+                        else:
+                            raise LedgerUnavailable(f"cannot read {self.topic}: {err}")
+                        if m.offset() >= run[-1]:
+                            need.clear()
+                            break
+        finally:
+            consumer.unassign()
+        return out
+
+    def _decoded(self, msgs: Iterable[Message]) -> list[LedgerEntry]:
+        out = []
+        for m in msgs:
+            if m.value() is None:
+                continue
+            try:
+                out.append(self._decode(m.value()))
+            except DecodeError as exc:
+                logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
+        return sorted(out, key=lambda e: e.sequence)
+
+    def replay_cycle_sync(self, cycle_id: str) -> list[LedgerEntry]:
+        with self._io:
+            self._catch_up()
+            rows = self._index.rows(cycle_id)
+            msgs = self._fetch([r[0] for r in rows])
+        return [e for e in self._decoded(msgs) if e.cycle_id == cycle_id]
+
+    def get_signed_outcomes_sync(
+        self, subsystem: str | None = None, hours_back: float = 24, limit: int = 100
+    ) -> list[LedgerEntry]:
+        cutoff = (datetime.now(UTC) - timedelta(hours=hours_back)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with self._io:
+            self._catch_up()
+            rows = [
+                r for _, r in self._index.rows_with_action("execution_outcome")
+                if r[4] >= cutoff and (subsystem is None or r[3] == subsystem)
+            ]
+            rows.sort(key=lambda r: r[1])
+            msgs = self._fetch([r[0] for r in rows[-limit:]] if limit > 0 else [])
+        registry = KeyRegistry.load(self.settings.keys).with_operators(self.settings.operators)
+        out = []
+        for e in self._decoded(msgs):
+            rec = registry.get(e.key_id)
+            ok = (
+                rec is not None and rec.actor == e.actor and not rec.revoked and rec.valid_at(e.timestamp)
+                and e.action == "execution_outcome" and allowed(e.actor, e.action)
+                and entry_hash(e) == e.entry_hash and rec.verify(message(e), e.signature)
+            )
+            if ok:
+                out.append(e)
+            else:
+                logger.warning("ledger_outcome_unverified sequence=%d (excluded)", e.sequence)
+        return out
+
+
+def _advance(t: Sequencer, e: LedgerEntry, offset: int) -> None:
+    """Chain a record found after the stored tail onto the resumed state; never reuse a sequence."""
+    if e.sequence < t.next_sequence:
+        logger.warning("ledger_record_behind_tail sequence=%d next=%d offset=%d", e.sequence, t.next_sequence,
+                       offset)
+        return
+    if e.sequence > t.next_sequence or e.prev_hash != t.prev_hash or entry_hash(e) != e.entry_hash:
+        logger.error("ledger_chain_break sequence=%d expected=%d offset=%d (run metaheal ledger verify)",
+                     e.sequence, t.next_sequence, offset)
+    t.follow(e, offset)

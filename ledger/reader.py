@@ -1,0 +1,73 @@
+"""Group-less reads of one partition up to its end (found by partition EOF).
+
+Two librdkafka timers make naive reads slow on a fresh topic, so this reader
+avoids both: ``consume(n, timeout)`` waits for the whole timeout unless ``n``
+records arrive (poll with a very short timeout instead), and assigning a topic the
+client has no metadata for waits for the next 1 s "unavailable topics" refresh
+(ask for its metadata first, once per topic), as does a logical start offset
+(``OFFSET_BEGINNING`` needs a ListOffsets query; start at absolute offset 0).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer as _Consumer
+
+from metaheal.config import KafkaSettings
+from metaheal.kafka.config import consumer_config
+from metaheal.kafka.errors import KafkaUnavailable
+
+
+class PartitionReader:
+    """One group-less consumer; not thread-safe (callers serialise)."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        cfg = consumer_config(settings, None)
+        cfg.update({"fetch.wait.max.ms": 10, "fetch.error.backoff.ms": 10})
+        self.consumer = _Consumer(cfg)
+        self._known: set[str] = set()
+
+    def _prime(self, topic: str, timeout: float) -> None:
+        if topic in self._known:
+            return
+        try:
+            md = self.consumer.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"cannot read metadata of {topic}: {exc}") from exc
+        t = md.topics.get(topic)
+        if t is None or t.error is not None:
+            raise KafkaUnavailable(f"topic {topic} does not exist")
+        self._known.add(topic)
+
+    def assign(self, topic: str, offset: int, *, partition: int = 0, timeout: float = 10.0) -> None:
+        self._prime(topic, timeout)
+        self.consumer.assign([TopicPartition(topic, partition, max(offset, 0))])
+
+    def read(self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
+        """Records from ``start`` to the current end; raises ``KafkaUnavailable`` on errors or timeout."""
+        self.assign(topic, start, partition=partition, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailable(f"timed out reading {topic} to its end")
+                try:
+                    msgs = self.consumer.consume(1000, 0.005)
+                except KafkaException as exc:
+                    raise KafkaUnavailable(f"cannot read {topic}: {exc}") from exc
+                for m in msgs:
+                    err = m.error()
+                    if err is None:
+                        yield m
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        return
+                    else:
+                        raise KafkaUnavailable(f"cannot read {topic}: {err}")
+        finally:
+            self.consumer.unassign()
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,589 @@
+"""``metaheal demo``: the whole control plane against a simulated fleet, three flows, end to end.
+
+What is shown is read back from the topics and the ledger (:class:`Timeline`), never
+narrated by the components: a line appears because an event was published. The
+:class:`Driver` injects each flow's scenario into the simulator, plays the operator
+where a flow needs an approval (signing with a demo operator key, and saying so), and
+decides pass/fail from the same events (a signed, verified outcome and a healthy
+service), so a flow that did not heal fails the demo with the reason.
+
+>>> fmt_clock(0.0)
+'00:00:00.0'
+>>> FLOWS[0].scenario, FLOWS[0].expect_focus, FLOWS[0].expect_playbook, FLOWS[0].expect_approval
+('latency_drift', 'latency_drift', 'scale_up_instances', False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from metaheal.config import OperatorSettings, Settings
+from metaheal.events import (
+    AgenticPlan,
+    AnomalyScore,
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    Directive,
+    Event,
+    LedgerEntry,
+    MLAdvice,
+    ProbeCommand,
+    SignedOutcome,
+)
+from metaheal.kafka import Consumer, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError, EventDecoder
+
+logger = logging.getLogger(__name__)
+
+DEMO_OPERATOR = "demo-operator"
+#: ledger actions worth a timeline line (the rest duplicate a topic line)
+LEDGER_SHOWN = {
+    "guardrail_changed", "trust_checked", "trust_violation", "approval_requested", "approval_decided",
+    "approval_received", "execution_started", "step_executed", "verification_result", "rollback_executed",
+    "execution_outcome", "learning_update", "plan_recovered",
+}
+TIMELINE_TOPICS = ("anomalies", "cycles", "probes", "advice", "directives", "plans", "approvals", "outcomes", "ledger")
+
+
+def fmt_clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:10]
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    scenario: str | None
+    expect_focus: str
+    expect_playbook: str | None
+    expect_approval: bool
+    title: str
+
+
+FLOWS: tuple[Flow, ...] = (
+    Flow("latency", "latency_drift", "latency_drift", "scale_up_instances", False,
+         "Latency drift under rising load -> scale_up_instances, auto-approved"),
+    Flow("errors", "error_spike", "error_spike", "rollback_flag", True,
+         "Error spike after a bad deployment -> rollback_flag, with operator approval"),
+    Flow("quiet", None, "routine_maintenance", None, False,
+         "Quiet period -> routine_maintenance, guardrails maintain, no directive"),
+)
+
+
+@dataclass
+class Seen:
+    """One event as the timeline saw it: wall-clock receive time, topic short name, the event."""
+
+    at: float
+    topic: str
+    event: Event
+    key: str | None = None
+
+
+class Timeline:
+    """Tails the demo's topics (group-less, from the beginning) and renders one line per event.
+
+    ``emit`` gets each line (the CLI passes ``typer.echo``); ``events`` keeps everything
+    for the driver and the summary. Anomalies are shown once per series per quiet spell,
+    so a drifting series is one line, not one per sample.
+    """
+
+    def __init__(self, settings: Settings, emit: Callable[[str], None], *, anomaly_quiet_seconds: float = 30.0):
+        self.settings = settings
+        self.emit = emit
+        self.events: list[Seen] = []
+        self.anomaly_quiet_seconds = anomaly_quiet_seconds
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._decode = EventDecoder()
+        self._ledger = AvroDeserializer(LedgerEntry)
+        self._anomaly_last: dict[tuple[str, str], float] = {}
+        self._short = {settings.topics.name(t): t for t in TIMELINE_TOPICS}
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 20.0) -> Timeline:
+        self._thread = threading.Thread(target=self._run, name="demo-timeline", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("timeline reader did not start")
+        if self.error is not None:
+            raise RuntimeError(f"timeline reader failed: {self.error}")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        try:
+            consumer = Consumer(self.settings.kafka)
+        except Exception as exc:  # surfaced by start()
+            self.error = exc
+            self._ready.set()
+            return
+        try:
+            parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in self._short for p in consumer.partitions(t)]
+            consumer.raw.assign(parts)
+            self._ready.set()
+            while not self._stop.is_set():
+                for msg in consumer.raw.consume(500, 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            logger.warning("timeline consume_error error=%s", err)
+                        continue
+                    self._ingest(self._short[msg.topic()], msg.key(), msg.value())
+        except Exception as exc:
+            self.error = exc
+            logger.exception("timeline failed")
+        finally:
+            self._ready.set()
+            consumer.close()
+
+    def _ingest(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            event: Event = self._ledger(value) if topic == "ledger" else self._decode(value)
+        except DecodeError as exc:
+            logger.warning("timeline skip topic=%s error=%s", topic, exc)
+            return
+        seen = Seen(time.time(), topic, event, key.decode("utf-8", "replace") if key else None)
+        with self._lock:
+            self.events.append(seen)
+        line = self.render(seen)
+        if line is not None:
+            self.emit(line)
+
+    # --- rendering ------------------------------------------------------------------------------
+
+    def render(self, s: Seen) -> str | None:
+        e = s.event
+        text = self._text(s.topic, e, s.at)
+        if text is None:
+            return None
+        return f"{fmt_clock(s.at)}  {text}"
+
+    def _text(self, topic: str, e: Event, at: float) -> str | None:
+        if isinstance(e, AnomalyScore):
+            if not e.crossed:
+                return None
+            k = (e.service, e.metric + json.dumps(e.labels, sort_keys=True))
+            last = self._anomaly_last.get(k)
+            self._anomaly_last[k] = at
+            if last is not None and at - last < self.anomaly_quiet_seconds:
+                return None
+            dep = f"{{dependency={e.labels['dependency']}}}" if "dependency" in e.labels else ""
+            return (f"[streams]   anomaly  {e.service} {e.metric}{dep} = {e.value:.4g} vs baseline {e.baseline:.4g} "
+                    f"(score {e.score:.4f}, {e.signal or 'unknown'})")
+        if isinstance(e, CycleFocus):
+            probes = ", ".join(e.extra_probes) or "none"
+            targets = ", ".join(e.target_services) or "-"
+            return (f"[meta]      cycle {e.cycle_id}: focus {e.focus_area} (confidence {e.confidence:.2f}), "
+                    f"guardrails {e.guardrail_adjustment} -> {e.guardrail_level}, probes {probes}, "
+                    f"budget {e.time_budget_seconds}s, targets {targets}; {e.reasoning[0] if e.reasoning else ''}")
+        if isinstance(e, ProbeCommand):
+            return (f"[meta]      probe {e.probe} {'on' if e.enabled else 'off'} for {', '.join(e.services) or 'all'} "
+                    f"(ttl {e.ttl_seconds}s)")
+        if isinstance(e, MLAdvice):
+            causes = ", ".join(f"{c.cause} {c.probability:.2f}" for c in e.root_cause_candidates[:3]) or "-"
+            books = ", ".join(f"{p.name} {p.score:.2f}" for p in e.ranked_playbooks[:3]) or "-"
+            return f"[advisors]  advice for {e.cycle_id}: root causes {causes}; playbooks {books}"
+        if isinstance(e, Directive):
+            return (f"[meta]      directive {e.directive_id} -> {e.service}: {e.focus_area}, guardrails "
+                    f"{e.guardrail_level}, recommended {', '.join(e.ml_advice.recommended_playbooks[:3]) or '-'} "
+                    f"(confidence {e.confidence:.2f})")
+        if isinstance(e, AgenticPlan):
+            trust = "needs human approval" if e.trust_approval_required else "auto-approved by trust check"
+            return (f"[agentic]   plan {e.plan_id}: {e.selected_playbook} on {e.service}, "
+                    f"{len(e.steps)} step(s), impact {e.risk_assessment.impact}, blast radius "
+                    f"{e.risk_assessment.blast_radius}, confidence {e.confidence:.2f} -> {trust}")
+        if isinstance(e, ApprovalRequest):
+            return f"[agentic]   approval requested {e.request_id} for {e.playbook} on {e.service}: {e.reason}"
+        if isinstance(e, ApprovalDecision):
+            return (f"[operator]  {e.operator} {e.decision}s plan {e.plan_id} (signed, key {e.key_id[:12]}): "
+                    f"{e.reason}")
+        if isinstance(e, SignedOutcome):
+            verified = {True: "verified", False: "verification failed", None: "not verified"}[e.verification_passed]
+            lines = (f"[executor]  outcome {e.result.upper()}: {e.playbook} on {e.service} in {e.duration_seconds:.1f}s, "
+                     f"{verified}, trust {e.trust_decision}, signed by {e.actor}"
+                     + (f" (ledger #{e.ledger_sequence})" if e.ledger_sequence is not None else ""))
+            for insight in e.learned_insights[:2]:
+                lines += f"\n{fmt_clock(at)}  [learning]  {insight}"
+            return lines
+        if isinstance(e, LedgerEntry):
+            if e.action not in LEDGER_SHOWN:
+                return None
+            detail = _ledger_detail(e)
+            return f"[ledger]    #{e.sequence} {e.actor} {e.action} {e.resource} -> {e.result}{detail}"
+        return None
+
+    # --- queries for the driver -------------------------------------------------------------------
+
+    def snapshot(self) -> list[Seen]:
+        with self._lock:
+            return list(self.events)
+
+    async def wait_for(self, predicate: Callable[[Seen], bool], *, after: float, timeout: float) -> Seen | None:
+        """The first event received at or after ``after`` matching ``predicate``, waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        index = 0
+        while True:
+            events = self.snapshot()
+            for s in events[index:]:
+                if s.at >= after and predicate(s):
+                    return s
+            index = len(events)
+            if time.monotonic() >= deadline or self.error is not None:
+                return None
+            await asyncio.sleep(0.1)
+
+
+def _ledger_detail(e: LedgerEntry) -> str:
+    try:
+        payload = json.loads(e.payload)
+    except json.JSONDecodeError:
+        return ""
+    if not isinstance(payload, dict):
+        return ""
+    for key in ("reason", "insight", "sentence", "summary", "verdict", "status"):
+        v = payload.get(key)
+        if isinstance(v, str) and v:
+            return f" ({v[:120]})"
+    return ""
+
+
+@dataclass
+class FlowResult:
+    flow: Flow
+    started_at: float
+    ok: bool = False
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cycle_ids: list[str] = field(default_factory=list)
+    detected_at: float | None = None
+    directive_at: float | None = None
+    fixed_at: float | None = None
+    playbook: str | None = None
+    service: str | None = None
+
+    def seconds(self, t: float | None) -> str:
+        return "-" if t is None else f"{t - self.started_at:.1f}s"
+
+
+class Driver:
+    """Plays the flows against a running system and judges them from the timeline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        timeline: Timeline,
+        inject: Callable[[str], Any],
+        *,
+        operator_key_path: Path,
+        emit: Callable[[str], None],
+        flow_timeout: float = 75.0,
+    ) -> None:
+        self.settings = settings
+        self.timeline = timeline
+        self.inject = inject
+        self.operator_key_path = operator_key_path
+        self.emit = emit
+        self.flow_timeout = flow_timeout
+        self._producer = Producer(settings.kafka)
+
+    def say(self, text: str) -> None:
+        self.emit(f"{fmt_clock(time.time())}  [demo]      {text}")
+
+    async def run_flow(self, flow: Flow) -> FlowResult:
+        self.emit("")
+        self.say(f"=== flow: {flow.title} ===")
+        if flow.scenario is None:
+            return await self._quiet(flow)
+        res = FlowResult(flow, started_at=time.time())
+        self.inject(flow.scenario)
+        self.say(f"injected scenario {flow.scenario} into the simulated fleet")
+        t0 = res.started_at
+        services = {s.name for s in self.settings.services}
+        deadline = time.monotonic() + self.flow_timeout
+        approved: set[str] = set()
+        directive: Directive | None = None
+        while time.monotonic() < deadline:
+            for s in self.timeline.snapshot():
+                if s.at < t0:
+                    continue
+                e = s.event
+                if res.detected_at is None and isinstance(e, AnomalyScore) and e.crossed and e.service in services:
+                    res.detected_at = s.at
+                if isinstance(e, CycleFocus) and e.focus_area != "routine_maintenance" and e.cycle_id not in res.cycle_ids:
+                    res.cycle_ids.append(e.cycle_id)
+                    if res.detected_at is None:
+                        res.detected_at = s.at
+                    if e.focus_area != flow.expect_focus:
+                        res.notes.append(f"cycle {e.cycle_id} focused on {e.focus_area}, expected {flow.expect_focus}")
+                if isinstance(e, Directive) and directive is None and e.cycle_id in res.cycle_ids:
+                    directive, res.directive_at, res.service = e, s.at, e.service
+                if isinstance(e, ApprovalRequest) and e.request_id not in approved and e.cycle_id in res.cycle_ids:
+                    approved.add(e.request_id)
+                    if not flow.expect_approval:
+                        res.notes.append(f"approval was requested for {e.playbook}; this flow expected auto-approval")
+                    await self._approve(e)
+                if isinstance(e, SignedOutcome) and directive is not None and e.directive_id == directive.directive_id:
+                    return await self._judge(res, e, s.at)
+            await asyncio.sleep(0.2)
+        stage = ("no anomaly or cycle focus" if res.detected_at is None else
+                 "no directive" if directive is None else "no outcome")
+        res.reasons.append(f"timed out after {self.flow_timeout:.0f}s: {stage}")
+        return res
+
+    async def _approve(self, req: ApprovalRequest) -> None:
+        from metaheal.agents.approvals import load_signing_key, sign_decision
+
+        self.say(f"the demo now plays the operator '{DEMO_OPERATOR}' and APPROVES {req.request_id} "
+                 f"with the demo operator key {self.operator_key_path.name}")
+        key = load_signing_key(self.operator_key_path)
+        decision = sign_decision(key, plan_id=req.plan_id, request_id=req.request_id, operator=DEMO_OPERATOR,
+                                 decision="approve", reason="demo: approved by the demo operator")
+        await asyncio.to_thread(self._producer.send, self.settings.topics.name("approvals"),
+                                AvroSerializer(ApprovalDecision)(decision), req.plan_id)
+
+    async def _judge(self, res: FlowResult, outcome: SignedOutcome, at: float) -> FlowResult:
+        res.playbook = outcome.playbook
+        flow = res.flow
+        if outcome.result != "success":
+            res.reasons.append(f"outcome {outcome.result} for {outcome.playbook} on {outcome.service}")
+        if outcome.verification_passed is not True:
+            res.reasons.append(f"verification {'failed' if outcome.verification_passed is False else 'missing'}")
+        if flow.expect_playbook and outcome.playbook != flow.expect_playbook:
+            res.notes.append(f"chose {outcome.playbook}, the design expects {flow.expect_playbook}")
+        health = await self._health(outcome.service)
+        if health is not None:
+            res.reasons.append(f"{outcome.service} still unhealthy after the outcome: {health}")
+        if not res.reasons:
+            res.ok, res.fixed_at = True, at
+        return res
+
+    async def _health(self, service: str) -> str | None:
+        svc = self.settings.service(service)
+        if svc is None or svc.admin_url is None:
+            return "no admin_url to check"
+        async with httpx.AsyncClient(timeout=5.0) as c:
+            r = await c.get(f"{svc.admin_url}/health")
+        return None if r.status_code == 200 else "; ".join(r.json().get("reasons", [])) or str(r.status_code)
+
+    async def _quiet(self, flow: Flow) -> FlowResult:
+        res = FlowResult(flow, started_at=time.time())
+        self.say("no fault injected: waiting for the next cycle")
+        deadline = time.monotonic() + self.flow_timeout
+        # the first cycle after the start may still weigh the previous flow's evidence; judge a later one
+        seen_cycles = 0
+        while time.monotonic() < deadline:
+            s = await self.timeline.wait_for(lambda x: isinstance(x.event, CycleFocus), after=res.started_at,
+                                             timeout=max(0.0, deadline - time.monotonic()))
+            if s is None:
+                break
+            e = s.event
+            assert isinstance(e, CycleFocus)
+            res.started_at = s.at + 1e-6
+            seen_cycles += 1
+            res.cycle_ids.append(e.cycle_id)
+            if e.focus_area != "routine_maintenance":
+                res.notes.append(f"cycle {e.cycle_id} still focused on {e.focus_area}")
+                continue
+            # give the meta loop time to (not) issue a directive for this cycle
+            await asyncio.sleep(self.settings.cycle.advice_wait_seconds + 2.0)
+            directives = [x for x in self.timeline.snapshot()
+                          if isinstance(x.event, Directive) and x.event.cycle_id == e.cycle_id]
+            if directives:
+                res.reasons.append(f"routine cycle {e.cycle_id} issued {len(directives)} directive(s)")
+            if e.guardrail_level != "maintain":
+                res.notes.append(f"guardrails at {e.guardrail_level} (the design shows maintain)")
+            res.ok = not res.reasons
+            res.fixed_at = s.at
+            res.started_at = s.at
+            return res
+        res.reasons.append(f"no routine_maintenance cycle within {self.flow_timeout:.0f}s"
+                           f" ({seen_cycles} cycle(s) seen)")
+        return res
+
+    def close(self) -> None:
+        self._producer.close(5.0)
+
+
+def demo_settings(base: Settings, workdir: Path, prefix: str) -> Settings:
+    """Short cycles and windows so three flows fit in a few minutes; keys under ``workdir``."""
+    s = base.model_copy(deep=True)
+    s.topics.prefix = prefix
+    s.keys = workdir / "keys"
+    s.cycle.cycle_seconds = 8.0
+    s.cycle.min_cycle_gap_seconds = 3.0
+    s.cycle.advice_wait_seconds = 3.0
+    s.cycle.evidence_window_seconds = 15.0
+    s.cycle.lease_seconds = 3.0
+    s.streams.window_seconds = 2.0
+    s.streams.allowed_lateness_seconds = 1.0
+    s.executor.approval_expiry_seconds = 120.0
+    return s
+
+
+def add_demo_operator(settings: Settings) -> Path:
+    """Create (once) the demo operator key and register its public key; returns the private key path."""
+    from metaheal.ledger.keys import init_operator_key
+
+    path, public_hex = init_operator_key(settings.keys, DEMO_OPERATOR)
+    others = [o for o in settings.operators if o.name != DEMO_OPERATOR]
+    settings.operators = [*others, OperatorSettings(name=DEMO_OPERATOR, public_key=public_hex, services=["*"])]
+    return Path(path)
+
+
+def new_prefix() -> str:
+    return f"demo{uuid.uuid4().hex[:6]}."
+
+
+@dataclass
+class DemoReport:
+    flows: list[FlowResult] = field(default_factory=list)
+    verify_clean: bool | None = None
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blocked and self.verify_clean is True and bool(self.flows) and all(f.ok for f in self.flows)
+
+
+async def run_demo(
+    settings: Settings,
+    workdir: Path,
+    emit: Callable[[str], None],
+    *,
+    seed: int = 0,
+    warmup_seconds: float = 20.0,
+    flow_timeout: float = 75.0,
+    flows: tuple[Flow, ...] = FLOWS,
+) -> DemoReport:
+    """Everything after the broker exists: topics, keys, simulator, components, flows, audit, summary."""
+    from metaheal.ledger.keys import init_system_keys
+    from metaheal.runtime import ALL_ROLES, ComponentFailed, RoleUnavailable, Runtime, resolve_playbooks, write_settings
+    from metaheal.simulator.runner import Simulator
+    from metaheal.topics import ensure_topics
+
+    report = DemoReport()
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings.playbooks = resolve_playbooks(settings.playbooks).resolve()
+    await asyncio.to_thread(ensure_topics, settings)
+    await asyncio.to_thread(init_system_keys, settings.keys)
+    operator_key = await asyncio.to_thread(add_demo_operator, settings)
+    sim = Simulator(settings, seed=seed, interval=0.5, ready_delay=3.0, restart_seconds=3.0, day_amplitude=0.03,
+                    day_seconds=600.0)
+    await sim.start()
+    settings.services = sim.services_config()
+    config_path = write_settings(settings, workdir / "metaheal.yaml")
+    emit(f"{fmt_clock(time.time())}  [demo]      topics {settings.topics.prefix}*, keys and config in {workdir} "
+         f"({config_path.name}); fleet: " + ", ".join(f"{s.name}@{s.admin_url}" for s in settings.services))
+    runtime = Runtime(settings, list(ALL_ROLES), workdir=workdir, explicit=True, log_dir=workdir)
+    try:
+        await runtime.start()
+    except (RoleUnavailable, ComponentFailed) as exc:
+        report.blocked.append(str(exc))
+        await sim.admin.stop()
+        return report
+    timeline = Timeline(settings, emit)
+    await asyncio.to_thread(timeline.start)
+    stop = asyncio.Event()
+    from metaheal.runtime import Component, run_components
+
+    system = asyncio.create_task(run_components([Component("simulator", sim), *runtime.components], stop))
+    driver = Driver(settings, timeline, sim.inject, operator_key_path=operator_key, emit=emit, flow_timeout=flow_timeout)
+    try:
+        driver.say(f"warming up: baselines for {warmup_seconds:.0f}s, then the first cycle")
+        t0 = time.time()
+        await asyncio.sleep(warmup_seconds)
+        first = await timeline.wait_for(lambda s: isinstance(s.event, CycleFocus), after=t0, timeout=60.0)
+        if first is None:
+            report.blocked.append("no cycle was decided during warm-up (meta loop not cycling)")
+        else:
+            for flow in flows:
+                if system.done():
+                    break
+                res = await driver.run_flow(flow)
+                report.flows.append(res)
+                verdict = "HEALED" if res.ok and flow.scenario else "OK" if res.ok else "FAILED"
+                driver.say(f"flow {flow.name}: {verdict}" + (f" ({'; '.join(res.reasons)})" if res.reasons else ""))
+                if not res.ok:
+                    break
+    finally:
+        stop.set()
+        try:
+            await system
+        except ComponentFailed as exc:
+            report.blocked.append(f"component failed: {exc}")
+        timeline.stop()
+        driver.close()
+        runtime.close()
+    await audit(settings, workdir, report, emit)
+    summarize(report, emit, workdir)
+    return report
+
+
+async def audit(settings: Settings, workdir: Path, report: DemoReport, emit: Callable[[str], None]) -> None:
+    """Replay each demo cycle from the ledger and verify the whole chain, as an auditor would."""
+    from metaheal.ledger import ImmutableLog
+    from metaheal.ledger.verify import verify_ledger
+
+    emit("")
+    emit("=== ledger replay of the demo cycles ===")
+    log = ImmutableLog(settings)
+    try:
+        for res in report.flows:
+            for cycle_id in res.cycle_ids:
+                entries = await log.replay_cycle(cycle_id)
+                emit(f"cycle {cycle_id} ({res.flow.name}): {len(entries)} signed entries")
+                for e in entries:
+                    emit(f"  #{e.sequence:<4} {e.timestamp}  {e.actor:<22} {e.action:<22} {e.resource} -> {e.result}")
+    finally:
+        log.close()
+    emit("")
+    emit("=== ledger verify ===")
+    rep = await asyncio.to_thread(verify_ledger, settings)
+    report.verify_clean = rep.clean
+    emit(f"{rep.entries} entries, last sequence {rep.last_sequence}, {rep.checkpoints} checkpoint(s): "
+         + ("CLEAN" if rep.clean else f"{len(rep.findings)} finding(s)"))
+    for f in rep.findings[:20]:
+        emit(f"  {f}")
+
+
+def summarize(report: DemoReport, emit: Callable[[str], None], workdir: Path) -> None:
+    emit("")
+    emit("=== summary ===")
+    emit(f"{'flow':<9} {'result':<8} {'detection':>10} {'directive':>10} {'verified fix':>13}  playbook / notes")
+    for r in report.flows:
+        result = "ok" if r.ok else "FAILED"
+        extra = r.playbook or "-"
+        if r.notes:
+            extra += " | " + "; ".join(r.notes)
+        if r.reasons:
+            extra += " | " + "; ".join(r.reasons)
+        emit(f"{r.flow.name:<9} {result:<8} {r.seconds(r.detected_at):>10} {r.seconds(r.directive_at):>10} "
+             f"{r.seconds(r.fixed_at):>13}  {extra}")
+    emit("(times are from the fault injection; for the quiet flow, from the routine cycle)")
+    for b in report.blocked:
+        emit(f"BLOCKED: {b}")
+    if report.verify_clean is False:
+        emit("ledger verify found problems (see above)")
+    emit(f"audit it yourself: cd {workdir} && metaheal ledger verify")

@@ -1,0 +1,381 @@
+"""Process wiring for ``metaheal up``: which components run, and clean shutdown.
+
+Every component is an asyncio service with ``run(stop)`` (contract §6); this module
+starts the ones a role asks for, sets ``stop`` on SIGINT/SIGTERM and waits for all of
+them, so Ctrl-C leaves no orphan processes behind. Components built by other areas
+are imported lazily: a role whose module is not installed yet is reported, not faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from metaheal.config import Settings
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Structured-ish lines on stderr (``event key=value ...``), once per process."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("aiokafka", "faust", "mode", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` in a fresh event loop; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, _on_signal, stop, sig)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if stop.is_set():
+        logger.warning("signal repeated signal=%s (already stopping)", sig.name)
+    else:
+        logger.info("signal received signal=%s stopping=true", sig.name)
+    stop.set()
+
+
+# --- components and roles ---------------------------------------------------------------------
+
+#: every role ``metaheal up --role`` accepts; ``all`` means :data:`ALL_ROLES` (plus the broker
+#: when no bootstrap is given). The simulator is never part of ``all``: it is not production.
+ROLES = ("all", "broker", "streams", "advisors", "meta", "executor", "simulator")
+ALL_ROLES = ("streams", "advisors", "meta", "executor")
+
+
+class RoleUnavailable(RuntimeError):
+    """A role whose component is not installed or cannot start; the message says why."""
+
+
+class ComponentFailed(RuntimeError):
+    """A component stopped by itself (crash or exit) while the others were meant to run."""
+
+
+class Service(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@dataclass
+class Component:
+    role: str
+    service: Service
+
+
+class SubprocessService:
+    """A component in its own process (the faust streams worker): SIGTERM on stop, SIGKILL if it lingers."""
+
+    def __init__(
+        self,
+        role: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        grace: float = 8.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.role = role
+        self.argv = argv
+        self.env = env
+        self.grace = grace
+        self.log_path = log_path
+        self.returncode: int | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        out = open(self.log_path, "ab") if self.log_path is not None else None  # noqa: SIM115
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, env=self.env, start_new_session=True, stdout=out, stderr=out
+            )
+        finally:
+            if out is not None:
+                out.close()
+        logger.info("component subprocess started role=%s pid=%d", self.role, proc.pid)
+        waiter = asyncio.create_task(proc.wait())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter), self.grace)
+                except TimeoutError:
+                    logger.warning("component subprocess did not stop role=%s pid=%d action=kill", self.role, proc.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    await waiter
+            self.returncode = proc.returncode
+        logger.info("component subprocess exited role=%s code=%s", self.role, proc.returncode)
+        if not stop.is_set():
+            raise ComponentFailed(f"{self.role}: process exited with code {proc.returncode}")
+
+
+def settings_env(settings: Settings, config_path: Path) -> dict[str, str]:
+    """Environment for a child process: the full settings written to ``config_path``."""
+    write_settings(settings, config_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    env["METAHEAL_CONFIG"] = str(config_path)
+    return env
+
+
+def write_settings(settings: Settings, path: Path) -> Path:
+    """Settings as YAML that ``load_settings`` reads back to the same values."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = settings.model_dump(mode="json", exclude_none=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def build_component(
+    role: str,
+    settings: Settings,
+    *,
+    workdir: Path | None = None,
+    log_dir: Path | None = None,
+    ledger: Any = None,
+) -> Component:
+    """The component for ``role``, imported only now (other areas' modules may be absent).
+
+    ``ledger`` is the one ``ImmutableLog`` every appending component of this process
+    shares: the ledger allows a single writer, and two logs in one process would fork it.
+    """
+    try:
+        if role == "advisors":
+            from metaheal.agents.advisors.service import AdvisorService
+
+            return Component(role, AdvisorService(settings, log=ledger))
+        if role == "meta":
+            from metaheal.agents.meta_loop import MetaLoop
+
+            return Component(role, MetaLoop(settings, ledger=ledger))
+        if role == "executor":
+            from metaheal.agents.executor import Executor
+
+            return Component(role, Executor(settings, log=ledger))
+        if role == "streams":
+            log_path = log_dir / "streams-worker.log" if log_dir is not None else None
+            return Component(role, streams_subprocess(settings, workdir or Path.cwd(), log_path))
+    except ImportError as exc:
+        raise RoleUnavailable(f"{role}: component not installed ({exc})") from None
+    except RoleUnavailable:
+        raise
+    except Exception as exc:  # a component that exists but cannot start: say which and why
+        raise ComponentFailed(f"{role}: cannot start: {exc}") from exc
+    raise RoleUnavailable(f"{role}: no such component role; known: {', '.join(ROLES)}")
+
+
+def streams_subprocess(settings: Settings, workdir: Path, log_path: Path | None = None) -> SubprocessService:
+    """The faust streams worker in its own process (faust owns its event loop and signals)."""
+    import importlib.util
+
+    if importlib.util.find_spec("metaheal.streams.worker") is None:
+        raise RoleUnavailable("streams: metaheal.streams.worker is not installed")
+    config = workdir / "streams-settings.yaml"
+    env = settings_env(settings, config)
+    argv = [sys.executable, "-m", "metaheal.streams.worker", "--config", str(config)]
+    return SubprocessService("streams", argv, env=env, log_path=log_path)
+
+
+async def run_components(components: list[Component], stop: asyncio.Event, *, grace: float = 10.0) -> None:
+    """Run every component until ``stop``; one stopping by itself stops all and raises.
+
+    Components get ``grace`` seconds after ``stop`` to return (contract: < 2 s) before
+    they are cancelled, so shutdown always completes.
+    """
+    tasks = {asyncio.create_task(c.service.run(stop), name=c.role): c for c in components}
+    stopper = asyncio.create_task(stop.wait())
+    early: list[str] = []
+    try:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        while pending and not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopper)
+            for t in done - {stopper}:
+                if not stop.is_set():
+                    early.append(tasks[t].role)
+                    logger.error("component stopped unexpectedly role=%s error=%r", tasks[t].role,
+                                 t.exception() or "returned before stop")
+                    stop.set()
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for t in late:
+                logger.warning("component slow to stop role=%s action=cancel", tasks[t].role)
+                t.cancel()
+            if late:
+                await asyncio.wait(late, timeout=2.0)
+    finally:
+        stopper.cancel()
+    failures = []
+    for t, c in tasks.items():
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            failures.append(f"{c.role}: {t.exception()!r}")
+        elif c.role in early:
+            failures.append(f"{c.role}: returned before stop")
+    for t, c in tasks.items():
+        if not t.done() or t.cancelled():
+            continue
+        if t.exception() is not None:
+            logger.error("component failed role=%s error=%r", c.role, t.exception())
+    if failures:
+        raise ComponentFailed("; ".join(failures))
+
+
+def expand_roles(roles: list[str]) -> list[str]:
+    """``all`` -> the production components; order kept, duplicates dropped.
+
+    >>> expand_roles(["all"])
+    ['streams', 'advisors', 'meta', 'executor']
+    >>> expand_roles(["meta", "simulator", "meta"])
+    ['meta', 'simulator']
+    >>> expand_roles(["metta"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --role: unknown 'metta'; known: all, broker, streams, advisors, meta, executor, simulator
+    """
+    out: list[str] = []
+    for r in roles:
+        for part in r.split(","):
+            part = part.strip()
+            if part not in ROLES:
+                raise ValueError(f"--role: unknown {part!r}; known: {', '.join(ROLES)}")
+            for x in ALL_ROLES if part == "all" else (part,):
+                if x not in out:
+                    out.append(x)
+    return out
+
+
+class Runtime:
+    """What ``metaheal up`` runs in one process: optional simulator, then the components.
+
+    The simulator (when asked for) starts first so its admin URLs can be merged into
+    ``settings.services`` before the executor reads them. Roles asked for explicitly
+    must be available; under ``all`` a missing component is logged and skipped.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        roles: list[str],
+        *,
+        workdir: Path,
+        explicit: bool = True,
+        simulator_options: dict[str, Any] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.log_dir = log_dir
+        self.ledger: Any = None
+        self.settings = settings
+        self.roles = [r for r in roles if r != "broker"]
+        self.workdir = workdir
+        self.explicit = explicit
+        self.simulator_options = simulator_options or {}
+        self.simulator: Any = None
+        self.components: list[Component] = []
+        self.skipped: dict[str, str] = {}
+
+    def prepare_keys(self) -> None:
+        """System signing keys must exist before any component signs (idempotent)."""
+        if not {"advisors", "meta", "executor"} & set(self.roles):
+            return
+        from metaheal.ledger.keys import init_system_keys
+
+        init_system_keys(self.settings.keys)
+
+    async def start(self) -> list[Component]:
+        self.settings.playbooks = resolve_playbooks(self.settings.playbooks)
+        if "simulator" in self.roles:
+            from metaheal.simulator.runner import Simulator
+
+            self.simulator = Simulator(self.settings, **self.simulator_options)
+            await self.simulator.start()
+            merge_services(self.settings, self.simulator.services_config())
+            self.components.append(Component("simulator", self.simulator))
+        await asyncio.to_thread(self.prepare_keys)
+        if self.ledger is None and {"advisors", "meta", "executor"} & set(self.roles):
+            try:
+                from metaheal.ledger import ImmutableLog
+            except ImportError as exc:
+                raise RoleUnavailable(f"ledger: not installed ({exc})") from None
+            self.ledger = ImmutableLog(self.settings)
+        for role in self.roles:
+            if role == "simulator":
+                continue
+            try:
+                self.components.append(
+                    build_component(role, self.settings, workdir=self.workdir, log_dir=self.log_dir,
+                                    ledger=self.ledger)
+                )
+            except RoleUnavailable as exc:
+                if self.explicit:
+                    raise
+                self.skipped[role] = str(exc)
+                logger.warning("role skipped role=%s reason=%s", role, exc)
+        logger.info("runtime starting roles=%s skipped=%s", ",".join(c.role for c in self.components),
+                    ",".join(self.skipped) or "-")
+        return self.components
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if not self.components:
+            await self.start()
+        try:
+            await run_components(self.components, stop)
+        finally:
+            self.close()
+        logger.info("runtime stopped roles=%s", ",".join(c.role for c in self.components))
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+            self.ledger = None
+
+
+def merge_services(settings: Settings, services: list[Any]) -> None:
+    """Configured services win on conflicts except for a missing ``admin_url``."""
+    by_name = {s.name: s for s in settings.services}
+    for s in services:
+        have = by_name.get(s.name)
+        if have is None:
+            by_name[s.name] = s
+        elif have.admin_url is None:
+            by_name[s.name] = have.model_copy(update={"admin_url": s.admin_url})
+    settings.services = list(by_name.values())
+
+
+def resolve_playbooks(folder: Path) -> Path:
+    """A relative playbooks folder missing here falls back to the default set shipped with metaheal."""
+    if folder.is_dir() or folder.is_absolute():
+        return folder
+    shipped = Path(__file__).resolve().parent.parent / folder
+    if shipped.is_dir():
+        logger.info("playbooks folder=%s not found here; using shipped=%s", folder, shipped)
+        return shipped
+    return folder

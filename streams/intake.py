@@ -1,0 +1,111 @@
+"""Decode and validate telemetry records; everything else becomes a dead letter.
+
+The worker must never crash on input and never drop a record silently, so decoding is
+a total function: a record yields samples, or a :class:`~metaheal.events.DeadLetter`
+carrying the original bytes, where it came from and why it was refused (the message
+names the field, as :class:`~metaheal.kafka.serializers.DecodeError` does).
+
+>>> intake = Intake(SignalMap())
+>>> rec = Record("t", 0, 7, b"api", b'{"service": "api", "metric": "http.server.request.duration", "value": 0.2, "ts": 10}')
+>>> samples, dead = intake.decode(rec)
+>>> samples[0].value, samples[0].signal, dead
+(200.0, 'latency', None)
+>>> samples, dead = intake.decode(Record("t", 0, 8, None, b'{"service": "api", "metric": "x", "value": "hi", "ts": 1}'))
+>>> samples, dead.reason, dead.offset
+([], 'invalid', 8)
+>>> dead.error
+'invalid Metric: value: Input should be a valid number, unable to parse string as a number'
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from metaheal.events import DeadLetter, Metric
+from metaheal.kafka.serializers import DecodeError, TelemetryDeserializer
+from metaheal.streams.signals import DEPENDENCY_LABEL, SignalMap, normalise_value, series_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record, whatever client consumed it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Sample(NamedTuple):
+    """A validated, unit-normalised sample with its series identity."""
+
+    service: str
+    metric: str
+    series: str
+    signal: str | None
+    dependency: str | None
+    value: float
+    ts: float
+    labels: dict[str, str]
+
+
+def dead_letter(record: Record, reason: str, error: str, value: bytes | None = None) -> DeadLetter:
+    """``value`` defaults to the record's original bytes."""
+    return DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value if value is None else value,
+        reason=reason,
+        error=error,
+        ts=time.time(),
+    )
+
+
+class Intake:
+    """``Record -> (samples, dead letter or None)``; never raises on input."""
+
+    def __init__(self, signals: SignalMap) -> None:
+        self.signals = signals
+        self._decode = TelemetryDeserializer()
+
+    def to_sample(self, m: Metric) -> Sample:
+        dep = m.labels.get(DEPENDENCY_LABEL) or None
+        return Sample(
+            service=m.service,
+            metric=m.metric,
+            series=series_id(m.service, m.metric, dep),
+            signal=self.signals.signal_of(m.metric, m.labels),
+            dependency=dep,
+            value=normalise_value(m.metric, m.value),
+            ts=m.ts,
+            labels=m.labels,
+        )
+
+    def decode(self, record: Record) -> tuple[list[Sample], DeadLetter | None]:
+        try:
+            metrics = self._decode(record.value)
+        except DecodeError as exc:
+            reason = "undecodable" if _is_framing_error(str(exc)) else "invalid"
+            logger.warning(
+                "telemetry rejected topic=%s partition=%d offset=%d reason=%s error=%s",
+                record.topic, record.partition, record.offset, reason, exc,
+            )
+            return [], dead_letter(record, reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the worker must survive any input
+            logger.exception("telemetry decode failed offset=%d", record.offset)
+            return [], dead_letter(record, "undecodable", f"{type(exc).__name__}: {exc}")
+        if not metrics:
+            return [], dead_letter(record, "invalid", "samples: empty batch")
+        return [self.to_sample(m) for m in metrics], None
+
+
+def _is_framing_error(message: str) -> bool:
+    return not message.startswith("invalid ")

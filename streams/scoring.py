@@ -1,0 +1,105 @@
+"""Per-series scorer registry with checkpoints, and the anomaly events it feeds.
+
+One :class:`~metaheal.streams.scorer.AnomalyScorer` per series (service, metric,
+dependency label). Models live in memory while their partition is assigned; a
+checkpoint is the pickled scorer, written to a changelog-backed store (the faust table
+whose changelog is the compacted ``<prefix>scorer-state`` topic) whenever a window of
+that series closes. A worker that gets the partition (restart, rebalance) restores the
+model from the store on first use, so scoring continues warm instead of starting a new
+warm-up with its burst of low-confidence scores.
+
+>>> store = {}
+>>> reg = ScorerRegistry(store)
+>>> s = reg.get("api/latency_ms", partition=0)
+>>> _ = [s.score_then_learn(float(t), 100.0 + t % 3) for t in range(100)]
+>>> reg.checkpoint("api/latency_ms")
+>>> restored = ScorerRegistry(store).get("api/latency_ms", partition=0)
+>>> restored.score_then_learn(100.0, 101.0).confidence
+1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Iterable, MutableMapping
+
+from metaheal.events import AnomalyScore
+from metaheal.streams.scorer import AnomalyScorer, Score
+from metaheal.streams.windows import SeriesWindow
+
+logger = logging.getLogger(__name__)
+
+Store = MutableMapping[bytes, bytes]
+
+
+class ScorerRegistry:
+    """Live scorers by series id, restored from and checkpointed to ``store``."""
+
+    def __init__(self, store: Store, *, seed: int = 0) -> None:
+        self.store = store
+        self.seed = seed
+        self._live: dict[str, AnomalyScorer] = {}
+        self._partition: dict[str, int] = {}
+        self.restored = 0
+        self.created = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, series: str, partition: int) -> AnomalyScorer:
+        scorer = self._live.get(series)
+        if scorer is not None:
+            return scorer
+        blob = self.store.get(series.encode())
+        scorer = None
+        if blob:
+            try:
+                scorer = pickle.loads(blob)
+                self.restored += 1
+                logger.info("scorer restored series=%s partition=%d", series, partition)
+            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint must not stop scoring
+                logger.warning("scorer checkpoint unreadable series=%s error=%r: starting cold", series, exc)
+        if scorer is None:
+            scorer = AnomalyScorer(seed=self.seed)
+            self.created += 1
+        self._live[series] = scorer
+        self._partition[series] = partition
+        return scorer
+
+    def checkpoint(self, series: str) -> None:
+        scorer = self._live.get(series)
+        if scorer is not None:
+            self.store[series.encode()] = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def forget(self, partitions: Iterable[int]) -> int:
+        """Drop live models of revoked partitions (their new owner restores the checkpoint)."""
+        parts = set(partitions)
+        gone = [s for s, p in self._partition.items() if p in parts]
+        for s in gone:
+            self._live.pop(s, None)
+            self._partition.pop(s, None)
+        return len(gone)
+
+
+def sample_event(
+    service: str, metric: str, signal: str | None, value: float, ts: float, score: Score,
+    *, threshold: float, model: str, window_start: float, window_end: float, labels: dict[str, str],
+) -> AnomalyScore:
+    return AnomalyScore(
+        service=service, metric=metric, signal=signal, kind="sample", value=value, baseline=score.baseline,
+        score=score.score, threshold=threshold, crossed=score.score >= threshold, confidence=score.confidence,
+        model=model, ts=ts, window_start=window_start, window_end=window_end, labels=labels,
+    )
+
+
+def summary_event(
+    service: str, sw: SeriesWindow, *, threshold: float, model: str, window_start: float, window_end: float
+) -> AnomalyScore:
+    """The per-window "all quiet (or not)" record of one series: its max score and last value."""
+    return AnomalyScore(
+        service=service, metric=sw.metric, signal=sw.signal, kind="summary", value=sw.last_value,
+        baseline=sw.baseline, score=sw.max_score, threshold=threshold, crossed=sw.max_score >= threshold,
+        confidence=sw.confidence, model=model, ts=sw.last_ts, window_start=window_start, window_end=window_end,
+        labels={"dependency": sw.dependency} if sw.dependency else {},
+    )

@@ -1,0 +1,117 @@
+"""Run the streams worker: in-process (:func:`run_worker`) or as its own process.
+
+``metaheal up`` and other launchers have two options:
+
+* ``await run_worker(settings, stop)`` inside an asyncio program (contract: returns
+  within a couple of seconds after ``stop`` is set); or
+* :func:`spawn_worker` (``python -m metaheal.streams.worker``, settings passed as
+  ``METAHEAL_*`` environment variables plus an optional ``--config``), which keeps the
+  CPU-bound scoring off the caller's event loop and is what the kill/restart and
+  scale-out tests use. ``metaheal streams worker`` runs the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from metaheal.config import Settings, load_settings
+from metaheal.streams.app import create_app
+from metaheal.streams.pipeline import PipelineStats
+from metaheal.topics import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path | None = None) -> PipelineStats:
+    """Consume telemetry until ``stop`` is set; return the pipeline's counters."""
+    await asyncio.to_thread(ensure_topics, settings)
+    app, pipeline = create_app(settings, datadir=datadir)
+    logger.info("streams worker starting app=%s bootstrap=%s", app.conf.id, settings.kafka.bootstrap)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        logger.info("streams worker stopping stats=%s", pipeline.stats)
+        try:
+            await asyncio.wait_for(app.stop(), timeout=10.0)
+        except TimeoutError:
+            logger.warning("faust app did not stop within 10 s")
+        flush = getattr(pipeline.sink, "flush", None)
+        if flush is not None:
+            await asyncio.to_thread(flush)
+    return pipeline.stats
+
+
+def run_forever(settings: Settings) -> PipelineStats:
+    """Blocking: run until SIGINT/SIGTERM (used by the CLI and ``python -m``)."""
+
+    async def main() -> PipelineStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_worker(settings, stop)
+
+    return asyncio.run(main())
+
+
+def spawn_worker(
+    env: Mapping[str, str], *, config: Path | None = None, log_path: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m metaheal.streams.worker`` with ``METAHEAL_*`` settings in ``env``."""
+    args = [sys.executable, "-m", "metaheal.streams.worker"]
+    if config is not None:
+        args += ["--config", str(config)]
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    finally:
+        if log_path is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The ``METAHEAL_*`` variables that reproduce the parts of ``settings`` a worker needs."""
+    env = {
+        "METAHEAL_KAFKA__BOOTSTRAP": settings.kafka.bootstrap or "",
+        "METAHEAL_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
+        "METAHEAL_TOPICS__PREFIX": settings.topics.prefix,
+    }
+    for name, value in settings.streams.model_dump(exclude_defaults=True).items():
+        env[f"METAHEAL_STREAMS__{name.upper()}"] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m metaheal.streams.worker", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--log-level", default="INFO")
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(ns.config)
+    except Exception as exc:  # noqa: BLE001 - report and exit non-zero, never a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if ns.bootstrap:
+        settings.kafka.bootstrap = ns.bootstrap
+    if not settings.kafka.bootstrap:
+        print("error: no Kafka bootstrap: pass --bootstrap or set METAHEAL_KAFKA__BOOTSTRAP", file=sys.stderr)
+        return 2
+    stats = run_forever(settings)
+    logger.info("streams worker stopped stats=%s", stats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Symptom builders and a playbook catalogue shared by the advisor tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+
+from metaheal.agents.advisors.base import Symptom
+
+
+def sym(service: str, metric: str, signal: str | None, direction: int = 1, *, size: float = 1.5,
+        strength: float = 1.0, dependency: str | None = None, **labels: str) -> Symptom:
+    if dependency:
+        labels["dependency"] = dependency
+    return Symptom(service, metric, signal, direction, size, strength, dependency, labels)
+
+
+#: cause -> symptoms on service "api" (with "orders-db" and "payments" as dependencies)
+PATTERNS: dict[str, list[Symptom]] = {
+    "database_slow_query": [
+        sym("api", "latency_p95_ms", "latency"),
+        sym("api", "dependency_latency_ms", "dependency", dependency="orders-db"),
+    ],
+    "cache_miss_rate_high": [sym("api", "latency_p95_ms", "latency"), sym("api", "cache_hit_rate", None, -1)],
+    "cpu_saturation": [sym("api", "latency_p95_ms", "latency"), sym("api", "cpu_utilization", "saturation")],
+    "traffic_surge": [sym("api", "requests_per_second", "traffic"), sym("api", "queue_depth", "saturation")],
+    "bad_deployment": [sym("api", "error_rate", "errors"), sym("api", "deployments", "change")],
+    "upstream_outage": [sym("api", "dependency_errors", "dependency", dependency="payments")],
+    "memory_leak": [sym("api", "memory_rss_mb", "saturation")],
+}
+
+
+@pytest.fixture
+def make_sym() -> Callable[..., Symptom]:
+    return sym
+
+
+@pytest.fixture
+def patterns() -> dict[str, list[Symptom]]:
+    return {k: list(v) for k, v in PATTERNS.items()}
+
+
+def playbook(name: str, causes: list[str], prior: float = 0.6, *, impact: str = "low", blast_radius: int = 1,
+             focus: tuple[str, ...] = ("latency_drift",)) -> SimpleNamespace:
+    """Only the fields the ranker reads (contract §3)."""
+    return SimpleNamespace(name=name, impact=impact, blast_radius=blast_radius, prior_success=prior,
+                           applies_to=SimpleNamespace(focus_areas=list(focus), root_causes=causes))
+
+
+@pytest.fixture
+def make_playbook() -> Callable[..., SimpleNamespace]:
+    return playbook

@@ -1,0 +1,428 @@
+"""The executor end to end: real broker, real ledger, a real HTTP service under control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from nacl.signing import SigningKey
+
+from metaheal.agents.approvals import load_signing_key, sign_decision
+from metaheal.agents.executor import Executor
+from metaheal.config import OperatorSettings, ServiceSettings, Settings
+from metaheal.events import ApprovalDecision, ApprovalRequest, Directive, DirectiveAdvice, SignedOutcome
+from metaheal.kafka import Consumer, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, EventDecoder
+from metaheal.ledger.keys import init_operator_key, init_system_keys
+
+pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+
+def directive(**kw) -> Directive:
+    base = dict(
+        directive_id=f"d-{uuid.uuid4().hex[:8]}", cycle_id=f"c-{uuid.uuid4().hex[:8]}", ts=time.time(),
+        service="api", focus_area="capacity_strain", guardrail_level="loose",
+        ml_advice=DirectiveAdvice(root_causes=["cpu_saturation"], recommended_playbooks=["scale_up_instances"]),
+        confidence=0.9, time_budget_seconds=60,
+    )
+    base.update(kw)
+    return Directive(**base)
+
+
+def flag_directive(**kw) -> Directive:
+    kw.setdefault("focus_area", "error_spike")
+    kw.setdefault("ml_advice", DirectiveAdvice(root_causes=["bad_deployment"], recommended_playbooks=["rollback_flag"]))
+    return directive(**kw)
+
+
+async def actions(ex: Executor, cycle_id: str) -> list[tuple[str, str]]:
+    return [(e.action, e.result) for e in await ex.log.replay_cycle(cycle_id)]
+
+
+def read_all(settings: Settings, short: str) -> list:
+    decoder = EventDecoder()
+    with Consumer(settings.kafka) as c:
+        return [decoder(m.value()) for m in c.read_to_end(settings.topics.name(short))]
+
+
+async def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def pending_request(settings: Settings, plan_id: str) -> ApprovalRequest:
+    async def find():
+        for ev in await asyncio.to_thread(read_all, settings, "approvals"):
+            if isinstance(ev, ApprovalRequest) and ev.plan_id == plan_id:
+                return ev
+        return None
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        req = await find()
+        if req:
+            return req
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no approval request for {plan_id}")
+
+
+def send_decision(settings: Settings, decision: ApprovalDecision) -> None:
+    with Producer(settings.kafka) as p:
+        p.send(settings.topics.name("approvals"), AvroSerializer(ApprovalDecision)(decision), key=decision.plan_id)
+
+
+# --- the auto-approved path ----------------------------------------------------------------------
+
+
+async def test_auto_approved_success_is_signed_published_and_learnable(env, executor: Executor):
+    settings, svc, _ = env
+    d = directive()
+    outcome = await (await executor.submit(d))
+    assert outcome.result == "success", outcome.rationale
+    assert outcome.trust_decision == "auto_approved" and outcome.verification_passed is True
+    assert svc.calls["POST /scale"] == 1 and svc.instances == 5
+    acts = [a for a, _ in await actions(executor, d.cycle_id)]
+    assert acts == ["plan_created", "trust_checked", "execution_started"] + ["step_executed"] * 6 + [
+        "verification_result", "verification_result", "execution_outcome"]
+    published = [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)]
+    assert [o.outcome_id for o in published] == [outcome.outcome_id]
+    assert published[0].actor_signature == outcome.actor_signature
+    learned = await executor.log.get_signed_outcomes(hours_back=1)
+    payload = json.loads(learned[-1].payload)
+    assert {k: payload[k] for k in ("plan_id", "directive_id", "service", "playbook", "root_cause", "result",
+                                    "verification_passed")} == {
+        "plan_id": outcome.plan_id, "directive_id": d.directive_id, "service": "api",
+        "playbook": "scale_up_instances", "root_cause": "cpu_saturation", "result": "success",
+        "verification_passed": True}
+    verdicts = payload["verdicts"]
+    assert verdicts[0]["query"]["metric"] == "latency_p95_ms" and verdicts[0]["observed"] and verdicts[0]["threshold"] == 200
+
+
+# --- approvals -----------------------------------------------------------------------------------
+
+
+async def test_approval_required_then_approved(env, executor: Executor):
+    settings, svc, alice_key = env
+    d = flag_directive(guardrail_level="tight", confidence=0.97)
+    task = await executor.submit(d)
+    req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
+    assert "impact medium exceeds tight limit low" in req.reason
+    assert svc.calls["POST /flags/rollback"] == 0  # nothing happens before the approval
+    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
+                                          operator="alice", decision="approve", reason="go"))
+    outcome = await task
+    assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"
+    assert svc.calls["POST /flags/rollback"] == 1
+    acts = [a for a, _ in await actions(executor, d.cycle_id)]
+    assert acts[:4] == ["plan_created", "trust_checked", "approval_requested", "approval_received"]
+
+
+async def test_approval_denied_runs_nothing(env, executor: Executor):
+    settings, svc, alice_key = env
+    d = flag_directive(guardrail_level="tight", confidence=0.97)
+    task = await executor.submit(d)
+    req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
+    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
+                                          operator="alice", decision="deny", reason="not now"))
+    outcome = await task
+    assert outcome.result == "denied" and outcome.trust_decision == "denied"
+    assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
+
+
+async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
+    settings, svc, alice_key = env
+    settings.executor.approval_expiry_seconds = 4
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        d = flag_directive(guardrail_level="tight", confidence=0.97)
+        task = await ex.submit(d)
+        req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
+        mallory = SigningKey.generate()  # claims to be alice
+        send_decision(settings, sign_decision(mallory, plan_id=req.plan_id, request_id=req.request_id,
+                                              operator="alice", decision="approve"))
+        bob_key = next(p for p in settings.keys.glob("*.key") if p != alice_key and
+                       load_signing_key(p).verify_key.encode().hex() == settings.operators[1].public_key)
+        send_decision(settings, sign_decision(load_signing_key(bob_key), plan_id=req.plan_id,
+                                              request_id=req.request_id, operator="bob", decision="approve"))
+        outcome = await task
+        assert outcome.result == "expired" and outcome.trust_decision == "expired"
+        assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
+        entries = await ex.log.replay_cycle(d.cycle_id)
+        violations = [json.loads(e.payload)["reason"] for e in entries if e.action == "trust_violation"]
+        assert any(v.startswith("forged") for v in violations), violations
+        assert any(v.startswith("unauthorised") for v in violations), violations
+        assert entries[-1].action == "execution_outcome" and entries[-1].result == "expired"
+    finally:
+        await ex.close()
+
+
+async def test_late_valid_approval_is_rejected_as_expired(env):
+    settings, svc, alice_key = env
+    settings.executor.approval_expiry_seconds = 2
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        d = flag_directive(guardrail_level="tight", confidence=0.97)
+        task = await ex.submit(d)
+        req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
+        send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id,
+                                              request_id=req.request_id, operator="alice", decision="approve",
+                                              decided_at=req.expires_at + 1))
+        outcome = await task
+        assert outcome.result == "expired" and svc.calls["POST /flags/rollback"] == 0
+    finally:
+        await ex.close()
+
+
+# --- failures and rollback -----------------------------------------------------------------------
+
+
+async def test_verification_failure_rolls_back(env, executor: Executor):
+    _, svc, _ = env
+    svc.latency_after_fix = 400.0  # scaling does not help
+    d = directive()
+    outcome = await (await executor.submit(d))
+    assert outcome.result == "rolled_back" and outcome.verification_passed is False
+    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2, -2] and svc.instances == 3
+    entries = await executor.log.replay_cycle(d.cycle_id)
+    verdict = json.loads(next(e.payload for e in entries if e.action == "verification_result"))
+    assert verdict["status"] == "fail" and min(verdict["observed"]) == 400.0 and verdict["threshold"] == 200
+    assert [e.result for e in entries if e.action == "rollback_executed"] == ["started", "ok"]
+
+
+async def test_missing_telemetry_is_inconclusive_never_a_pass(env, executor: Executor):
+    _, svc, _ = env
+    d = directive(service="api")
+    svc.emit_telemetry = False  # not used once running; instead ask for a metric nobody sends
+    executor.playbooks["warm_cache"].verifications[0].metric = "latency_nobody_sends"
+    d = directive(focus_area="latency_drift",
+                  ml_advice=DirectiveAdvice(root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
+    outcome = await (await executor.submit(d))
+    assert outcome.verification_passed is None and outcome.result != "success"
+    entries = await executor.log.replay_cycle(d.cycle_id)
+    verdict = json.loads(next(e.payload for e in entries if e.action == "verification_result"))
+    assert verdict["status"] == "inconclusive" and verdict["observed"] == []
+
+
+async def test_step_timeout_rolls_back(env, executor: Executor):
+    _, svc, _ = env
+    svc.hang.add("POST /flags/rollback")
+    d = flag_directive()
+    outcome = await (await executor.submit(d))
+    assert outcome.result == "rolled_back"
+    assert svc.calls["POST /flags/rollback"] == 1 and svc.calls["POST /flags/restore"] == 1
+    entries = await executor.log.replay_cycle(d.cycle_id)
+    failed = json.loads(next(e.payload for e in entries if e.action == "step_executed" and e.result == "failed"))
+    assert "timeout" in failed["error"] or "timed out" in failed["error"]
+
+
+async def test_time_budget_exceeded_rolls_back(env, executor: Executor):
+    _, svc, _ = env
+    svc.hang.add("POST /flags/rollback")
+    d = flag_directive(time_budget_seconds=1)
+    outcome = await (await executor.submit(d))
+    assert outcome.result == "rolled_back"
+    assert any("time budget" in i for i in outcome.learned_insights), outcome.learned_insights
+    assert outcome.duration_seconds < 10
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+
+async def test_rate_limit_denies_second_action(env):
+    settings, svc, _ = env
+    settings.executor.rate_limits = {"api": 1}
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        first = await (await ex.submit(directive()))
+        assert first.result == "success"
+        d2 = directive()
+        second = await (await ex.submit(d2))
+        assert second.result == "denied" and svc.calls["POST /scale"] == 1
+        entries = await ex.log.replay_cycle(d2.cycle_id)
+        violation = json.loads(next(e.payload for e in entries if e.action == "trust_violation"))
+        assert violation["violations"] == ["rate_limit"]
+    finally:
+        await ex.close()
+
+
+async def test_lock_denies_a_second_plan_on_the_same_service(env, executor: Executor):
+    settings, svc, alice_key = env
+    waiting = flag_directive(guardrail_level="tight", confidence=0.97)
+    task = await executor.submit(waiting)
+    req = await pending_request(settings, executor.state.get(waiting.directive_id).plan_id)
+    d2 = directive()
+    second = await (await executor.submit(d2))
+    assert second.result == "denied" and svc.calls["POST /scale"] == 0
+    entries = await executor.log.replay_cycle(d2.cycle_id)
+    violation = json.loads(next(e.payload for e in entries if e.action == "trust_violation"))
+    assert violation["violations"] == ["lock"] and req.plan_id in violation["reasons"][0]
+    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
+                                          operator="alice", decision="deny"))
+    assert (await task).result == "denied"
+
+
+async def test_kill_switch_denies_everything(env, tmp_path: Path):
+    settings, svc, _ = env
+    switch = tmp_path / "KILL"
+    settings.executor.kill_switch_file = switch
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        switch.touch()
+        d = directive()
+        outcome = await (await ex.submit(d))
+        assert outcome.result == "denied" and sum(svc.calls.values()) == 0
+        entries = await ex.log.replay_cycle(d.cycle_id)
+        assert "kill_switch" in json.loads(next(e.payload for e in entries if e.action == "trust_violation"))["violations"]
+        switch.unlink()
+        assert (await (await ex.submit(directive()))).result == "success"
+    finally:
+        await ex.close()
+
+
+async def test_deny_list_makes_planner_choose_another_playbook(env):
+    settings, svc, _ = env
+    settings.executor.deny_playbooks = {"api": ["scale_up_instances"]}
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        d = directive(focus_area="latency_drift", ml_advice=DirectiveAdvice(
+            root_causes=["database_slow_query"], recommended_playbooks=["scale_up_instances", "warm_cache"]))
+        outcome = await (await ex.submit(d))
+        assert outcome.playbook == "warm_cache" and svc.calls["POST /scale"] == 0
+    finally:
+        await ex.close()
+
+
+# --- exactly once --------------------------------------------------------------------------------
+
+
+async def test_duplicate_directive_on_the_topic_runs_once_even_after_restart(env):
+    settings, svc, _ = env
+    stop = asyncio.Event()
+    ex = Executor(settings)
+    runner = asyncio.create_task(ex.run(stop))
+    d = directive()
+    later = directive(focus_area="latency_drift", ml_advice=DirectiveAdvice(
+        root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
+    ser = AvroSerializer(Directive)
+    with Producer(settings.kafka) as p:
+        for x in (d, d, later):
+            p.send(settings.topics.name("directives"), ser(x), key=x.service)
+
+    def outcomes():
+        return [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)]
+
+    await wait_until(lambda: any(o.directive_id == later.directive_id for o in outcomes()), 60, "second outcome")
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+    assert [o.directive_id for o in outcomes()].count(d.directive_id) == 1
+    assert svc.calls["POST /scale"] == 1
+    again = Executor(settings)  # a restarted executor remembers through the durable state
+    await again.start()
+    try:
+        assert await again.submit(d) is None
+    finally:
+        await again.close()
+
+
+async def test_bad_directive_goes_to_dead_letter(env):
+    settings, _, _ = env
+    stop = asyncio.Event()
+    ex = Executor(settings)
+    runner = asyncio.create_task(ex.run(stop))
+    with Producer(settings.kafka) as p:
+        p.send(settings.topics.name("directives"), b'{"not": "avro"}', key="api")
+
+    def dead():
+        return [e for e in read_all(settings, "deadletter")]
+
+    letters = await wait_until(dead, 30, "dead letter")
+    stop.set()
+    await asyncio.wait_for(runner, 5)
+    assert letters[0].reason == "invalid directive" and letters[0].value == b'{"not": "avro"}'
+
+
+def _write_config(settings: Settings, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return path
+
+
+async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(env, tmp_path: Path):
+    settings, svc, _ = env
+    svc.hang.add("POST /scale")  # the executor is killed while step 1 is in flight
+    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
+                            env=env_vars, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "executor.log", "w"))
+    try:
+        d = directive()
+        with Producer(settings.kafka) as p:
+            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+        await wait_until(lambda: svc.calls["POST /scale"] == 1, 60, "step 1 in flight")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    svc.hang.clear()
+    ex = Executor(settings)
+    await ex.start()  # finds the mid-flight plan and recovers it
+    try:
+        await wait_until(lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done",
+                         60, "recovery")
+        entries = await ex.log.replay_cycle(d.cycle_id)
+    finally:
+        await ex.close()
+    assert svc.calls["GET /capacity"] == 1
+    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2, -2]  # step once, then its rollback
+    story = [(e.action, e.result) for e in entries]
+    assert story == [
+        ("plan_created", "planned"), ("trust_checked", "auto_approve"), ("execution_started", "started"),
+        ("step_executed", "started"), ("step_executed", "ok"), ("step_executed", "started"),
+        ("plan_recovered", "rollback"), ("rollback_executed", "started"), ("rollback_executed", "ok"),
+        ("execution_outcome", "rolled_back"),
+    ], story
+    recovered = json.loads(entries[6].payload)
+    assert recovered["step_started"] == 1 and "not repeated" in recovered["reason"]
+
+
+async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from metaheal.cli import app
+
+    settings, svc, alice_key = env
+    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    d = flag_directive(guardrail_level="tight", confidence=0.97)
+    task = await executor.submit(d)
+    plan_id = executor.state.get(d.directive_id).plan_id
+    await pending_request(settings, plan_id)
+    runner = CliRunner()
+    listed = await asyncio.to_thread(runner.invoke, app, ["approvals", "list", "--json", "--config", str(cfg)])
+    assert listed.exit_code == 0, listed.output
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["plan_id"], r["state"]) for r in rows] == [(plan_id, "pending")]
+    wrong = await asyncio.to_thread(runner.invoke, app, ["approvals", "approve", "plan-nope", "--key", str(alice_key),
+                                                          "--config", str(cfg)])
+    assert wrong.exit_code == 1 and "no approval request for plan plan-nope" in wrong.output
+    ok = await asyncio.to_thread(runner.invoke, app, ["approvals", "approve", plan_id, "--key", str(alice_key),
+                                                       "--reason", "checked dashboards", "--config", str(cfg)])
+    assert ok.exit_code == 0 and f"approve {plan_id} by alice" in ok.stdout
+    outcome = await task
+    assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"

@@ -1,0 +1,130 @@
+"""The meta loop against the real broker: evidence in on the topics, decisions out on the topics and the ledger."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from typing import Any
+
+from metaheal.agents.meta_loop import MetaLoop
+from metaheal.config import Settings
+from metaheal.events import (
+    AnomalyScore,
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    Directive,
+    MLAdvice,
+    ProbeCommand,
+    RankedPlaybook,
+    RootCauseCandidate,
+)
+from metaheal.ledger import ImmutableLog
+
+EVIDENCE = {
+    "latency_drift": ("api_cluster", lambda h: h.window("api_cluster", h.stats("latency", "latency_p95_ms", mean=240, base=150, p95=245, base_p95=150))),
+    "error_spike": ("checkout", lambda h: h.window("checkout", h.stats("errors", "error_count", mean=0.5, base=0.01, count=30))),
+    "capacity_strain": ("search", lambda h: h.window("search", h.stats("saturation", "cpu_utilization", mean=0.96, base=0.45))),
+    "dependency_health": ("orders", lambda h: h.window("orders", h.stats("dependency", "dependency_latency_ms", mean=380, base=40, p95=420, base_p95=50, dependency="payments_db"))),
+}
+
+
+async def first_cycle(h: Any, bus: Any) -> CycleFocus:
+    return (await h.until(lambda: bus.aread("cycles", CycleFocus)))[0]
+
+
+@pytest.mark.parametrize("area", sorted(EVIDENCE))
+async def test_each_focus_area_is_chosen_for_its_evidence(h: Any, meta: Settings, bus: Any, area: str) -> None:
+    service, make = EVIDENCE[area]
+    bus.publish("health", make(h), service)
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
+        cycle = await first_cycle(h, bus)
+        directives = await h.until(lambda: bus.aread("directives", Directive))
+    assert cycle.focus_area == area
+    assert cycle.confidence >= meta.cycle.focus_decision_min_confidence
+    assert cycle.target_services == [service]
+    assert any(service in r for r in cycle.reasoning)
+    [d] = directives
+    assert (d.service, d.focus_area, d.cycle_id) == (service, area, cycle.cycle_id)
+    # no advisor runs here: the directive says so and carries the lower, evidence-only confidence
+    assert d.confidence < cycle.confidence
+    assert any(s.probe in cycle.extra_probes for s in await bus.aread("probes", ProbeCommand))
+
+
+async def test_trust_violation_focus_from_denied_outcome_and_operator_denial(h: Any, meta: Settings, bus: Any) -> None:
+    bus.publish("outcomes", h.outcome(1, "billing", "denied"), "billing")
+    req = ApprovalRequest(request_id="req1", plan_id="plan9", cycle_id="c0", service="billing", playbook="restart_service",
+                          reason="high impact", plan_summary="restart billing", requested_at=time.time(), expires_at=time.time() + 600)
+    bus.publish("approvals", req, "plan9")
+    bus.publish("approvals", ApprovalDecision(decision_id="dec1", request_id="req1", plan_id="plan9", operator="alice",
+                                              decision="deny", reason="not during peak", decided_at=time.time(),
+                                              key_id="k", signature="00"), "plan9")
+    async with h.running(MetaLoop(meta, replica_id="r1")):
+        cycle = await first_cycle(h, bus)
+    assert cycle.focus_area == "trust_violations"
+    assert cycle.target_services == ["billing"]
+    assert any("2 trust violation(s) on billing" in r for r in cycle.reasoning), cycle.reasoning
+
+
+async def test_quiet_system_is_routine_maintenance_without_directive(h: Any, meta: Settings, bus: Any) -> None:
+    bus.publish("health", h.window("api", h.stats("latency", "latency_p95_ms", mean=152, base=150, p95=153, base_p95=150)), "api")
+    # a weak anomaly below the confidence threshold is stated as the reason
+    now = time.time()
+    bus.publish("anomalies", AnomalyScore(service="api", metric="latency_p95_ms", signal="latency", value=170, baseline=150,
+                                          score=0.91, threshold=0.99, crossed=False, confidence=0.6, model="t", ts=now,
+                                          window_start=now - 10, window_end=now), "api")
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
+        cycle = await first_cycle(h, bus)
+        # give the loop the full advice wait it would use for a directive before concluding there is none
+        await h.until(lambda: loop.cycles_run >= 1)
+    assert cycle.focus_area == "routine_maintenance"
+    assert "below the 0.70 needed" in cycle.reasoning[0]
+    assert cycle.extra_probes == [] and cycle.target_services == []
+    assert await bus.aread("directives", Directive) == []
+
+
+async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, meta: Settings, bus: Any) -> None:
+    service, make = EVIDENCE["capacity_strain"]
+    bus.publish("health", make(h), service)
+    async with h.running(MetaLoop(meta, replica_id="r1")):
+        cycle = await first_cycle(h, bus)
+        # advice from an advisor arrives within the wait: the directive combines it
+        bus.publish("advice", MLAdvice(cycle_id=cycle.cycle_id, ts=time.time(),
+                                       root_cause_candidates=[RootCauseCandidate(cause="traffic_surge", probability=0.9, service=service),
+                                                              RootCauseCandidate(cause="noise", probability=0.2)],
+                                       ranked_playbooks=[RankedPlaybook(name="scale_up_instances", score=0.9, confidence=0.85),
+                                                         RankedPlaybook(name="restart_service", score=0.3, confidence=0.4)]), cycle.cycle_id)
+        [d] = await h.until(lambda: bus.aread("directives", Directive))
+    ml = meta.ml
+    expected = (ml.ml_anomaly_weight * cycle.confidence + ml.ml_root_cause_weight * 0.9 + ml.ml_playbook_weight * 0.85) / (
+        ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight)
+    assert d.confidence == pytest.approx(expected, abs=1e-3)
+    assert d.ml_advice.root_causes == ["traffic_surge"]  # below ml_min_confidence is dropped
+    assert d.ml_advice.recommended_playbooks == ["scale_up_instances"]
+    log = ImmutableLog(meta)
+    try:
+        entries = await log.replay_cycle(cycle.cycle_id)
+    finally:
+        log.close()
+    actions = [e.action for e in entries]
+    assert actions[:3] == ["cycle_focus_decided", "probes_enabled", "directive_issued"]
+    assert all(e.actor == "meta_loop" for e in entries)
+    assert json.loads(entries[2].payload)["directive_id"] == d.directive_id
+
+
+async def test_no_directive_when_the_ledger_is_unavailable(h: Any, meta: Settings, bus: Any, tmp_path) -> None:
+    meta.keys = tmp_path / "no-keys"  # broker reachable, meta_loop's signing key missing: the ledger refuses
+    service, make = EVIDENCE["error_spike"]
+    bus.publish("health", make(h), service)
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
+        await h.until(lambda: loop.cycles_run >= 1)
+        await h.until(lambda: loop._control.view.last_cycle is not None)
+    assert loop.directives_issued == []
+    assert await bus.aread("cycles", CycleFocus) == []
+    assert await bus.aread("directives", Directive) == []
+    assert await bus.aread("probes", ProbeCommand) == []

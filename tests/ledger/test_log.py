@@ -1,0 +1,142 @@
+"""The ImmutableLog contract against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from metaheal.broker import free_port
+from metaheal.config import KafkaSettings, Settings
+from metaheal.events import LedgerEntry
+from metaheal.kafka import KafkaUnavailable
+from metaheal.ledger import ImmutableLog, LedgerUnavailable
+from metaheal.ledger.chain import GENESIS, entry_hash, message
+from metaheal.ledger.keys import KeyRegistry, init_operator_key, init_system_keys
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def log(settings: Settings):
+    init_system_keys(settings.keys)
+    lg = ImmutableLog(settings)
+    yield lg
+    lg.close()
+
+
+async def test_append_returns_signed_chained_entry(log: ImmutableLog, settings: Settings) -> None:
+    e0 = await log.append(actor="meta_loop", action="cycle_focus_decided", resource="api", subsystem="meta",
+                          payload={"focus": "latency_drift", "confidence": 0.87}, result="ok", cycle_id="c1")
+    e1 = await log.append(actor="ml_advisors", action="advice_provided", resource="api", subsystem="ml",
+                          payload={"root_cause": "cache_miss"}, result="ok", cycle_id="c1")
+    assert isinstance(e0, LedgerEntry)
+    assert (e0.sequence, e1.sequence) == (0, 1)
+    assert e0.prev_hash == GENESIS and e1.prev_hash == e0.entry_hash
+    assert entry_hash(e1) == e1.entry_hash
+    assert json.loads(e0.payload) == {"focus": "latency_drift", "confidence": 0.87}
+    reg = KeyRegistry.load(settings.keys)
+    assert reg.get(e1.key_id).actor == "ml_advisors"
+    assert reg.get(e1.key_id).verify(message(e1), e1.signature)
+    assert not reg.get(e1.key_id).verify(message(e0), e1.signature)
+
+
+async def test_concurrent_appends_keep_one_chain_and_replay_by_cycle(log: ImmutableLog) -> None:
+    async def agent(i: int) -> list[LedgerEntry]:
+        return [
+            await log.append(actor="executor", action="step_executed", resource=f"svc{i}", subsystem="agents",
+                             payload={"step": j}, result="ok", cycle_id=f"cycle-{i % 3}")
+            for j in range(5)
+        ]
+
+    results = await asyncio.gather(*(agent(i) for i in range(12)))
+    entries = sorted((e for r in results for e in r), key=lambda e: e.sequence)
+    assert [e.sequence for e in entries] == list(range(60))
+    for a, b in zip(entries, entries[1:]):
+        assert b.prev_hash == a.entry_hash
+    replayed = await log.replay_cycle("cycle-1")
+    assert [e.sequence for e in replayed] == [e.sequence for e in entries if e.cycle_id == "cycle-1"]
+    assert replayed[0].signature == next(e for e in entries if e.cycle_id == "cycle-1").signature
+    assert await log.replay_cycle("no-such-cycle") == []
+
+
+async def test_restart_resumes_from_tail_without_reusing_sequence(settings: Settings) -> None:
+    init_system_keys(settings.keys)
+    first = ImmutableLog(settings)
+    last = None
+    for i in range(3):
+        last = await first.append(actor="meta_loop", action="directive_issued", payload={"i": i}, cycle_id="c")
+    first.close()
+    second = ImmutableLog(settings)
+    e = await second.append(actor="meta_loop", action="directive_issued", payload={"i": 3}, cycle_id="c")
+    assert e.sequence == 3 and e.prev_hash == last.entry_hash
+    assert [x.sequence for x in await second.replay_cycle("c")] == [0, 1, 2, 3]
+    second.close()
+
+
+async def test_resume_when_index_tail_is_stale(settings: Settings) -> None:
+    """Records appended after the stored tail (index write lost) are found by reading the ledger."""
+    init_system_keys(settings.keys)
+    first = ImmutableLog(settings)
+    await first.append(actor="meta_loop", action="directive_issued", cycle_id="c")
+    first._write_index = lambda: None  # type: ignore[method-assign]  # the index write is lost
+    await first.append(actor="meta_loop", action="directive_issued", cycle_id="c")
+    first.close()
+    second = ImmutableLog(settings)
+    e = await second.append(actor="meta_loop", action="directive_issued", cycle_id="c")
+    assert e.sequence == 2
+    assert [x.sequence for x in await second.replay_cycle("c")] == [0, 1, 2]
+    second.close()
+
+
+async def test_signed_outcomes_are_verified_and_filtered(log: ImmutableLog, settings: Settings) -> None:
+    await log.append(actor="executor", action="execution_outcome", subsystem="api", cycle_id="c1",
+                     payload={"outcome_id": "o1", "result": "success"}, result="success")
+    await log.append(actor="executor", action="execution_outcome", subsystem="db", cycle_id="c2",
+                     payload={"outcome_id": "o2", "result": "failed"}, result="failed")
+    await log.append(actor="executor", action="step_executed", subsystem="api", cycle_id="c2", payload={})
+    all_ = await log.get_signed_outcomes()
+    assert [json.loads(e.payload)["outcome_id"] for e in all_] == ["o1", "o2"]
+    api = await log.get_signed_outcomes(subsystem="api")
+    assert [json.loads(e.payload)["outcome_id"] for e in api] == ["o1"]
+    assert [json.loads(e.payload)["outcome_id"] for e in await log.get_signed_outcomes(limit=1)] == ["o2"]
+
+
+async def test_operator_signs_approval(log: ImmutableLog, settings: Settings) -> None:
+    init_operator_key(settings.keys, "alice")
+    e = await log.append(actor="operator:alice", action="approval_decided", payload={"plan_id": "p"}, cycle_id="c")
+    assert e.actor == "operator:alice"
+
+
+async def test_unauthorised_action_and_bad_payload_fail_closed(log: ImmutableLog) -> None:
+    with pytest.raises(LedgerUnavailable, match="may not sign 'execution_outcome'"):
+        await log.append(actor="ml_advisors", action="execution_outcome", cycle_id="c")
+    with pytest.raises(LedgerUnavailable, match=r"payload: \$\.x: NaN"):
+        await log.append(actor="executor", action="step_executed", payload={"x": float("nan")}, cycle_id="c")
+    # a failed append does not consume a sequence
+    e = await log.append(actor="executor", action="step_executed", cycle_id="c")
+    assert e.sequence == 0
+
+
+async def test_missing_key_fails_closed(settings: Settings) -> None:
+    log = ImmutableLog(settings)  # no keys created
+    with pytest.raises(LedgerUnavailable, match="no valid signing key for actor 'executor'"):
+        await log.append(actor="executor", action="execution_started", cycle_id="c")
+    ids = init_system_keys(settings.keys)
+    (Path(settings.keys) / f"{ids['executor']}.key").unlink()  # the private key file disappears
+    with pytest.raises(LedgerUnavailable, match=r"private key for actor 'executor' .* missing"):
+        await log.append(actor="executor", action="execution_started", cycle_id="c")
+    log.close()
+
+
+async def test_broker_down_fails_closed(tmp_path: Path) -> None:
+    settings = Settings(kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"), keys=tmp_path / "k")
+    settings.ledger.append_timeout_seconds = 2.0
+    init_system_keys(settings.keys)
+    log = ImmutableLog(settings)
+    with pytest.raises(LedgerUnavailable) as info:
+        await log.append(actor="executor", action="execution_started", cycle_id="c")
+    assert isinstance(info.value, KafkaUnavailable)
+    log.close()
