@@ -31,6 +31,7 @@ S3RVER := .tools/node_modules/s3rver/bin/s3rver.js
 
 tools: $(S3RVER)
 	@command -v kcat >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kcat; }
+	@command -v jq >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq jq; }
 
 $(S3RVER):
 	mkdir -p .tools

@@ -165,7 +165,7 @@ class ApprovalInbox:
 
     def _run(self) -> None:
         topic = self._settings.topics.name("approvals")
-        consumer = Consumer(self._settings.kafka)
+        consumer = Consumer(self._settings.kafka, **{"fetch.wait.max.ms": 100})
         try:
             consumer.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in consumer.partitions(topic)])
             self._ready.set()

@@ -122,6 +122,7 @@ class Executor:
         self._tasks: dict[str, asyncio.Task[SignedOutcome | None]] = {}
         self._sem = asyncio.Semaphore(settings.executor.max_concurrent_plans)
         self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._seen_decisions: set[str] = set()
         self._ser_plan = AvroSerializer(AgenticPlan)
         self._ser_outcome = AvroSerializer(SignedOutcome)
@@ -132,38 +133,52 @@ class Executor:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load durable state, start the telemetry and approval readers, recover mid-flight plans."""
+    async def start(self, *, recover: bool = True) -> None:
+        """Load durable state, start the telemetry and approval readers, recover mid-flight plans.
+
+        ``recover=False`` (what :meth:`run` uses) recovers only plans that did not come
+        through the consumer group; the others are recovered by whichever executor is
+        assigned their directive partition, so a scaled-out group recovers each plan once.
+        """
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.state.load)
         for rec in self.state.recent_actions(time.time() - 3600):
             self.policies.record_action(rec.service, rec.execution_started_at or 0.0)
         await asyncio.to_thread(self.telemetry.start)
         await asyncio.to_thread(self.inbox.start)
         for rec in self.state.in_flight():
-            self._spawn(rec.directive_id, self._recover(rec))
+            if recover or rec.partition is None:
+                self._spawn(rec.directive_id, self._recover(rec))
+
+    def _recover_partitions(self, partitions: set[int]) -> None:
+        for rec in self.state.in_flight():
+            if rec.partition in partitions and rec.directive_id not in self._tasks:
+                self._spawn(rec.directive_id, self._recover(rec))
 
     async def close(self) -> None:
         for t in list(self._tasks.values()):
             t.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=1.5)
+        t0 = time.monotonic()
         self.telemetry.stop()
         self.inbox.stop()
         if self._own_log:
             self.log.close()
+        logger.debug("executor_closed id=%s seconds=%.2f", self.id, time.monotonic() - t0)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start()
+        await self.start(recover=False)
         group = f"{self.settings.topics.prefix}{self.settings.executor.group_id}"
         consumer = Consumer(self.settings.kafka, group_id=group)
         consumer.subscribe([self.settings.topics.name("directives")], on_assign=self._on_assign)
         logger.info("executor_started id=%s group=%s dry_run=%s", self.id, group, self.settings.executor.dry_run)
         try:
             while not stop.is_set():
-                msgs = await asyncio.to_thread(consumer.poll_batch, 50, 0.3)
+                msgs = await asyncio.to_thread(consumer.poll_batch, 20, 0.1)
                 for msg in msgs:
                     await self._accept(msg)
                     await asyncio.to_thread(consumer.commit, msg)
@@ -172,8 +187,11 @@ class Executor:
             await self.close()
 
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
-        # Another executor may have owned these partitions: take over its durable state.
+        # Another executor may have owned these partitions: take over its durable state
+        # and recover its mid-flight plans (on the event loop; this runs in the poll thread).
         self.state.load()
+        assigned = {p.partition for p in partitions}
+        self._loop.call_soon_threadsafe(self._recover_partitions, assigned)
         self.ready.set()
         logger.info("executor_assigned id=%s partitions=%s", self.id, [p.partition for p in partitions])
 
@@ -183,9 +201,9 @@ class Executor:
         except DecodeError as exc:
             await self._dead_letter(msg, "invalid directive", str(exc))
             return
-        await self.submit(directive)
+        await self.submit(directive, partition=msg.partition())
 
-    async def submit(self, directive: Directive) -> asyncio.Task[SignedOutcome | None] | None:
+    async def submit(self, directive: Directive, *, partition: int | None = None) -> asyncio.Task[SignedOutcome | None] | None:
         """Take a directive unless it was seen before; returns its task (None for a duplicate)."""
         if directive.directive_id in self._tasks or self.state.get(directive.directive_id) is not None:
             logger.info("directive_duplicate directive=%s service=%s (not executed again)",
@@ -193,7 +211,7 @@ class Executor:
             return None
         rec = PlanRecord(directive_id=directive.directive_id, service=directive.service, status="accepted",
                          plan_id=plan_id_for(directive.directive_id), directive_json=directive.model_dump_json(),
-                         owner=self.id)
+                         owner=self.id, partition=partition)
         await self.state.put(rec)
         return self._spawn(directive.directive_id, self._process(Run(directive, rec)))
 

@@ -56,6 +56,8 @@ class PlanRecord(BaseModel):
     execution_started_at: float | None = None
     updated_at: float = Field(default_factory=time.time)
     owner: str | None = None
+    #: Partition of ``<prefix>directives`` the directive came from: whoever owns it recovers the plan.
+    partition: int | None = None
 
     @property
     def in_flight(self) -> bool:
@@ -80,7 +82,8 @@ class StateStore:
     def load(self, timeout: float = 30.0) -> dict[str, PlanRecord]:
         """Read the topic to its end (blocking) and keep the last record per directive."""
         records: dict[str, PlanRecord] = {}
-        consumer = Consumer(self.settings.kafka)
+        # Empty partitions answer after fetch.wait.max.ms: keep start-up (and takeover) quick.
+        consumer = Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 50})
         try:
             for msg in consumer.read_to_end(self.topic, timeout=timeout):
                 key = (msg.key() or b"").decode()

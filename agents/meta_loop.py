@@ -17,7 +17,8 @@ runs cycles; standbys keep reading so that a takeover starts warm. Duplicate dir
 across a takeover are prevented by state every replica reads from the topics: a service
 with a directive or plan still open (no outcome yet, within its time budget) gets none,
 and directives already recorded for a cycle (on ``directives`` or as ``directive_issued``
-in the ledger) are never re-issued.
+in the ledger) are never re-issued. A focus with no applicable playbook (neither declared
+for the focus area nor recommended by the advisors, e.g. trust violations) directs nobody.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from metaheal.events import (
     HealthWindow,
     LedgerEntry,
     MLAdvice,
+    ProbeCommand,
     SignedOutcome,
 )
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
@@ -84,6 +86,13 @@ DEFAULT_PLAYBOOKS: dict[str, list[str]] = {
 }
 OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
 NEUTRAL_ADVICE = 0.5
+MAX_REMEMBERED = 10_000  # cycles, advice and directives remembered for lookups (oldest dropped first)
+
+
+def _bounded_put(d: dict[Any, Any], key: Any, value: Any) -> None:
+    d[key] = value
+    while len(d) > MAX_REMEMBERED:
+        d.pop(next(iter(d)))
 
 
 class Ledger(Protocol):
@@ -153,7 +162,7 @@ class Observations:
         self.closed: set[str] = set()  # directive/plan ids with an outcome
         self.requests: dict[str, ApprovalRequest] = {}
         self.decided: set[str] = set()
-        self.cycle_ids: list[str] = []
+        self.cycle_ids: deque[str] = deque(maxlen=MAX_REMEMBERED)
         self.last_cycle: CycleFocus | None = None
 
     # evidence -------------------------------------------------------------------------------
@@ -217,9 +226,9 @@ class Observations:
         elif isinstance(event, Directive):
             self._directive(event.directive_id, event.cycle_id, event.service, event.focus_area, event.ts, event.time_budget_seconds)
         elif isinstance(event, MLAdvice):
-            self.advice[event.cycle_id] = event
+            _bounded_put(self.advice, event.cycle_id, event)
         elif isinstance(event, CycleFocus):
-            self.cycle_focus[event.cycle_id] = event.focus_area
+            _bounded_put(self.cycle_focus, event.cycle_id, event.focus_area)
             self.cycle_ids.append(event.cycle_id)
             self.last_cycle = event
         elif isinstance(event, LedgerEntry):
@@ -227,7 +236,7 @@ class Observations:
         return trigger, insight
 
     def _directive(self, directive_id: str, cycle_id: str, service: str, focus: str, ts: float, budget: float) -> None:
-        self.directive_focus[directive_id] = focus
+        _bounded_put(self.directive_focus, directive_id, focus)
         self.directed.add((cycle_id, service))
         if directive_id not in self.closed:
             self.open[directive_id] = _Open(service, directive_id, None, ts, ts + min(max(budget, 60.0), OPEN_WORK_MAX_SECONDS))
@@ -318,7 +327,10 @@ class _Inputs:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self.pending_eof.discard((m.topic(), m.partition()))
                     continue
-                raise KafkaUnavailable(f"consume error on {m.topic()}: {err}")
+                if err.fatal():
+                    raise KafkaUnavailable(f"consume error on {m.topic()}: {err}")
+                logger.warning("meta_loop transient consume error topic=%s error=%s", m.topic(), err)
+                continue
             short = self.names.get(m.topic() or "")
             if short is None or m.value() is None:
                 continue
@@ -362,6 +374,7 @@ class MetaLoop:
         self.ids = CycleIds()
         self.playbooks = _focus_playbooks(settings)
         self._ledger = ledger
+        self._owns_ledger = ledger is None
         self._ledger_errors = _ledger_errors()
         self._leading = False
         self._last_cycle_at: float | None = None
@@ -371,8 +384,6 @@ class MetaLoop:
         self.directives_issued: list[Directive] = []
         self._ser_cycle = AvroSerializer(CycleFocus)
         self._ser_directive = AvroSerializer(Directive)
-        from metaheal.events import ProbeCommand
-
         self._ser_probe = AvroSerializer(ProbeCommand)
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -390,7 +401,11 @@ class MetaLoop:
                     await self._ledger_insights()
                     trigger = self._due(self.clock())
                     if trigger is not None:
-                        await self.run_cycle(trigger, stop)
+                        try:
+                            await self.run_cycle(trigger, stop)
+                        except KafkaUnavailable as exc:
+                            # the cycle is abandoned; the next one re-reads everything from the topics
+                            logger.error("meta_loop cycle aborted replica=%s error=%s", self.replica_id, exc)
             graceful = True
         finally:
             leadership.cancel()
@@ -420,9 +435,15 @@ class MetaLoop:
             self._control.close()
             self._inputs.close()
             self._producer.close(2.0)
+            self._drop_ledger()
+
+    def _drop_ledger(self) -> None:
+        """Close a ledger we opened; the next append opens a fresh one that resumes from the topic's tail."""
+        if self._owns_ledger and self._ledger is not None:
             close = getattr(self._ledger, "close", None)
             if close is not None:
                 close()
+            self._ledger = None
 
     async def _lease_step(self) -> None:
         was = self._leading
@@ -437,6 +458,8 @@ class MetaLoop:
             logger.warning("meta_loop lost leadership replica=%s", self.replica_id)
 
     def _on_elected(self) -> None:
+        # another replica may have appended since we last did: never append from a stale sequencer tail
+        self._drop_ledger()
         view = self._control.view
         if view.guardrails:
             self.guardrails.restore(view.guardrails)
@@ -533,6 +556,9 @@ class MetaLoop:
             reasoning.append(f"Guardrails: {change.reason}.")
         if trigger != "scheduled":
             reasoning.append(f"Early cycle: {trigger}.")
+        waiting = sorted({r.service for r in self.obs.pending_approvals(started)})
+        if waiting:
+            reasoning.append(f"Approvals pending on {', '.join(waiting)}: their plans stay open until an operator decides.")
         cf = CycleFocus(
             cycle_id=cycle_id, ts=started, focus_area=focus, confidence=min(1.0, decision.confidence),
             reasoning=reasoning, guardrail_adjustment=change.adjustment, guardrail_level=self.guardrails.level,  # type: ignore[arg-type]
@@ -589,9 +615,12 @@ class MetaLoop:
         ml = self.settings.ml
         anomaly = cf.confidence
         if advice is None:
-            rc = pb = NEUTRAL_ADVICE
-            causes: list[str] = []
+            # without advice the playbook term is what we learned about our own first choice
             books = list(cf.playbook_priorities)
+            learned = self.learner.success_rate(playbook=books[0], now=cf.ts) if books else None
+            rc = NEUTRAL_ADVICE
+            pb = learned if learned is not None else NEUTRAL_ADVICE
+            causes: list[str] = []
         else:
             cands = [c for c in advice.root_cause_candidates if c.service in (None, service)]
             rc = max((c.probability for c in cands), default=0.0)
@@ -603,7 +632,7 @@ class MetaLoop:
         if advice is None:
             note = (
                 f"No ML advice for {cf.cycle_id} within {self.cfg.advice_wait_seconds:g}s: proceeding on focus "
-                f"evidence alone at confidence {combined:.2f} (learned playbook order)"
+                f"evidence alone at confidence {combined:.2f} (learned playbook order, playbook term {pb:.2f})"
             )
         elif not books:
             books = list(cf.playbook_priorities)
@@ -628,6 +657,10 @@ class MetaLoop:
                 )
                 continue
             confidence, ml_advice, note = self._combine(service, cf, decision, advice)
+            if not ml_advice.recommended_playbooks:
+                # e.g. trust violations: nothing declarative applies, so the cycle informs (status, probes) but directs nobody
+                logger.info("meta_loop no directive service=%s cycle_id=%s reason=no_applicable_playbook", service, cf.cycle_id)
+                continue
             directive = Directive(
                 directive_id=f"dir_{cf.cycle_id}_{service}", cycle_id=cf.cycle_id, ts=now, service=service,
                 focus_area=cf.focus_area, guardrail_level=cf.guardrail_level, ml_advice=ml_advice,

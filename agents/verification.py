@@ -117,7 +117,7 @@ class LiveTelemetry:
 
     def _run(self) -> None:
         tel, health = self._settings.topics.name("telemetry"), self._settings.topics.name("health")
-        consumer = Consumer(self._settings.kafka)
+        consumer = Consumer(self._settings.kafka, **{"fetch.wait.max.ms": 50})
         try:
             parts = []
             for topic in (tel, health):
@@ -128,7 +128,7 @@ class LiveTelemetry:
             consumer.raw.assign(parts)
             self._ready.set()
             while not self._stop.is_set():
-                for msg in consumer.raw.consume(500, 0.2):
+                for msg in consumer.raw.consume(500, 0.1):
                     err = msg.error()
                     if err is not None:
                         if err.code() != KafkaError._PARTITION_EOF:

@@ -22,11 +22,16 @@ import argparse
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from metaheal.agents.advisors.base import UNKNOWN, Outcome, Symptom
 from metaheal.agents.advisors.playbook_ranker import PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester
+from metaheal.agents.playbooks import load_playbooks
+
+REPO = Path(__file__).resolve().parent.parent
 
 SERVICES = ["api", "web", "checkout", "search"]
 #: feature -> (metric, signal, direction, labels)
@@ -51,12 +56,14 @@ CAUSES = {
     "database_slow_query": ("latency_drift", [("latency_up", 0.9), ("db_latency_up", 0.75), ("timeout", 0.6)]),
     "cache_miss_rate_high": ("latency_drift", [("latency_up", 0.9), ("cache_hit_down", 0.7), ("cpu_up", 0.35)]),
     "cpu_saturation": ("latency_drift", [("latency_up", 0.85), ("cpu_up", 0.9), ("traffic_up", 0.35)]),
-    "traffic_surge": ("capacity_strain", [("traffic_up", 0.9), ("cpu_up", 0.7), ("latency_up", 0.7), ("queue_up", 0.4)]),
+    "traffic_surge": ("capacity_strain",
+                      [("traffic_up", 0.9), ("cpu_up", 0.7), ("latency_up", 0.7), ("queue_up", 0.4)]),
     "bad_deployment": ("error_spike", [("errors_up", 0.9), ("deploy", 0.65), ("exception", 0.6), ("latency_up", 0.3)]),
     "upstream_outage": ("dependency_health", [("dep_errors_up", 0.8), ("errors_up", 0.7), ("conn_refused", 0.6)]),
     "memory_leak": ("latency_drift", [("memory_up", 0.65), ("latency_up", 0.6), ("errors_up", 0.4), ("oom", 0.55)]),
 }
-#: (playbook, declared focus areas, declared root causes, prior_success)
+#: (playbook, declared focus areas, declared root causes, prior_success) for ``--catalogue ideal``:
+#: what the simulation's truth would justify declaring. The default is the shipped ``playbooks/``.
 PLAYBOOKS = [
     ("scale_up_instances", ["capacity_strain", "latency_drift"], ["traffic_surge", "cpu_saturation"], 0.7),
     ("warm_cache", ["latency_drift"], ["cache_miss_rate_high"], 0.6),
@@ -117,7 +124,10 @@ def incidents(n: int, seed: int) -> list[Incident]:
     return out
 
 
-def playbooks() -> dict[str, SimpleNamespace]:
+def playbooks(catalogue: str) -> dict[str, Any]:
+    """The shipped default playbooks (``playbooks/``), or the benchmark's own idealised declarations."""
+    if catalogue == "shipped":
+        return load_playbooks(REPO / "playbooks")
     return {
         name: SimpleNamespace(name=name, impact="low", blast_radius=1, prior_success=prior,
                               applies_to=SimpleNamespace(focus_areas=focus, root_causes=causes))
@@ -126,8 +136,8 @@ def playbooks() -> dict[str, SimpleNamespace]:
 
 
 class Advisors:
-    def __init__(self, seed: int, learn: bool) -> None:
-        pbs = playbooks()
+    def __init__(self, seed: int, learn: bool, catalogue: str) -> None:
+        pbs = playbooks(catalogue)
         self.learn_enabled = learn
         self.rc = RootCauseSuggester(playbook_causes={n: list(p.applies_to.root_causes) for n, p in pbs.items()})
         self.ranker = PlaybookRanker(pbs, explore=learn, seed=seed)
@@ -156,25 +166,28 @@ def main() -> None:
     ap.add_argument("--incidents", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--block", type=int, default=50)
+    ap.add_argument("--catalogue", choices=["shipped", "ideal"], default="shipped",
+                    help="shipped: the playbooks/ folder's declarations; ideal: declarations that match the simulation")
     ap.add_argument("--no-explore", action="store_true", help="learning ranker exploits only (no Thompson draws)")
     args = ap.parse_args()
 
     stream = incidents(args.incidents, args.seed)
-    learning, frozen = Advisors(args.seed, learn=True), Advisors(args.seed, learn=False)
+    learning = Advisors(args.seed, learn=True, catalogue=args.catalogue)
+    frozen = Advisors(args.seed, learn=False, catalogue=args.catalogue)
     learning.ranker.explore = not args.no_explore
     rng_l, rng_f = random.Random(args.seed + 1), random.Random(args.seed + 1)
     print(f"{args.incidents} incidents, seed {args.seed}, {len(CAUSES)} causes, {len(SERVICES)} services, "
-          f"{len(PLAYBOOKS)} playbooks")
+          f"{len(learning.ranker.playbooks)} playbooks ({args.catalogue} declarations)")
     print(f"{'block':>9} | {'learning: top1  top3  fixed':>27} | {'frozen prior: top1  top3  fixed':>31}")
     totals = {"l": [0, 0, 0], "f": [0, 0, 0]}
-    per_incident: dict[str, list[tuple[int, int, int]]] = {"l": [], "f": []}
+    per_incident: dict[str, list[tuple[int, int, int, int]]] = {"l": [], "f": []}
     t0 = time.perf_counter()
     block: dict[str, list[int]] = {"l": [0, 0, 0], "f": [0, 0, 0]}
     for i, inc in enumerate(stream):
         for key, adv, rng in (("l", learning, rng_l), ("f", frozen, rng_f)):
             causes, ok = adv.handle(inc, rng, i)
             hit = (int(causes[0] == inc.cause), int(inc.cause in [c for c in causes if c != UNKNOWN][:3]), int(ok))
-            per_incident[key].append(hit)
+            per_incident[key].append((*hit, int(causes[0] == UNKNOWN)))
             block[key] = [a + b for a, b in zip(block[key], hit, strict=True)]
         if (i + 1) % args.block == 0 or i + 1 == len(stream):
             n = (i % args.block) + 1
@@ -196,8 +209,9 @@ def main() -> None:
         cells = []
         for key in ("l", "f"):
             rows = per_incident[key][lo:lo + third]
-            t1, t3, fx = (sum(r[j] for r in rows) / len(rows) for j in range(3))
-            cells.append(f"top1={t1:.3f} top3={t3:.3f} fixed={fx:.3f}")
+            t1, t3, fx, unk = (sum(r[j] for r in rows) / len(rows) for j in range(4))
+            committed = t1 / (1 - unk) if unk < 1 else 0.0  # top-1 accuracy when not answering "unknown"
+            cells.append(f"top1={t1:.3f} top3={t3:.3f} fixed={fx:.3f} unknown={unk:.2f} committed-top1={committed:.2f}")
         print(f"{part:>12}: learning {cells[0]} | frozen {cells[1]}")
     print(f"learned root-cause labels: {learning.rc.learned}; "
           f"{elapsed / n * 1000:.2f} ms per incident for both advisor sets (noisy: shared 2-core machine)")

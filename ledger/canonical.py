@@ -14,7 +14,9 @@ Canonicalization Scheme, "JCS"), which is what a third party should implement
   ``\\u00xx`` (lowercase hex); everything else (including non-ASCII) literally.
   Lone surrogates are rejected.
 * Integers (Python ``int``, not ``bool``) are written in plain decimal, exactly,
-  whatever their size.
+  whatever their size. This is the one deviation from RFC 8785, and only for
+  integers beyond +-2**53, which JCS would first round to a double; keep such
+  numbers (e.g. nanosecond timestamps) as strings if non-Python verifiers matter.
 * Floats: NaN and the infinities are rejected. A finite float is written as
   ECMAScript ``Number.prototype.toString`` does (RFC 8785 §3.2.2.3): the shortest
   digit string that round-trips to the same IEEE-754 double, in plain notation
@@ -43,20 +45,41 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-for _c in range(0x20):
-    _ESCAPES.setdefault(chr(_c), f"\\u{_c:04x}")
-_TRANSLATE = str.maketrans(_ESCAPES)
+# The stdlib's C string encoder (ensure_ascii=False flavour) escapes exactly the
+# JCS set: '"', '\\', \b \t \n \f \r, and other code points below U+0020 as \u00xx.
+quote = encode_basestring
 
 
 def _string(s: str, path: str) -> str:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{path}: string contains a lone surrogate") from None
-    return '"' + s.translate(_TRANSLATE) + '"'
+    return quote(s)  # lone surrogates are caught once, on the whole output (see canonical_json)
+
+
+def _surrogate_path(value: Any, path: str = "$") -> str | None:
+    def bad(s: str) -> bool:
+        try:
+            s.encode("utf-8")
+            return False
+        except UnicodeEncodeError:
+            return True
+
+    if isinstance(value, str):
+        return path if bad(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if bad(k):
+                return path
+            found = _surrogate_path(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = _surrogate_path(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def format_float(x: float, path: str = "$") -> str:
@@ -132,11 +155,14 @@ def _encode(value: Any, path: str, out: list[str]) -> None:
 
 def canonical_json(value: Any) -> str:
     """The canonical JSON text of ``value`` (see the module docstring for the rules)."""
-    out: list[str] = []
-    _encode(value, "$", out)
-    return "".join(out)
+    return canonical_bytes(value).decode("utf-8")
 
 
 def canonical_bytes(value: Any) -> bytes:
     """``canonical_json(value)`` as UTF-8 bytes: what gets hashed and signed."""
-    return canonical_json(value).encode("utf-8")
+    out: list[str] = []
+    _encode(value, "$", out)
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{_surrogate_path(value)}: string contains a lone surrogate") from None

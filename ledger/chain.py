@@ -37,7 +37,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from metaheal.events import LedgerEntry
-from metaheal.ledger.canonical import canonical_bytes, canonical_json
+from metaheal.ledger.canonical import canonical_bytes, canonical_json, quote
 
 DOMAIN = b"metaheal-ledger-entry-v1\x00"
 GENESIS = "0" * 64
@@ -56,9 +56,26 @@ BODY_FIELDS = (
 )
 
 
+_SORTED = sorted(BODY_FIELDS)  # ASCII keys: UTF-16 order is plain order
+_STR_FIELDS = tuple(f for f in _SORTED if f != "sequence")
+
+
 def message(e: LedgerEntry | dict[str, Any]) -> bytes:
-    """``M``: the domain-separated canonical body (hashed and signed)."""
+    """``M``: the domain-separated canonical body (hashed and signed).
+
+    Fast path for the usual case (every field a str, sequence an int), equal by
+    construction to ``DOMAIN + canonical_bytes(body)``, which is the fallback.
+    """
     d = e if isinstance(e, dict) else e.__dict__
+    seq = d["sequence"]
+    if type(seq) is int and all(type(d[f]) is str for f in _STR_FIELDS):
+        parts = []
+        for f in _SORTED:
+            parts.append(f'"{f}":' + (str(seq) if f == "sequence" else quote(d[f])))
+        try:
+            return DOMAIN + ("{" + ",".join(parts) + "}").encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let the general encoder name the field
     return DOMAIN + canonical_bytes({f: d[f] for f in BODY_FIELDS})
 
 
@@ -109,7 +126,7 @@ def seal(
         "key_id": key_id,
         "prev_hash": prev_hash,
     }
-    m = DOMAIN + canonical_bytes(body)
+    m = message(body)
     return LedgerEntry.model_construct(
         **body,
         entry_hash=hashlib.sha256(m).hexdigest(),

@@ -21,6 +21,7 @@ act.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import fastavro
 from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 
@@ -38,7 +40,7 @@ from metaheal.events import LedgerEntry
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.config import producer_config
 from metaheal.kafka.errors import KafkaUnavailable
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, AvroSerializer, DecodeError, check_header
 from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import GENESIS, entry_hash, message, record_headers, record_key, seal
@@ -330,43 +332,68 @@ class ImmutableLog:
     def _catch_up(self, tail: Sequencer | None = None) -> None:
         """Load index records written since the last call, then index ledger records after them.
 
-        With ``tail`` (resuming the sequencer), the ledger records found are also
-        chained onto it.
+        In steady state both topics are read in one round trip. A fresh reader (or a
+        resuming sequencer, ``tail``) reads the index first, because the stored
+        ``__tail__`` says where in the ledger to continue; with ``tail`` the ledger
+        records found are also chained onto it.
         """
         try:
             self._ensure_topics()
-            for m in self._read_to_end(self.index_topic, self._index_pos):
-                self._index_pos = m.offset() + 1
-                key = (m.key() or b"").decode()
-                if m.value() is None:
-                    continue
-                try:
-                    if key == TAIL_KEY:
-                        self._index.tail = json.loads(m.value())
+            if tail is None and (self._index_pos or self._ledger_pos):
+                starts = {self.index_topic: self._index_pos, self.topic: self._ledger_pos}
+                for m in self._get_reader().read_many(starts, timeout=self.timeout):
+                    if m.topic() == self.index_topic:
+                        self._take_index_record(m)
                     else:
-                        self._index.merge_rows(key, CycleIndex.decode_rows(m.value()))
-                except ValueError as exc:
-                    logger.warning("ledger_index_record_ignored offset=%d error=%s", m.offset(), exc)
+                        self._take_ledger_record(m, None)
+                return
+            for m in self._read_to_end(self.index_topic, self._index_pos):
+                self._take_index_record(m)
             if tail is not None and self._index.tail is not None:
                 tail.load_json(self._index.tail)
             if self._index.tail is not None and self._ledger_pos == 0:
                 self._ledger_pos = int(self._index.tail["last_offset"]) + 1
             for m in self._read_to_end(self.topic, self._ledger_pos):
-                self._ledger_pos = m.offset() + 1
-                if m.value() is None:
-                    continue
-                try:
-                    e = self._decode(m.value())
-                except DecodeError as exc:
-                    logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
-                    continue
-                self._index_entry(e, m.offset())
-                if tail is not None:
-                    _advance(tail, e, m.offset())
+                self._take_ledger_record(m, tail)
         except KafkaException as exc:
             raise LedgerUnavailable(f"cannot read the ledger: {exc}") from exc
         except KafkaUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
+
+    def _take_index_record(self, m: Message) -> None:
+        self._index_pos = m.offset() + 1
+        key = (m.key() or b"").decode()
+        if m.value() is None:
+            return
+        try:
+            if key == TAIL_KEY:
+                self._index.tail = json.loads(m.value())
+            else:
+                self._index.merge_rows(key, CycleIndex.decode_rows(m.value()))
+        except ValueError as exc:
+            logger.warning("ledger_index_record_ignored offset=%d error=%s", m.offset(), exc)
+
+    def _take_ledger_record(self, m: Message, tail: Sequencer | None) -> None:
+        self._ledger_pos = max(self._ledger_pos, m.offset() + 1)
+        if m.value() is None:
+            return
+        try:
+            e = self._decode_fast(m.value())
+        except DecodeError as exc:
+            logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
+            return
+        self._index_entry(e, m.offset())
+        if tail is not None:
+            _advance(tail, e, m.offset())
+
+    def _decode_fast(self, value: bytes) -> LedgerEntry:
+        """Decode without pydantic validation: the Avro schema already fixes every field's type."""
+        check_header(value, self._decode.fingerprint, "LedgerEntry")
+        try:
+            d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode._parsed, None)
+        except Exception as exc:  # noqa: BLE001 - corrupt bytes are reported, not fatal
+            raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
+        return LedgerEntry.model_construct(**d)  # type: ignore[arg-type]
 
     def _sync(self) -> None:
         """Resume the sequencer: from the stored tail, then every ledger record after it."""
@@ -376,6 +403,8 @@ class ImmutableLog:
         tail = self._new_sequencer()
         self._catch_up(tail)
         self._tail = tail
+        if self._dirty:  # records the stored index did not know: write them (and the tail) now
+            self._write_index()
         logger.info("ledger_sequencer_resumed next_sequence=%d topic=%s", self._tail.next_sequence, self.topic)
 
     def _new_sequencer(self) -> Sequencer:

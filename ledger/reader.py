@@ -48,24 +48,31 @@ class PartitionReader:
 
     def read(self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
         """Records from ``start`` to the current end; raises ``KafkaUnavailable`` on errors or timeout."""
-        self.assign(topic, start, partition=partition, timeout=timeout)
+        return self.read_many({topic: start}, partition=partition, timeout=timeout)
+
+    def read_many(self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
+        """Several topics at once (one fetch round trip for all), each from its start to its end."""
+        for topic in starts:
+            self._prime(topic, timeout)
+        self.consumer.assign([TopicPartition(t, partition, max(o, 0)) for t, o in starts.items()])
+        pending = set(starts)
         deadline = time.monotonic() + timeout
         try:
-            while True:
+            while pending:
                 if time.monotonic() > deadline:
-                    raise KafkaUnavailable(f"timed out reading {topic} to its end")
+                    raise KafkaUnavailable(f"timed out reading {', '.join(sorted(pending))} to the end")
                 try:
                     msgs = self.consumer.consume(1000, 0.005)
                 except KafkaException as exc:
-                    raise KafkaUnavailable(f"cannot read {topic}: {exc}") from exc
+                    raise KafkaUnavailable(f"cannot read {', '.join(starts)}: {exc}") from exc
                 for m in msgs:
                     err = m.error()
                     if err is None:
                         yield m
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        return
+                        pending.discard(m.topic())
                     else:
-                        raise KafkaUnavailable(f"cannot read {topic}: {err}")
+                        raise KafkaUnavailable(f"cannot read {m.topic()}: {err}")
         finally:
             self.consumer.unassign()
 

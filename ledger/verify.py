@@ -86,8 +86,9 @@ class Witness:
 class Verifier:
     """Feed records in offset order, then :meth:`finish` for the report."""
 
-    def __init__(self, registry: KeyRegistry, *, since: int = 0, origin: str | None = None) -> None:
+    def __init__(self, registry: KeyRegistry, *, since: int = 0, origin: str | None = None, strict: bool = False) -> None:
         self.registry = registry
+        self.strict = strict  # also require payloads in canonical form (costs about as much as the signature check)
         self.since = since
         self.origin = origin
         de = AvroDeserializer(LedgerEntry)
@@ -162,13 +163,18 @@ class Verifier:
             self._add(seq, r.offset, "unauthorised", f"actor {d['actor']!r} may not take action {d['action']!r}")
         try:
             payload = json.loads(d["payload"])
-            if not isinstance(payload, dict) or canonical_json(payload) != d["payload"]:
-                self._add(seq, r.offset, "payload", "payload is not a canonical JSON object")
+            if not isinstance(payload, dict):
+                self._add(seq, r.offset, "payload", "payload is not a JSON object")
+            elif self.strict and canonical_json(payload) != d["payload"]:
+                self._add(seq, r.offset, "payload", "payload is not in canonical JSON form")
         except (ValueError, TypeError):
             self._add(seq, r.offset, "payload", "payload is not valid JSON")
             payload = None
         if seq == len(self.leaves):
-            self.leaves.append(leaf_hash(bytes.fromhex(d["entry_hash"])) if _is_hex(d["entry_hash"], 64) else b"")
+            leaf = _leaf(d["entry_hash"])
+            self.leaves.append(leaf)
+            if leaf and self._frontier.size == seq:
+                self._frontier.append(leaf)
         if d["action"] == "checkpoint" and d["actor"] == "ledger" and isinstance(payload, dict):
             self._check_checkpoint(d, payload, seq, r.offset)
 
@@ -217,6 +223,8 @@ class Verifier:
             self._add(seq, offset, "checkpoint", f"Merkle root of the first {size} entries does not match")
 
     def root(self, size: int) -> bytes | None:
+        if size == self._frontier.size:
+            return self._frontier.root()  # the usual case: a checkpoint commits to everything before it
         if size > len(self.leaves) or any(not x for x in self.leaves[:size]):
             return None
         f = Frontier()
@@ -245,8 +253,14 @@ def _key_sequence(key: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
-def _is_hex(s: str, n: int) -> bool:
-    return len(s) == n and all(c in "0123456789abcdef" for c in s)
+def _leaf(entry_hash: str) -> bytes:
+    """Merkle leaf of an entry hash; empty if the hash is not 64 lowercase hex digits."""
+    if len(entry_hash) != 64 or entry_hash != entry_hash.lower():
+        return b""
+    try:
+        return leaf_hash(bytes.fromhex(entry_hash))
+    except ValueError:
+        return b""
 
 
 def witness_from_note(note: str, source: str) -> Witness:
@@ -261,9 +275,10 @@ def verify_records(
     since: int = 0,
     witnesses: Iterable[Witness] = (),
     cycle: str | None = None,
+    strict: bool = False,
 ) -> Report:
     """Verify every record; with ``cycle`` only that cycle's findings are reported (the chain is always checked whole)."""
-    v = Verifier(registry, since=since)
+    v = Verifier(registry, since=since, strict=strict)
     cycle_seqs: set[int] = set()
     for r in records:
         if cycle is not None and r.key is not None and r.key.decode("utf-8", "replace").startswith(f"{cycle}/"):
@@ -316,6 +331,7 @@ def verify_ledger(
     cycle: str | None = None,
     checkpoint_notes: Iterable[tuple[str, str]] = (),
     use_index_witness: bool = True,
+    strict: bool = False,
 ) -> Report:
     """Read the ledger topic and verify it; ``checkpoint_notes`` are ``(source, note text)`` witnesses."""
     registry = KeyRegistry.load(settings.keys).with_operators(settings.operators)
@@ -324,7 +340,7 @@ def verify_ledger(
         w = stored_witness(settings)
         if w is not None:
             witnesses.append(w)
-    return verify_records(read_raw(settings), registry, since=since, witnesses=witnesses, cycle=cycle)
+    return verify_records(read_raw(settings), registry, since=since, witnesses=witnesses, cycle=cycle, strict=strict)
 
 
 __all__ = ["BODY_FIELDS", "Finding", "RawRecord", "Report", "Verifier", "Witness", "read_raw", "stored_witness", "verify_ledger", "verify_records"]

@@ -59,6 +59,21 @@ LEDGER_SHOWN = {
 TIMELINE_TOPICS = ("anomalies", "cycles", "probes", "advice", "directives", "plans", "approvals", "outcomes", "ledger")
 
 
+def fault_flow(scenario: str) -> Flow:
+    """A flow for any simulator scenario: healed means a verified outcome and a healthy faulty service.
+
+    >>> fault_flow("upstream_outage").expect_playbook
+    'failover_dependency'
+    """
+    from metaheal.simulator.faults import FAULTS, SCENARIOS
+
+    names = [name for name, _ in SCENARIOS[scenario]]
+    fixed_by = FAULTS[names[0]].fixed_by if names else ()
+    focus = {"traffic_surge": "capacity_strain", "bad_deployment": "error_spike", "upstream_outage": "dependency_health"}
+    return Flow(scenario, scenario, focus.get(names[0] if names else "", "latency_drift"),
+                fixed_by[0] if fixed_by else None, False, f"Fault {scenario} -> {', '.join(fixed_by) or '?'}")
+
+
 def fmt_clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:10]
 
@@ -312,24 +327,30 @@ class Driver:
         self.emit(f"{fmt_clock(time.time())}  [demo]      {text}")
 
     async def run_flow(self, flow: Flow) -> FlowResult:
+        """Inject, then follow the flow's cycles until a verified outcome leaves the faulty service healthy."""
         self.emit("")
         self.say(f"=== flow: {flow.title} ===")
         if flow.scenario is None:
             return await self._quiet(flow)
         res = FlowResult(flow, started_at=time.time())
-        self.inject(flow.scenario)
-        self.say(f"injected scenario {flow.scenario} into the simulated fleet")
+        faults = self.inject(flow.scenario) or []
+        targets = sorted({getattr(f, "target", "") for f in faults} - {""})
+        self.say(f"injected scenario {flow.scenario} into the simulated fleet (fault on {', '.join(targets) or '-'})")
         t0 = res.started_at
         services = {s.name for s in self.settings.services}
         deadline = time.monotonic() + self.flow_timeout
         approved: set[str] = set()
-        directive: Directive | None = None
+        unexpected_approvals = 0
+        directives: dict[str, Directive] = {}
+        outcomes: list[SignedOutcome] = []
+        index = 0
         while time.monotonic() < deadline:
-            for s in self.timeline.snapshot():
+            events = self.timeline.snapshot()
+            for s in events[index:]:
                 if s.at < t0:
                     continue
                 e = s.event
-                if res.detected_at is None and isinstance(e, AnomalyScore) and e.crossed and e.service in services:
+                if res.detected_at is None and isinstance(e, AnomalyScore) and e.crossed and e.service in targets:
                     res.detected_at = s.at
                 if isinstance(e, CycleFocus) and e.focus_area != "routine_maintenance" and e.cycle_id not in res.cycle_ids:
                     res.cycle_ids.append(e.cycle_id)
@@ -337,47 +358,66 @@ class Driver:
                         res.detected_at = s.at
                     if e.focus_area != flow.expect_focus:
                         res.notes.append(f"cycle {e.cycle_id} focused on {e.focus_area}, expected {flow.expect_focus}")
-                if isinstance(e, Directive) and directive is None and e.cycle_id in res.cycle_ids:
-                    directive, res.directive_at, res.service = e, s.at, e.service
+                if isinstance(e, Directive) and e.cycle_id in res.cycle_ids:
+                    directives[e.directive_id] = e
+                    if res.directive_at is None:
+                        res.directive_at = s.at
                 if isinstance(e, ApprovalRequest) and e.request_id not in approved and e.cycle_id in res.cycle_ids:
                     approved.add(e.request_id)
-                    if not flow.expect_approval:
-                        res.notes.append(f"approval was requested for {e.playbook}; this flow expected auto-approval")
+                    unexpected_approvals += not flow.expect_approval
                     await self._approve(e)
-                if isinstance(e, SignedOutcome) and directive is not None and e.directive_id == directive.directive_id:
-                    return await self._judge(res, e, s.at)
+                if isinstance(e, SignedOutcome) and e.directive_id in directives:
+                    outcomes.append(e)
+                    if e.result == "success" and e.verification_passed is True:
+                        unhealthy = await self._unhealthy(sorted(services))  # healed = the whole fleet healthy
+                        if not unhealthy:
+                            res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
+                        else:
+                            res.notes.append(f"{e.playbook} on {e.service} succeeded but {unhealthy}")
+            index = len(events)
+            if res.ok:
+                break
             await asyncio.sleep(0.2)
+        services_hit = sorted({d.service for d in directives.values()} - set(targets))
+        if services_hit:
+            res.notes.append(f"directives also went to {', '.join(services_hit)} (fault is on {', '.join(targets)})")
+        if unexpected_approvals:
+            res.notes.append(f"{unexpected_approvals} approval(s) requested where the design auto-approves")
+        if flow.expect_approval and not approved:
+            res.notes.append("no approval was requested (the design expects one)")
+        if res.ok:
+            if flow.expect_playbook and res.playbook != flow.expect_playbook:
+                res.notes.append(f"healed by {res.playbook}, the design expects {flow.expect_playbook}")
+            return res
         stage = ("no anomaly or cycle focus" if res.detected_at is None else
-                 "no directive" if directive is None else "no outcome")
-        res.reasons.append(f"timed out after {self.flow_timeout:.0f}s: {stage}")
+                 "no directive" if not directives else "no outcome" if not outcomes else "no verified fix")
+        res.reasons.append(f"not healed within {self.flow_timeout:.0f}s: {stage}")
+        for o in outcomes:
+            res.reasons.append(f"{o.playbook} on {o.service}: {o.result}"
+                               + ("" if o.verification_passed else " (not verified)"))
+        unhealthy = await self._unhealthy(sorted(services))
+        if unhealthy:
+            res.reasons.append(unhealthy)
         return res
+
+    async def _unhealthy(self, services: list[str]) -> str | None:
+        problems = []
+        for name in services:
+            problem = await self._health(name)
+            if problem is not None:
+                problems.append(f"{name} unhealthy: {problem}")
+        return "; ".join(problems) or None
 
     async def _approve(self, req: ApprovalRequest) -> None:
         from metaheal.agents.approvals import load_signing_key, sign_decision
 
         self.say(f"the demo now plays the operator '{DEMO_OPERATOR}' and APPROVES {req.request_id} "
-                 f"with the demo operator key {self.operator_key_path.name}")
+                 f"({req.playbook} on {req.service}) with the demo operator key {self.operator_key_path.name}")
         key = load_signing_key(self.operator_key_path)
         decision = sign_decision(key, plan_id=req.plan_id, request_id=req.request_id, operator=DEMO_OPERATOR,
                                  decision="approve", reason="demo: approved by the demo operator")
         await asyncio.to_thread(self._producer.send, self.settings.topics.name("approvals"),
                                 AvroSerializer(ApprovalDecision)(decision), req.plan_id)
-
-    async def _judge(self, res: FlowResult, outcome: SignedOutcome, at: float) -> FlowResult:
-        res.playbook = outcome.playbook
-        flow = res.flow
-        if outcome.result != "success":
-            res.reasons.append(f"outcome {outcome.result} for {outcome.playbook} on {outcome.service}")
-        if outcome.verification_passed is not True:
-            res.reasons.append(f"verification {'failed' if outcome.verification_passed is False else 'missing'}")
-        if flow.expect_playbook and outcome.playbook != flow.expect_playbook:
-            res.notes.append(f"chose {outcome.playbook}, the design expects {flow.expect_playbook}")
-        health = await self._health(outcome.service)
-        if health is not None:
-            res.reasons.append(f"{outcome.service} still unhealthy after the outcome: {health}")
-        if not res.reasons:
-            res.ok, res.fixed_at = True, at
-        return res
 
     async def _health(self, service: str) -> str | None:
         svc = self.settings.service(service)
@@ -525,8 +565,13 @@ async def run_demo(
                 report.flows.append(res)
                 verdict = "HEALED" if res.ok and flow.scenario else "OK" if res.ok else "FAILED"
                 driver.say(f"flow {flow.name}: {verdict}" + (f" ({'; '.join(res.reasons)})" if res.reasons else ""))
-                if not res.ok:
-                    break
+                if not res.ok and sim.fleet.faults:
+                    # an unhealed fault would confound the next flow: end it by hand, and say so
+                    sim.fleet.clear_faults()
+                    for name in sim.fleet.services:
+                        sim.fleet.rollback_flags(name)
+                    driver.say("the unhealed fault was removed by hand before the next flow")
+                    await asyncio.sleep(settings.cycle.cycle_seconds)
     finally:
         stop.set()
         try:

@@ -123,6 +123,17 @@ class Pipeline:
         dropped = self.scorers.forget(partitions)
         logger.info("partitions revoked partitions=%s scorers_dropped=%d", sorted(partitions), dropped)
 
+    def progress(self) -> dict[int, int]:
+        """Per source partition, the last offset whose effects are in the state store."""
+        out: dict[int, int] = {}
+        for blob in list(self.state_store.values()):
+            if not blob:
+                continue
+            for part, off in pickle.loads(blob).applied.items():
+                if off > out.get(part, -1):
+                    out[part] = off
+        return out
+
     # -- processing --------------------------------------------------------------------------
 
     def process(self, record: Record) -> None:

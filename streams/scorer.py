@@ -40,9 +40,9 @@ import logging
 import math
 from array import array
 from bisect import bisect_left, insort
-from collections import deque
 from typing import NamedTuple
 
+import numpy as np
 from river import stats
 
 __all__ = ["AnomalyScorer", "Score", "TailCalibrator"]
@@ -86,14 +86,15 @@ class TailCalibrator:
     True
     """
 
-    __slots__ = ("window", "tail", "_fifo", "_sorted")
+    __slots__ = ("window", "tail", "_fifo", "_head", "_sorted")
 
     def __init__(self, window: int = 1000, tail: int = 20) -> None:
         if window < 2 or tail < 2 or tail > window:
             raise ValueError(f"need 2 <= tail <= window, got window={window} tail={tail}")
         self.window = window
         self.tail = tail
-        self._fifo: deque[float] = deque()
+        self._fifo = array("d")  # ring buffer of the window; _head is the oldest once it is full
+        self._head = 0
         self._sorted: list[float] = []  # the positive values only: zeros (the common case of a
         # quiet statistic, e.g. no repeated value) are just counted by the fifo, which is cheaper
 
@@ -125,29 +126,37 @@ class TailCalibrator:
         return min(p, 1.0 / (n + 1))
 
     def __getstate__(self) -> tuple[int, int, bytes]:
-        # Checkpoints carry only the window in arrival order (8 bytes a value); sorted is rebuilt.
-        return self.window, self.tail, array("d", self._fifo).tobytes()
+        # Checkpoints carry only the window in arrival order, as float32 (4 bytes a value: p-values
+        # do not need more); the sorted list is rebuilt on restore.
+        h, buf = self._head, np.frombuffer(self._fifo, dtype=np.float64)
+        ordered = np.concatenate((buf[h:], buf[:h])) if h else buf
+        return self.window, self.tail, ordered.astype(np.float32).tobytes()
 
     def __setstate__(self, state: tuple[int, int, bytes]) -> None:
         self.window, self.tail, raw = state
-        values = array("d")
-        values.frombytes(raw)
-        self._fifo = deque(values)
-        self._sorted = sorted(v for v in values if v > 0.0)
+        values = np.frombuffer(raw, dtype=np.float32).astype(np.float64)
+        self._fifo = array("d", values.tobytes())
+        self._head = 0
+        self._sorted = sorted(values[values > 0.0].tolist())
 
     def learn(self, d: float) -> None:
         """Add a non-negative statistic (negative values count as 0)."""
+        if d < 0.0:
+            d = 0.0
         fifo = self._fifo
-        if d > 0.0:
+        if len(fifo) < self.window:
             fifo.append(d)
-            insort(self._sorted, d)
         else:
-            fifo.append(0.0)
-        if len(fifo) > self.window:
-            old = fifo.popleft()
+            h = self._head
+            old = fifo[h]
+            fifo[h] = d
+            h += 1
+            self._head = 0 if h == self.window else h
             if old > 0.0:
                 s = self._sorted
                 del s[bisect_left(s, old)]
+        if d > 0.0:
+            insort(self._sorted, d)
 
 
 class _Track:
@@ -189,9 +198,12 @@ class _Track:
         p2 = self.sustained.p_value(ds)
         return p1 if p1 < p2 else p2
 
-    def learn(self, d: float, shift: float) -> None:
-        self.point.learn(d)
-        self.sustained.learn(shift if shift >= 0 else -shift)
+    def learn(self, d: float, shift: float, calibrate: bool = True) -> None:
+        """Commit this sample; with ``calibrate=False`` only the EW state moves (a predictor not in
+        use learns its tails from every 4th sample: same distribution, a quarter of the cost)."""
+        if calibrate:
+            self.point.learn(d)
+            self.sustained.learn(shift if shift >= 0 else -shift)
         self.shift = shift
 
 
@@ -235,9 +247,12 @@ class _Profile:
             self.err.update(ae)
         if dt > 0:
             self.level += (1.0 - 0.5 ** (dt / (DAY / 4))) * (x - self.values[slot] - self.level)
-        w = dt / self.width if 0 < dt < self.width else 1.0
+        # a duplicate or out-of-order timestamp adds nothing new about its slot
+        w = (dt / self.width if dt < self.width else 1.0) if dt > 0 else 0.0
         k += w
         self.weights[slot] = k
+        if k <= 0.0:
+            return
         g = w / k if k < 5 else 1.0 - 0.8**w
         self.values[slot] += g * ((x - self.level) - self.values[slot])
 
@@ -315,12 +330,18 @@ class AnomalyScorer:
         self._scale_alpha = 1.0 - 0.5 ** (1.0 / self.scale_halflife)
         self._scale = 0.0  # EW mean absolute residual of the local level (robust scale)
         self._err_local = stats.EWMean(0.01)
-        self._same_sign = 0
+        self._same_sign = 0  # +k / -k: the last k residuals were large and positive / negative
+        self._recent: list[float] = []  # the last three (rate-converted) values
         alpha = 1.0 - 0.5 ** (1.0 / self.smooth_halflife)
         # calibration per predictor: local level, daily profile, weekly profile
-        self._tracks = tuple(_Track(self.window, self.tail, alpha) for _ in range(3))
+        self._tracks = tuple(_Track(self.window, self.tail, alpha) for _ in range(4))
+        # a fast level (half-life 2 samples): the better one-step predictor for random-walk-like
+        # series (temperatures, CPU), where a spike is relative to the last values
+        self._fast: float | None = None
+        self._fast_scale = 0.0
+        self._err_fast = stats.EWMean(0.01)
         self._profiles: tuple[_Profile, _Profile] | tuple[()] = ()  # daily, weekly
-        self._active = 0  # predictor in use: 0 local level, 1 daily profile, 2 weekly profile
+        self._active = 0  # predictor in use: 0 local level, 1 daily, 2 weekly profile, 3 fast level
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -422,6 +443,7 @@ class AnomalyScorer:
         level = self._level
         if level is None:
             self._level = x
+            self._fast = x
             self._n = 1
             return Score(0.0, raw, 0.0)
 
@@ -431,6 +453,9 @@ class AnomalyScorer:
         tol = 1e-9 * (abs(level) + 1e-9)
         tracks = self._tracks
         z0, d0, sh0 = tracks[0].measure(e, scale, tol)
+        fast = self._fast
+        e_f = x - fast
+        _, d3, sh3 = tracks[3].measure(e_f, self._fast_scale, tol)
         active = self._active
         profiles = self._profiles
         ready_d = ready_w = False
@@ -440,15 +465,18 @@ class AnomalyScorer:
             w_slot, e_w = weekly.residual(ts, x)
             ready_d = daily.ready(ts, d_slot)
             ready_w = weekly.ready(ts, w_slot)
+        if n > _SKIP:
             # Pick the predictor that did best lately, with hysteresis so the choice is stable.
             errs = (
                 self._err_local.get(),
                 daily.err.get() if ready_d else math.inf,
                 weekly.err.get() if ready_w else math.inf,
+                self._err_fast.get(),
             )
-            best = 0 if errs[0] <= errs[1] and errs[0] <= errs[2] else (1 if errs[1] <= errs[2] else 2)
+            best = min(range(4), key=errs.__getitem__)
             if errs[active] == math.inf or errs[best] < 0.8 * errs[active]:
                 active = self._active = best
+        if profiles:
             if ready_d:
                 _, d1, sh1 = tracks[1].measure(e_d, daily.scale, tol)
             if ready_w:
@@ -466,9 +494,12 @@ class AnomalyScorer:
         elif active == 1:
             pred = x - e_d
             p = tracks[1].p_value(d1, sh1)
-        else:
+        elif active == 2:
             pred = x - e_w
             p = tracks[2].p_value(d2, sh2)
+        else:
+            pred = fast
+            p = tracks[3].p_value(d3, sh3)
         p = 2.0 * p  # Bonferroni: point and sustained statistics
         if p_flat * 3.0 < p:  # ... and the flat-line run
             p = p_flat * 3.0
@@ -478,33 +509,61 @@ class AnomalyScorer:
 
         # ---- learn ----
         frozen = p_flat < 0.05
+        sparse = n % 4 == 0
         if n >= _SKIP:  # the first residuals are measured with an immature scale
-            tracks[0].learn(d0, sh0)
+            tracks[0].learn(d0, sh0, active == 0 or sparse)
+            tracks[3].learn(d3, sh3, active == 3 or sparse)
         if ready_d:
-            tracks[1].learn(d1, sh1)
+            tracks[1].learn(d1, sh1, active == 1 or sparse)
         if ready_w:
-            tracks[2].learn(d2, sh2)
+            tracks[2].learn(d2, sh2, active == 2 or sparse)
         a = 1.0 - 0.5 ** (steps / self.halflife)
-        # Huber-style update so spikes barely move the level, unless the residuals keep the same
-        # sign (a level shift): then adapt at full speed ("alarm, then adapt").
+        # Huber-style update so spikes barely move the level; but three large residuals of the
+        # same sign in a row are a level shift: it has been scored (alarm), now re-anchor the
+        # levels on the recent values (adapt) instead of alarming until an EW mean catches up.
+        recent = self._recent
+        recent.append(x)
+        if len(recent) > 3:
+            del recent[0]
+        ss = self._same_sign
         if d0 > 3.0:
-            self._same_sign = (self._same_sign + 1) if (self._same_sign >= 0) == (z0 > 0) else 0
+            ss = (ss + 1 if ss >= 0 else 1) if z0 > 0 else (ss - 1 if ss <= 0 else -1)
         else:
-            self._same_sign = 0
-        step = e
-        if self._same_sign < 3 and scale > 0:
-            lim = 4.0 * scale
-            if step > lim:
-                step = lim
-            elif step < -lim:
-                step = -lim
-        self._level = level + a * step
+            ss = 0
+        shifted = ss >= 6 or ss <= -6
+        self._same_sign = 0 if shifted else ss
+        if shifted:
+            self._level = sum(recent) / len(recent)
+        else:
+            step = e
+            if scale > 0:
+                lim = 4.0 * scale
+                if step > lim:
+                    step = lim
+                elif step < -lim:
+                    step = -lim
+            self._level = level + a * step
         ae = e if e >= 0 else -e
         sa = self._scale_alpha if n * self._scale_alpha >= 1.0 else 1.0 / n
         if not frozen:
             cap = 5.0 * scale if n > _SKIP else ae
             self._scale = scale + sa * ((ae if ae < cap else cap) - scale)
         self._err_local.update(ae)
+        # the fast level: same robust update, half-life 2 samples
+        fs = self._fast_scale
+        step = e_f
+        if fs > 0:
+            lim = 4.0 * fs
+            if step > lim:
+                step = lim
+            elif step < -lim:
+                step = -lim
+        self._fast = x if shifted else fast + (1.0 - 0.5 ** (steps / 2.0)) * step
+        aef = e_f if e_f >= 0 else -e_f
+        if not frozen:
+            cap = 5.0 * fs if n > _SKIP else aef
+            self._fast_scale = fs + sa * ((aef if aef < cap else cap) - fs)
+        self._err_fast.update(aef)
         if profiles:
             daily.learn(d_slot, x, e_d, dt, sa, frozen)
             weekly.learn(w_slot, x, e_w, dt, sa, frozen)

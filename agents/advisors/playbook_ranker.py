@@ -32,7 +32,8 @@ so replay and live updates can overlap safely.
 >>> for i in range(4):
 ...     r.learn(Outcome(f"a{i}", "api", "a", "success", ts=0.0, root_cause="x", verification_passed=True))
 ...     r.learn(Outcome(f"b{i}", "api", "b", "failed", ts=0.0, root_cause="x"))
->>> [p.name for p in r.rank("api", "latency_drift", "x", now=0.0)], [p.name for p in r.rank("web", "latency_drift", "x", now=0.0)]
+>>> order = lambda svc: [p.name for p in r.rank(svc, "latency_drift", "x", now=0.0)]
+>>> order("api"), order("web")
 (['a', 'b'], ['b', 'a'])
 >>> r.refusal("api", r.playbooks["big"])
 'impact high / blast radius 1 exceeds every guardrail level'

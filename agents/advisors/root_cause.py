@@ -13,8 +13,9 @@ blend grows as ``n / (n + learned_weight_halfway)``. The learned part only speak
 in proportion to how much symptom evidence there is, so a quiet service stays
 ``unknown`` however confident the model has become about busy ones.
 
-A failing dependency explains its callers: mass on ``upstream_outage`` for a
-service is handed to the causes diagnosed *on the dependency* (``cause@dependency``).
+A failing dependency explains its callers: the caller's ``upstream_outage``
+candidate names the dependency, and the causes diagnosed *on* the dependency are
+added as candidates located there (``service`` = the dependency).
 
 >>> rc = RootCauseSuggester(graph={"api": ["orders-db"]})
 >>> sym = [Symptom("api", "latency_ms", "latency", 1, 2.0, 1.0),
@@ -47,6 +48,7 @@ from metaheal.agents.advisors.base import (
     Symptom,
     clamp01,
 )
+from metaheal.agents.advisors.anomaly import CHANGE_METRICS
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.events import RootCauseCandidate
 
@@ -67,7 +69,7 @@ def _put(f: dict[str, float], key: str, value: float) -> None:
 def _service_feature(f: dict[str, float], s: Symptom, v: float) -> None:
     metric = s.metric.lower()
     up = s.direction > 0
-    if s.signal == "change":
+    if s.signal == "change" or (up and CHANGE_METRICS.search(metric)):
         _put(f, "deploy_recent" if DEPLOY.search(metric) else "config_change_recent", v)
         return
     if "cache" in metric and (("hit" in metric and not up) or ("miss" in metric and up)):
@@ -161,11 +163,13 @@ class RootCauseSuggester(Advisor):
     def distribution(self, features: dict[str, float]) -> dict[str, float]:
         """P(cause | features) over the map's causes, learned causes and ``unknown``.
 
-        The knowledge map is the prior; the learned model contributes its class-conditional
-        likelihood ``p(features | cause)`` (not its posterior: which causes got confirmed is
-        biased by which ones we already diagnosed and fixed), tempered by the learned weight.
-        ``unknown`` keeps the average likelihood, so it only loses mass when the model
-        recognises the pattern as one specific cause.
+        A geometric blend: ``(1 - w) * log P_map(cause | f) + w * log-likelihood ratio``,
+        ``w = learned / (learned + halfway)``. The model contributes its class-conditional
+        likelihood ``p(f | cause)`` relative to the average cause, not its posterior: which
+        causes get confirmed is biased by which ones we already diagnosed and fixed, and
+        the class prior would carry that bias over. ``unknown`` (and any cause never
+        confirmed) sits ``UNKNOWN_MARGIN`` nats below the average, so it gives way only
+        when the model recognises the pattern as one specific cause.
         """
         prior = self.km.probabilities(features)
         w = self.learned_weight
@@ -176,7 +180,8 @@ class RootCauseSuggester(Advisor):
         neutral = _logmeanexp(list(loglik.values()))
         floor = min(prior.values())
         logpost = {
-            c: (1 - w) * math.log(max(prior.get(c, floor), 1e-12)) + w * (loglik.get(c, neutral - UNKNOWN_MARGIN) - neutral)
+            c: (1 - w) * math.log(max(prior.get(c, floor), 1e-12))
+            + w * (loglik.get(c, neutral - UNKNOWN_MARGIN) - neutral)
             for c in sorted(set(prior) | set(loglik))
         }
         top = max(logpost.values())
@@ -241,16 +246,25 @@ class RootCauseSuggester(Advisor):
         self, service: str, dep: str, mass: float, symptoms: list[Symptom],
         feats: dict[str, dict[str, float]], f: dict[str, float],
     ) -> list[RootCauseCandidate]:
-        """Hand ``upstream_outage`` mass to what is wrong with the dependency itself."""
+        """``upstream_outage`` for the caller, refined by what is wrong *on* the dependency.
+
+        The caller keeps ``upstream_outage`` (``service`` = the caller: that is what a
+        directive for it can act on, e.g. fail over). The dependency's own diagnosis is
+        added as candidates located at the dependency with probability
+        ``P(upstream) * P(cause | dependency)``: refinements of the upstream event, so
+        they are not disjoint from it.
+        """
         dep_f = feats.get(dep) or symptom_features(symptoms, dep, closure(self.graph, dep))
         dep_dist = self.distribution(dep_f) if dep_f else {UNKNOWN: 1.0}
+        located = sorted(((c, p) for c, p in dep_dist.items() if c not in (UNKNOWN, UPSTREAM) and p * mass > 0.01),
+                         key=lambda cp: -cp[1])
         why = [f"{service} depends on {dep}", *self.km.explain(UPSTREAM, f)]
-        rest = dep_dist.get(UNKNOWN, 0.0) + dep_dist.get(UPSTREAM, 0.0)
-        out = [RootCauseCandidate(cause=UPSTREAM, probability=clamp01(mass * rest), service=dep, evidence=why)]
-        for cause, p in dep_dist.items():
-            if cause not in (UNKNOWN, UPSTREAM) and p * mass > 0.01:
-                out.append(RootCauseCandidate(cause=cause, probability=clamp01(mass * p), service=dep,
-                                              evidence=[*why, *self.km.explain(cause, dep_f)]))
+        why += [f"{dep}: {c} p={p:.2f}" for c, p in located[:3]]
+        out = [RootCauseCandidate(cause=UPSTREAM, probability=clamp01(mass), service=service, evidence=why)]
+        for cause, p in located:
+            out.append(RootCauseCandidate(cause=cause, probability=clamp01(mass * p), service=dep,
+                                          evidence=[f"explains {service} via upstream_outage",
+                                                    *self.km.explain(cause, dep_f)]))
         return out
 
     def candidates_for(

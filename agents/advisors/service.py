@@ -40,6 +40,7 @@ from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, 
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.agents.advisors.playbook_ranker import PlaybookLike, PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester, closure
+from metaheal.agents.playbooks import load_playbooks
 from metaheal.agents.trust import Policies
 from metaheal.config import Settings
 from metaheal.events import (
@@ -54,6 +55,7 @@ from metaheal.events import (
 )
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.ledger import ImmutableLog
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +80,14 @@ class AdviceProducer:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.name("advice")
-        self._producer = Producer(settings.kafka)
+        self._producer: Producer | None = Producer(settings.kafka)
         self._serialize = AvroSerializer(MLAdvice)
 
     def send(self, topic: str, value: bytes, key: str) -> None:
         if topic != self.topic:
             raise AdvisorActionForbidden(f"advisors may only publish to {self.topic}, not {topic}")
+        if self._producer is None:
+            raise KafkaUnavailable("advice producer is closed")
         self._producer.send(topic, value, key=key)
 
     async def publish(self, advice: MLAdvice) -> None:
@@ -92,7 +96,9 @@ class AdviceProducer:
         await asyncio.to_thread(self.send, self.topic, self._serialize(advice), advice.cycle_id)
 
     def close(self) -> None:
-        self._producer.close()
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None  # release the client now, not whenever the service is collected
 
 
 def default_advisors(settings: Settings, playbooks: Mapping[str, PlaybookLike]) -> list[Advisor]:
@@ -150,23 +156,23 @@ class AdvisorService:
         self,
         settings: Settings,
         *,
-        log: Any = None,
+        log: ImmutableLog | None = None,
         playbooks: Mapping[str, PlaybookLike] | None = None,
         advisors: list[Advisor] | None = None,
         poll_timeout: float = 0.2,
     ) -> None:
         self.settings = settings
         if playbooks is None:
-            from metaheal.agents.playbooks import load_playbooks
-
             playbooks = load_playbooks(settings.playbooks)
         self.playbooks = playbooks
         self.advisors = advisors if advisors is not None else default_advisors(settings, playbooks)
         self._log = log
+        self._owns_log = log is None
         self.poll_timeout = poll_timeout
         self.producer = AdviceProducer(settings)
         self.ready = asyncio.Event()
         self.advised = 0
+        self.unsigned = 0
         self.learned: set[str] = set()
         self._graph = {s.name: list(s.dependencies) for s in settings.services}
         self._cycle_features: OrderedDict[str, dict[str, dict[str, float]]] = OrderedDict()
@@ -182,10 +188,8 @@ class AdvisorService:
                        "outcomes": t("outcomes")}
 
     @property
-    def log(self) -> Any:
+    def log(self) -> ImmutableLog:
         if self._log is None:
-            from metaheal.ledger import ImmutableLog
-
             self._log = ImmutableLog(self.settings)
         return self._log
 
@@ -308,7 +312,13 @@ class AdvisorService:
         return advice, ctx
 
     async def advise(self, focus: CycleFocus) -> MLAdvice | None:
-        """Compose, sign (``advice_provided``), then publish; nothing is published unsigned."""
+        """Compose, sign (``advice_provided``), then publish; nothing is published unsigned.
+
+        A cycle already advised by this process (a re-published CycleFocus) is skipped.
+        """
+        if focus.cycle_id in self._cycle_features:
+            logger.info("advisor duplicate_cycle cycle=%s skipped", focus.cycle_id)
+            return None
         advice, ctx = await asyncio.to_thread(self.compose, focus)
         payload = {
             **advice.model_dump(mode="json", exclude={"evidence"}),
@@ -323,6 +333,7 @@ class AdvisorService:
             )
         except KafkaUnavailable as exc:  # LedgerUnavailable is a subclass: unsigned advice is not advice
             logger.error("advisor advice_not_signed cycle=%s error=%s", focus.cycle_id, exc)
+            self.unsigned += 1
             return None
         self._remember(focus.cycle_id, ctx.features)
         await self.producer.publish(advice)
@@ -380,7 +391,18 @@ class AdvisorService:
         consumer = Consumer(self.settings.kafka)
         try:
             await asyncio.to_thread(self._assign, consumer)
-            await self.rebuild()
+            while not stop.is_set():
+                try:
+                    await self.rebuild()
+                    break
+                except KafkaUnavailable as exc:  # the ledger is the training data: wait for it
+                    logger.warning("advisor rebuild_failed error=%s; retrying", exc)
+                    try:
+                        await asyncio.wait_for(stop.wait(), timeout=2.0)
+                    except TimeoutError:
+                        pass
+            if stop.is_set():
+                return
             self.ready.set()
             logger.info("advisor ready topics=%s", ",".join(self.topics.values()))
             next_drain = 0.0
@@ -399,3 +421,5 @@ class AdvisorService:
         finally:
             await asyncio.to_thread(consumer.close)
             self.producer.close()
+            if self._owns_log and self._log is not None:
+                self._log.close()

@@ -34,6 +34,7 @@ app.command("status")(status.status)
 app.command("demo")(run.demo)
 app.command("simulate")(run.simulate)
 app.command("up")(run.up)
+app.command("demo-full")(run.demo_full)  # becomes `demo` once all three flows pass end to end
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ def verify(
     checkpoint: Annotated[
         list[Path] | None, typer.Option("--checkpoint", help="A saved checkpoint note the ledger must still match.")
     ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Also require canonical JSON payloads.")] = False,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
     keys: KeysOpt = None,
@@ -59,7 +60,7 @@ def verify(
         except OSError as exc:
             raise _fail(f"cannot read checkpoint {p}: {exc}", 2) from None
     try:
-        report = verify_ledger(s, since=since, cycle=cycle, checkpoint_notes=notes)
+        report = verify_ledger(s, since=since, cycle=cycle, checkpoint_notes=notes, strict=strict)
     except (KafkaUnavailable, ValueError) as exc:
         raise _fail(str(exc)) from None
     for f in report.findings:

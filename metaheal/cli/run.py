@@ -188,10 +188,20 @@ def demo_full(
     = Path("metaheal-demo"),
     seed: Annotated[int, typer.Option(help="simulator noise seed")] = 0,
     warmup: Annotated[float, typer.Option(help="seconds of quiet telemetry before the first flow")] = 20.0,
+    scenario: Annotated[list[str] | None, typer.Option(
+        help="instead of the three design flows, heal these simulator scenarios one after another")] = None,
+    flow_timeout: Annotated[float, typer.Option(help="seconds a flow may take to heal")] = 75.0,
 ) -> None:
     """The self-healing demo: simulated fleet, every component, three flows, ledger replay and verify."""
     from metaheal.broker import BrokerError
-    from metaheal.demo import demo_settings, new_prefix, run_demo
+    from metaheal.demo import FLOWS, demo_settings, fault_flow, new_prefix, run_demo
+    from metaheal.simulator.faults import SCENARIOS
+
+    for name in scenario or []:
+        if name not in SCENARIOS:
+            typer.echo(f"error: --scenario: unknown {name!r}; known: {', '.join(sorted(SCENARIOS))}", err=True)
+            raise typer.Exit(2)
+    flows = tuple(fault_flow(n) for n in scenario) if scenario else FLOWS
 
     base = settings_from(config, bootstrap)
     workdir = workdir.resolve()
@@ -210,7 +220,8 @@ def demo_full(
     settings = demo_settings(base, workdir, new_prefix())
     started = time.monotonic()
     try:
-        report = asyncio.run(run_demo(settings, workdir, typer.echo, seed=seed, warmup_seconds=warmup))
+        report = asyncio.run(run_demo(settings, workdir, typer.echo, seed=seed, warmup_seconds=warmup,
+                                      flow_timeout=flow_timeout, flows=flows))
     except KafkaUnavailable as exc:
         typer.echo(f"error: kafka: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -8,13 +8,13 @@ code path; new instances absorb the traffic once ready) and a wrong one does not
 restart keeps the bad flag; scaling does not bring evicted keys back).
 
 >>> sorted(FAULTS)
-['bad_deployment', 'cache_eviction_storm', 'db_slow_query', 'traffic_surge', 'upstream_outage']
+['bad_deployment', 'cache_eviction_storm', 'db_slow_query', 'instance_slowdown', 'traffic_surge', 'upstream_outage']
 >>> [f.name for f in scenario_faults("latency_drift")]
-['traffic_surge']
+['instance_slowdown']
 >>> scenario_faults("nope")
 Traceback (most recent call last):
 ...
-ValueError: scenario: unknown 'nope'; known: bad_deployment, cache_eviction_storm, db_slow_query, error_spike, latency_drift, quiet, traffic_surge, upstream_outage
+ValueError: scenario: unknown 'nope'; known: bad_deployment, cache_eviction_storm, db_slow_query, error_spike, instance_slowdown, latency_drift, quiet, traffic_surge, upstream_outage
 """
 
 from __future__ import annotations
@@ -67,6 +67,29 @@ class TrafficSurge(Fault):
     def apply(self, fx: Effects, fleet: Fleet, now: float) -> None:
         ramp = 1.0 if self.ramp_seconds <= 0 else min(1.0, self.elapsed(now) / self.ramp_seconds)
         fx.ingress *= 1.0 + (self.factor - 1.0) * ramp
+
+
+class InstanceSlowdown(Fault):
+    """Every instance of the service gets slower (noisy neighbours, CPU throttling), ramping in.
+
+    Utilisation climbs with the same traffic, so latency drifts up on this service
+    (and on its callers); only more instances bring the utilisation back down.
+    """
+
+    name = "instance_slowdown"
+    default_target = "api_cluster"
+    fixed_by = ("scale_up_instances",)
+
+    def __init__(self, target: str | None = None, capacity: float = 0.6, ramp_seconds: float = 0.0) -> None:
+        super().__init__(target)
+        if not 0 < capacity <= 1:
+            raise ValueError(f"capacity: must be in (0, 1], got {capacity}")
+        self.capacity = capacity
+        self.ramp_seconds = ramp_seconds
+
+    def apply(self, fx: Effects, fleet: Fleet, now: float) -> None:
+        ramp = 1.0 if self.ramp_seconds <= 0 else min(1.0, self.elapsed(now) / self.ramp_seconds)
+        fx.capacity[self.target] = fx.capacity.get(self.target, 1.0) * (1.0 - (1.0 - self.capacity) * ramp)
 
 
 class DbSlowQuery(Fault):
@@ -172,13 +195,15 @@ class UpstreamOutage(Fault):
 
 
 FAULTS: dict[str, type[Fault]] = {
-    f.name: f for f in (TrafficSurge, DbSlowQuery, BadDeployment, CacheEvictionStorm, UpstreamOutage)
+    f.name: f
+    for f in (TrafficSurge, InstanceSlowdown, DbSlowQuery, BadDeployment, CacheEvictionStorm, UpstreamOutage)
 }
 
 #: scenario name -> faults (name, parameters); the demo's flows use latency_drift and error_spike.
 SCENARIOS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     **{name: [(name, {})] for name in FAULTS},
-    "latency_drift": [("traffic_surge", {"factor": 1.7, "ramp_seconds": 20.0})],
+    # the demo's flow 1: api_cluster's latency drifts up as its instances slow down
+    "latency_drift": [("instance_slowdown", {"capacity": 0.6, "ramp_seconds": 10.0})],
     "error_spike": [("bad_deployment", {})],
     "quiet": [],
 }

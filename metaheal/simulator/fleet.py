@@ -63,6 +63,8 @@ class ServiceSpec:
     calls: dict[str, float] = field(default_factory=dict)
     cache_hit_rate: float | None = None
     db_uncached: float = 0.0
+    #: whether callers can fail over to a standby (a replica, a second provider)
+    standby: bool = False
     criticality: str = "medium"
     owner: str = "sre"
 
@@ -75,11 +77,11 @@ def default_topology() -> list[ServiceSpec]:
         ServiceSpec("api_cluster", instances=8, capacity_per_instance=45, base_latency_ms=30,
                     calls={"cache": 1.0, "db": 1.5, "payments": 0.2}, cache_hit_rate=0.92,
                     db_uncached=0.3, criticality="critical", owner="platform"),
-        ServiceSpec("db", instances=3, capacity_per_instance=80, base_latency_ms=25,
+        ServiceSpec("db", instances=3, capacity_per_instance=80, base_latency_ms=25, standby=True,
                     criticality="high", owner="dba"),
         ServiceSpec("cache", instances=2, capacity_per_instance=400, base_latency_ms=1,
                     criticality="medium", owner="platform"),
-        ServiceSpec("payments", instances=4, capacity_per_instance=30, base_latency_ms=60,
+        ServiceSpec("payments", instances=4, capacity_per_instance=30, base_latency_ms=60, standby=True,
                     criticality="high", owner="payments"),
     ]
 
@@ -117,6 +119,8 @@ class Effects:
     """Perturbations the active faults put on the model for one instant."""
 
     ingress: float = 1.0
+    #: service -> multiplier on per-instance capacity (a slowdown of every instance)
+    capacity: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
     errors: dict[str, float] = field(default_factory=dict)
     #: (caller, dependency) -> extra error rate / latency multiplier on that edge only
@@ -339,6 +343,8 @@ class Fleet:
         st = self.state(service)
         if dependency not in st.spec.calls:
             raise ValueError(f"dependency: {service} does not call {dependency!r}; it calls {sorted(st.spec.calls)}")
+        if not self.services[dependency].spec.standby:
+            raise ValueError(f"dependency: {dependency} has no standby to fail over to")
         st.failovers[dependency] = self.now(now)
         logger.info("admin failover service=%s dependency=%s", service, dependency)
 
@@ -456,7 +462,7 @@ class Fleet:
         st = self.services[name]
         spec = st.spec
         ready = self.ready_instances(name, t)
-        cap = ready * spec.capacity_per_instance
+        cap = ready * spec.capacity_per_instance * fx.capacity.get(name, 1.0)
         u = rps / cap if cap > 0 else 10.0
         own = spec.base_latency_ms * queue_factor(u) * fx.latency.get(name, 1.0)
         own_p95 = own * tail_ratio(u)

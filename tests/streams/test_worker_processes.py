@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metaheal.config import Settings
 from metaheal.events import HealthWindow, Metric, MetricBatch
-from metaheal.kafka import Producer
+from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.worker import spawn_worker, worker_env
 
@@ -67,6 +67,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+def checkpointed(settings: Settings) -> set[str]:
+    with Consumer(settings.kafka) as c:
+        return {m.key().decode() for m in c.read_to_end(settings.topics.name("scorer-state")) if m.value()}
+
+
 def closed_windows(settings: Settings) -> int:
     return len({(h.service, h.window_start) for h in read_all(settings, "health", HealthWindow)})
 
@@ -90,6 +95,7 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         feed.start()
         # warm (50+ samples per series), some checkpoints written, then kill mid-stream
         wait_for(lambda: closed_windows(s) >= 4 * len(services), 60, "the first worker's windows")
+        wait_for(lambda: checkpointed(s) >= set(f"{svc}/latency_ms" for svc in services), 30, "checkpoints")
         first.kill()
         first.wait(10)
         killed_at = feed.produced_ts
@@ -108,6 +114,13 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
     by_window = defaultdict(set)
     for h in health:
         by_window[h.service, h.window_start].add(h.sample_count)
+    import json as _j
+    (Path("/tmp/fx") / "diag.json").write_text(_j.dumps({
+        "killed_at": killed_at - T0,
+        "health": [(h.service, h.window_start - T0, h.sample_count) for h in health],
+        "dead": [d.reason for d in outputs(s)[2]],
+        "first": first_log.read_text()[-3000:], "second_stats": [l for l in second_log.read_text().splitlines() if "stats=" in l or "assigned" in l or "restored" in l],
+    }))
     assert set(by_window) == {(svc, T0 + w) for svc in services for w in range(windows - 1)}
     assert {frozenset(c) for c in by_window.values()} == {frozenset({PER_WINDOW})}
 

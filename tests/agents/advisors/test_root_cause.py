@@ -14,9 +14,12 @@ def test_failing_dependency_explains_its_callers(make_sym) -> None:
     ]
     cands = rc.candidates_for(["checkout"], syms)
     top = cands[0]
-    # the deployment on payments explains checkout's errors: the cause is located upstream
-    assert (top.cause, top.service) == ("bad_deployment", "payments")
-    assert any("checkout depends on payments" in e for e in top.evidence)
+    # checkout's actionable cause is upstream; the deployment on payments is what is wrong there
+    assert (top.cause, top.service) == ("upstream_outage", "checkout")
+    assert "checkout depends on payments" in top.evidence and any("payments: bad_deployment" in e for e in top.evidence)
+    located = next(c for c in cands if c.service == "payments")
+    assert located.cause == "bad_deployment" and located.probability > 0.3
+    assert all(c.probability < 0.1 for c in cands if c.cause == "bad_deployment" and c.service == "checkout")
 
 
 def test_dependency_graph_alone_marks_upstream(make_sym) -> None:
@@ -25,7 +28,7 @@ def test_dependency_graph_alone_marks_upstream(make_sym) -> None:
     f = rc.features_for(["web"], syms)
     assert f["web"]["dep_errors_up"] > 0
     top = rc.candidates_for(["web"], syms, f)[0]
-    assert top.service == "api"
+    assert (top.cause, top.service) == ("upstream_outage", "web") and "web depends on api" in top.evidence
 
 
 def test_weak_evidence_reports_unknown(make_sym) -> None:
@@ -81,3 +84,10 @@ def test_probabilities_stay_a_distribution_after_learning(patterns) -> None:
         assert abs(sum(d.values()) - 1.0) < 1e-9 and all(0 <= v <= 1 for v in d.values())
     # still right on every pattern after learning from them
     assert all(rc.candidates_for(["api"], s)[0].cause == c for c, s in patterns.items())
+
+
+def test_change_counters_scored_by_the_streams_count_as_changes(make_sym) -> None:
+    # the streams map `deployments`/`config_changes` to no signal kind; the name is what matters
+    f = RootCauseSuggester().features_for(["api"], [make_sym("api", "deployments", None),
+                                                    make_sym("api", "config_changes", None)])["api"]
+    assert f["deploy_recent"] > 0 and f["config_change_recent"] > 0

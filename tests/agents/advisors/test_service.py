@@ -114,8 +114,16 @@ async def test_advice_for_a_cycle_end_to_end(cfg: Settings, log: ImmutableLog) -
     publish(cfg, "anomalies", anomaly("billing", "error_rate", "errors", 0.5, 0.01), "billing")  # not in scope
     async with Running(AdvisorService(cfg, log=log)) as svc:
         cycle = f"c-{uuid.uuid4().hex[:8]}"
-        publish(cfg, "cycles", focus(cycle, ["api"]), cycle)
+        cf = focus(cycle, ["api"])
+        publish(cfg, "cycles", cf, cycle)
         advice, msg = await read_advice(cfg, cycle)
+        # a re-published cycle is not advised twice (cycles is one partition: once the next
+        # cycle is answered, the duplicate has been seen)
+        publish(cfg, "cycles", cf, cycle)
+        nxt = f"c-{uuid.uuid4().hex[:8]}"
+        publish(cfg, "cycles", focus(nxt, ["api"]), nxt)
+        await read_advice(cfg, nxt)
+        assert svc.advised == 2
     assert advice.cycle_id == cycle
     assert set(advice.confidence_scores) == {"anomaly_scorer", "root_cause", "playbook_ranker"}
     top = advice.root_cause_candidates[0]
@@ -270,3 +278,18 @@ async def test_a_misbehaving_advisor_cannot_cause_an_action(cfg: Settings, log: 
     with pytest.raises(AdvisorActionForbidden):
         await svc.producer.publish(SimpleNamespace(cycle_id="c"))  # type: ignore[arg-type]
     assert not [v for v in vars(svc).values() if isinstance(v, Producer)], "no general-purpose producer"
+    ref.clear()  # break the rogue -> service cycle so its client goes before the broker does
+
+
+async def test_advice_that_cannot_be_signed_is_not_published(cfg: Settings, tmp_path) -> None:
+    unkeyed = cfg.model_copy(update={"keys": tmp_path / "no-keys"})  # the ml_advisors key is missing
+    lg = ImmutableLog(unkeyed)
+    try:
+        async with Running(AdvisorService(unkeyed, log=lg)) as svc:
+            cycle = f"c-{uuid.uuid4().hex[:8]}"
+            publish(cfg, "cycles", focus(cycle, ["api"]), cycle)
+            await wait_for(lambda: svc.unsigned == 1)
+            assert svc.advised == 0
+        assert count(cfg, "advice") == 0
+    finally:
+        lg.close()

@@ -54,10 +54,11 @@ def read_all(settings: Settings, short: str) -> list:
         return [decoder(m.value()) for m in c.read_to_end(settings.topics.name(short))]
 
 
-async def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
+async def wait_until(predicate, timeout: float = 30.0, what: str = "condition", blocking: bool = False):
+    """Poll ``predicate`` (in a worker thread if it does blocking Kafka reads, so the executor keeps running)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        value = await asyncio.to_thread(predicate) if blocking else predicate()
         if value:
             return value
         await asyncio.sleep(0.05)
@@ -314,7 +315,8 @@ async def test_deny_list_makes_planner_choose_another_playbook(env):
 # --- exactly once --------------------------------------------------------------------------------
 
 
-async def test_duplicate_directive_on_the_topic_runs_once_even_after_restart(env):
+async def test_duplicate_and_invalid_directives_on_the_topic(env):
+    """A directive delivered twice runs once (also after a restart); bad bytes go to the dead-letter topic."""
     settings, svc, _ = env
     stop = asyncio.Event()
     ex = Executor(settings)
@@ -323,41 +325,35 @@ async def test_duplicate_directive_on_the_topic_runs_once_even_after_restart(env
     later = directive(focus_area="latency_drift", ml_advice=DirectiveAdvice(
         root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
     ser = AvroSerializer(Directive)
-    with Producer(settings.kafka) as p:
-        for x in (d, d, later):
-            p.send(settings.topics.name("directives"), ser(x), key=x.service)
+    topic = settings.topics.name("directives")
 
-    def outcomes():
-        return [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)]
+    def outcomes(directive_id: str) -> list[SignedOutcome]:
+        return [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)
+                and o.directive_id == directive_id]
 
-    await wait_until(lambda: any(o.directive_id == later.directive_id for o in outcomes()), 60, "second outcome")
-    stop.set()
-    await asyncio.wait_for(runner, 5)
-    assert [o.directive_id for o in outcomes()].count(d.directive_id) == 1
-    assert svc.calls["POST /scale"] == 1
+    try:
+        with Producer(settings.kafka) as p:
+            p.send(topic, ser(d), key=d.service)
+            p.send(topic, ser(d), key=d.service)
+            p.send(topic, b'{"not": "avro"}', key="api")
+        await wait_until(lambda: outcomes(d.directive_id), 60, "first outcome", blocking=True)
+        with Producer(settings.kafka) as p:  # same key, same partition: after the duplicate and the bad record
+            p.send(topic, ser(later), key=later.service)
+        await wait_until(lambda: outcomes(later.directive_id), 60, "second outcome", blocking=True)
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+    assert len(outcomes(d.directive_id)) == 1 and svc.calls["POST /scale"] == 1
+    assert outcomes(later.directive_id)[0].result == "success"
+    letters = read_all(settings, "deadletter")
+    assert [(x.reason, x.value) for x in letters] == [("invalid directive", b'{"not": "avro"}')]
+    assert "invalid Directive" in letters[0].error or "single-object" in letters[0].error
     again = Executor(settings)  # a restarted executor remembers through the durable state
     await again.start()
     try:
         assert await again.submit(d) is None
     finally:
         await again.close()
-
-
-async def test_bad_directive_goes_to_dead_letter(env):
-    settings, _, _ = env
-    stop = asyncio.Event()
-    ex = Executor(settings)
-    runner = asyncio.create_task(ex.run(stop))
-    with Producer(settings.kafka) as p:
-        p.send(settings.topics.name("directives"), b'{"not": "avro"}', key="api")
-
-    def dead():
-        return [e for e in read_all(settings, "deadletter")]
-
-    letters = await wait_until(dead, 30, "dead letter")
-    stop.set()
-    await asyncio.wait_for(runner, 5)
-    assert letters[0].reason == "invalid directive" and letters[0].value == b'{"not": "avro"}'
 
 
 def _write_config(settings: Settings, path: Path) -> Path:
@@ -426,3 +422,38 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
     assert ok.exit_code == 0 and f"approve {plan_id} by alice" in ok.stdout
     outcome = await task
     assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"
+
+
+async def test_sigkill_during_verification_resumes_verification(env, tmp_path: Path):
+    settings, svc, _ = env
+    svc.hang.add("GET /health")  # killed while the http_check is in flight
+    settings.kafka.session_timeout_ms = 3000  # the dead member's partitions are reassigned sooner
+    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
+                            env=env_vars, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "executor.log", "w"))
+    try:
+        d = directive()
+        with Producer(settings.kafka) as p:
+            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+        await wait_until(lambda: svc.calls["GET /health"] == 1, 60, "verification in flight")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    svc.hang.clear()
+    # The successor joins the consumer group and recovers the plans of the partitions it is assigned.
+    stop = asyncio.Event()
+    ex = Executor(settings)
+    runner = asyncio.create_task(ex.run(stop))
+    try:
+        await wait_until(lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done",
+                         60, "recovery")
+        entries = await ex.log.replay_cycle(d.cycle_id)
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2]  # no step again, no rollback
+    story = [(e.action, e.result) for e in entries]
+    assert story[-4:] == [("plan_recovered", "resume_verification"), ("verification_result", "pass"),
+                          ("verification_result", "pass"), ("execution_outcome", "success")], story
+    assert [a for a, _ in story].count("step_executed") == 6

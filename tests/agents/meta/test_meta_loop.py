@@ -62,9 +62,12 @@ async def test_trust_violation_focus_from_denied_outcome_and_operator_denial(h: 
     bus.publish("approvals", ApprovalDecision(decision_id="dec1", request_id="req1", plan_id="plan9", operator="alice",
                                               decision="deny", reason="not during peak", decided_at=time.time(),
                                               key_id="k", signature="00"), "plan9")
-    async with h.running(MetaLoop(meta, replica_id="r1")):
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
         cycle = await first_cycle(h, bus)
+        await h.until(lambda: loop.cycles_run >= 1)
     assert cycle.focus_area == "trust_violations"
+    assert await bus.aread("directives", Directive) == []  # no playbook applies to trust violations: nobody is directed
     assert cycle.target_services == ["billing"]
     assert any("2 trust violation(s) on billing" in r for r in cycle.reasoning), cycle.reasoning
 
@@ -128,3 +131,33 @@ async def test_no_directive_when_the_ledger_is_unavailable(h: Any, meta: Setting
     assert await bus.aread("cycles", CycleFocus) == []
     assert await bus.aread("directives", Directive) == []
     assert await bus.aread("probes", ProbeCommand) == []
+
+
+async def test_a_service_with_a_plan_still_running_gets_no_second_directive(h: Any, meta: Settings, bus: Any) -> None:
+    from metaheal.events import AgenticPlan, RiskAssessment
+
+    meta.cycle.cycle_seconds = 1.0
+    meta.cycle.advice_wait_seconds = 0.0  # no advisor here; keeps each cycle's view of the topics atomic
+    service, make = EVIDENCE["latency_drift"]
+    bus.publish("plans", AgenticPlan(plan_id="plan-running", directive_id="dir-old", cycle_id="cycle_20250101_000000_1",
+                                     ts=time.time(), service=service, selected_playbook="warm_cache", steps=[], verifications=[],
+                                     rollback_plan=[], trust_approval_required=False, estimated_duration=60.0,
+                                     risk_assessment=RiskAssessment(impact="low", blast_radius=1, risk_score=0.1),
+                                     confidence=0.9), service)
+    bus.publish("health", make(h), service)
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
+        await h.until(lambda: loop.cycles_run >= 2)
+        assert await bus.aread("directives", Directive) == []
+        focus = [c.focus_area for c in await bus.aread("cycles", CycleFocus)]
+        assert focus[:2] == ["latency_drift", "latency_drift"]
+        # the plan finishes; the drift is seen again afterwards: now the service gets a directive
+        out = h.outcome("done", service, "failed", playbook="warm_cache", directive_id="dir-old")
+        out.plan_id = "plan-running"
+        bus.publish("outcomes", out, service)
+        await h.until(lambda: loop.obs.busy(service, time.time()) is None)
+        bus.publish("health", make(h), service)
+        [d] = await h.until(lambda: bus.aread("directives", Directive))
+    assert d.service == service and d.focus_area == "latency_drift"
+    # learning fed the directive: warm_cache failed once, so it is not first any more, and the playbook term is learned
+    assert d.ml_advice.recommended_playbooks[-1] == "warm_cache", d.ml_advice.recommended_playbooks

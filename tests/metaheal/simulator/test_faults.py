@@ -164,6 +164,7 @@ async def test_upstream_outage_is_fixed_by_failover(
         ("/scale", {"delta": "2"}, "delta: expected int"),
         ("/scale", {"delta": True}, "delta: expected int"),
         ("/failover", {"dependency": "ghost"}, "dependency: api_cluster does not call 'ghost'"),
+        ("/failover", {"dependency": "cache"}, "dependency: cache has no standby to fail over to"),
         ("/failback", {}, "dependency: field required"),
         ("/flags/rollback", {"flag": 3}, "flag: expected str"),
     ],
@@ -193,3 +194,25 @@ async def test_latency_drift_scenario_ramps(fleet: Fleet, clock: ManualClock) ->
         clock.advance(5.0)
     assert series == sorted(series) and series[0] == pytest.approx(base)
     assert series[-1] > 1.3 * base
+
+
+async def test_instance_slowdown_drifts_latency_and_only_capacity_fixes_it(
+    fleet: Fleet, clock: ManualClock, admin: dict[str, httpx.AsyncClient]
+) -> None:
+    api = admin["api_cluster"]
+    base = fleet.view()["api_cluster"]
+    fleet.inject(make_fault("instance_slowdown", capacity=0.6, ramp_seconds=10.0))
+    clock.advance(10.0)
+    assert metric(fleet, "api_cluster", "latency_p95_ms") > 2 * base.latency_p95_ms
+    assert metric(fleet, "api_cluster", "requests_per_s") == pytest.approx(base.rps, rel=0.15)  # same traffic
+    assert metric(fleet, "web", "dependency_latency_ms", dependency="api_cluster") > 1.4 * base.latency_p50_ms
+    # wrong: restart (slow instances stay slow) and scaling the caller
+    await api.post("/restart")
+    await admin["web"].post("/scale", json={"delta": 2})
+    clock.advance(fleet.restart_seconds + fleet.ready_delay)
+    assert await status(api) == 503
+    # right: more instances
+    await api.post("/scale", json={"delta": 2})
+    clock.advance(fleet.ready_delay)
+    assert await status(api) == 200
+    assert await status(admin["web"]) == 200
