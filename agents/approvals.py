@@ -167,7 +167,12 @@ class ApprovalInbox:
         topic = self._settings.topics.name("approvals")
         consumer = Consumer(self._settings.kafka, **{"fetch.wait.max.ms": 100})
         try:
-            consumer.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in consumer.partitions(topic)])
+            try:
+                parts = consumer.partitions(topic)
+            except KafkaUnavailable as exc:
+                logger.error("approval_inbox_unavailable topic=%s error=%s (approvals cannot be received)", topic, exc)
+                return
+            consumer.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
             self._ready.set()
             while not self._stop.is_set():
                 for msg in consumer.raw.consume(100, 0.2):

@@ -268,11 +268,16 @@ class Executor:
         svc = self._service(d.service)
         if svc is None:
             return await self._deny(run, [f"service {d.service} is not configured"], ["unknown_service"])
+        extra = self._plan_variables(svc)
+        run.record = run.record.model_copy(update={"outputs": {**run.record.outputs, **extra}})
         try:
-            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=self.policies.playbook_denied)
+            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=self.policies.playbook_denied,
+                                      extra=extra)
         except NoApplicablePlaybook as exc:
             return await self._deny(run, exc.reasons, ["no_playbook"])
         run.plan = plan
+        if "dependency" in extra:
+            run.note(f"suspect dependency {extra['dependency']} (worst error rate/latency from {d.service})")
         for s in skipped:
             run.note(f"skipped {s}")
         run.note(f"planned {plan.selected_playbook} ({len(plan.steps)} steps, risk {plan.risk_assessment.risk_score})")
@@ -302,6 +307,13 @@ class Executor:
             return await self._execute(run)
         finally:
             self.policies.unlock(plan.service, plan.plan_id)
+
+    def _plan_variables(self, svc: ServiceSettings) -> dict[str, Any]:
+        """Values from live telemetry that playbooks may use (absent ones stay undefined)."""
+        dep = self.telemetry.worst_dependency(svc.name, svc.dependencies, since=time.time() - 300)
+        if dep is None and len(svc.dependencies) == 1:
+            dep = svc.dependencies[0]
+        return {"dependency": dep} if dep else {}
 
     async def _deny(self, run: Run, reasons: list[str], violations: list[str],
                     decision: TrustDecision | None = None) -> SignedOutcome:
@@ -384,12 +396,12 @@ class Executor:
         plan, d = run.plan, run.directive
         if self.settings.executor.dry_run:
             return await self._dry_run(run)
-        now = time.time()
-        self.policies.record_action(plan.service, now)
-        await self._save(run, status="executing", execution_started_at=now, trust_decision=run.trust_decision)
         await self._ledger(run, "executor", "execution_started",
                            {"playbook": plan.selected_playbook, "trust_decision": run.trust_decision,
                             "time_budget_seconds": d.time_budget_seconds}, "started")
+        now = time.time()
+        self.policies.record_action(plan.service, now)
+        await self._save(run, status="executing", execution_started_at=now, trust_decision=run.trust_decision)
         deadline = time.monotonic() + d.time_budget_seconds
         failure = None
         for i in range(run.record.steps_done, len(plan.steps)):

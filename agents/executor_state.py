@@ -19,7 +19,6 @@ False
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, Literal
@@ -96,7 +95,11 @@ class StateStore:
                     logger.error("executor_state_corrupt key=%s offset=%s error=%s", key, msg.offset(), exc)
         finally:
             consumer.close()
-        self.records.update(records)
+        for key, rec in records.items():
+            # A write acknowledged while we were reading may be newer than what we read.
+            current = self.records.get(key)
+            if current is None or current.updated_at <= rec.updated_at:
+                self.records[key] = rec
         logger.info("executor_state_loaded records=%d in_flight=%d", len(records),
                     sum(r.in_flight for r in records.values()))
         return records
@@ -122,8 +125,4 @@ class StateStore:
         return [r for r in self.records.values() if r.execution_started_at and r.execution_started_at >= since]
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
-__all__ = ["IN_FLIGHT", "KafkaUnavailable", "PlanRecord", "StateStore", "dumps"]
+__all__ = ["IN_FLIGHT", "KafkaUnavailable", "PlanRecord", "StateStore"]

@@ -112,6 +112,10 @@ class Learner:
         """Rate over the last ``recent`` counted outcomes (what guardrails react to)."""
         return self._rate(list(self._obs)[-self._recent :], now)
 
+    def count_since(self, ts: float) -> int:
+        """Counted outcomes newer than ``ts`` (what a new leader has not yet fed to the guardrails)."""
+        return sum(1 for o in self._obs if o.ts > ts)
+
     def typical_duration(self, focus_area: str, now: float) -> float | None:
         obs = [o for o in self._obs if o.focus_area == focus_area and o.success]
         total = sum(self._weight(o.ts, now) for o in obs)

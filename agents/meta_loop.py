@@ -163,6 +163,7 @@ class Observations:
         self.requests: dict[str, ApprovalRequest] = {}
         self.decided: set[str] = set()
         self.cycle_ids: deque[str] = deque(maxlen=MAX_REMEMBERED)
+        self.learned_in_ledger: set[str] = set()
         self.last_cycle: CycleFocus | None = None
 
     # evidence -------------------------------------------------------------------------------
@@ -274,6 +275,9 @@ class Observations:
             detail = str(payload.get("reason") or payload.get("detail") or f"{e.actor} recorded a trust violation on {e.resource}")
             ts = _iso_ts(e.timestamp) or now
             return self._violation(key, TrustViolation(service, "ledger", detail, ts), now)
+        if e.action == "learning_update" and e.actor == ACTOR and payload.get("outcome_id"):
+            # recorded by us or a previous leader: a restart or takeover must not record it again
+            self.learned_in_ledger.add(str(payload["outcome_id"]))
         if e.action == "directive_issued" and e.actor == ACTOR:
             # a directive recorded in the ledger counts even if its publisher died before publishing it
             d = payload
@@ -463,6 +467,9 @@ class MetaLoop:
         view = self._control.view
         if view.guardrails:
             self.guardrails.restore(view.guardrails)
+            # outcomes replayed from the topic were already fed to the guardrails by the previous leader
+            if isinstance(view.guardrails.get("ts"), int | float):
+                self.learner.new_since_cycle = self.learner.count_since(float(view.guardrails["ts"]))
         for cid in self.obs.cycle_ids:
             self.ids.observe(cid)
         if view.last_cycle:
@@ -517,12 +524,16 @@ class MetaLoop:
     async def _ledger_insights(self) -> None:
         while self._unledgered:
             insight = self._unledgered[0]
+            if insight.outcome_id in self.obs.learned_in_ledger:
+                self._unledgered.popleft()
+                continue
             cycle = self.obs.last_cycle.cycle_id if self.obs.last_cycle else "none"
             try:
                 await self._append("learning_update", f"playbook:{insight.playbook}", insight.payload(), cycle)
             except LedgerFailed:
                 return  # retried on the next pass; learning state itself is already updated
             self._unledgered.popleft()
+            self.obs.learned_in_ledger.add(insight.outcome_id)
             logger.info("meta_loop learning_update insight=%r", insight.sentence)
 
     async def _publish(self, topic_short: str, key: str, value: bytes) -> None:

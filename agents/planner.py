@@ -66,7 +66,12 @@ class NoApplicablePlaybook(ValueError):
 
 @dataclass
 class PlanContext:
-    """Template variables available when rendering a playbook."""
+    """Template variables available when rendering a playbook.
+
+    ``service`` (the configured service), ``directive``, ``root_cause`` (the
+    advisors' top cause) and whatever the executor adds in ``extra`` (``dependency``:
+    the upstream that looks worst on live telemetry).
+    """
 
     service: ServiceSettings
     directive: Directive
@@ -188,6 +193,7 @@ def plan(
     *,
     policy_filter: PlaybookFilter | None = None,
     now: float | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[AgenticPlan, list[str]]:
     """The first candidate that applies, passes ``policy_filter`` and renders; plus the skip reasons.
 
@@ -204,7 +210,7 @@ def plan(
             skipped.append(f"{name}: {reason}")
             continue
         try:
-            built = build_plan(directive, pb, service, now=now)
+            built = build_plan(directive, pb, service, now=now, extra=extra)
         except TemplateError as exc:
             skipped.append(f"{name}: cannot render for {service.name}: {exc}")
             continue

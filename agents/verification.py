@@ -13,6 +13,12 @@ like health.
 'inconclusive'
 >>> overall([Verdict(check="a", status="pass"), Verdict(check="b", status="inconclusive")]) is None
 True
+>>> tel = LiveTelemetry(Settings())
+>>> for dep, err in (("cache", 0.0), ("payments", 0.4)):
+...     tel.add_metric(Metric(service="api", metric="dependency_error_rate", value=err, ts=5.0,
+...                           labels={"dependency": dep}))
+>>> tel.worst_dependency("api", ["cache", "payments", "db"], since=0.0)
+'payments'
 """
 
 from __future__ import annotations
@@ -96,6 +102,10 @@ class LiveTelemetry:
     def add_metric(self, m: Metric) -> None:
         with self._lock:
             self._series[("telemetry", m.service, m.metric)].append((m.ts, m.value))
+            dep = m.labels.get("dependency")
+            if dep:
+                # Per-edge series too: "dependency_error_rate@payments" is one dependency's view.
+                self._series[("telemetry", m.service, f"{m.metric}@{dep}")].append((m.ts, m.value))
 
     def add_health(self, w: HealthWindow) -> None:
         with self._lock:
@@ -156,6 +166,20 @@ class LiveTelemetry:
         key = ("telemetry" if source == "telemetry" else f"health.{stat}", service, metric)
         with self._lock:
             return sorted((ts, v) for ts, v in self._series.get(key, ()) if ts >= since)
+
+    def worst_dependency(self, service: str, dependencies: list[str], *, since: float) -> str | None:
+        """The dependency that looks worst from ``service`` (error rate first, then latency), if any data.
+
+        Used to aim ``failover_dependency`` at the failing upstream rather than at the
+        first one listed.
+        """
+        scored = []
+        for dep in dependencies:
+            err = self.samples(service, f"dependency_error_rate@{dep}", since=since)
+            lat = self.samples(service, f"dependency_latency_ms@{dep}", since=since)
+            if err or lat:
+                scored.append((err[-1][1] if err else 0.0, lat[-1][1] if lat else 0.0, dep))
+        return max(scored)[2] if scored else None
 
     async def wait_for(
         self,

@@ -56,7 +56,7 @@ def _fake_service_class():
 
 def noop_playbook(n: int):
     steps = "\n".join(
-        f'  - {{action: http.get, params: {{url: "{{{{ service.admin_url }}}}/capacity"}}, timeout: 5}}'
+        '  - {action: http.get, params: {url: "{{ service.admin_url }}/capacity"}, timeout: 5}'
         for _ in range(n)
     )
     return parse_playbook(f"""

@@ -32,7 +32,7 @@ from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.config import KafkaSettings, Settings, TopicSettings
 from metaheal.events import LedgerEntry
 from metaheal.kafka import Producer
-from metaheal.kafka.serializers import AvroSerializer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.chain import message, record_headers, record_key
 from metaheal.ledger.keys import KeyRegistry, init_system_keys
@@ -69,28 +69,29 @@ async def bench_appends(settings: Settings, n: int) -> None:
     log.close()
 
 
-def bench_verify(settings: Settings) -> None:
+def bench_verify(settings: Settings, rounds: int = 5) -> None:
+    """Best of ``rounds`` alternating runs of each, so both see the same machine load."""
     records = list(read_raw(settings))
     registry = KeyRegistry.load(settings.keys)
-    t0 = time.perf_counter()
-    v = Verifier(registry)
-    for r in records:
-        v.feed(r)
-    report = v.finish()
-    dt = time.perf_counter() - t0
-    assert report.clean, report.findings[:3]
-    rate = len(records) / dt
-    from metaheal.kafka.serializers import AvroDeserializer
     de = AvroDeserializer(LedgerEntry)
     entries = [de(r.value) for r in records if r.value]
     keys = {k: VerifyKey(bytes.fromhex(rec.public_key)) for k, rec in registry.records.items()}
     msgs = [(keys[e.key_id], message(e), bytes.fromhex(e.signature)) for e in entries]
-    t0 = time.perf_counter()
-    for vk, m, s in msgs:
-        vk.verify(m, s)
-    raw = len(msgs) / (time.perf_counter() - t0)
-    print(f"verify (all checks, n={len(records)}):    {rate:10.0f} entries/s")
-    print(f"raw PyNaCl Ed25519 verify:          {raw:10.0f} verifications/s   -> verify at {rate / raw:.0%} of raw")
+    best_v = best_raw = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        v = Verifier(registry)
+        for r in records:
+            v.feed(r)
+        report = v.finish()
+        best_v = max(best_v, len(records) / (time.perf_counter() - t0))
+        assert report.clean, report.findings[:3]
+        t0 = time.perf_counter()
+        for vk, m, sig in msgs:
+            vk.verify(m, sig)
+        best_raw = max(best_raw, len(msgs) / (time.perf_counter() - t0))
+    print(f"verify (all checks, n={len(records)}):    {best_v:10.0f} entries/s   (best of {rounds})")
+    print(f"raw PyNaCl Ed25519 verify:          {best_raw:10.0f} verifications/s   -> verify at {best_v / best_raw:.0%} of raw")
 
 
 def build_large(settings: Settings, n: int) -> str:

@@ -108,7 +108,12 @@ class KeyRegistry:
         """Add operators' public keys from settings (``OperatorSettings``) not issued here."""
         records = dict(self.records)
         for op in operators:
-            pub = bytes.fromhex(op.public_key)  # type: ignore[attr-defined]
+            try:
+                pub = bytes.fromhex(op.public_key)  # type: ignore[attr-defined]
+                VerifyKey(pub)
+            except ValueError:
+                logger.warning("operator_key_ignored operator=%s reason=not a 32-byte hex Ed25519 key", op.name)  # type: ignore[attr-defined]
+                continue
             kid = key_id_of(pub)
             records.setdefault(kid, KeyRecord(kid, f"operator:{op.name}", pub.hex(), ""))  # type: ignore[attr-defined]
         return KeyRegistry(self.folder, records)

@@ -8,10 +8,12 @@ appends per second possible. On start (and after any failure) the sequencer
 resumes from the tail of the topic (``__tail__`` in the index topic, then every
 ledger record after it), so a sequence is never reused.
 
-Single writer: exactly one process may append to one ledger (run the components
-that append in one process, or give each process its own prefix). A second
-concurrent writer is not prevented here; it would create two entries with one
-sequence, which ``metaheal ledger verify`` reports as a fork.
+Several processes: one ``ImmutableLog`` per process (share it between the
+components of a process). Processes take turns through the writer lease
+(:mod:`metaheal.ledger.lease`): a writer appends only while it holds the lease,
+gives it back after ``ledger.lease_idle_release_seconds`` of idleness, and a new
+holder first reads the entries the previous one wrote. A process that cannot get
+the lease within the append timeout gets :class:`LedgerUnavailable`.
 
 Fail closed: any failure to sign (missing key, actor not allowed) or to get the
 broker's acknowledgement raises :class:`LedgerUnavailable`; callers must then not
@@ -24,8 +26,11 @@ import asyncio
 import io
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +50,7 @@ from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import GENESIS, entry_hash, message, record_headers, record_key, seal
 from metaheal.ledger.index import TAIL_KEY, CycleIndex
+from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.keys import KeyError_, KeyRegistry, utc_now
 from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.sequencer import Sequencer
@@ -63,10 +69,6 @@ class LedgerUnavailable(KafkaUnavailable):
 class _Request:
     fields: dict[str, Any]
     future: asyncio.Future[LedgerEntry]
-
-
-def parse_ts(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 class ImmutableLog:
@@ -96,6 +98,10 @@ class ImmutableLog:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._topics_ok = False
+        self._lease = LeaseState()
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._held_until = 0.0  # our own claim's expiry (wall clock) while we hold the lease
+        self._release_handle: asyncio.TimerHandle | None = None
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -117,8 +123,13 @@ class ImmutableLog:
             raise LedgerUnavailable(f"actor: {actor!r} is not a known actor")
         if not allowed(actor, action):
             raise LedgerUnavailable(f"action: actor {actor!r} may not sign {action!r}")
+        if actor == "ledger":
+            raise LedgerUnavailable("actor: 'ledger' entries (checkpoints) are cut by the sequencer itself")
         if not cycle_id or not isinstance(cycle_id, str):
             raise LedgerUnavailable("cycle_id: required (a non-empty string)")
+        for name, value in (("resource", resource), ("subsystem", subsystem), ("result", result)):
+            if not isinstance(value, str):
+                raise LedgerUnavailable(f"{name}: must be a string, got {type(value).__name__}")
         if payload is None:
             payload = {}
         if not isinstance(payload, dict):
@@ -155,7 +166,10 @@ class ImmutableLog:
 
     def close(self) -> None:
         self._closed = True
+        if self._release_handle is not None:
+            self._release_handle.cancel()
         with self._io:
+            self._release_locked()
             if self._producer is not None:
                 self._producer.flush(5.0)
                 self._producer = None
@@ -166,6 +180,39 @@ class ImmutableLog:
     # -- writer ---------------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        if self._release_handle is not None:
+            self._release_handle.cancel()
+            self._release_handle = None
+        try:
+            await self._drain_queue()
+        finally:
+            idle = self.settings.ledger.lease_idle_release_seconds
+            if self._held_until and not self._closed:
+                loop = asyncio.get_running_loop()
+                self._release_handle = loop.call_later(idle, lambda: loop.create_task(self._idle_release()))
+
+    async def _idle_release(self) -> None:
+        if self._queue or (self._writer is not None and not self._writer.done()) or self._closed:
+            return
+        await asyncio.to_thread(self._release)
+
+    def _release(self) -> None:
+        with self._io:
+            if not self._queue:
+                self._release_locked()
+
+    def _release_locked(self) -> None:
+        """Give the lease back so another process can append without waiting for expiry."""
+        if not self._held_until or self._producer is None:
+            return
+        self._held_until = 0.0
+        try:
+            self._produce_lease("release", 0.0)
+            logger.debug("ledger_lease_released owner=%s", self._owner)
+        except (KafkaException, KafkaUnavailable, BufferError) as exc:
+            logger.warning("ledger_lease_release_failed error=%s (it expires on its own)", exc)
+
+    async def _drain_queue(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             try:
@@ -214,6 +261,7 @@ class ImmutableLog:
         if isinstance(ledger_signer, LedgerUnavailable):
             ledger_signer = None  # no checkpoints without the ledger key; entries still go out
             logger.warning("ledger_checkpoint_skipped reason=no_ledger_key")
+        self._hold_lease()
         if self._tail is None:
             self._sync()
         assert self._tail is not None
@@ -293,6 +341,55 @@ class ImmutableLog:
         except (KafkaException, KafkaUnavailable, BufferError) as exc:
             logger.warning("ledger_index_write_failed error=%s (rebuilt from the ledger later)", exc)
 
+    def _produce_lease(self, op: str, expires: float) -> None:
+        rec = {"op": op, "owner": self._owner, "ts": time.time(), "expires": expires}
+        producer = self._get_producer()
+        producer.produce(self.index_topic, value=json.dumps(rec).encode(), key=LEASE_KEY.encode(), partition=0)
+        if producer.flush(self.timeout):
+            raise LedgerUnavailable("lease record not acknowledged by the broker")
+
+    def _read_index(self) -> None:
+        self._ensure_topics()
+        for m in self._read_to_end(self.index_topic, self._index_pos):
+            self._take_index_record(m)
+
+    def _hold_lease(self) -> None:
+        """Hold the writer lease (claim or renew it); wait while another process holds it."""
+        lease_s = self.settings.ledger.writer_lease_seconds
+        if lease_s <= 0:
+            return
+        if self._held_until - time.time() > lease_s / 2:
+            return  # held, with time to spare: no I/O on the hot path
+        was_holder = self._held_until > time.time()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self._read_index()
+            now = time.time()
+            if self._lease.free_for(self._owner, now):
+                expires = now + lease_s
+                self._produce_lease("claim", expires)
+                self._read_index()
+                if self._lease.owner == self._owner:
+                    self._held_until = expires
+                    if not was_holder and self._tail is not None:
+                        self._resume_after_handover()
+                    return
+            if time.monotonic() > deadline:
+                self._held_until = 0.0
+                raise LedgerUnavailable(
+                    f"ledger writer lease held by {self._lease.owner} (another process) "
+                    f"for {max(0.0, self._lease.expires - time.time()):.1f}s more; not appended"
+                )
+            time.sleep(0.05)
+
+    def _resume_after_handover(self) -> None:
+        """Another process may have appended since we last held the lease: continue after its entries."""
+        assert self._tail is not None
+        before = self._tail.next_sequence
+        self._catch_up(self._tail)
+        if self._tail.next_sequence != before:
+            logger.info("ledger_lease_handover resumed_from=%d next_sequence=%d", before, self._tail.next_sequence)
+
     def _get_producer(self) -> _Producer:
         if self._producer is None:
             cfg = producer_config(self.settings.kafka, idempotent=True)
@@ -349,8 +446,9 @@ class ImmutableLog:
                 return
             for m in self._read_to_end(self.index_topic, self._index_pos):
                 self._take_index_record(m)
-            if tail is not None and self._index.tail is not None:
-                tail.load_json(self._index.tail)
+            stored = self._index.tail
+            if tail is not None and stored is not None and int(stored["next_sequence"]) > tail.next_sequence:
+                tail.load_json(stored)
             if self._index.tail is not None and self._ledger_pos == 0:
                 self._ledger_pos = int(self._index.tail["last_offset"]) + 1
             for m in self._read_to_end(self.topic, self._ledger_pos):
@@ -366,7 +464,9 @@ class ImmutableLog:
         if m.value() is None:
             return
         try:
-            if key == TAIL_KEY:
+            if key == LEASE_KEY:
+                self._lease.apply(json.loads(m.value()))
+            elif key == TAIL_KEY:
                 self._index.tail = json.loads(m.value())
             else:
                 self._index.merge_rows(key, CycleIndex.decode_rows(m.value()))
@@ -398,6 +498,7 @@ class ImmutableLog:
     def _sync(self) -> None:
         """Resume the sequencer: from the stored tail, then every ledger record after it."""
         self._index = CycleIndex()
+        self._lease = LeaseState()  # re-derived from the whole index topic below
         self._index_pos = self._ledger_pos = 0
         self._tail = None
         tail = self._new_sequencer()
@@ -508,7 +609,7 @@ class ImmutableLog:
 def _advance(t: Sequencer, e: LedgerEntry, offset: int) -> None:
     """Chain a record found after the stored tail onto the resumed state; never reuse a sequence."""
     if e.sequence < t.next_sequence:
-        logger.warning("ledger_record_behind_tail sequence=%d next=%d offset=%d", e.sequence, t.next_sequence,
+        logger.debug("ledger_record_behind_tail sequence=%d next=%d offset=%d", e.sequence, t.next_sequence,
                        offset)
         return
     if e.sequence > t.next_sequence or e.prev_hash != t.prev_hash or entry_hash(e) != e.entry_hash:

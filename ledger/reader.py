@@ -51,7 +51,11 @@ class PartitionReader:
         return self.read_many({topic: start}, partition=partition, timeout=timeout)
 
     def read_many(self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
-        """Several topics at once (one fetch round trip for all), each from its start to its end."""
+        """Several topics at once (one fetch round trip for all), each from its start to its end.
+
+        ``timeout`` bounds the time without progress, so a slow consumer of the
+        iterator (the verifier) can take as long as it needs.
+        """
         for topic in starts:
             self._prime(topic, timeout)
         self.consumer.assign([TopicPartition(t, partition, max(o, 0)) for t, o in starts.items()])
@@ -65,6 +69,8 @@ class PartitionReader:
                     msgs = self.consumer.consume(1000, 0.005)
                 except KafkaException as exc:
                     raise KafkaUnavailable(f"cannot read {', '.join(starts)}: {exc}") from exc
+                if msgs:
+                    deadline = time.monotonic() + timeout  # a timeout without progress, not in total
                 for m in msgs:
                     err = m.error()
                     if err is None:

@@ -42,6 +42,9 @@ from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.merkle import Frontier, leaf_hash
 
 
+_HEADERS = ("cycle_id", "actor", "action", "signature")
+
+
 @dataclass(frozen=True)
 class RawRecord:
     offset: int
@@ -99,6 +102,7 @@ class Verifier:
         self.leaves: list[bytes] = []  # leaf hashes of the accepted chain, index = sequence
         self._frontier = Frontier()
         self._signatures: dict[str, int] = {}
+        self._allowed: dict[tuple[str, str], bool] = {}
         self.expected = 0
         self.entries = 0
         self.checkpoints = 0
@@ -117,22 +121,23 @@ class Verifier:
 
     def feed(self, r: RawRecord) -> None:
         key = (r.key or b"").decode("utf-8", "replace")
-        key_seq = _key_sequence(key)
         if r.value is None:
-            self._add(key_seq, r.offset, "tombstone", f"null value for key {key!r} (an attempt to erase an entry)")
+            self._add(_key_sequence(key), r.offset, "tombstone",
+                      f"null value for key {key!r} (an attempt to erase an entry)")
             return
         try:
             d = self._decode(r.value)
         except DecodeError as exc:
-            self._add(key_seq, r.offset, "undecodable", str(exc))
+            self._add(_key_sequence(key), r.offset, "undecodable", str(exc))
             return
         self.entries += 1
         seq = d["sequence"]
         if key != f"{d['cycle_id']}/{seq}":
             self._add(seq, r.offset, "key mismatch", f"record key {key!r} is not {d['cycle_id']}/{seq}")
-        for h in ("cycle_id", "actor", "action", "signature"):
-            got = r.headers.get(h)
-            if got is None or got.decode("utf-8", "replace") != d[h]:
+        headers = r.headers
+        for h in _HEADERS:
+            got = headers.get(h)
+            if got is None or got != d[h].encode():
                 self._add(seq, r.offset, "header mismatch", f"header {h}={got!r} differs from the entry's {d[h]!r}")
         m = message(d)
         h = hashlib.sha256(m).hexdigest()
@@ -155,11 +160,15 @@ class Verifier:
         if prev is not None and d["prev_hash"] != prev:
             self._add(seq, r.offset, "chain broken", f"prev_hash does not match the entry_hash of sequence {seq - 1}")
         self.expected = max(self.expected, seq + 1)
-        first = self._signatures.setdefault(d["signature"], seq)
+        first = self._signatures.setdefault(d["signature"][:32], seq)  # 128 bits: enough to spot re-use
         if first != seq:
             self._add(seq, r.offset, "replayed entry", f"signature already used by sequence {first}")
         self._check_signature(d, m, seq, r.offset)
-        if not allowed(d["actor"], d["action"]):
+        pair = (d["actor"], d["action"])
+        ok = self._allowed.get(pair)
+        if ok is None:
+            ok = self._allowed[pair] = allowed(*pair)
+        if not ok:
             self._add(seq, r.offset, "unauthorised", f"actor {d['actor']!r} may not take action {d['action']!r}")
         try:
             payload = json.loads(d["payload"])

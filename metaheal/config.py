@@ -136,6 +136,7 @@ class StreamSettings(_Section):
     seed: int = 0
     datadir: Path | None = Field(None, description="faust data folder; None = a fresh temporary folder")
     web_port: int | None = Field(None, description="faust web server port on 127.0.0.1; None = off")
+    fetch_max_wait_ms: int = Field(20, ge=1, description="how long a telemetry fetch may wait for data (latency)")
 
 
 class LedgerSettings(_Section):
@@ -143,6 +144,8 @@ class LedgerSettings(_Section):
     checkpoint_every_seconds: float = Field(60.0, gt=0)
     origin: str = "metaheal.ledger"
     append_timeout_seconds: float = Field(10.0, gt=0, description="how long an append waits for the broker's ack")
+    writer_lease_seconds: float = Field(5.0, ge=0, description="one appending process at a time; 0 disables")
+    lease_idle_release_seconds: float = Field(0.5, ge=0, description="give the lease back after this idle time")
 
 
 class ServiceSettings(_Section):

@@ -321,6 +321,7 @@ class Driver:
         self.operator_key_path = operator_key_path
         self.emit = emit
         self.flow_timeout = flow_timeout
+        self.answered: dict[str, str] = {}
         self._producer = Producer(settings.kafka)
 
     def say(self, text: str) -> None:
@@ -341,6 +342,7 @@ class Driver:
         deadline = time.monotonic() + self.flow_timeout
         approved: set[str] = set()
         unexpected_approvals = 0
+        off_focus: dict[str, int] = {}
         directives: dict[str, Directive] = {}
         outcomes: list[SignedOutcome] = []
         index = 0
@@ -350,22 +352,20 @@ class Driver:
                 if s.at < t0:
                     continue
                 e = s.event
-                if res.detected_at is None and isinstance(e, AnomalyScore) and e.crossed and e.service in targets:
-                    res.detected_at = s.at
                 if isinstance(e, CycleFocus) and e.focus_area != "routine_maintenance" and e.cycle_id not in res.cycle_ids:
                     res.cycle_ids.append(e.cycle_id)
-                    if res.detected_at is None:
+                    # detected: the first cycle that puts a faulty service in focus
+                    if res.detected_at is None and (not targets or set(e.target_services) & set(targets)):
                         res.detected_at = s.at
                     if e.focus_area != flow.expect_focus:
-                        res.notes.append(f"cycle {e.cycle_id} focused on {e.focus_area}, expected {flow.expect_focus}")
+                        off_focus[e.focus_area] = off_focus.get(e.focus_area, 0) + 1
                 if isinstance(e, Directive) and e.cycle_id in res.cycle_ids:
                     directives[e.directive_id] = e
                     if res.directive_at is None:
                         res.directive_at = s.at
                 if isinstance(e, ApprovalRequest) and e.request_id not in approved and e.cycle_id in res.cycle_ids:
-                    approved.add(e.request_id)
+                    approved.add(e.request_id)  # answered by the operator task
                     unexpected_approvals += not flow.expect_approval
-                    await self._approve(e)
                 if isinstance(e, SignedOutcome) and e.directive_id in directives:
                     outcomes.append(e)
                     if e.result == "success" and e.verification_passed is True:
@@ -373,16 +373,20 @@ class Driver:
                         if not unhealthy:
                             res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
                         else:
-                            res.notes.append(f"{e.playbook} on {e.service} succeeded but {unhealthy}")
+                            logger.info("demo outcome_not_healing playbook=%s service=%s still=%s",
+                                        e.playbook, e.service, unhealthy)
             index = len(events)
             if res.ok:
                 break
             await asyncio.sleep(0.2)
+        if off_focus:
+            res.notes.append("cycles focused elsewhere than " + flow.expect_focus + ": "
+                             + ", ".join(f"{k} x{n}" for k, n in off_focus.items()))
         services_hit = sorted({d.service for d in directives.values()} - set(targets))
         if services_hit:
             res.notes.append(f"directives also went to {', '.join(services_hit)} (fault is on {', '.join(targets)})")
         if unexpected_approvals:
-            res.notes.append(f"{unexpected_approvals} approval(s) requested where the design auto-approves")
+            res.notes.append(f"{unexpected_approvals} approval request(s) where the design auto-approves")
         if flow.expect_approval and not approved:
             res.notes.append("no approval was requested (the design expects one)")
         if res.ok:
@@ -392,9 +396,12 @@ class Driver:
         stage = ("no anomaly or cycle focus" if res.detected_at is None else
                  "no directive" if not directives else "no outcome" if not outcomes else "no verified fix")
         res.reasons.append(f"not healed within {self.flow_timeout:.0f}s: {stage}")
+        tally: dict[str, int] = {}
         for o in outcomes:
-            res.reasons.append(f"{o.playbook} on {o.service}: {o.result}"
-                               + ("" if o.verification_passed else " (not verified)"))
+            k = f"{o.playbook} on {o.service}: {o.result}"
+            tally[k] = tally.get(k, 0) + 1
+        if tally:
+            res.reasons.append("outcomes " + ", ".join(f"{k} x{n}" if n > 1 else k for k, n in tally.items()))
         unhealthy = await self._unhealthy(sorted(services))
         if unhealthy:
             res.reasons.append(unhealthy)
@@ -408,16 +415,44 @@ class Driver:
                 problems.append(f"{name} unhealthy: {problem}")
         return "; ".join(problems) or None
 
-    async def _approve(self, req: ApprovalRequest) -> None:
+    async def operator(self, stop: asyncio.Event) -> None:
+        """Play the operator for every approval request, whichever flow (or none) it belongs to.
+
+        The rule is one a human on call would use, on what they can observe: approve
+        when the plan's service is degraded (its ``/health`` says so), deny when it is
+        healthy (nothing to fix there). Every decision is signed with the demo key.
+        """
+        index = 0
+        while not stop.is_set():
+            events = self.timeline.snapshot()
+            for s in events[index:]:
+                if isinstance(s.event, ApprovalRequest) and s.event.request_id not in self.answered:
+                    try:
+                        self.answered[s.event.request_id] = await self._answer(s.event)
+                    except (httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:  # RuntimeError: Kafka
+                        self.answered[s.event.request_id] = "error"
+                        self.say(f"the demo operator could not answer {s.event.request_id}: {exc}")
+            index = len(events)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except TimeoutError:
+                pass
+
+    async def _answer(self, req: ApprovalRequest) -> str:
         from metaheal.agents.approvals import load_signing_key, sign_decision
 
-        self.say(f"the demo now plays the operator '{DEMO_OPERATOR}' and APPROVES {req.request_id} "
-                 f"({req.playbook} on {req.service}) with the demo operator key {self.operator_key_path.name}")
+        problem = await self._health(req.service)
+        decision = "approve" if problem is not None else "deny"
+        why = (f"{req.service} is degraded ({problem})" if problem is not None
+               else f"{req.service} is healthy: nothing to fix there")
+        self.say(f"the demo plays the operator '{DEMO_OPERATOR}' and {decision.upper()}S {req.request_id} "
+                 f"({req.playbook} on {req.service}) with the demo operator key: {why}")
         key = load_signing_key(self.operator_key_path)
-        decision = sign_decision(key, plan_id=req.plan_id, request_id=req.request_id, operator=DEMO_OPERATOR,
-                                 decision="approve", reason="demo: approved by the demo operator")
+        signed = sign_decision(key, plan_id=req.plan_id, request_id=req.request_id, operator=DEMO_OPERATOR,
+                               decision=decision, reason=f"demo operator: {why}"[:300])
         await asyncio.to_thread(self._producer.send, self.settings.topics.name("approvals"),
-                                AvroSerializer(ApprovalDecision)(decision), req.plan_id)
+                                AvroSerializer(ApprovalDecision)(signed), req.plan_id)
+        return decision
 
     async def _health(self, service: str) -> str | None:
         svc = self.settings.service(service)
@@ -479,6 +514,8 @@ def demo_settings(base: Settings, workdir: Path, prefix: str) -> Settings:
     s.streams.window_seconds = 2.0
     s.streams.allowed_lateness_seconds = 1.0
     s.executor.approval_expiry_seconds = 120.0
+    # the demo compresses hours into minutes; an hourly action budget would run out mid-demo
+    s.executor.max_actions_per_hour = 120
     return s
 
 
@@ -550,6 +587,7 @@ async def run_demo(
 
     system = asyncio.create_task(run_components([Component("simulator", sim), *runtime.components], stop))
     driver = Driver(settings, timeline, sim.inject, operator_key_path=operator_key, emit=emit, flow_timeout=flow_timeout)
+    operator = asyncio.create_task(driver.operator(stop))
     try:
         driver.say(f"warming up: baselines for {warmup_seconds:.0f}s, then the first cycle")
         t0 = time.time()
@@ -574,6 +612,7 @@ async def run_demo(
                     await asyncio.sleep(settings.cycle.cycle_seconds)
     finally:
         stop.set()
+        await operator
         try:
             await system
         except ComponentFailed as exc:
@@ -616,7 +655,8 @@ async def audit(settings: Settings, workdir: Path, report: DemoReport, emit: Cal
 def summarize(report: DemoReport, emit: Callable[[str], None], workdir: Path) -> None:
     emit("")
     emit("=== summary ===")
-    emit(f"{'flow':<9} {'result':<8} {'detection':>10} {'directive':>10} {'verified fix':>13}  playbook / notes")
+    width = max([9, *(len(r.flow.name) for r in report.flows)])
+    emit(f"{'flow':<{width}} {'result':<8} {'detection':>10} {'directive':>10} {'verified fix':>13}  playbook / notes")
     for r in report.flows:
         result = "ok" if r.ok else "FAILED"
         extra = r.playbook or "-"
@@ -624,9 +664,10 @@ def summarize(report: DemoReport, emit: Callable[[str], None], workdir: Path) ->
             extra += " | " + "; ".join(r.notes)
         if r.reasons:
             extra += " | " + "; ".join(r.reasons)
-        emit(f"{r.flow.name:<9} {result:<8} {r.seconds(r.detected_at):>10} {r.seconds(r.directive_at):>10} "
+        emit(f"{r.flow.name:<{width}} {result:<8} {r.seconds(r.detected_at):>10} {r.seconds(r.directive_at):>10} "
              f"{r.seconds(r.fixed_at):>13}  {extra}")
-    emit("(times are from the fault injection; for the quiet flow, from the routine cycle)")
+    emit("(seconds from the fault injection to: the first cycle focused on the faulty service, the first directive,"
+         " the verified outcome after which the whole fleet is healthy)")
     for b in report.blocked:
         emit(f"BLOCKED: {b}")
     if report.verify_clean is False:

@@ -20,13 +20,15 @@ names the field, as :class:`~metaheal.kafka.serializers.DecodeError` does).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from metaheal.events import DeadLetter, Metric
-from metaheal.kafka.serializers import DecodeError, TelemetryDeserializer
-from metaheal.streams.signals import DEPENDENCY_LABEL, SignalMap, normalise_value, series_id
+from metaheal.events import MetricBatch
+from metaheal.kafka.serializers import HEADER_LEN, MAGIC, AvroDeserializer, DecodeError, TelemetryDeserializer
+from metaheal.streams.signals import DEPENDENCY_LABEL, UNIT_SCALE, SignalMap, series_id
 
 logger = logging.getLogger(__name__)
 
@@ -75,21 +77,45 @@ class Intake:
     def __init__(self, signals: SignalMap) -> None:
         self.signals = signals
         self._decode = TelemetryDeserializer()
+        self._batch = AvroDeserializer(MetricBatch)
+        self._batch_header = MAGIC + self._batch.fingerprint
+        # (service, metric, dependency) -> (series id, signal, unit scale): computed once per series
+        self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
+
+    def _sample(self, service: str, metric: str, value: float, ts: float, labels: dict[str, str]) -> Sample:
+        dep = labels.get(DEPENDENCY_LABEL) or None if labels else None
+        key = (service, metric, dep)
+        meta = self._series.get(key)
+        if meta is None:
+            meta = self._series[key] = (
+                series_id(service, metric, dep), self.signals.signal_of(metric, labels), UNIT_SCALE.get(metric, 1.0)
+            )
+        series, signal, scale = meta
+        return Sample(service, metric, series, signal, dep, value * scale if scale != 1.0 else value, ts, labels)
 
     def to_sample(self, m: Metric) -> Sample:
-        dep = m.labels.get(DEPENDENCY_LABEL) or None
-        return Sample(
-            service=m.service,
-            metric=m.metric,
-            series=series_id(m.service, m.metric, dep),
-            signal=self.signals.signal_of(m.metric, m.labels),
-            dependency=dep,
-            value=normalise_value(m.metric, m.value),
-            ts=m.ts,
-            labels=m.labels,
-        )
+        return self._sample(m.service, m.metric, m.value, m.ts, m.labels)
+
+    def _fast_batch(self, data: bytes) -> list[Sample] | None:
+        """Avro MetricBatch without building pydantic models; ``None`` = let the full path judge."""
+        isfinite, sample = math.isfinite, self._sample
+        out = []
+        for m in self._batch.decode_dict(data)["samples"]:
+            service, metric, value, ts = m["service"], m["metric"], m["value"], m["ts"]
+            if not (service and metric and isfinite(value) and isfinite(ts)):
+                return None
+            out.append(sample(service, metric, value, ts, m["labels"]))
+        return out or None
 
     def decode(self, record: Record) -> tuple[list[Sample], DeadLetter | None]:
+        value = record.value
+        if value is not None and value[:HEADER_LEN] == self._batch_header:
+            try:
+                fast = self._fast_batch(value)
+            except DecodeError:
+                fast = None
+            if fast is not None:
+                return fast, None
         try:
             metrics = self._decode(record.value)
         except DecodeError as exc:

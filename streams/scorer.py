@@ -12,15 +12,19 @@ The pipeline per sample (test-then-train):
 
 1. preprocessing: monotonic counters are detected during warm-up and converted to a rate
    (``delta / dt``); a drop to ~0 is a counter reset, skipped rather than scored;
-2. prediction: a robust exponentially weighted level (time-aware: ``dt`` drives the decay, so
-   irregular and sparse sampling work) and, once two days were seen at sub-hourly sampling, a
-   daily profile (level + time-of-day slot); whichever predicted better lately is used;
-3. deviation: residual / robust scale (river ``EWMean`` of absolute residuals), plus a short
-   exponentially weighted mean of signed standardised residuals (catches small sustained
-   shifts that no single point reveals);
+2. prediction: four candidates, each with its own robust scale and calibration: a robust
+   exponentially weighted level (half-life 10 samples, time-aware: ``dt`` drives the decay, so
+   irregular and sparse sampling work), a fast level (half-life 2: random-walk-like series),
+   and at sub-hourly sampling a daily and a weekly profile (slow level + time-of-day / time-of-
+   week slot), usable once they saw a period; whichever predicted best lately (river
+   ``EWMean`` of absolute errors) is used, with hysteresis. Six large residuals of one sign
+   re-anchor the levels: the shift has been scored, now it is the new normal;
+3. deviation: residual / robust scale, plus a short exponentially weighted mean of signed
+   standardised residuals (small sustained shifts that no single point reveals; it counts only
+   while it grows, so one excursion is one alarm rather than a burst);
 4. calibration: each statistic gets a p-value from its own :class:`TailCalibrator`; a run of
-   identical values gets the probability of such a run given how often the series repeats (a
-   live series that freezes is a failure); the p-values are combined with Bonferroni;
+   identical values gets the probability of such a run for this series (a live series that
+   freezes is a failure); the p-values are combined with Bonferroni;
 5. warm-up: the score is multiplied by ``confidence = min(1, n / warmup)``.
 
 >>> scorer = AnomalyScorer(seed=0)
@@ -267,6 +271,8 @@ class AnomalyScorer:
     ``counters``, ``flatline`` (all True).
 
     ``seed`` is accepted for the contract (every scorer is seeded); this model is deterministic.
+    Instances pickle (checkpoints, ~80 KB for a long-lived series); bad input (NaN, inf) raises
+    ``ValueError`` naming the field, before any state changes.
 
     >>> s = AnomalyScorer(seed=0)
     >>> s.model_name
@@ -347,8 +353,14 @@ class AnomalyScorer:
 
     def score_then_learn(self, ts: float, value: float) -> Score:
         """Score ``value`` observed at ``ts`` (epoch seconds) against the past, then learn it."""
-        value = float(value)
-        ts = float(ts)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"value must be a number, got {value!r}") from None
+        try:
+            ts = float(ts)
+        except (TypeError, ValueError):
+            raise ValueError(f"ts must be a number, got {ts!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"value must be a finite number, got {value}")
         if not math.isfinite(ts):
@@ -384,15 +396,19 @@ class AnomalyScorer:
             run = self._run
             if run:
                 # How unusual is a run this long *for this series* (conformal over its own recent
-                # run lengths), but never more alarming than a geometric run at the series' repeat
-                # rate (at least 0.3), so a continuous series needs a handful of identical values
-                # before it counts as frozen and a count series that is mostly 0 needs a long run.
+                # run lengths), but never more alarming than a geometric run at the largest
+                # per-value repeat probability the repeat rate allows (P(repeat) = sum f_v^2 >=
+                # f_max^2, so f_max <= sqrt(rate)), and at least 0.3: a continuous series needs a
+                # handful of identical values before it counts as frozen, a count series that is
+                # mostly 0 needs a long run.
                 p_run = self._cal_run.p_value(run)
-                rate = self._p_repeat
+                rate = math.sqrt(self._p_repeat)
                 p_geo = (rate if rate > 0.3 else 0.3) ** run
                 p_flat = p_run if p_run > p_geo else p_geo
             self._cal_run.learn(run)
-            self._p_repeat += 0.01 * ((1.0 if run else 0.0) - self._p_repeat)
+            # running mean at first, then exponentially weighted (about 70 samples)
+            g = 1.0 / self._n_raw if self._n_raw < 100 else 0.01
+            self._p_repeat += g * ((1.0 if run else 0.0) - self._p_repeat)
         self._last_raw = value
         self._n_raw += 1
 

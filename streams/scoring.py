@@ -39,16 +39,16 @@ class ScorerRegistry:
     def __init__(self, store: Store, *, seed: int = 0) -> None:
         self.store = store
         self.seed = seed
-        self._live: dict[str, AnomalyScorer] = {}
+        self.live: dict[str, AnomalyScorer] = {}
         self._partition: dict[str, int] = {}
         self.restored = 0
         self.created = 0
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self.live)
 
     def get(self, series: str, partition: int) -> AnomalyScorer:
-        scorer = self._live.get(series)
+        scorer = self.live.get(series)
         if scorer is not None:
             return scorer
         blob = self.store.get(series.encode())
@@ -63,12 +63,12 @@ class ScorerRegistry:
         if scorer is None:
             scorer = AnomalyScorer(seed=self.seed)
             self.created += 1
-        self._live[series] = scorer
+        self.live[series] = scorer
         self._partition[series] = partition
         return scorer
 
     def checkpoint(self, series: str) -> None:
-        scorer = self._live.get(series)
+        scorer = self.live.get(series)
         if scorer is not None:
             self.store[series.encode()] = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -77,7 +77,7 @@ class ScorerRegistry:
         parts = set(partitions)
         gone = [s for s, p in self._partition.items() if p in parts]
         for s in gone:
-            self._live.pop(s, None)
+            self.live.pop(s, None)
             self._partition.pop(s, None)
         return len(gone)
 

@@ -112,7 +112,14 @@ def up(
 ) -> None:
     """Start everything one machine needs (or one --role of it) until Ctrl-C/SIGTERM."""
     from metaheal.broker import BrokerError
-    from metaheal.runtime import ComponentFailed, RoleUnavailable, Runtime, configure_logging, expand_roles, run_until_signal
+    from metaheal.runtime import (
+        ComponentFailed,
+        RoleUnavailable,
+        Runtime,
+        configure_logging,
+        expand_roles,
+        run_until_signal,
+    )
 
     configure_logging()
     log = logging.getLogger("metaheal.up")

@@ -1,6 +1,48 @@
-"""``metaheal score`` and ``metaheal bench`` and the streams worker (owned by the streams work)."""
+"""``metaheal streams worker`` and ``metaheal bench scorer`` (owned by the streams work)."""
+
+from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
+from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+
 streams_app = typer.Typer(help="Run the telemetry streams worker.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
+
+
+@streams_app.command("worker")
+def worker(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+    """Consume <prefix>telemetry; publish health windows, anomaly scores and dead letters until Ctrl-C."""
+    import logging
+
+    from metaheal.streams.worker import run_forever
+
+    settings = require_bootstrap(settings_from(config, bootstrap))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        run_forever(settings)
+    except ValueError as exc:  # configuration problems found when building the app
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@bench_app.command("scorer")
+def bench_scorer(
+    n: Annotated[int, typer.Option("--n", min=1000, help="Samples for the throughput phase.")] = 200_000,
+    services: Annotated[int, typer.Option("--services", min=1, help="Series (one per service).")] = 10,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per MetricBatch record.")] = 500,
+    load: Annotated[float, typer.Option("--load", min=1, help="Offered samples/s in the latency phase.")] = 5000.0,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="Length of the latency phase.")] = 10.0,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """End-to-end vs model-only samples/s and produce->anomaly latency of one faust worker (embedded broker)."""
+    import logging
+
+    from metaheal.streams.bench import run_bench
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = run_bench(n=n, services=services, batch=batch, load=load, seconds=seconds, bootstrap=bootstrap)
+    for line in result.lines():
+        typer.echo(line)

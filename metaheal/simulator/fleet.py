@@ -424,7 +424,7 @@ class Fleet:
         hit: dict[str, float | None] = {n: self.cache_hit_rate(n, t) for n in self.services}
         for name in self._topological():
             spec = self.services[name].spec
-            for dep, calls in spec.calls.items():
+            for dep in spec.calls:
                 if self.failed_over(name, dep, t):
                     continue  # served by the standby; the primary sees none of this traffic
                 rps[dep] += rps[name] * self._call_rate(spec, dep, hit[name])
@@ -480,7 +480,8 @@ class Fleet:
             if self.failed_over(name, dep, t):
                 # the standby: healthy, a little slower, and not subject to faults on the primary
                 dspec = self.services[dep].spec
-                lat, lat_p95, err = dspec.base_latency_ms * 1.3, dspec.base_latency_ms * 1.3 * 1.6, dspec.base_error_rate
+                lat, err = dspec.base_latency_ms * 1.3, dspec.base_error_rate
+                lat_p95 = lat * 1.6
             else:
                 edge = fx.edge_latency.get((name, dep), 1.0)
                 lat, lat_p95 = dv.latency_p50_ms * edge, dv.latency_p95_ms * edge

@@ -45,14 +45,16 @@ def test_plan_renders_now_and_defers_step_outputs():
 
 def test_unrenderable_and_policy_filtered_playbooks_are_skipped_with_reasons():
     no_deps = ServiceSettings(name="api", admin_url="http://a:1")
-    p, skipped = plan(directive(focus="dependency_health", causes=["upstream_outage"]), PLAYBOOKS, API)
+    p, skipped = plan(directive(focus="dependency_health", causes=["upstream_outage"]), PLAYBOOKS, API,
+                      extra={"dependency": "db"})
     assert p.selected_playbook == "failover_dependency"
     assert json.loads(p.steps[0].params_json)["json"] == {"dependency": "db"}
-    with pytest.raises(NoApplicablePlaybook, match="no element 0"):
+    assert json.loads(p.rollback_plan[0].params_json)["json"] == {"dependency": "db"}
+    with pytest.raises(NoApplicablePlaybook, match="'dependency' is undefined"):
         plan(directive(focus="dependency_health", causes=["upstream_outage"]), PLAYBOOKS, no_deps)
     p, skipped = plan(directive(ranked=["scale_up_instances"]), PLAYBOOKS, API,
                       policy_filter=lambda s, n: "denied" if n == "scale_up_instances" else None)
-    assert p.selected_playbook != "scale_up_instances" and skipped == ["scale_up_instances: denied"]
+    assert p.selected_playbook != "scale_up_instances" and skipped[0] == "scale_up_instances: denied"
 
 
 def test_ranked_playbook_that_does_not_apply_is_skipped():

@@ -21,7 +21,7 @@ def make_plan(playbook: str, confidence: float = 0.9, plan_id: str = "d1", servi
                   if playbook == "rollback_flag" else "latency_drift", guardrail_level="loose",
                   ml_advice=DirectiveAdvice(recommended_playbooks=[playbook]), confidence=confidence,
                   time_budget_seconds=60)
-    return plan(d, PLAYBOOKS, API.model_copy(update={"name": service}))[0]
+    return plan(d, PLAYBOOKS, API.model_copy(update={"name": service}), extra={"dependency": "db"})[0]
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,12 @@ async def test_unauthorised_action_and_bad_payload_fail_closed(log: ImmutableLog
         await log.append(actor="ml_advisors", action="execution_outcome", cycle_id="c")
     with pytest.raises(LedgerUnavailable, match=r"payload: \$\.x: NaN"):
         await log.append(actor="executor", action="step_executed", payload={"x": float("nan")}, cycle_id="c")
+    with pytest.raises(LedgerUnavailable, match="resource: must be a string, got int"):
+        await log.append(actor="executor", action="step_executed", resource=3, cycle_id="c")  # type: ignore[arg-type]
+    with pytest.raises(LedgerUnavailable, match="cut by the sequencer"):
+        await log.append(actor="ledger", action="checkpoint", cycle_id="c")
+    with pytest.raises(LedgerUnavailable, match="cycle_id: required"):
+        await log.append(actor="executor", action="step_executed")
     # a failed append does not consume a sequence
     e = await log.append(actor="executor", action="step_executed", cycle_id="c")
     assert e.sequence == 0
@@ -140,3 +146,23 @@ async def test_broker_down_fails_closed(tmp_path: Path) -> None:
         await log.append(actor="executor", action="execution_started", cycle_id="c")
     assert isinstance(info.value, KafkaUnavailable)
     log.close()
+
+
+async def test_checkpoints_by_count_and_by_time(settings: Settings) -> None:
+    from metaheal.ledger.verify import verify_ledger
+
+    init_system_keys(settings.keys)
+    settings.ledger.checkpoint_every_entries = 3
+    log = ImmutableLog(settings)
+    for i in range(7):
+        await log.append(actor="executor", action="step_executed", payload={"i": i}, cycle_id="c")
+    settings.ledger.checkpoint_every_entries = 1000
+    settings.ledger.checkpoint_every_seconds = 0.001  # time-based: due at the next append
+    log.close()
+    log = ImmutableLog(settings)
+    await log.append(actor="executor", action="step_executed", payload={"i": 7}, cycle_id="c")
+    cps = await log.replay_cycle("checkpoints")
+    log.close()
+    assert [json.loads(c.payload)["size"] for c in cps] == [3, 7, 10]
+    report = verify_ledger(settings)
+    assert report.clean and report.checkpoints == 3

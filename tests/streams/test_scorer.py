@@ -209,6 +209,11 @@ def test_bad_input_is_rejected_with_the_field_name() -> None:
         scorer.score_then_learn(0.0, float("inf"))
     with pytest.raises(ValueError, match="ts"):
         scorer.score_then_learn(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="value must be a number"):
+        scorer.score_then_learn(0.0, "high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ts must be a number"):
+        scorer.score_then_learn(None, 1.0)  # type: ignore[arg-type]
+    assert scorer.score_then_learn(0.0, 1.0).confidence == 0.0  # nothing was learnt from bad input
     with pytest.raises(ValueError, match="warmup"):
         AnomalyScorer(warmup=0)
 

@@ -114,13 +114,6 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
     by_window = defaultdict(set)
     for h in health:
         by_window[h.service, h.window_start].add(h.sample_count)
-    import json as _j
-    (Path("/tmp/fx") / "diag.json").write_text(_j.dumps({
-        "killed_at": killed_at - T0,
-        "health": [(h.service, h.window_start - T0, h.sample_count) for h in health],
-        "dead": [d.reason for d in outputs(s)[2]],
-        "first": first_log.read_text()[-3000:], "second_stats": [l for l in second_log.read_text().splitlines() if "stats=" in l or "assigned" in l or "restored" in l],
-    }))
     assert set(by_window) == {(svc, T0 + w) for svc in services for w in range(windows - 1)}
     assert {frozenset(c) for c in by_window.values()} == {frozenset({PER_WINDOW})}
 

@@ -18,11 +18,10 @@ from nacl.signing import SigningKey
 
 from metaheal.agents.approvals import load_signing_key, sign_decision
 from metaheal.agents.executor import Executor
-from metaheal.config import OperatorSettings, ServiceSettings, Settings
+from metaheal.config import Settings
 from metaheal.events import ApprovalDecision, ApprovalRequest, Directive, DirectiveAdvice, SignedOutcome
 from metaheal.kafka import Consumer, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, EventDecoder
-from metaheal.ledger.keys import init_operator_key, init_system_keys
+from metaheal.kafka.serializers import AvroSerializer, EventDecoder
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -207,9 +206,7 @@ async def test_verification_failure_rolls_back(env, executor: Executor):
 
 
 async def test_missing_telemetry_is_inconclusive_never_a_pass(env, executor: Executor):
-    _, svc, _ = env
-    d = directive(service="api")
-    svc.emit_telemetry = False  # not used once running; instead ask for a metric nobody sends
+    # The service emits telemetry, but not the metric this verification asks for.
     executor.playbooks["warm_cache"].verifications[0].metric = "latency_nobody_sends"
     d = directive(focus_area="latency_drift",
                   ml_advice=DirectiveAdvice(root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
@@ -364,6 +361,8 @@ def _write_config(settings: Settings, path: Path) -> Path:
 async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(env, tmp_path: Path):
     settings, svc, _ = env
     svc.hang.add("POST /scale")  # the executor is killed while step 1 is in flight
+    settings.ledger.writer_lease_seconds = 1.5  # the dead writer's ledger lease lapses sooner
+    settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
     proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
@@ -428,6 +427,7 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     settings, svc, _ = env
     svc.hang.add("GET /health")  # killed while the http_check is in flight
     settings.kafka.session_timeout_ms = 3000  # the dead member's partitions are reassigned sooner
+    settings.ledger.writer_lease_seconds = 1.5  # and its ledger lease lapses sooner
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
     proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
@@ -457,3 +457,40 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     assert story[-4:] == [("plan_recovered", "resume_verification"), ("verification_result", "pass"),
                           ("verification_result", "pass"), ("execution_outcome", "success")], story
     assert [a for a, _ in story].count("step_executed") == 6
+
+
+async def test_ledger_failure_means_the_step_does_not_run(env):
+    settings, svc, _ = env
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        from metaheal.ledger.keys import KeyRegistry
+
+        executor_key = KeyRegistry.load(settings.keys).current("executor").key_id
+        (settings.keys / f"{executor_key}.key").unlink()  # the executor can no longer sign: fail closed
+        d = directive()
+        assert await (await ex.submit(d)) is None  # halted, no outcome
+        assert sum(svc.calls.values()) == 0
+        rec = ex.state.get(d.directive_id)
+        assert rec.step_started is None and rec.status != "done"  # left for recovery, nothing ran
+        acts = [a for a, _ in await actions(ex, d.cycle_id)]
+        assert acts == ["plan_created", "trust_checked"]
+    finally:
+        await ex.close()
+
+
+async def test_dry_run_plans_and_checks_without_executing(env):
+    settings, svc, _ = env
+    settings.executor.dry_run = True
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        d = directive()
+        assert await (await ex.submit(d)) is None
+        rec = ex.state.get(d.directive_id)
+        assert rec.status == "done" and rec.result == "dry_run"
+        assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
+        plans = [p for p in read_all(settings, "plans") if getattr(p, "directive_id", None) == d.directive_id]
+        assert plans and plans[0].selected_playbook == "scale_up_instances"
+    finally:
+        await ex.close()

@@ -20,14 +20,16 @@ async def test_error_spike_tightens_at_once_and_the_level_survives_a_restart(h: 
     async with h.running(MetaLoop(meta, replica_id="r1")):
         [c1] = await h.until(lambda: bus.aread("cycles", CycleFocus))
         await h.until(lambda: bus.aread("directives", Directive))
+        # the incident is over: an outcome on checkout (which also makes the older evidence stale)
+        bus.publish("outcomes", h.outcome(1, "checkout", "success", playbook="rollback_flag"), "checkout")
+        await h.until(lambda: ledger_entries(bus, "learning_update"))
     assert (c1.focus_area, c1.guardrail_adjustment, c1.guardrail_level) == ("error_spike", "tighten", "tight")
     assert c1.time_budget_seconds == 150  # error_spike 300 s halved by tight guardrails
     [changed] = ledger_entries(bus, "guardrail_changed")
     assert json.loads(changed.payload)["level"] == "tight" and changed.cycle_id == c1.cycle_id
     assert StatusClient(meta).guardrail_level() == "tight"
 
-    # the incident is over (an outcome on checkout makes older evidence stale); a fresh process restores the level
-    bus.publish("outcomes", h.outcome(1, "checkout", "success", playbook="rollback_flag"), "checkout")
+    # a fresh process restores the level (and re-reads the outcome without recording its learning twice)
     meta.cycle.cycle_seconds = 1.0  # the schedule continues from the last cycle on the control topic
     async with h.running(MetaLoop(meta, replica_id="r2")):
         cycles = await h.until(lambda: [c for c in bus.read("cycles", CycleFocus) if c.cycle_id != c1.cycle_id])
@@ -35,6 +37,7 @@ async def test_error_spike_tightens_at_once_and_the_level_survives_a_restart(h: 
     assert c2.focus_area == "routine_maintenance"
     assert (c2.guardrail_adjustment, c2.guardrail_level) == ("maintain", "tight")
     assert int(c2.cycle_id.rsplit("_", 1)[1]) == int(c1.cycle_id.rsplit("_", 1)[1]) + 1  # counter continues across restarts
+    assert len(ledger_entries(bus, "learning_update")) == 1
 
 
 async def test_failures_tighten_and_a_run_of_successes_loosens_one_level(h: Any, meta: Settings, bus: Any) -> None:

@@ -77,6 +77,7 @@ def test_learning_weights_recent_outcomes_more(h: Any) -> None:
     assert len(lr) == 5  # denied says nothing about the playbook
     assert lr.playbook_ranking(["restart_service", "scale_up_instances"], now=t0 + 300) == ["scale_up_instances", "restart_service"]
     assert lr.typical_duration("capacity_strain", now=t0 + 300) == pytest.approx(42.0)
+    assert (lr.count_since(t0), lr.count_since(t0 - 1)) == (1, 5)
 
 
 def test_cycle_ids_are_utc_and_monotonic() -> None:

@@ -1,0 +1,260 @@
+"""Benchmark of the streams worker (``metaheal bench scorer``, ``benchmarks/bench_streams.py``).
+
+Three measurements in one run, on the same data and the same machine:
+
+1. model only: :class:`~metaheal.streams.scorer.AnomalyScorer` per series, score-then-learn
+   over every sample, no Kafka: the ceiling;
+2. end to end: the samples pre-produced to ``<prefix>telemetry`` as MetricBatch records,
+   then one faust worker (own process) consumes, decodes, scores, windows and publishes;
+   samples/s from the worker's "Worker ready" log line to the moment the last expected
+   per-window summary is read back; the ratio to (1) is the pipeline's efficiency;
+3. latency: a paced producer offers a fixed load (default 5,000 samples/s) with event
+   time = wall-clock produce time; for every ``kind="sample"`` anomaly event read back,
+   latency = read time - sample ts (same clock); p50/p99 printed.
+
+The machine may be shared with other work: numbers are indicative, ratios are from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import random
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metaheal.broker import EmbeddedBroker, free_port
+from metaheal.config import KafkaSettings, Settings, StreamSettings, TopicSettings
+from metaheal.events import AnomalyScore, Metric, MetricBatch
+from metaheal.kafka import Consumer, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
+from metaheal.streams.scorer import AnomalyScorer
+from metaheal.streams.signals import series_id
+from metaheal.streams.worker import spawn_worker, worker_env
+from metaheal.topics import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchResult:
+    samples: int
+    series: int
+    model_rate: float
+    e2e_rate: float
+    latency_load: float
+    latency_events: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.e2e_rate / self.model_rate
+
+    def lines(self) -> list[str]:
+        return [
+            f"samples={self.samples} series={self.series}",
+            f"model_only_samples_per_s={self.model_rate:,.0f}",
+            f"end_to_end_samples_per_s={self.e2e_rate:,.0f} (one faust worker)",
+            f"ratio_end_to_end_to_model={self.ratio:.2f} (target >= 0.6)",
+            f"latency_offered_load_samples_per_s={self.latency_load:,.0f} events_measured={self.latency_events}",
+            f"latency_p50_ms={self.latency_p50_ms:.1f} latency_p99_ms={self.latency_p99_ms:.1f} "
+            f"latency_max_ms={self.latency_max_ms:.1f} (target p99 <= 250)",
+        ]
+
+
+def make_data(n: int, services: int, batch: int, t0: float, seed: int = 0) -> list[MetricBatch]:
+    """``n`` samples, one latency series per service, 100 samples/s of event time per series."""
+    rng = random.Random(seed)
+    per_service = n // services
+    out = []
+    for start in range(0, per_service, batch):
+        for s in range(services):
+            svc = f"svc{s:02d}"
+            out.append(
+                MetricBatch(
+                    samples=[
+                        Metric(service=svc, metric="latency_ms", value=100 + 10 * rng.gauss(0, 1), ts=t0 + i / 100)
+                        for i in range(start, min(start + batch, per_service))
+                    ]
+                )
+            )
+    return out
+
+
+def model_only(batches: list[MetricBatch]) -> float:
+    scorers: dict[str, AnomalyScorer] = {}
+    samples = [(series_id(m.service, m.metric), m.ts, m.value) for b in batches for m in b.samples]
+    t = time.perf_counter()
+    for sid, ts, value in samples:
+        scorer = scorers.get(sid)
+        if scorer is None:
+            scorer = scorers[sid] = AnomalyScorer(seed=0)
+        scorer.score_then_learn(ts, value)
+    return len(samples) / (time.perf_counter() - t)
+
+
+def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"benchmark: timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class AnomalyReader(threading.Thread):
+    """Reads ``<prefix>anomalies`` from the start, counting summaries and timing sample events."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.settings = settings
+        self.summaries = 0
+        self.latencies: list[float] = []
+        self.latency_from = float("inf")
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        decode = AvroDeserializer(AnomalyScore)
+        topic = self.settings.topics.name("anomalies")
+        with Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 10}) as c:
+            from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+            c.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in c.partitions(topic)])
+            while not self.stop.is_set():
+                for m in c.poll_batch(5000, 0.05):
+                    now = time.time()
+                    ev = decode(m.value())
+                    if ev.kind == "summary":
+                        self.summaries += 1
+                    elif ev.ts >= self.latency_from:
+                        self.latencies.append(now - ev.ts)
+
+
+def _ready_time(log: Path) -> float | None:
+    m = re.search(r"^(\S+ \S+) INFO faust.tables.recovery .*Worker ready", log.read_text(), re.M)
+    if not m:
+        return None
+    return dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def run_bench(
+    *, n: int = 200_000, services: int = 10, batch: int = 500, load: float = 5000.0, seconds: float = 10.0,
+    bootstrap: str | None = None, seed: int = 0,
+) -> BenchResult:
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaheal-bench-")))
+        if bootstrap is None:
+            broker = EmbeddedBroker(port=free_port(), log_path=tmp / "tansu.log")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap
+        settings = Settings(
+            kafka=KafkaSettings(bootstrap=bootstrap, session_timeout_ms=6000),
+            topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."),
+            streams=StreamSettings(window_seconds=10.0, allowed_lateness_seconds=1.0),
+        )
+        ensure_topics(settings)
+        t0 = time.time() - 3 * 86400  # history: event time well before the live phase
+        batches = make_data(n, services, batch, t0, seed)
+        per_service = n // services
+        # one sentinel per service closes every window of the history
+        end_ts = t0 + per_service / 100 + 60
+        for s in range(services):
+            batches.append(MetricBatch(samples=[Metric(service=f"svc{s:02d}", metric="latency_ms", value=100.0, ts=end_ts)]))
+        windows_per_series = len({int((t0 + i / 100) // 10) for i in range(per_service)})
+        expected_summaries = windows_per_series * services
+
+        logger.info("bench: model only")
+        model_before = model_only(batches[:-services])
+
+        logger.info("bench: producing %d samples", n)
+        ser = AvroSerializer(MetricBatch)
+        topic = settings.topics.name("telemetry")
+        with Producer(settings.kafka) as p:
+            for b in batches:
+                p.produce(topic, ser(b), key=b.samples[0].service)
+            p.flush()
+
+        reader = AnomalyReader(settings)
+        reader.start()
+        stack.callback(reader.stop.set)
+        log = tmp / "worker.log"
+        env = worker_env(settings)
+        env["METAHEAL_STREAMS__DATADIR"] = str(tmp / "faust")
+        proc = spawn_worker(env, log_path=log, cwd=tmp)
+        stack.callback(lambda: (proc.terminate(), proc.wait(20)))
+        import shutil; stack.callback(lambda: shutil.copy(log, "/tmp/fx/worker.log"))
+        _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
+        _wait(lambda: reader.summaries >= expected_summaries, 600, "every window summary")
+        e2e_rate = n / (time.time() - (_ready_time(log) or 0.0))
+        # measured again after the end-to-end phase: the mean is fairer on a machine whose load varies
+        model_after = model_only(batches[:-services])
+        model_rate = (model_before + model_after) / 2
+        logger.info("bench: model only before=%.0f after=%.0f samples/s", model_before, model_after)
+
+        logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
+        reader.latency_from = time.time()
+        tick = 0.02
+        per_tick = max(1, round(load * tick / services))
+        rng = random.Random(seed + 1)
+        produced = 0
+        with Producer(settings.kafka, **{"linger.ms": 0}) as p:
+            start = time.monotonic()
+            k = 0
+            while time.monotonic() - start < seconds:
+                now = time.time()
+                for s in range(services):
+                    svc = f"svc{s:02d}"
+                    b = MetricBatch(samples=[
+                        Metric(service=svc, metric="latency_ms", value=100 + 10 * rng.gauss(0, 1), ts=now + i * 1e-4)
+                        for i in range(per_tick)
+                    ])
+                    p.produce(topic, ser(b), key=svc)
+                    produced += per_tick
+                p._producer.poll(0)  # noqa: SLF001 - serve delivery callbacks without flushing
+                k += 1
+                delay = start + k * tick - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            offered = produced / (time.monotonic() - start)
+            p.flush()
+        time.sleep(2.0)  # let the tail of the latency phase arrive (a measurement pause, not a sync)
+        lat = np.array(reader.latencies) * 1000.0
+        if not len(lat):
+            raise RuntimeError("benchmark: no anomaly sample events arrived during the latency phase")
+        return BenchResult(
+            samples=n, series=services, model_rate=model_rate, e2e_rate=e2e_rate, latency_load=offered,
+            latency_events=len(lat), latency_p50_ms=float(np.percentile(lat, 50)),
+            latency_p99_ms=float(np.percentile(lat, 99)), latency_max_ms=float(lat.max()),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000, help="samples for the throughput phase")
+    ap.add_argument("--services", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=500, help="samples per MetricBatch record")
+    ap.add_argument("--load", type=float, default=5000.0, help="offered samples/s in the latency phase")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
+    ap.add_argument("--bootstrap", default=None, help="existing broker; default: an embedded tansu")
+    ns = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = run_bench(n=ns.n, services=ns.services, batch=ns.batch, load=ns.load, seconds=ns.seconds,
+                       bootstrap=ns.bootstrap)
+    for line in result.lines():
+        print(line)  # noqa: T201 - a benchmark prints its numbers
+
+
+if __name__ == "__main__":
+    main()
