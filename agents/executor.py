@@ -40,6 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from confluent_kafka import Message
 
 from metaheal.agents.actuators import ActuatorError, StepContext, StepResult, get_actuator
@@ -166,6 +167,8 @@ class Executor:
         t0 = time.monotonic()
         self.telemetry.stop()
         self.inbox.stop()
+        self.producer.close(2.0)
+        self.state.close()
         if self._own_log:
             self.log.close()
         logger.debug("executor_closed id=%s seconds=%.2f", self.id, time.monotonic() - t0)
@@ -286,14 +289,14 @@ class Executor:
             "risk": plan.risk_assessment.model_dump(), "estimated_duration": plan.estimated_duration,
         }, "planned")
         decision = self.policies.check(plan, d.guardrail_level)
-        plan.trust_approval_required = decision.verdict == "needs_approval"
-        await self._save(run, plan_json=plan.model_dump_json())
-        await self._publish("plans", plan.service, self._ser_plan(plan))
-        if decision.verdict == "deny":
-            return await self._deny(run, decision.reasons, decision.violations, decision)
-        await self._ledger(run, "agentic_planner", "trust_checked", decision.model_dump(), decision.verdict)
-        run.note(f"trust check ({decision.level}): {decision.verdict}: {'; '.join(decision.reasons)}")
-        try:
+        try:  # from here on the service's lock may be held: release it whatever happens
+            plan.trust_approval_required = decision.verdict == "needs_approval"
+            await self._save(run, plan_json=plan.model_dump_json())
+            await self._publish("plans", plan.service, self._ser_plan(plan))
+            if decision.verdict == "deny":
+                return await self._deny(run, decision.reasons, decision.violations, decision)
+            await self._ledger(run, "agentic_planner", "trust_checked", decision.model_dump(), decision.verdict)
+            run.note(f"trust check ({decision.level}): {decision.verdict}: {'; '.join(decision.reasons)}")
             if decision.verdict == "needs_approval":
                 request = build_request(plan, decision.reasons, self.settings.executor.approval_expiry_seconds)
                 await self._save(run, status="awaiting_approval", approval_request_json=request.model_dump_json())
@@ -376,8 +379,6 @@ class Executor:
         svc = self._service(run.directive.service)
         hosts: frozenset[str] = frozenset()
         if svc is not None and svc.admin_url:
-            import httpx
-
             hosts = frozenset({httpx.URL(svc.admin_url).host})
         return StepContext(service=run.directive.service, telemetry=self.telemetry, allowed_hosts=hosts,
                            started_at=time.time())

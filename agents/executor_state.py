@@ -117,6 +117,9 @@ class StateStore:
         """Write and wait for the broker's ack; raises ``KafkaUnavailable`` if it did not."""
         return await asyncio.to_thread(self.put_sync, record)
 
+    def close(self) -> None:
+        self._producer.close(2.0)
+
     def in_flight(self) -> list[PlanRecord]:
         return [r for r in self.records.values() if r.in_flight]
 

@@ -595,13 +595,13 @@ class MetaLoop:
     async def _decide_and_publish(self, cf: CycleFocus, change: GuardrailChange, decision: FocusDecision) -> None:
         payload = cf.model_dump(mode="json") | {"scores": decision.scores, "epoch": self._control.epoch}
         await self._append("cycle_focus_decided", f"cycle:{cf.cycle_id}", payload, cf.cycle_id)
-        await self._publish("cycles", cf.cycle_id, self._ser_cycle(cf))
-        if change.changed:
+        if change.changed:  # the CycleFocus shows the new level, so the change is recorded before it is published
             await self._append(
                 "guardrail_changed", "guardrails",
                 {"previous": change.previous, "level": change.level, "adjustment": change.adjustment, "reason": change.reason},
                 cf.cycle_id,
             )
+        await self._publish("cycles", cf.cycle_id, self._ser_cycle(cf))
         await asyncio.to_thread(self._control.put, GUARDRAILS_KEY, self.guardrails.to_json() | {"cycle_id": cf.cycle_id, "ts": cf.ts})
         commands = probe_commands(cf.cycle_id, cf.focus_area, cf.target_services, cf.time_budget_seconds, cf.ts)
         if commands:

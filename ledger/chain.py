@@ -57,7 +57,7 @@ BODY_FIELDS = (
 
 
 _SORTED = sorted(BODY_FIELDS)  # ASCII keys: UTF-16 order is plain order
-_STR_FIELDS = tuple(f for f in _SORTED if f != "sequence")
+_TEMPLATE = "{" + ",".join(f'"{f}":' + ("%d" if f == "sequence" else "%s") for f in _SORTED) + "}"
 
 
 def message(e: LedgerEntry | dict[str, Any]) -> bytes:
@@ -67,15 +67,16 @@ def message(e: LedgerEntry | dict[str, Any]) -> bytes:
     construction to ``DOMAIN + canonical_bytes(body)``, which is the fallback.
     """
     d = e if isinstance(e, dict) else e.__dict__
-    seq = d["sequence"]
-    if type(seq) is int and all(type(d[f]) is str for f in _STR_FIELDS):
-        parts = []
-        for f in _SORTED:
-            parts.append(f'"{f}":' + (str(seq) if f == "sequence" else quote(d[f])))
+    if type(d["sequence"]) is int:
         try:
-            return DOMAIN + ("{" + ",".join(parts) + "}").encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: let the general encoder name the field
+            text = _TEMPLATE % (
+                quote(d["action"]), quote(d["actor"]), quote(d["cycle_id"]), quote(d["key_id"]),
+                quote(d["payload"]), quote(d["prev_hash"]), quote(d["resource"]), quote(d["result"]),
+                d["sequence"], quote(d["subsystem"]), quote(d["timestamp"]),
+            )
+            return DOMAIN + text.encode("utf-8")
+        except (TypeError, UnicodeEncodeError):
+            pass  # a non-string field or a lone surrogate: the general encoder names the problem
     return DOMAIN + canonical_bytes({f: d[f] for f in BODY_FIELDS})
 
 

@@ -59,7 +59,10 @@ class CycleIndex:
 
     def merge_rows(self, cycle_id: str, rows: list[Row]) -> None:
         """Take a stored index record (the newest record of a key wins, as in compaction)."""
-        known = {r[0]: r for r in self.cycles.get(cycle_id, [])}
+        if cycle_id not in self.cycles:
+            self.cycles[cycle_id] = sorted(rows, key=lambda r: r[0])
+            return
+        known = {r[0]: r for r in self.cycles[cycle_id]}
         for r in rows:
             known[r[0]] = r
         self.cycles[cycle_id] = sorted(known.values(), key=lambda r: r[0])

@@ -48,10 +48,10 @@ from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, AvroSerializer, DecodeError, check_header
 from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
-from metaheal.ledger.chain import GENESIS, entry_hash, message, record_headers, record_key, seal
+from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
 from metaheal.ledger.index import TAIL_KEY, CycleIndex
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
-from metaheal.ledger.keys import KeyError_, KeyRegistry, utc_now
+from metaheal.ledger.keys import KeyError_, KeyRegistry
 from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.sequencer import Sequencer
 from metaheal.topics import declared_topics
@@ -328,16 +328,24 @@ class ImmutableLog:
         """Best effort: the index is derived data, rebuilt from the ledger if stale."""
         tail = self._tail
         assert tail is not None
+        offsets: list[int] = []
+
+        def acked(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                offsets.append(msg.offset())
+
         try:
             producer = self._get_producer()
             for cycle in self._dirty:
-                producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(), partition=0)
-            producer.produce(
-                self.index_topic, value=json.dumps(tail.to_json()).encode(), key=TAIL_KEY.encode(), partition=0
-            )
+                producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(),
+                                 partition=0, on_delivery=acked)
+            producer.produce(self.index_topic, value=json.dumps(tail.to_json()).encode(), key=TAIL_KEY.encode(),
+                             partition=0, on_delivery=acked)
             if producer.flush(self.timeout):
                 raise KafkaUnavailable("index records unacknowledged")
             self._dirty.clear()
+            if offsets and min(offsets) == self._index_pos and len(offsets) == max(offsets) - min(offsets) + 1:
+                self._index_pos = max(offsets) + 1  # nothing foreign in between: no need to read our own writes
         except (KafkaException, KafkaUnavailable, BufferError) as exc:
             logger.warning("ledger_index_write_failed error=%s (rebuilt from the ledger later)", exc)
 

@@ -10,7 +10,6 @@ should also compare the two public keys with the key registry they trust
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from typing import Any

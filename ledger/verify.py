@@ -35,7 +35,7 @@ from metaheal.ledger.reader import PartitionReader
 from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, DecodeError, check_header
 from metaheal.ledger.authz import allowed
 from metaheal.ledger.canonical import canonical_json
-from metaheal.ledger.chain import BODY_FIELDS, GENESIS, message
+from metaheal.ledger.chain import GENESIS, message
 from metaheal.ledger.index import TAIL_KEY
 from metaheal.ledger.checkpoint import NoteError, parse_note, verify_note
 from metaheal.ledger.keys import KeyRegistry
@@ -352,4 +352,4 @@ def verify_ledger(
     return verify_records(read_raw(settings), registry, since=since, witnesses=witnesses, cycle=cycle, strict=strict)
 
 
-__all__ = ["BODY_FIELDS", "Finding", "RawRecord", "Report", "Verifier", "Witness", "read_raw", "stored_witness", "verify_ledger", "verify_records"]
+__all__ = ["Finding", "RawRecord", "Report", "Verifier", "Witness", "read_raw", "stored_witness", "verify_ledger", "verify_records"]

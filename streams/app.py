@@ -56,6 +56,7 @@ from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import Pipeline
+from metaheal.streams.scoring import TableStore
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +144,18 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         changelog_topic=app.topic(settings.topics.name("scorer-state"), partitions=partitions, compacting=True, **raw),
         **_no_types(),
     )
-    pipeline = Pipeline(cfg, sink if sink is not None else KafkaSink(settings), windows, scorers, seed=cfg.seed)
+    pipeline = Pipeline(
+        cfg, sink if sink is not None else KafkaSink(settings), TableStore(windows), TableStore(scorers), seed=cfg.seed
+    )
     telemetry = app.topic(settings.topics.name("telemetry"), partitions=partitions, **raw)
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
     async def process(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            import time as _t
-            if msg.offset % 50 == 0: logger.warning("DEBUGLAG lag=%.3f", _t.time() - msg.timestamp)
-            import os as _os
-            pipeline.stats.records += 1
-            if _os.environ.get("DBG_NOPROC"): continue
-            pipeline.process(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value))
+        # batches of events: one state write per changed service per batch, not per record
+        async for events in stream.take_events(cfg.max_batch_records, within=cfg.max_batch_wait_seconds):
+            pipeline.process_batch(
+                [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)]
+            )
 
     async def on_revoked(_sender: Any, revoked: set, **_kw: Any) -> None:
         pipeline.forget({tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()})
@@ -168,8 +168,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         logger.info("partitions assigned app=%s telemetry=%s", app.conf.id, ",".join(map(str, mine)) or "-")
 
     _flush_fully(app)
-    import os as _os
-    if not _os.environ.get("DBG_NOFETCH"): _short_fetch_wait(app, cfg.fetch_max_wait_ms)
+    _short_fetch_wait(app, cfg.fetch_max_wait_ms)
     _resume_from_state(app, telemetry.get_topic_name(), pipeline)
     app.on_partitions_revoked.connect(on_revoked, weak=False)
     app.on_partitions_assigned.connect(on_assigned, weak=False)

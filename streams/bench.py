@@ -121,6 +121,7 @@ class AnomalyReader(threading.Thread):
         self.settings = settings
         self.summaries = 0
         self.latencies: list[float] = []
+        self.sent_at: list[float] = []
         self.latency_from = float("inf")
         self.stop = threading.Event()
 
@@ -139,6 +140,7 @@ class AnomalyReader(threading.Thread):
                         self.summaries += 1
                     elif ev.ts >= self.latency_from:
                         self.latencies.append(now - ev.ts)
+                        self.sent_at.append(ev.ts)
 
 
 def _ready_time(log: Path) -> float | None:
@@ -194,7 +196,6 @@ def run_bench(
         env["METAHEAL_STREAMS__DATADIR"] = str(tmp / "faust")
         proc = spawn_worker(env, log_path=log, cwd=tmp)
         stack.callback(lambda: (proc.terminate(), proc.wait(20)))
-        import shutil; stack.callback(lambda: shutil.copy(log, "/tmp/fx/worker.log"))
         _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
         _wait(lambda: reader.summaries >= expected_summaries, 600, "every window summary")
         e2e_rate = n / (time.time() - (_ready_time(log) or 0.0))
@@ -205,7 +206,7 @@ def run_bench(
 
         logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
         reader.latency_from = time.time()
-        tick = 0.02
+        tick = 0.05  # each service's producer sends one batch per 50 ms
         per_tick = max(1, round(load * tick / services))
         rng = random.Random(seed + 1)
         produced = 0
@@ -231,6 +232,12 @@ def run_bench(
             p.flush()
         time.sleep(2.0)  # let the tail of the latency phase arrive (a measurement pause, not a sync)
         lat = np.array(reader.latencies) * 1000.0
+        sent = np.array(reader.sent_at)
+        for sec in range(int(seconds)):
+            sel = lat[(sent >= reader.latency_from + sec) & (sent < reader.latency_from + sec + 1)]
+            if len(sel):
+                logger.info("bench: latency second=%d events=%d p50_ms=%.0f max_ms=%.0f",
+                            sec, len(sel), np.percentile(sel, 50), sel.max())
         if not len(lat):
             raise RuntimeError("benchmark: no anomaly sample events arrived during the latency phase")
         return BenchResult(

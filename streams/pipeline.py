@@ -28,7 +28,6 @@ import logging
 import math
 import pickle
 from collections import defaultdict
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +35,7 @@ from metaheal.config import StreamSettings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow, Metric, MetricBatch
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Intake, Record, Sample, dead_letter
-from metaheal.streams.scoring import ScorerRegistry, sample_event, summary_event
+from metaheal.streams.scoring import ScorerRegistry, Store, as_store, sample_event, summary_event
 from metaheal.streams.signals import SignalMap, UNIT_SCALE
 from metaheal.streams.windows import SeriesWindow, ServiceState
 
@@ -87,8 +86,8 @@ class Pipeline:
         self,
         settings: StreamSettings,
         sink: Sink,
-        state_store: MutableMapping[bytes, bytes],
-        scorer_store: MutableMapping[bytes, bytes],
+        state_store: Store | dict[bytes, bytes],
+        scorer_store: Store | dict[bytes, bytes],
         *,
         seed: int = 0,
     ) -> None:
@@ -96,7 +95,8 @@ class Pipeline:
         self.sink = sink
         self.intake = Intake(SignalMap(settings.signal_map))
         self.scorers = ScorerRegistry(scorer_store, seed=seed)
-        self.state_store = state_store
+        self.state_store = as_store(state_store)
+        self._dirty: dict[str, int] = {}  # services whose state changed since the last flush
         self._states: dict[str, ServiceState] = {}
         self._state_partition: dict[str, int] = {}
         self.stats = PipelineStats()
@@ -113,10 +113,13 @@ class Pipeline:
             self._state_partition[service] = partition
         return st
 
-    def _save(self, st: ServiceState) -> None:
-        import os
-        if os.environ.get("DBG_NOSAVE"): return
-        self.state_store[st.service.encode()] = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+    def flush_state(self) -> None:
+        """Write every changed service state (with its applied offsets) to the store."""
+        for service, partition in self._dirty.items():
+            st = self._states.get(service)
+            if st is not None:
+                self.state_store.put(service.encode(), pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL), partition)
+        self._dirty.clear()
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions were revoked: drop their cached state (the table keeps the truth)."""
@@ -140,6 +143,17 @@ class Pipeline:
     # -- processing --------------------------------------------------------------------------
 
     def process(self, record: Record) -> None:
+        """One record, state written at once."""
+        self._process(record)
+        self.flush_state()
+
+    def process_batch(self, records: list[Record]) -> None:
+        """Many records, each changed service state written once at the end."""
+        for record in records:
+            self._process(record)
+        self.flush_state()
+
+    def _process(self, record: Record) -> None:
         self.stats.records += 1
         samples, dead = self.intake.decode(record)
         if dead is not None:
@@ -199,7 +213,7 @@ class Pipeline:
         self.stats.samples += len(samples) - len(late)
         closed = st.close_ready(window, cfg.allowed_lateness_seconds)
         st.mark_applied(record.partition, record.offset)
-        self._save(st)
+        self._dirty[service] = record.partition
         if late:
             self._late(record, st, late)
         for hw, series in closed:

@@ -3,7 +3,7 @@
 Raw detector outputs (z-scores, HalfSpaceTrees masses) mean different things on different series,
 so one threshold cannot serve a CPU gauge, a request counter and a latency at once. This scorer
 turns every deviation into a *tail probability under the series' own recent deviations* (a
-conformal p-value over a sliding window, with an exponential peaks-over-threshold tail beyond the
+conformal p-value over a sliding window, with a fitted peaks-over-threshold tail beyond the
 observed maximum), which is what HTM's "anomaly likelihood" does with a Gaussian. On noise the
 fraction of scores >= t is about ``1 - t`` whatever the noise family, so
 ``settings.streams.anomaly_threshold`` means the same on every series.
@@ -77,9 +77,10 @@ class TailCalibrator:
     """Sliding-window tail probability of a non-negative deviation statistic.
 
     Inside the observed range the p-value is conformal, ``(#{d_i >= d} + 1) / (n + 1)``, which is
-    valid for any distribution; beyond the window maximum an exponential tail is fitted to the
-    ``tail`` largest values (peaks over threshold) so scores keep growing with the deviation
-    instead of saturating at ``1 - 1/(n+1)``.
+    valid for any distribution; beyond the window maximum a tail is fitted to the ``tail``
+    largest values (peaks over threshold) so scores keep growing with the deviation instead of
+    saturating at ``1 - 1/(n+1)``: exponential, or Pareto (Hill estimate) when that is heavier,
+    so the outliers of heavy-tailed noise are not each called a one-in-a-million event.
 
     >>> cal = TailCalibrator(window=100, tail=10)
     >>> for i in range(100):
@@ -120,13 +121,24 @@ class TailCalibrator:
         # the tail.
         if npos >= m:
             u = s[npos - m]
-            beta = (sum(s[npos - m : npos - 1]) / (m - 1)) - u
+            top = s[npos - m + 1 : npos - 1]
+            beta = (sum(top) + u) / (m - 1) - u
         else:
             u = 0.0
+            top = []
             beta = sum(s[: npos - 1]) / (m - 1) if npos > 1 else 0.0
         if beta <= 1e-12 * (u + 1.0):
             return 0.0  # the recent deviations were all equal (flat line): any excess is new
         p = (m + 1) / (n + 1) * math.exp(-(d - u) / beta)
+        if u > 0.0 and top:
+            # ... unless a Pareto tail (Hill estimate) says the tail is heavier: heavy-tailed
+            # noise then keeps its outliers below the alarm instead of calling each one a 1e-6.
+            log_u = math.log(u)
+            hill = sum(math.log(v) for v in top) / len(top) - log_u
+            if hill > 0.0:
+                pareto = (m + 1) / (n + 1) * math.exp(-(math.log(d) - log_u) / hill)
+                if pareto > p:
+                    p = pareto
         return min(p, 1.0 / (n + 1))
 
     def __getstate__(self) -> tuple[int, int, bytes]:
@@ -320,7 +332,6 @@ class AnomalyScorer:
         self._reset_model()
         # Raw-input state survives a model reset (counter detection needs it).
         self._n_raw = 0
-        self._first_ts: float | None = None
         self._last_ts: float | None = None
         self._last_raw: float | None = None
         self._typ_dt = 0.0
@@ -339,7 +350,7 @@ class AnomalyScorer:
         self._same_sign = 0  # +k / -k: the last k residuals were large and positive / negative
         self._recent: list[float] = []  # the last three (rate-converted) values
         alpha = 1.0 - 0.5 ** (1.0 / self.smooth_halflife)
-        # calibration per predictor: local level, daily profile, weekly profile
+        # calibration per predictor: local level, daily profile, weekly profile, fast level
         self._tracks = tuple(_Track(self.window, self.tail, alpha) for _ in range(4))
         # a fast level (half-life 2 samples): the better one-step predictor for random-walk-like
         # series (temperatures, CPU), where a spike is relative to the last values
@@ -370,7 +381,6 @@ class AnomalyScorer:
         last_ts = self._last_ts
         if last_ts is None:
             dt = 0.0
-            self._first_ts = ts
         else:
             dt = ts - last_ts
             if dt > 0:

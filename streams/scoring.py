@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from metaheal.events import AnomalyScore
 from metaheal.streams.scorer import AnomalyScorer, Score
@@ -30,14 +31,61 @@ from metaheal.streams.windows import SeriesWindow
 
 logger = logging.getLogger(__name__)
 
-Store = MutableMapping[bytes, bytes]
+class Store(Protocol):
+    """A changelog-backed bytes store: in the worker a faust table, in tests a dict."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+    def values(self) -> Iterable[bytes]: ...
+
+
+class DictStore:
+    """A :class:`Store` over a plain dict (shared dicts model a recovered changelog)."""
+
+    def __init__(self, data: dict[bytes, bytes] | None = None) -> None:
+        self.data = {} if data is None else data
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.data[key] = value
+
+    def values(self) -> Iterable[bytes]:
+        return list(self.data.values())
+
+
+class TableStore:
+    """A faust table as a :class:`Store`: the changelog partition is given explicitly.
+
+    ``table[key] = value`` takes the partition from the current event, which is wrong
+    for writes made after a batch of events (or from a timer); ``send_changelog`` with
+    the source partition keeps the changelog co-partitioned with telemetry.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.table.data.get(key)
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        self.table.data[key] = value
+        self.table.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
+
+    def values(self) -> Iterable[bytes]:
+        return list(self.table.data.values())
+
+
+def as_store(store: Store | dict[bytes, bytes]) -> Store:
+    return DictStore(store) if isinstance(store, dict) else store
 
 
 class ScorerRegistry:
     """Live scorers by series id, restored from and checkpointed to ``store``."""
 
-    def __init__(self, store: Store, *, seed: int = 0) -> None:
-        self.store = store
+    def __init__(self, store: Store | dict[bytes, bytes], *, seed: int = 0) -> None:
+        self.store = as_store(store)
         self.seed = seed
         self.live: dict[str, AnomalyScorer] = {}
         self._partition: dict[str, int] = {}
@@ -70,7 +118,8 @@ class ScorerRegistry:
     def checkpoint(self, series: str) -> None:
         scorer = self.live.get(series)
         if scorer is not None:
-            self.store[series.encode()] = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
+            self.store.put(series.encode(), blob, self._partition[series])
 
     def forget(self, partitions: Iterable[int]) -> int:
         """Drop live models of revoked partitions (their new owner restores the checkpoint)."""

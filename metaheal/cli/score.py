@@ -27,8 +27,7 @@ def score(
 ) -> None:
     """Score a timestamp,value CSV with the streaming anomaly scorer; writes the rows plus anomaly_score.
 
-    Timestamps are epoch seconds (milliseconds if > 1e11) or ISO-8601. The scorer is the one the
-    streams worker runs per series, test-then-train, so thresholds tuned here hold live.
+    Timestamps are epoch seconds (milliseconds if > 1e11) or ISO-8601. Same scorer as the streams worker, so thresholds tuned here hold live.
     """
     with ExitStack() as stack:
         try:

@@ -23,10 +23,19 @@ PER_WINDOW = 40  # samples per series per 1 s window
 
 
 class Telemetry(threading.Thread):
-    """Paced producer: one batch per service per half window, ``pace`` wall seconds apart."""
+    """Paced producer: one batch per service per half window, ``pace`` wall seconds apart.
 
-    def __init__(self, settings: Settings, services: list[str], windows: int, pace: float, seed: int = 0) -> None:
+    With ``hold_at`` it blocks before that half window until ``release`` is set, so a
+    test can kill a worker while the stream is guaranteed to still be running.
+    """
+
+    def __init__(
+        self, settings: Settings, services: list[str], windows: int, pace: float, seed: int = 0,
+        hold_at: int | None = None,
+    ) -> None:
         super().__init__(daemon=True)
+        self.hold_at = hold_at
+        self.release = threading.Event()
         self.settings, self.services, self.windows, self.pace = settings, services, windows, pace
         self.rng = random.Random(seed)
         self.produced_ts = T0  # event time of the last sample produced
@@ -38,6 +47,8 @@ class Telemetry(threading.Thread):
         try:
             with Producer(self.settings.kafka) as p:
                 for half in range(self.windows * 2):
+                    if half == self.hold_at and not self.release.wait(120):
+                        raise TimeoutError("the test never released the producer")
                     for svc in self.services:
                         samples = [
                             Metric(service=svc, metric="latency_ms", value=100 + self.rng.gauss(0, 5),
@@ -89,7 +100,7 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
     windows = 30
     first, first_log = start(s, tmp_path, "first")
     second = None
-    feed = Telemetry(s, services, windows, pace=0.1, seed=1)
+    feed = Telemetry(s, services, windows, pace=0.1, seed=1, hold_at=windows)  # holds half-way
     try:
         wait_for(lambda: assigned(first_log) == {0, 1, 2, 3}, 60, "the first worker to own telemetry")
         feed.start()
@@ -100,6 +111,7 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         first.wait(10)
         killed_at = feed.produced_ts
         assert feed.is_alive(), "the producer finished before the kill: not mid-stream"
+        feed.release.set()
         second, second_log = start(s, tmp_path, "second")
         feed.join(60)
         assert feed.error is None

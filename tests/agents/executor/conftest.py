@@ -130,7 +130,7 @@ def fast_playbooks(folder: Path) -> Path:
     """The default playbooks with test-sized windows and timeouts (same steps, same rollbacks)."""
     folder.mkdir(parents=True, exist_ok=True)
     for src in DEFAULT_PLAYBOOKS.glob("*.yaml"):
-        text = src.read_text().replace("within: 60", "within: 3").replace("timeout: 60", "timeout: 5")
+        text = src.read_text().replace("within: 60", "within: 2").replace("timeout: 60", "timeout: 5")
         text = text.replace("timeout: 30", "timeout: 2")
         (folder / src.name).write_text(text)
     return folder

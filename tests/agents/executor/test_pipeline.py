@@ -49,7 +49,7 @@ async def actions(ex: Executor, cycle_id: str) -> list[tuple[str, str]]:
 
 def read_all(settings: Settings, short: str) -> list:
     decoder = EventDecoder()
-    with Consumer(settings.kafka) as c:
+    with Consumer(settings.kafka, **{"fetch.wait.max.ms": 50}) as c:
         return [decoder(m.value()) for m in c.read_to_end(settings.topics.name(short))]
 
 
@@ -315,6 +315,7 @@ async def test_deny_list_makes_planner_choose_another_playbook(env):
 async def test_duplicate_and_invalid_directives_on_the_topic(env):
     """A directive delivered twice runs once (also after a restart); bad bytes go to the dead-letter topic."""
     settings, svc, _ = env
+    settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
     stop = asyncio.Event()
     ex = Executor(settings)
     runner = asyncio.create_task(ex.run(stop))

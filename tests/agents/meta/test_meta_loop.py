@@ -117,6 +117,17 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
     assert actions[:3] == ["cycle_focus_decided", "probes_enabled", "directive_issued"]
     assert all(e.actor == "meta_loop" for e in entries)
     assert json.loads(entries[2].payload)["directive_id"] == d.directive_id
+    # signed (and acknowledged) before published: each record's create time is after its entry's signing time
+    from datetime import datetime
+
+    from metaheal.agents.leader import fast_reader, read_to_end
+
+    signed = {e.action: datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp() for e in entries}
+    with fast_reader(meta.kafka) as c:
+        created = {short: read_to_end(c, meta.topics.name(short))[0].timestamp()[1] / 1000 for short in ("cycles", "probes", "directives")}
+    assert signed["cycle_focus_decided"] <= created["cycles"] + 0.001
+    assert signed["probes_enabled"] <= created["probes"] + 0.001
+    assert signed["directive_issued"] <= created["directives"] + 0.001
 
 
 async def test_no_directive_when_the_ledger_is_unavailable(h: Any, meta: Settings, bus: Any, tmp_path) -> None:
