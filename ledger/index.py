@@ -14,13 +14,19 @@ True
 False
 >>> CycleIndex.decode_rows(ix.encode_rows("c1"))
 [[0, 0, 'plan_created', 'agents', 't']]
+>>> ix.put_raw("c2", b'[[5, 3, "step_executed", "agents", "t"]]')
+>>> ix.rows("c2")
+[[5, 3, 'step_executed', 'agents', 't']]
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TAIL_KEY = "__tail__"
 
@@ -31,6 +37,28 @@ Row = list[Any]  # [offset, sequence, action, subsystem, timestamp]
 class CycleIndex:
     cycles: dict[str, list[Row]] = field(default_factory=dict)
     tail: dict[str, Any] | None = None
+    #: newest stored record per cycle, decoded only when that cycle is asked for: a
+    #: process that starts on a large ledger reads the whole index topic, but parses
+    #: only what it uses (records are cumulative, so the newest one is complete).
+    raw: dict[str, bytes] = field(default_factory=dict)
+    corrupt: bool = False  # a stored record could not be decoded: rebuild from the ledger
+
+    def drop(self, cycle_id: str) -> None:
+        """A tombstone for the cycle's index record."""
+        self.raw.pop(cycle_id, None)
+
+    def put_raw(self, cycle_id: str, data: bytes) -> None:
+        self.raw[cycle_id] = data
+
+    def _materialise(self, cycle_id: str) -> None:
+        data = self.raw.pop(cycle_id, None)
+        if data is None:
+            return
+        try:
+            self.merge_rows(cycle_id, self.decode_rows(data))
+        except ValueError as exc:
+            self.corrupt = True
+            logger.warning("ledger_index_record_ignored cycle_id=%s error=%s", cycle_id, exc)
 
     def add(self, *, offset: int, sequence: int, cycle_id: str, action: str, subsystem: str, timestamp: str) -> bool:
         """Record one ledger record; False if that offset is already indexed."""
@@ -45,9 +73,11 @@ class CycleIndex:
         return True
 
     def rows(self, cycle_id: str) -> list[Row]:
+        self._materialise(cycle_id)
         return list(self.cycles.get(cycle_id, []))
 
     def encode_rows(self, cycle_id: str) -> bytes:
+        self._materialise(cycle_id)
         return json.dumps(self.cycles.get(cycle_id, []), separators=(",", ":")).encode()
 
     @staticmethod
@@ -68,4 +98,6 @@ class CycleIndex:
         self.cycles[cycle_id] = sorted(known.values(), key=lambda r: r[0])
 
     def rows_with_action(self, action: str) -> list[tuple[str, Row]]:
+        for cycle_id in list(self.raw):
+            self._materialise(cycle_id)
         return [(c, r) for c, rows in self.cycles.items() for r in rows if r[2] == action]

@@ -469,7 +469,11 @@ class ImmutableLog:
     def _take_index_record(self, m: Message) -> None:
         self._index_pos = m.offset() + 1
         key = (m.key() or b"").decode()
-        if m.value() is None:
+        if m.value() is None:  # a tombstone: forget what the record said
+            if key == TAIL_KEY:
+                self._index.tail = None
+            elif key != LEASE_KEY:
+                self._index.drop(key)
             return
         try:
             if key == LEASE_KEY:
@@ -477,7 +481,7 @@ class ImmutableLog:
             elif key == TAIL_KEY:
                 self._index.tail = json.loads(m.value())
             else:
-                self._index.merge_rows(key, CycleIndex.decode_rows(m.value()))
+                self._index.put_raw(key, m.value())
         except ValueError as exc:
             logger.warning("ledger_index_record_ignored offset=%d error=%s", m.offset(), exc)
 
@@ -579,10 +583,20 @@ class ImmutableLog:
                 logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
         return sorted(out, key=lambda e: e.sequence)
 
+    def _rows(self, cycle_id: str) -> list[list[Any]]:
+        rows = self._index.rows(cycle_id)
+        if self._index.corrupt:  # the index cannot be trusted: re-index every ledger record
+            logger.warning("ledger_index_rebuild reason=corrupt_index_record topic=%s", self.index_topic)
+            self._index.corrupt = False
+            self._ledger_pos = 0
+            self._catch_up()
+            rows = self._index.rows(cycle_id)
+        return rows
+
     def replay_cycle_sync(self, cycle_id: str) -> list[LedgerEntry]:
         with self._io:
             self._catch_up()
-            rows = self._index.rows(cycle_id)
+            rows = self._rows(cycle_id)
             msgs = self._fetch([r[0] for r in rows])
         return [e for e in self._decoded(msgs) if e.cycle_id == cycle_id]
 

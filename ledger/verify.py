@@ -20,6 +20,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,14 +263,14 @@ def _key_sequence(key: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _leaf(entry_hash: str) -> bytes:
     """Merkle leaf of an entry hash; empty if the hash is not 64 lowercase hex digits."""
-    if len(entry_hash) != 64 or entry_hash != entry_hash.lower():
+    if not _HEX64.fullmatch(entry_hash):
         return b""
-    try:
-        return leaf_hash(bytes.fromhex(entry_hash))
-    except ValueError:
-        return b""
+    return leaf_hash(bytes.fromhex(entry_hash))
 
 
 def witness_from_note(note: str, source: str) -> Witness:

@@ -232,7 +232,8 @@ class Timeline:
         if isinstance(e, ApprovalRequest):
             return f"[agentic]   approval requested {e.request_id} for {e.playbook} on {e.service}: {e.reason}"
         if isinstance(e, ApprovalDecision):
-            return (f"[operator]  {e.operator} {e.decision}s plan {e.plan_id} (signed, key {e.key_id[:12]}): "
+            verb = "approves" if e.decision == "approve" else "denies"
+            return (f"[operator]  {e.operator} {verb} plan {e.plan_id} (signed, key {e.key_id[:12]}): "
                     f"{e.reason}")
         if isinstance(e, SignedOutcome):
             verified = {True: "verified", False: "verification failed", None: "not verified"}[e.verification_passed]
@@ -292,6 +293,8 @@ class FlowResult:
     reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cycle_ids: list[str] = field(default_factory=list)
+    #: the cycles worth replaying: where the flow was first seen and where it was settled
+    key_cycles: list[str] = field(default_factory=list)
     detected_at: float | None = None
     directive_at: float | None = None
     fixed_at: float | None = None
@@ -313,7 +316,7 @@ class Driver:
         *,
         operator_key_path: Path,
         emit: Callable[[str], None],
-        flow_timeout: float = 75.0,
+        flow_timeout: float = 90.0,
     ) -> None:
         self.settings = settings
         self.timeline = timeline
@@ -372,6 +375,7 @@ class Driver:
                         unhealthy = await self._unhealthy(sorted(services))  # healed = the whole fleet healthy
                         if not unhealthy:
                             res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
+                            res.key_cycles = list(dict.fromkeys([*res.cycle_ids[:1], e.cycle_id]))
                         else:
                             logger.info("demo outcome_not_healing playbook=%s service=%s still=%s",
                                         e.playbook, e.service, unhealthy)
@@ -494,6 +498,7 @@ class Driver:
             if e.guardrail_level != "maintain":
                 res.notes.append(f"guardrails at {e.guardrail_level} (the design shows maintain)")
             res.ok = not res.reasons
+            res.key_cycles = [e.cycle_id]
             res.fixed_at = s.at
             res.started_at = s.at
             return res
@@ -559,7 +564,7 @@ async def run_demo(
     *,
     seed: int = 0,
     warmup_seconds: float = 20.0,
-    flow_timeout: float = 75.0,
+    flow_timeout: float = 90.0,
     flows: tuple[Flow, ...] = FLOWS,
 ) -> DemoReport:
     """Everything after the broker exists: topics, keys, simulator, components, flows, audit, summary."""
@@ -634,30 +639,46 @@ async def run_demo(
 
 
 async def audit(settings: Settings, workdir: Path, report: DemoReport, emit: Callable[[str], None]) -> None:
-    """Replay each demo cycle from the ledger and verify the whole chain, as an auditor would."""
-    from metaheal.ledger import ImmutableLog
-    from metaheal.ledger.verify import verify_ledger
+    """Replay the demo's key cycles and verify the whole ledger with the ``metaheal ledger`` CLI,
+    run from ``workdir`` as an auditor would (it finds ``metaheal.yaml`` and ``keys/`` there)."""
+    emit("")
+    emit("=== metaheal ledger replay (from the demo folder) ===")
+    for res in report.flows:
+        cycles = res.key_cycles or res.cycle_ids[:2]
+        for cycle_id in cycles:
+            emit(f"$ metaheal ledger replay {cycle_id}    # flow {res.flow.name}")
+            code, out = await _cli(workdir, "ledger", "replay", cycle_id)
+            for line in out.splitlines():
+                emit(f"  {line}")
+            if code != 0:
+                emit(f"  (exit code {code})")
+    emit("")
+    emit("=== metaheal ledger verify (from the demo folder) ===")
+    code, out = await _cli(workdir, "ledger", "verify")
+    for line in out.splitlines():
+        emit(f"  {line}")
+    report.verify_clean = code == 0
+    emit(f"  -> {'CLEAN' if code == 0 else f'NOT CLEAN (exit code {code})'}")
 
-    emit("")
-    emit("=== ledger replay of the demo cycles ===")
-    log = ImmutableLog(settings)
+
+async def _cli(workdir: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
+    """Run ``metaheal ARGS`` in ``workdir`` with only what is there (no METAHEAL_* from this process)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from metaheal.cli import main; main()", *args,
+        cwd=workdir, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
     try:
-        for res in report.flows:
-            for cycle_id in res.cycle_ids:
-                entries = await log.replay_cycle(cycle_id)
-                emit(f"cycle {cycle_id} ({res.flow.name}): {len(entries)} signed entries")
-                for e in entries:
-                    emit(f"  #{e.sequence:<4} {e.timestamp}  {e.actor:<22} {e.action:<22} {e.resource} -> {e.result}")
-    finally:
-        log.close()
-    emit("")
-    emit("=== ledger verify ===")
-    rep = await asyncio.to_thread(verify_ledger, settings)
-    report.verify_clean = rep.clean
-    emit(f"{rep.entries} entries, last sequence {rep.last_sequence}, {rep.checkpoints} checkpoint(s): "
-         + ("CLEAN" if rep.clean else f"{len(rep.findings)} finding(s)"))
-    for f in rep.findings[:20]:
-        emit(f"  {f}")
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return 124, f"timed out after {timeout:.0f}s"
+    text = "\n".join(line for line in out.decode("utf-8", "replace").splitlines() if not line.startswith("%"))
+    return proc.returncode or 0, text
 
 
 def summarize(report: DemoReport, emit: Callable[[str], None], workdir: Path) -> None:

@@ -24,11 +24,10 @@ a window short by one record in the SIGKILL test). :func:`_flush_fully` makes th
 app's buffer drain completely before every commit.
 
 Even so, the SIGKILL test showed the committed telemetry offset ahead of the recovered
-window state now and then (a changelog write lost with the killed process). The state
-records the last telemetry offset it applied per partition, so :func:`_resume_from_state`
-seeks each assigned telemetry partition back to that offset + 1 after recovery when the
-commit is ahead of it: the changelog, not the commit, decides where processing resumes
-(records between are then skipped or counted exactly once).
+window state, and faust's recovery stopping short of the changelog end (it trusts the
+high watermark, which tansu reports unreliably). :class:`PartitionSync` therefore
+reloads a newly assigned partition's changelogs to partition EOF before its first batch
+and replays any records between the state's progress marker and the committed offset.
 
 faust's aiokafka consumer hard-codes ``fetch_max_wait_ms=1500``; tansu holds a fetch
 for that long when a partition has nothing new, which put ~1.5 s into every
@@ -52,7 +51,7 @@ import faust
 
 from metaheal.config import Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
-from metaheal.kafka import Producer
+from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import Pipeline
@@ -148,17 +147,20 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         cfg, sink if sink is not None else KafkaSink(settings), TableStore(windows), TableStore(scorers), seed=cfg.seed
     )
     telemetry = app.topic(settings.topics.name("telemetry"), partitions=partitions, **raw)
+    sync = PartitionSync(settings, pipeline, telemetry.get_topic_name(), [windows, scorers])
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
     async def process(stream: faust.StreamT) -> None:
         # batches of events: one state write per changed service per batch, not per record
         async for events in stream.take_events(cfg.max_batch_records, within=cfg.max_batch_wait_seconds):
-            pipeline.process_batch(
-                [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)]
-            )
+            records = [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)]
+            await sync.before(records)
+            pipeline.process_batch(records)
 
     async def on_revoked(_sender: Any, revoked: set, **_kw: Any) -> None:
-        pipeline.forget({tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()})
+        gone = {tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()}
+        pipeline.forget(gone)
+        sync.revoked(gone)
         flush = getattr(pipeline.sink, "flush", None)
         if flush is not None:
             flush()
@@ -169,7 +171,6 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
 
     _flush_fully(app)
     _short_fetch_wait(app, cfg.fetch_max_wait_ms)
-    _resume_from_state(app, telemetry.get_topic_name(), pipeline)
     app.on_partitions_revoked.connect(on_revoked, weak=False)
     app.on_partitions_assigned.connect(on_assigned, weak=False)
     app.metaheal_process = process  # type: ignore[attr-defined]
@@ -204,29 +205,73 @@ def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
     thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]  # noqa: SLF001
 
 
-def _resume_from_state(app: faust.App, topic: str, pipeline: Pipeline) -> None:
-    """After faust seeks to the committed offsets, rewind partitions the state has not reached."""
-    consumer = app.consumer
-    seek_committed = consumer.perform_seek
+def _read_changelog(settings: Settings, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
+    with Consumer(settings.kafka, **{"fetch.wait.max.ms": 20}) as c:
+        return {m.key(): m.value() for m in c.read_to_end(topic, partitions=partitions, timeout=120)}
 
-    async def perform_seek() -> None:
-        await seek_committed()
-        progress = pipeline.progress()
-        read_offset = consumer._read_offset  # noqa: SLF001 - faust keeps the resume point here
-        for tp in consumer.assignment():
-            if tp.topic != topic or tp.partition not in progress:
-                continue
-            resume = progress[tp.partition] + 1
-            committed = read_offset.get(tp)
-            if committed is None or committed > resume:
+
+def _read_gap(settings: Settings, topic: str, partition: int, start: int, end: int) -> list[Record]:
+    """Telemetry records ``start <= offset < end`` of one partition."""
+    out: list[Record] = []
+    with Consumer(settings.kafka, **{"fetch.wait.max.ms": 20}) as c:
+        for m in c.read_to_end(topic, partitions=[partition], start_offsets={partition: start}, timeout=120):
+            if m.offset() >= end:
+                break
+            out.append(Record(topic, partition, m.offset(), m.key(), m.value()))
+    return out
+
+
+class PartitionSync:
+    """Before the first batch of a newly assigned partition: load its state from the changelogs.
+
+    faust stops table recovery at the changelog high watermark, which tansu can report
+    short of the real end, and its offset commit can overtake changelog writes. So the
+    changelogs are re-read to partition EOF (reliable) into the tables, and if the
+    committed offset is past the partition's progress marker (written after the state,
+    see :meth:`Pipeline.flush_state`) the records in between are read and processed
+    first. The changelog, not the commit, decides what has been counted.
+    """
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, topic: str, tables: list[Any]) -> None:
+        self.settings, self.pipeline, self.topic, self.tables = settings, pipeline, topic, tables
+        self.synced: set[int] = set()
+
+    def revoked(self, partitions: set[int]) -> None:
+        self.synced -= partitions
+
+    def load(self, parts: list[int], first: dict[int, int]) -> list[Record]:
+        for table in self.tables:
+            name = table.changelog_topic.get_topic_name()
+            entries = _read_changelog(self.settings, name, parts)
+            for key, value in entries.items():
+                if value is None:
+                    table.data.pop(key, None)
+                else:
+                    table.data[key] = value
+            logger.info("changelog loaded topic=%s partitions=%s keys=%d", name, parts, len(entries))
+        gap: list[Record] = []
+        for p, marker in self.pipeline.progress(parts).items():
+            if marker + 1 < first[p]:
                 logger.warning(
-                    "resuming from state topic=%s partition=%d committed=%s state_offset=%d",
-                    topic, tp.partition, committed, resume,
+                    "committed offset ahead of state topic=%s partition=%d state_offset=%d committed=%d: replaying gap",
+                    self.topic, p, marker + 1, first[p],
                 )
-                await consumer.seek(tp, resume)
-                read_offset[tp] = resume
+                gap += _read_gap(self.settings, self.topic, p, marker + 1, first[p])
+        return gap
 
-    consumer.perform_seek = perform_seek  # type: ignore[method-assign]
+    async def before(self, records: list[Record]) -> None:
+        first: dict[int, int] = {}
+        for r in records:
+            if r.partition not in self.synced and r.partition not in first:
+                first[r.partition] = r.offset
+        if not first:
+            return
+        parts = sorted(first)
+        self.pipeline.forget(set(parts))
+        gap = await asyncio.to_thread(self.load, parts, first)
+        if gap:
+            self.pipeline.process_batch(gap)
+        self.synced.update(parts)
 
 
 def _no_types() -> dict[str, Any]:

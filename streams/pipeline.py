@@ -29,6 +29,7 @@ import math
 import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Protocol
 
 from metaheal.config import StreamSettings
@@ -42,6 +43,11 @@ from metaheal.streams.windows import SeriesWindow, ServiceState
 logger = logging.getLogger(__name__)
 
 __all__ = ["ListSink", "Pipeline", "PipelineStats", "Record", "Sink"]
+
+
+def progress_key(partition: int) -> bytes:
+    """State-store key of a partition's progress marker (NUL-prefixed: never a service name)."""
+    return b"\x00progress/%d" % partition
 
 
 class Sink(Protocol):
@@ -97,6 +103,7 @@ class Pipeline:
         self.scorers = ScorerRegistry(scorer_store, seed=seed)
         self.state_store = as_store(state_store)
         self._dirty: dict[str, int] = {}  # services whose state changed since the last flush
+        self._progress: dict[int, int] = {}  # partition -> last offset processed since the last flush
         self._states: dict[str, ServiceState] = {}
         self._state_partition: dict[str, int] = {}
         self.stats = PipelineStats()
@@ -114,12 +121,21 @@ class Pipeline:
         return st
 
     def flush_state(self) -> None:
-        """Write every changed service state (with its applied offsets) to the store."""
+        """Write every changed service state, then each partition's progress marker.
+
+        The marker goes to the same changelog partition after the states, so a marker
+        that survived a crash proves every state write before it did too: a restarted
+        worker resumes right after the marker's offset (see :meth:`progress`), and the
+        per-service applied offsets skip what a state already counted.
+        """
         for service, partition in self._dirty.items():
             st = self._states.get(service)
             if st is not None:
                 self.state_store.put(service.encode(), pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL), partition)
+        for partition, offset in self._progress.items():
+            self.state_store.put(progress_key(partition), str(offset).encode(), partition)
         self._dirty.clear()
+        self._progress.clear()
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions were revoked: drop their cached state (the table keeps the truth)."""
@@ -129,15 +145,13 @@ class Pipeline:
         dropped = self.scorers.forget(partitions)
         logger.info("partitions revoked partitions=%s scorers_dropped=%d", sorted(partitions), dropped)
 
-    def progress(self) -> dict[int, int]:
-        """Per source partition, the last offset whose effects are in the state store."""
+    def progress(self, partitions: Iterable[int]) -> dict[int, int]:
+        """Per source partition, the last offset whose effects are all in the state store."""
         out: dict[int, int] = {}
-        for blob in list(self.state_store.values()):
-            if not blob:
-                continue
-            for part, off in pickle.loads(blob).applied.items():
-                if off > out.get(part, -1):
-                    out[part] = off
+        for p in partitions:
+            blob = self.state_store.get(progress_key(p))
+            if blob:
+                out[p] = int(blob)
         return out
 
     # -- processing --------------------------------------------------------------------------
@@ -155,6 +169,8 @@ class Pipeline:
 
     def _process(self, record: Record) -> None:
         self.stats.records += 1
+        if record.offset > self._progress.get(record.partition, -1):
+            self._progress[record.partition] = record.offset
         samples, dead = self.intake.decode(record)
         if dead is not None:
             self._dead(dead)

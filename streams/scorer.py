@@ -476,7 +476,7 @@ class AnomalyScorer:
         # ---- predictions: local level, daily and weekly profiles once they have seen a period ----
         e = x - level
         scale = self._scale
-        tol = 1e-9 * (abs(level) + 1e-9)
+        tol = 1e-12 * (abs(level) + 1e-12)  # float jitter, not a deviation
         tracks = self._tracks
         z0, d0, sh0 = tracks[0].measure(e, scale, tol)
         fast = self._fast

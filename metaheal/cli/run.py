@@ -197,7 +197,7 @@ def demo_full(
     warmup: Annotated[float, typer.Option(help="seconds of quiet telemetry before the first flow")] = 20.0,
     scenario: Annotated[list[str] | None, typer.Option(
         help="instead of the three design flows, heal these simulator scenarios one after another")] = None,
-    flow_timeout: Annotated[float, typer.Option(help="seconds a flow may take to heal")] = 75.0,
+    flow_timeout: Annotated[float, typer.Option(help="seconds a flow may take to heal")] = 90.0,
 ) -> None:
     """The self-healing demo: simulated fleet, every component, three flows, ledger replay and verify."""
     from metaheal.broker import BrokerError

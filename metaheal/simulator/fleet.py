@@ -478,10 +478,7 @@ class Fleet:
         for dep in spec.calls:
             dv = views[dep]
             if self.failed_over(name, dep, t):
-                # the standby: healthy, a little slower, and not subject to faults on the primary
-                dspec = self.services[dep].spec
-                lat, err = dspec.base_latency_ms * 1.3, dspec.base_error_rate
-                lat_p95 = lat * 1.6
+                lat, lat_p95, err = self._standby(dep, rps * self._call_rate(spec, dep, hit))
             else:
                 edge = fx.edge_latency.get((name, dep), 1.0)
                 lat, lat_p95 = dv.latency_p50_ms * edge, dv.latency_p95_ms * edge
@@ -512,6 +509,15 @@ class Fleet:
             dependency_error_rate=dep_err,
             error_types=kinds,
         )
+
+    def _standby(self, dep: str, rps: float) -> tuple[float, float, float]:
+        """(p50, p95, error rate) of ``dep``'s standby: free of the primary's faults, a little
+        slower, and sized like the primary as designed, so it saturates just the same."""
+        spec = self.services[dep].spec
+        u = rps / (spec.instances * spec.capacity_per_instance)
+        p50 = spec.base_latency_ms * 1.3 * queue_factor(u)
+        err = spec.base_error_rate + (1.0 - 1.0 / u if u > 1.0 else 0.0)
+        return p50, p50 * tail_ratio(u), min(err, 1.0)
 
     # --- health and telemetry -----------------------------------------------------------------
 

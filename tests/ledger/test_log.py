@@ -166,3 +166,24 @@ async def test_checkpoints_by_count_and_by_time(settings: Settings) -> None:
     assert [json.loads(c.payload)["size"] for c in cps] == [3, 7, 10]
     report = verify_ledger(settings)
     assert report.clean and report.checkpoints == 3
+
+
+async def test_lost_index_is_rebuilt_from_the_ledger(settings: Settings) -> None:
+    from metaheal.kafka import Producer
+
+    init_system_keys(settings.keys)
+    first = ImmutableLog(settings)
+    for i in range(6):
+        await first.append(actor="executor", action="step_executed", payload={"i": i}, cycle_id=f"c{i % 2}")
+    first.close()
+    # the index is lost or damaged: its records are tombstoned or overwritten with garbage
+    p = Producer(settings.kafka)
+    for key in ("c0", "c1", "__tail__"):
+        p.produce(settings.topics.name("ledger-index"), b"not json" if key == "c0" else None, key=key, partition=0)
+    p.flush()
+    second = ImmutableLog(settings)
+    assert [e.sequence for e in await second.replay_cycle("c0")] == [0, 2, 4]
+    e = await second.append(actor="executor", action="step_executed", cycle_id="c1")
+    assert e.sequence == 6
+    assert [x.sequence for x in await second.replay_cycle("c1")] == [1, 3, 5, 6]
+    second.close()

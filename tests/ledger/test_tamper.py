@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import pytest
 from nacl.signing import SigningKey
@@ -38,14 +37,12 @@ def resign(e: LedgerEntry, key: SigningKey, **changes: object) -> LedgerEntry:
 
 
 def test_clean_ledger_of_10000_entries_verifies_clean(chain_settings: Settings) -> None:
-    t0 = time.perf_counter()
     chain = build_chain(chain_settings, 10_000, checkpoint_every=1000)
     write_raw(chain_settings, [rec(e) for e in chain])
     report = verify_ledger(chain_settings, use_index_witness=False)
     assert report.clean, [str(f) for f in report.findings[:5]]
     assert report.entries == len(chain) == 10_010 and report.checkpoints == 10
     assert report.last_sequence == 10_009
-    assert time.perf_counter() - t0 < 120  # a generous guard; the real figure is in benchmarks/
 
 
 def test_modified_payload(chain_settings: Settings) -> None:

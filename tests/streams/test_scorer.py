@@ -245,3 +245,13 @@ def test_no_numerical_blow_ups(mode: str) -> None:
             )
             s = scorer.score_then_learn(ts, value)
             assert 0.0 <= s.score <= 1.0 and 0.0 <= s.confidence <= 1.0 and math.isfinite(s.baseline), (seed, s)
+
+
+def test_small_noise_on_a_large_offset_is_still_resolved() -> None:
+    """1e9 +- 1 (absolute gauges, epoch-like values): relative float tolerance must not hide it."""
+    rng = random.Random(13)
+    values = [1e9 + rng.gauss(0, 1) for _ in range(2000)]
+    values[1500] += 20
+    scores = run(values)
+    assert scores[1500].score >= 0.999
+    assert alarms(scores, 200) / 1800 <= 0.015

@@ -216,3 +216,17 @@ async def test_instance_slowdown_drifts_latency_and_only_capacity_fixes_it(
     clock.advance(fleet.ready_delay)
     assert await status(api) == 200
     assert await status(admin["web"]) == 200
+
+
+async def test_a_standby_saturates_like_the_primary(
+    fleet: Fleet, clock: ManualClock, admin: dict[str, httpx.AsyncClient]
+) -> None:
+    """Failing over does not make an overload disappear: cache misses overload the replica too."""
+    fleet.inject(make_fault("cache_eviction_storm"))
+    await admin["api_cluster"].post("/failover", json={"dependency": "db"})
+    clock.advance(fleet.switch_seconds)
+    assert fleet.view()["db"].rps == 0.0  # the primary is out of the path ...
+    assert await status(admin["api_cluster"]) == 503  # ... but the replica drowns in the same misses
+    await admin["api_cluster"].post("/cache/warm")
+    clock.advance(fleet.warm_seconds)
+    assert await status(admin["api_cluster"]) == 200
