@@ -137,8 +137,8 @@ class StreamSettings(_Section):
     datadir: Path | None = Field(None, description="faust data folder; None = a fresh temporary folder")
     web_port: int | None = Field(None, description="faust web server port on 127.0.0.1; None = off")
     fetch_max_wait_ms: int = Field(20, ge=1, description="how long a telemetry fetch may wait for data (latency)")
-    max_batch_records: int = Field(500, ge=1, description="records the worker takes per processing batch")
-    max_batch_wait_seconds: float = Field(0.01, gt=0, description="how long a batch waits to fill (latency)")
+    max_batch_records: int = Field(500, ge=1, description="records processed between two state writes at most")
+    flush_interval_seconds: float = Field(0.2, gt=0, description="longest time between two state writes")
 
 
 class LedgerSettings(_Section):

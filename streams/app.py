@@ -23,16 +23,15 @@ then overtake changelog writes, and a crash at that moment loses window state (s
 a window short by one record in the SIGKILL test). :func:`_flush_fully` makes this
 app's buffer drain completely before every commit.
 
-Even so, the SIGKILL test showed the committed telemetry offset ahead of the recovered
-window state, and faust's recovery stopping short of the changelog end (it trusts the
-high watermark, which tansu reports unreliably). :class:`PartitionSync` therefore
-reloads a newly assigned partition's changelogs to partition EOF before its first batch
-and replays any records between the state's progress marker and the committed offset.
+Even so, the SIGKILL test showed lost or double-applied records after a restart;
+:class:`PartitionSync` (see there) makes the changelogs decide what has been counted.
 
-faust's aiokafka consumer hard-codes ``fetch_max_wait_ms=1500``; tansu holds a fetch
-for that long when a partition has nothing new, which put ~1.5 s into every
-produce -> anomaly latency. :func:`_short_fetch_wait` lowers it to
-``streams.fetch_max_wait_ms`` (default 20 ms).
+faust's aiokafka consumer hard-codes ``fetch_max_wait_ms=1500`` (how long the broker
+may hold a fetch for a partition with nothing new); :func:`_short_fetch_wait` lowers it
+to ``streams.fetch_max_wait_ms`` (default 20 ms) for latency. Service states are
+written to their table every ``streams.max_batch_records`` records or
+``streams.flush_interval_seconds`` (a timer covers idle streams), not per record: per-record changelog writes
+cut the worker to a few hundred small records/s.
 
 Delivery is at-least-once: anomaly and health events of records between the last
 commit and a crash can be published twice; the windows themselves never double-count
@@ -151,14 +150,26 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
     async def process(stream: faust.StreamT) -> None:
-        # batches of events: one state write per changed service per batch, not per record
-        async for events in stream.take_events(cfg.max_batch_records, within=cfg.max_batch_wait_seconds):
-            records = [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)]
-            await sync.before(records)
-            pipeline.process_batch(records)
+        # state is written every max_batch_records records or flush_interval_seconds
+        # (and by the timer below when the stream is idle), not per record; faust's
+        # take_events() stalled here under load, so events are taken one by one
+        pending, last_flush = 0, loop_time()
+        async for event in stream.events():
+            m = event.message
+            await sync.process(Record(m.topic, m.partition, m.offset, m.key, m.value))
+            pending += 1
+            now = loop_time()
+            if pending >= cfg.max_batch_records or now - last_flush >= cfg.flush_interval_seconds:
+                pipeline.flush_state()
+                pending, last_flush = 0, now
+
+    @app.timer(interval=cfg.flush_interval_seconds)
+    async def flush_idle_state() -> None:
+        pipeline.flush_state()
 
     async def on_revoked(_sender: Any, revoked: set, **_kw: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()}
+        pipeline.flush_state()
         pipeline.forget(gone)
         sync.revoked(gone)
         flush = getattr(pipeline.sink, "flush", None)
@@ -175,6 +186,10 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
     app.on_partitions_assigned.connect(on_assigned, weak=False)
     app.metaheal_process = process  # type: ignore[attr-defined]
     return app, pipeline
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _flush_fully(app: faust.App, timeout: float = 30.0) -> None:
@@ -222,56 +237,56 @@ def _read_gap(settings: Settings, topic: str, partition: int, start: int, end: i
 
 
 class PartitionSync:
-    """Before the first batch of a newly assigned partition: load its state from the changelogs.
+    """Makes the changelogs, not faust's bookkeeping, decide what has been counted.
 
-    faust stops table recovery at the changelog high watermark, which tansu can report
-    short of the real end, and its offset commit can overtake changelog writes. So the
-    changelogs are re-read to partition EOF (reliable) into the tables, and if the
-    committed offset is past the partition's progress marker (written after the state,
-    see :meth:`Pipeline.flush_state`) the records in between are read and processed
-    first. The changelog, not the commit, decides what has been counted.
+    Measured on tansu: faust stops table recovery at the changelog high watermark (which
+    tansu can report short of the real end), its offset commit can overtake changelog
+    writes, and after a restart it sometimes delivered a partition from a later offset
+    than the committed one. So before the first record of a newly assigned partition the
+    changelogs are re-read to partition EOF (reliable) into the tables, and whenever a
+    record arrives past the next expected offset (the state's progress marker + 1, then
+    the last record + 1) the records in between are read directly and processed first.
+    Records at or below what a service's state applied are skipped as duplicates.
     """
 
     def __init__(self, settings: Settings, pipeline: Pipeline, topic: str, tables: list[Any]) -> None:
         self.settings, self.pipeline, self.topic, self.tables = settings, pipeline, topic, tables
-        self.synced: set[int] = set()
+        self.next_offset: dict[int, int | None] = {}  # partition -> next expected offset (None: unknown)
 
     def revoked(self, partitions: set[int]) -> None:
-        self.synced -= partitions
+        for p in partitions:
+            self.next_offset.pop(p, None)
 
-    def load(self, parts: list[int], first: dict[int, int]) -> list[Record]:
+    def _load(self, partition: int) -> int | None:
         for table in self.tables:
             name = table.changelog_topic.get_topic_name()
-            entries = _read_changelog(self.settings, name, parts)
+            entries = _read_changelog(self.settings, name, [partition])
             for key, value in entries.items():
                 if value is None:
                     table.data.pop(key, None)
                 else:
                     table.data[key] = value
-            logger.info("changelog loaded topic=%s partitions=%s keys=%d", name, parts, len(entries))
-        gap: list[Record] = []
-        for p, marker in self.pipeline.progress(parts).items():
-            if marker + 1 < first[p]:
-                logger.warning(
-                    "committed offset ahead of state topic=%s partition=%d state_offset=%d committed=%d: replaying gap",
-                    self.topic, p, marker + 1, first[p],
-                )
-                gap += _read_gap(self.settings, self.topic, p, marker + 1, first[p])
-        return gap
+            logger.info("changelog loaded topic=%s partition=%d keys=%d", name, partition, len(entries))
+        marker = self.pipeline.progress([partition]).get(partition)
+        return None if marker is None else marker + 1
 
-    async def before(self, records: list[Record]) -> None:
-        first: dict[int, int] = {}
-        for r in records:
-            if r.partition not in self.synced and r.partition not in first:
-                first[r.partition] = r.offset
-        if not first:
-            return
-        parts = sorted(first)
-        self.pipeline.forget(set(parts))
-        gap = await asyncio.to_thread(self.load, parts, first)
-        if gap:
-            self.pipeline.process_batch(gap)
-        self.synced.update(parts)
+    async def process(self, record: Record) -> None:
+        p = record.partition
+        if p not in self.next_offset:
+            self.pipeline.forget({p})
+            self.next_offset[p] = await asyncio.to_thread(self._load, p)
+        expected = self.next_offset[p]
+        if expected is not None and record.offset > expected:
+            logger.warning(
+                "records missing before offset topic=%s partition=%d expected=%d got=%d: reading them directly",
+                self.topic, p, expected, record.offset,
+            )
+            gap = await asyncio.to_thread(_read_gap, self.settings, self.topic, p, expected, record.offset)
+            for r in gap:
+                self.pipeline.process_one(r)
+        self.pipeline.process_one(record)
+        if expected is None or record.offset + 1 > expected:
+            self.next_offset[p] = record.offset + 1
 
 
 def _no_types() -> dict[str, Any]:

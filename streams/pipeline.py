@@ -167,6 +167,10 @@ class Pipeline:
             self._process(record)
         self.flush_state()
 
+    def process_one(self, record: Record) -> None:
+        """One record, state written by the next :meth:`flush_state`."""
+        self._process(record)
+
     def _process(self, record: Record) -> None:
         self.stats.records += 1
         if record.offset > self._progress.get(record.partition, -1):

@@ -24,15 +24,22 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from metaheal.config import Settings, load_settings
+from metaheal.kafka import KafkaUnavailable
 from metaheal.streams.app import create_app
 from metaheal.streams.pipeline import PipelineStats
+from metaheal.streams.signals import SignalMap
 from metaheal.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path | None = None) -> PipelineStats:
-    """Consume telemetry until ``stop`` is set; return the pipeline's counters."""
+    """Consume telemetry until ``stop`` is set; return the pipeline's counters.
+
+    Raises ``ValueError`` for invalid streams settings and ``KafkaUnavailable`` when the
+    broker cannot be reached, both before anything is consumed.
+    """
+    SignalMap(settings.streams.signal_map)  # a bad override is an error before any I/O
     await asyncio.to_thread(ensure_topics, settings)
     app, pipeline = create_app(settings, datadir=datadir)
     logger.info("streams worker starting app=%s bootstrap=%s", app.conf.id, settings.kafka.bootstrap)
@@ -41,6 +48,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path |
         await stop.wait()
     finally:
         logger.info("streams worker stopping stats=%s", pipeline.stats)
+        pipeline.flush_state()
         try:
             await asyncio.wait_for(app.stop(), timeout=10.0)
         except TimeoutError:
@@ -108,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.kafka.bootstrap:
         print("error: no Kafka bootstrap: pass --bootstrap or set METAHEAL_KAFKA__BOOTSTRAP", file=sys.stderr)
         return 2
-    stats = run_forever(settings)
+    try:
+        stats = run_forever(settings)
+    except (ValueError, KafkaUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
     logger.info("streams worker stopped stats=%s", stats)
     return 0
 

@@ -23,8 +23,8 @@ from metaheal.topics import ensure_topics
 def demo(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
     """Interim smoke demo: broker, topics, publish and read back telemetry.
 
-    The full self-healing demo (simulated fleet, three flows) is not built yet;
-    this says so rather than pretending.
+    The full self-healing demo is ``metaheal demo-full``; it takes this name once all
+    three flows pass end to end. Until then this says so rather than pretending.
     """
     settings = settings_from(config, bootstrap)
     broker = None
@@ -51,8 +51,8 @@ def demo(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
         typer.echo(f"published 1 Avro MetricBatch of {len(batch.samples)} samples and read back {len(got)}")
         if len(got) != len(batch.samples):
             raise typer.Exit(1)
-        typer.echo("NOTE: the self-healing flows (issue 'The main job') are not implemented yet; "
-                   "this demo only proves broker, topics and codec.")
+        typer.echo("NOTE: this interim demo only proves broker, topics and codec; the self-healing flows run in "
+                   "`metaheal demo-full`, which replaces this command once all three flows pass end to end.")
     finally:
         if broker is not None:
             broker.stop()

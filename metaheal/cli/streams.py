@@ -17,6 +17,7 @@ def worker(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
     """Consume <prefix>telemetry; publish health windows, anomaly scores and dead letters until Ctrl-C."""
     import logging
 
+    from metaheal.kafka import KafkaUnavailable
     from metaheal.streams.worker import run_forever
 
     settings = require_bootstrap(settings_from(config, bootstrap))
@@ -26,6 +27,9 @@ def worker(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
     except ValueError as exc:  # configuration problems found when building the app
         err_console.print(f"error: {exc}", markup=False, highlight=False)
         raise typer.Exit(2) from None
+    except KafkaUnavailable as exc:
+        err_console.print(f"error: Kafka unavailable: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
 
 
 @bench_app.command("scorer")

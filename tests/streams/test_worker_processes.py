@@ -128,20 +128,6 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         by_window[h.service, h.window_start].add(h.sample_count)
     assert set(by_window) == {(svc, T0 + w) for svc in services for w in range(windows - 1)}
     wrong = {(svc, w - T0): c for (svc, w), c in by_window.items() if c != {PER_WINDOW}}
-    if wrong:  # DIAG
-        import pickle as _p
-        lines = []
-        with Consumer(s.kafka) as c:
-            for m in c.read_to_end(f"{s.topics.prefix}streams-windows-changelog"):
-                k = m.key()
-                if k.startswith(b"\x00"):
-                    lines.append(f"p{m.partition()} o{m.offset()} {k!r} {m.value()!r}")
-                else:
-                    st = _p.loads(m.value())
-                    lines.append(f"p{m.partition()} o{m.offset()} {k!r} applied={st.applied} open={ {w - T0: {sid: len(sw.values) for sid, sw in b.items()} for w, b in st.open.items()} }")
-            for m in c.read_to_end(s.topics.name("telemetry")):
-                lines.append(f"T p{m.partition()} o{m.offset()} {m.key()!r}")
-        Path("/tmp/fx/diag.txt").write_text("\n".join(lines) + "\n" + first_log.read_text()[-5000:])
     assert not wrong, f"windows with wrong counts: {wrong} (killed at event time {killed_at - T0})"
 
     # scoring continued warm: the restarted worker restored checkpoints and never warmed up again
