@@ -1,12 +1,27 @@
 """Evidence -> one focus area for the cycle, with a confidence and the sentences behind it.
 
-Each focus area gets a confidence per service from two independent kinds of evidence,
-fused with a noisy-or (either alone can be decisive, both together are stronger):
-the health windows (current value against the window's baseline, per signal) and the
-anomaly scores (calibrated tail probabilities from the scorer). Trust violations are
-counted, not scored. The area with the highest confidence wins; ties go to the more
-urgent area (:data:`PRIORITY`). Below ``min_confidence`` the cycle is routine
-maintenance, and the reasoning says what was strongest and why it was not enough.
+Each focus area gets a confidence per service from two kinds of evidence, fused with a
+noisy-or: the health windows (current value against the window's baseline; the strongest
+signal of an area counts, since p50/p95/max of one service are not independent witnesses)
+and the anomaly scores (calibrated tail probabilities from the scorer).
+
+Anomaly scores are many comparisons at once: every series publishes a window summary (the
+max score of the window), so with ~60 series some series crosses 0.999 by chance nearly
+every window. A series therefore counts only when its crossings are *not chance for the
+whole fleet*: the number of windows it crossed in is tested against a binomial null (per
+window crossing probability ``1 - t**k`` for ``k`` samples a window), its most extreme
+window max ``s`` against ``1 - s**k``, and the better of the two p-values is
+Bonferroni-corrected for both tests and the number of series seen; it must be below
+:data:`ANOMALY_ALPHA`. Even then, anomaly evidence alone cannot reach ``min_confidence``
+(capped at :data:`ANOMALY_ALONE_CAP`): a service is only acted on when its own health
+windows deviate in the same area. Trust violations are counted, not scored.
+
+The area with the highest confidence wins; ties go to the more urgent area
+(:data:`PRIORITY`). Targets are the services whose own confidence reaches
+``min_confidence``, minus those explained by a dependency that is itself a target (a
+failing dependency explains its callers: the root cause is acted on, not its symptoms).
+Below ``min_confidence`` the cycle is routine maintenance, and the reasoning says what
+was strongest and why it was not enough.
 
 >>> from metaheal.events import HealthWindow, SignalStats
 >>> w = HealthWindow(service="api_cluster", window_start=0, window_end=10, sample_count=20, signals=[
@@ -56,7 +71,9 @@ SATURATION_FULL = 0.95  # utilisation as a fraction
 SATURATION_MIN = 0.75
 DEPENDENCY_RATIO_FULL = 3.0
 DEPENDENCY_RATIO_MIN = 1.3
-ANOMALY_FLOOR = 0.9  # scores below this are not evidence
+ANOMALY_MIN_THRESHOLD = 0.999  # a crossing is never less extreme than this, whatever a series was configured with
+ANOMALY_ALPHA = 0.01  # fleet-wide (Bonferroni) p-value a series' crossings must beat to count at all
+ANOMALY_ALONE_CAP = 0.6  # anomaly evidence without a health deviation in the same area stays a hint
 VIOLATION_CONFIDENCE = (0.0, 0.8, 0.92, 0.97)  # by count (capped)
 
 
@@ -76,6 +93,8 @@ class Evidence:
     anomalies: list[AnomalyScore] = field(default_factory=list)
     trust_violations: list[TrustViolation] = field(default_factory=list)
     window_seconds: float = 300.0
+    #: service -> the services it calls (``settings.services``): a failing dependency explains its callers
+    dependencies: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,8 @@ class FocusDecision:
     scores: dict[str, float]
     #: the strongest anomaly score seen, if any
     max_anomaly: float = 0.0
+    #: confidence of the focus area per service (targets and the services that did not make it)
+    service_confidence: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -208,15 +229,78 @@ def _health_findings(w: HealthWindow, window: float) -> list[tuple[str, _Finding
     return out
 
 
-def _anomaly_finding(a: AnomalyScore) -> tuple[str, _Finding] | None:
-    area = SIGNAL_FOCUS.get(a.signal or "")
-    if area is None or a.score < ANOMALY_FLOOR:
-        return None
-    conf = round(a.score * a.confidence, 4)
-    where = f"{a.service} {a.metric}"
-    if a.labels.get("dependency"):
-        where += f" (dependency {a.labels['dependency']})"
-    return area, _Finding(conf, f"Anomaly score {a.score:.4g} on {where}: {a.value:.4g} vs baseline {a.baseline:.4g}")
+def _binomial_tail(n: int, c: int, q: float) -> float:
+    """P(X >= c) for X ~ Binomial(n, q): the chance a quiet series crosses in ``c`` of ``n`` windows.
+
+    >>> round(_binomial_tail(7, 1, 0.001), 5), f"{_binomial_tail(7, 2, 0.001):.1e}"
+    (0.00698, '2.1e-05')
+    """
+    if c <= 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(c, n + 1)))
+
+
+@dataclass
+class _Series:
+    """One (service, metric, dependency) series' anomaly record in the evidence window."""
+
+    area: str
+    windows: dict[float, float] = field(default_factory=dict)  # window_start -> max score
+    crossed: set[float] = field(default_factory=set)  # window_starts with a crossing
+    threshold: float = ANOMALY_MIN_THRESHOLD
+    confidence: float = 1.0
+    top: AnomalyScore | None = None
+
+
+def _anomaly_series(anomalies: list[AnomalyScore]) -> dict[tuple[str, str, str], _Series]:
+    out: dict[tuple[str, str, str], _Series] = {}
+    for a in anomalies:
+        area = SIGNAL_FOCUS.get(a.signal or "")
+        if area is None:
+            continue
+        key = (a.service, a.metric, a.labels.get("dependency", ""))
+        sr = out.get(key)
+        if sr is None:
+            sr = out[key] = _Series(area)
+        t = max(a.threshold, ANOMALY_MIN_THRESHOLD)
+        sr.threshold = t
+        sr.windows[a.window_start] = max(sr.windows.get(a.window_start, 0.0), a.score)
+        if a.score >= t:
+            sr.crossed.add(a.window_start)
+        if sr.top is None or a.score > sr.top.score:
+            sr.top, sr.confidence = a, a.confidence
+    return out
+
+
+def _anomaly_findings(
+    anomalies: list[AnomalyScore], samples_per_window: dict[tuple[str, str, str], int]
+) -> list[tuple[str, str, _Finding]]:
+    """(area, service, finding) for every series whose crossings are not chance across the fleet."""
+    series = _anomaly_series(anomalies)
+    m = max(1, len(series))
+    out: list[tuple[str, str, _Finding]] = []
+    for (service, metric, dep), sr in series.items():
+        if not sr.crossed or sr.top is None:
+            continue
+        k = max(1, samples_per_window.get((service, metric, dep), 1))
+        n = len(sr.windows)
+        q = -math.expm1(k * math.log(sr.threshold))  # a quiet window's max crosses with this probability
+        # two tests, either can speak: persistence (crossed in c of n windows) and extremeness (the top window's max)
+        persistence = _binomial_tail(n, len(sr.crossed), q)
+        extreme = n * -math.expm1(k * math.log(max(sr.top.score, 1e-12)))
+        p = min(1.0, 2 * m * min(persistence, extreme))
+        if p > ANOMALY_ALPHA:
+            continue
+        strength = _ramp(-math.log10(max(p, 1e-12)), -math.log10(ANOMALY_ALPHA), 6.0)
+        conf = round(_conf(max(strength, 1e-3)) * sr.confidence, 4)
+        a = sr.top
+        where = f"{service} {metric}" + (f" (dependency {dep})" if dep else "")
+        out.append((sr.area, service, _Finding(
+            conf,
+            f"Anomaly score {a.score:.4g} on {where}: {a.value:.4g} vs baseline {a.baseline:.4g} "
+            f"(crossed in {len(sr.crossed)} of {len(sr.windows)} window(s), fleet-wide p={p:.1e} over {m} series)",
+        )))
+    return out
 
 
 def _noisy_or(confs: list[float]) -> float:
@@ -226,39 +310,54 @@ def _noisy_or(confs: list[float]) -> float:
     return round(1 - p, 4)
 
 
+def _upstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
+    """Every service ``service`` calls, directly or not."""
+    seen: set[str] = set()
+    todo = list(dependencies.get(service, []))
+    while todo:
+        d = todo.pop()
+        if d not in seen:
+            seen.add(d)
+            todo.extend(dependencies.get(d, []))
+    return seen
+
+
 def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecision:
     """Choose the focus area; see the module docstring for the rules."""
-    # area -> service -> findings
-    findings: dict[str, dict[str, list[_Finding]]] = defaultdict(lambda: defaultdict(list))
+    deps = evidence.dependencies
+    # area -> service -> health findings / anomaly findings
+    health: dict[str, dict[str, list[_Finding]]] = defaultdict(lambda: defaultdict(list))
+    anomaly: dict[str, dict[str, list[_Finding]]] = defaultdict(lambda: defaultdict(list))
+    samples_per_window: dict[tuple[str, str, str], int] = {}
     for w in evidence.health:
+        for s in w.signals:
+            samples_per_window[(w.service, s.metric, s.dependency or "")] = s.count
         for area, f in _health_findings(w, evidence.window_seconds):
-            findings[area][w.service].append(f)
-    # only the strongest anomaly per (service, metric) counts: a burst of samples is one piece of evidence
-    best: dict[tuple[str, str, str], tuple[str, _Finding]] = {}
-    max_anomaly = 0.0
-    for a in evidence.anomalies:
-        max_anomaly = max(max_anomaly, a.score)
-        got = _anomaly_finding(a)
-        if got is None:
-            continue
-        key = (a.service, a.metric, a.labels.get("dependency", ""))
-        if key not in best or got[1].confidence > best[key][1].confidence:
-            best[key] = got
-    for (service, _m, _d), (area, f) in best.items():
-        findings[area][service].append(f)
+            health[area][w.service].append(f)
+    max_anomaly = max((a.score for a in evidence.anomalies), default=0.0)
+    for area, service, f in _anomaly_findings(evidence.anomalies, samples_per_window):
+        anomaly[area][service].append(f)
     by_service_tv: dict[str, list[TrustViolation]] = defaultdict(list)
     for v in evidence.trust_violations:
         by_service_tv[v.service].append(v)
     for service, vs in by_service_tv.items():
         conf = VIOLATION_CONFIDENCE[min(len(vs), len(VIOLATION_CONFIDENCE) - 1)]
         detail = "; ".join(v.detail for v in vs[:3])
-        findings["trust_violations"][service].append(
+        health["trust_violations"][service].append(
             _Finding(conf, f"{len(vs)} trust violation(s) on {service} in {_duration(evidence.window_seconds)}: {detail}")
         )
 
     per_area: dict[str, dict[str, float]] = {}
-    for area, services in findings.items():
-        per_area[area] = {svc: _noisy_or([f.confidence for f in fs]) for svc, fs in services.items()}
+    findings: dict[str, dict[str, list[_Finding]]] = defaultdict(lambda: defaultdict(list))
+    for area in set(health) | set(anomaly):
+        for service in set(health[area]) | set(anomaly[area]):
+            h = max((f.confidence for f in health[area][service]), default=0.0)
+            a = max((f.confidence for f in anomaly[area][service]), default=0.0)
+            if h == 0.0:
+                a = min(a, ANOMALY_ALONE_CAP)  # uncorroborated: a hint, never enough to act on
+            per_area.setdefault(area, {})[service] = _noisy_or([h, a])
+            fs = sorted([*health[area][service], *anomaly[area][service]], key=lambda f: -f.confidence)
+            findings[area][service] = fs
     scores = {area: max(svcs.values()) for area, svcs in per_area.items() if svcs}
     if not scores:
         return FocusDecision(
@@ -271,13 +370,27 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
         )
     area = max(scores, key=lambda a: (scores[a], -PRIORITY.index(a)))
     conf = scores[area]
-    sentences = [f.sentence for svc in sorted(findings[area], key=lambda s: -per_area[area][s]) for f in findings[area][svc]]
+    ranked = sorted(findings[area], key=lambda s: (-per_area[area][s], s))
+    sentences = [f.sentence for svc in ranked for f in findings[area][svc]]
     if conf < min_confidence:
         reason = (
             f"Strongest evidence is {area} at confidence {conf:.2f}, below the {min_confidence:.2f} needed "
             "to act: routine maintenance."
         )
-        return FocusDecision("routine_maintenance", round(1 - conf, 4), [reason, *sentences[:3]], [], scores, max_anomaly)
-    targets = sorted((s for s, c in per_area[area].items() if c >= min_confidence), key=lambda s: -per_area[area][s])
+        return FocusDecision(
+            "routine_maintenance", round(1 - conf, 4), [reason, *sentences[:3]], [], scores, max_anomaly, per_area[area]
+        )
+    strong = [s for s in ranked if per_area[area][s] >= min_confidence]
+    # a caller whose dependency is also failing in this area is a symptom: act on the dependency
+    explained = {s: sorted(_upstream(s, deps) & set(strong)) for s in strong}
+    targets = [s for s in strong if not explained[s]]
+    notes = [
+        f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
+    ]
+    sentences = [f.sentence for svc in targets for f in findings[area][svc]] + [
+        f.sentence for svc in ranked if svc not in targets for f in findings[area][svc]
+    ]
     others = [f"Also seen: {a} at {c:.2f}." for a, c in sorted(scores.items(), key=lambda kv: -kv[1]) if a != area]
-    return FocusDecision(area, conf, [*sentences[:5], *others[:2]], targets, scores, max_anomaly)
+    return FocusDecision(
+        area, conf, [*sentences[:4], *notes[:2], *others[:2]], targets, scores, max_anomaly, per_area[area]
+    )

@@ -86,6 +86,7 @@ DEFAULT_PLAYBOOKS: dict[str, list[str]] = {
 }
 OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
 NEUTRAL_ADVICE = 0.5
+UNKNOWN_CAUSE = "unknown"  # the advisors' "no idea" candidate: never a root cause, never its confidence
 MAX_REMEMBERED = 10_000  # cycles, advice and directives remembered for lookups (oldest dropped first)
 
 
@@ -148,6 +149,7 @@ class Observations:
 
     def __init__(self, settings: Settings, learner: Learner) -> None:
         self.window = settings.cycle.evidence_window_seconds
+        self.dependencies = {svc.name: list(svc.dependencies) for svc in settings.services}
         self.strong = settings.cycle.strong_anomaly_score
         self.learner = learner
         self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
@@ -178,7 +180,10 @@ class Observations:
         health = [w for w in self.health.values() if fresh(w.service, w.window_end)]
         anomalies = [a for a in self.anomalies if fresh(a.service, a.ts)]
         violations = [v for v in self.violations.values() if v.ts >= start]
-        return Evidence(health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window)
+        return Evidence(
+            health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window,
+            dependencies=dict(self.dependencies),
+        )
 
     def busy(self, service: str, now: float) -> _Open | None:
         """Open work (directive or plan without an outcome, within its budget) on ``service``."""
@@ -624,7 +629,9 @@ class MetaLoop:
 
     def _combine(self, service: str, cf: CycleFocus, decision: FocusDecision, advice: MLAdvice | None) -> tuple[float, DirectiveAdvice, str]:
         ml = self.settings.ml
-        anomaly = cf.confidence
+        # the service's own evidence, not the cycle's best (a target may be weaker than the strongest one)
+        anomaly = round(min(1.0, decision.service_confidence.get(service, cf.confidence)), 4)
+        rc_weight = ml.ml_root_cause_weight
         if advice is None:
             # without advice the playbook term is what we learned about our own first choice
             books = list(cf.playbook_priorities)
@@ -634,12 +641,19 @@ class MetaLoop:
             causes: list[str] = []
         else:
             cands = [c for c in advice.root_cause_candidates if c.service in (None, service)]
-            rc = max((c.probability for c in cands), default=0.0)
-            pb = max((p.confidence for p in advice.ranked_playbooks), default=0.0)
-            causes = [c.cause for c in sorted(cands, key=lambda c: -c.probability) if c.probability >= ml.ml_min_confidence]
+            known = [c for c in cands if c.cause != UNKNOWN_CAUSE]
+            rc = max((c.probability for c in known), default=0.0)
+            if cands and max(cands, key=lambda c: c.probability).cause == UNKNOWN_CAUSE:
+                # the advisors say they do not know the cause: that is no vote against acting, so the
+                # root-cause term drops out of the weighted mean instead of counting as zero
+                rc_weight = 0.0
+            applicable = set(self.playbooks.get(cf.focus_area, []))
+            agreeing = [p for p in advice.ranked_playbooks if not applicable or p.name in applicable]
+            pb = max((p.confidence for p in agreeing or advice.ranked_playbooks), default=0.0)
+            causes = [c.cause for c in sorted(known, key=lambda c: -c.probability) if c.probability >= ml.ml_min_confidence]
             books = [p.name for p in sorted(advice.ranked_playbooks, key=lambda p: -p.score) if p.confidence >= ml.ml_min_confidence]
-        total = ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight
-        combined = round((ml.ml_anomaly_weight * anomaly + ml.ml_root_cause_weight * rc + ml.ml_playbook_weight * pb) / total, 4)
+        total = ml.ml_anomaly_weight + rc_weight + ml.ml_playbook_weight
+        combined = round((ml.ml_anomaly_weight * anomaly + rc_weight * rc + ml.ml_playbook_weight * pb) / total, 4)
         if advice is None:
             note = (
                 f"No ML advice for {cf.cycle_id} within {self.cfg.advice_wait_seconds:g}s: proceeding on focus "
@@ -648,6 +662,9 @@ class MetaLoop:
         elif not books:
             books = list(cf.playbook_priorities)
             note = f"ML advice below ml_min_confidence {ml.ml_min_confidence:.2f}: playbooks from learned order, confidence {combined:.2f}"
+        elif rc_weight == 0.0:
+            note = (f"ML advice combined: anomaly {anomaly:.2f}, root cause unknown (term left out), "
+                    f"playbook {pb:.2f} -> {combined:.2f}")
         else:
             note = f"ML advice combined: anomaly {anomaly:.2f}, root cause {rc:.2f}, playbook {pb:.2f} -> {combined:.2f}"
         scores = {"anomaly": anomaly, "root_cause": rc, "playbook": pb, "combined": combined}

@@ -146,7 +146,9 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         cfg, sink if sink is not None else KafkaSink(settings), TableStore(windows), TableStore(scorers), seed=cfg.seed
     )
     telemetry = app.topic(settings.topics.name("telemetry"), partitions=partitions, **raw)
-    sync = PartitionSync(settings, pipeline, telemetry.get_topic_name(), [windows, scorers])
+    sync = PartitionSync(
+        settings, pipeline, telemetry.get_topic_name(), [windows, scorers], lambda: app.consumer.assignment()
+    )
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
     async def process(stream: faust.StreamT) -> None:
@@ -249,32 +251,37 @@ class PartitionSync:
     Records at or below what a service's state applied are skipped as duplicates.
     """
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, topic: str, tables: list[Any]) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, topic: str, tables: list[Any], assignment: Any
+    ) -> None:
         self.settings, self.pipeline, self.topic, self.tables = settings, pipeline, topic, tables
+        self.assignment = assignment  # () -> the consumer's assigned TopicPartitions
         self.next_offset: dict[int, int | None] = {}  # partition -> next expected offset (None: unknown)
 
     def revoked(self, partitions: set[int]) -> None:
         for p in partitions:
             self.next_offset.pop(p, None)
 
-    def _load(self, partition: int) -> int | None:
+    def _load(self, partitions: list[int]) -> dict[int, int | None]:
         for table in self.tables:
             name = table.changelog_topic.get_topic_name()
-            entries = _read_changelog(self.settings, name, [partition])
+            entries = _read_changelog(self.settings, name, partitions)
             for key, value in entries.items():
                 if value is None:
                     table.data.pop(key, None)
                 else:
                     table.data[key] = value
-            logger.info("changelog loaded topic=%s partition=%d keys=%d", name, partition, len(entries))
-        marker = self.pipeline.progress([partition]).get(partition)
-        return None if marker is None else marker + 1
+            logger.info("changelog loaded topic=%s partitions=%s keys=%d", name, partitions, len(entries))
+        markers = self.pipeline.progress(partitions)
+        return {p: (markers[p] + 1 if p in markers else None) for p in partitions}
 
     async def process(self, record: Record) -> None:
         p = record.partition
         if p not in self.next_offset:
-            self.pipeline.forget({p})
-            self.next_offset[p] = await asyncio.to_thread(self._load, p)
+            # every newly assigned partition at once: one changelog read per table
+            parts = sorted({p} | {tp.partition for tp in self.assignment() if tp.topic == self.topic} - set(self.next_offset))
+            self.pipeline.forget(set(parts))
+            self.next_offset.update(await asyncio.to_thread(self._load, parts))
         expected = self.next_offset[p]
         if expected is not None and record.offset > expected:
             logger.warning(

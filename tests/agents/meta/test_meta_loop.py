@@ -74,10 +74,10 @@ async def test_trust_violation_focus_from_denied_outcome_and_operator_denial(h: 
 
 async def test_quiet_system_is_routine_maintenance_without_directive(h: Any, meta: Settings, bus: Any) -> None:
     bus.publish("health", h.window("api", h.stats("latency", "latency_p95_ms", mean=152, base=150, p95=153, base_p95=150)), "api")
-    # a weak anomaly below the confidence threshold is stated as the reason
+    # an anomaly the service's own health window does not corroborate is a hint, stated as the reason
     now = time.time()
     bus.publish("anomalies", AnomalyScore(service="api", metric="latency_p95_ms", signal="latency", value=170, baseline=150,
-                                          score=0.91, threshold=0.99, crossed=False, confidence=0.6, model="t", ts=now,
+                                          score=0.99999, threshold=0.99, crossed=True, confidence=0.6, model="t", ts=now,
                                           window_start=now - 10, window_end=now), "api")
     loop = MetaLoop(meta, replica_id="r1")
     async with h.running(loop):
