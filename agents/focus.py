@@ -74,6 +74,10 @@ DEPENDENCY_RATIO_MIN = 1.3
 ANOMALY_MIN_THRESHOLD = 0.999  # a crossing is never less extreme than this, whatever a series was configured with
 ANOMALY_ALPHA = 0.01  # fleet-wide (Bonferroni) p-value a series' crossings must beat to count at all
 ANOMALY_ALONE_CAP = 0.6  # anomaly evidence without a health deviation in the same area stays a hint
+HINT = 0.5  # any finding above its minimum: enough to explain a caller's symptom, not to act on alone
+#: which way a series must move for its anomaly to speak for the area (an instance count going *up*
+#: after a scale-out is not capacity strain); signals not listed count either way
+UNHEALTHY_DIRECTION: dict[str, int] = {"latency": 1, "errors": 1, "saturation": 1, "dependency": 1, "capacity": -1}
 VIOLATION_CONFIDENCE = (0.0, 0.8, 0.92, 0.97)  # by count (capped)
 
 
@@ -115,6 +119,8 @@ class FocusDecision:
 class _Finding:
     confidence: float
     sentence: str
+    #: for dependency findings: the dependency that looks unhealthy from the caller
+    dependency: str | None = None
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -206,6 +212,7 @@ def _dependency(service: str, s: SignalStats) -> _Finding | None:
     return _Finding(
         _conf(strength),
         f"Dependency {dep} unhealthy from {service}: {s.metric} {base:.3g} -> {cur:.3g} (x{ratio:.2f})",
+        s.dependency,
     )
 
 
@@ -252,12 +259,28 @@ class _Series:
     top: AnomalyScore | None = None
 
 
+def deviates(service: str, s: SignalStats, window_seconds: float) -> bool:
+    """Whether one health signal is a finding (above its minimum) against its own baseline.
+
+    >>> from metaheal.events import SignalStats
+    >>> ok = SignalStats(signal="errors", metric="error_rate", count=4, mean=0.002, p50=0.002, p95=0.002, max=0.002,
+    ...                  baseline_mean=0.002)
+    >>> deviates("api", ok, 2.0), deviates("api", ok.model_copy(update={"mean": 0.2}), 2.0)
+    (False, True)
+    """
+    w = HealthWindow(service=service, window_start=0.0, window_end=window_seconds, sample_count=s.count, signals=[s])
+    return bool(_health_findings(w, window_seconds))
+
+
 def _anomaly_series(anomalies: list[AnomalyScore]) -> dict[tuple[str, str, str], _Series]:
     out: dict[tuple[str, str, str], _Series] = {}
     for a in anomalies:
         area = SIGNAL_FOCUS.get(a.signal or "")
         if area is None:
             continue
+        direction = UNHEALTHY_DIRECTION.get(a.signal or "", 0)
+        if direction and (a.value - a.baseline) * direction <= 0:
+            continue  # surprising, but in the healthy direction
         key = (a.service, a.metric, a.labels.get("dependency", ""))
         sr = out.get(key)
         if sr is None:
@@ -299,6 +322,7 @@ def _anomaly_findings(
             conf,
             f"Anomaly score {a.score:.4g} on {where}: {a.value:.4g} vs baseline {a.baseline:.4g} "
             f"(crossed in {len(sr.crossed)} of {len(sr.windows)} window(s), fleet-wide p={p:.1e} over {m} series)",
+            dep or None,
         )))
     return out
 
@@ -347,6 +371,17 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
             _Finding(conf, f"{len(vs)} trust violation(s) on {service} in {_duration(evidence.window_seconds)}: {detail}")
         )
 
+    # a dependency that is one of ours and shows its own trouble is diagnosed in its own area:
+    # its callers' view of it is a symptom (the root cause is acted on, not the caller)
+    own = {svc for ar, svcs in health.items() if ar != "dependency_health"
+           for svc, fs in svcs.items() if any(f.confidence >= HINT for f in fs)}
+    for kind in (health, anomaly):
+        for svc, fs in list(kind.get("dependency_health", {}).items()):
+            kept = [f for f in fs if f.dependency not in own]
+            if kept:
+                kind["dependency_health"][svc] = kept
+            else:
+                del kind["dependency_health"][svc]
     per_area: dict[str, dict[str, float]] = {}
     findings: dict[str, dict[str, list[_Finding]]] = defaultdict(lambda: defaultdict(list))
     for area in set(health) | set(anomaly):
@@ -380,10 +415,18 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
         return FocusDecision(
             "routine_maintenance", round(1 - conf, 4), [reason, *sentences[:3]], [], scores, max_anomaly, per_area[area]
         )
-    strong = [s for s in ranked if per_area[area][s] >= min_confidence]
-    # a caller whose dependency is also failing in this area is a symptom: act on the dependency
-    explained = {s: sorted(_upstream(s, deps) & set(strong)) for s in strong}
-    targets = [s for s in strong if not explained[s]]
+    confidence = dict(per_area[area])
+    strong = [s for s in ranked if confidence[s] >= min_confidence]
+    # a caller whose dependency also deviates in this area is a symptom: act on the dependency (the root
+    # cause), which inherits the caller's confidence, since the caller's evidence is evidence about it
+    hinted = {s for s in ranked if confidence[s] >= HINT}
+    explained = {s: sorted(_upstream(s, deps) & hinted) for s in strong}
+    for s, by in explained.items():
+        for d in by:
+            confidence[d] = max(confidence[d], confidence[s])
+    roots = {d for by in explained.values() for d in by}
+    candidates = sorted(set(strong) | roots, key=lambda s: (-confidence[s], s))
+    targets = [s for s in candidates if not (_upstream(s, deps) & (set(candidates) | hinted))]
     notes = [
         f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
     ]
@@ -391,6 +434,4 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
         f.sentence for svc in ranked if svc not in targets for f in findings[area][svc]
     ]
     others = [f"Also seen: {a} at {c:.2f}." for a, c in sorted(scores.items(), key=lambda kv: -kv[1]) if a != area]
-    return FocusDecision(
-        area, conf, [*sentences[:4], *notes[:2], *others[:2]], targets, scores, max_anomaly, per_area[area]
-    )
+    return FocusDecision(area, conf, [*sentences[:4], *notes[:2], *others[:2]], targets, scores, max_anomaly, confidence)

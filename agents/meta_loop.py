@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from metaheal.agents.cycle_ids import CycleIds
-from metaheal.agents.focus import Evidence, FocusDecision, TrustViolation, decide_focus
+from metaheal.agents.focus import Evidence, FocusDecision, TrustViolation, decide_focus, deviates
 from metaheal.agents.guardrails import GuardrailChange, GuardrailState, time_budget
 from metaheal.agents.leader import CYCLE_KEY, GUARDRAILS_KEY, ControlTopic
 from metaheal.agents.learning import Insight, Learner
@@ -113,19 +113,20 @@ def _ledger_errors() -> tuple[type[BaseException], ...]:
         return (KafkaUnavailable,)
 
 
-def _focus_playbooks(settings: Settings) -> dict[str, list[str]]:
+def _focus_playbooks(settings: Settings) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Applicable playbooks per focus area (best prior first) and each playbook's declared prior success."""
     try:
         from metaheal.agents.playbooks import load_playbooks
 
         books = load_playbooks(settings.playbooks)
     except Exception as exc:  # noqa: BLE001 - any failure falls back to the documented defaults
         logger.warning("meta_loop playbooks unavailable folder=%s error=%s: using defaults", settings.playbooks, exc)
-        return DEFAULT_PLAYBOOKS
+        return DEFAULT_PLAYBOOKS, {}
     out: dict[str, list[str]] = defaultdict(list)
     for name, pb in sorted(books.items(), key=lambda kv: -kv[1].prior_success):
         for area in pb.applies_to.focus_areas:
             out[area].append(name)
-    return dict(out)
+    return dict(out), {name: pb.prior_success for name, pb in books.items()}
 
 
 # --- what the meta loop has read -----------------------------------------------------------------
@@ -153,6 +154,8 @@ class Observations:
         self.strong = settings.cycle.strong_anomaly_score
         self.learner = learner
         self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
+        #: per signal: (baseline_mean, baseline_p95) of its last window that did not deviate
+        self.reference: dict[tuple[str, str, str, str], tuple[float | None, float | None]] = {}
         self.anomalies: deque[AnomalyScore] = deque(maxlen=20_000)
         self.violations: dict[str, TrustViolation] = {}
         self.last_outcome_ts: dict[str, float] = {}
@@ -173,12 +176,19 @@ class Observations:
     def evidence(self, now: float) -> Evidence:
         start = now - self.window
 
-        def fresh(service: str, ts: float) -> bool:
-            # evidence older than the last outcome on a service describes a system that has since changed
-            return ts >= max(start, self.last_outcome_ts.get(service, 0.0))
+        def fresh(service: str, ts: float, dependency: str | None = None) -> bool:
+            # evidence older than the last outcome on a service (or on the dependency it speaks about)
+            # describes a system that has since changed
+            since = max(self.last_outcome_ts.get(service, 0.0), self.last_outcome_ts.get(dependency or "", 0.0))
+            return ts >= max(start, since)
 
-        health = [w for w in self.health.values() if fresh(w.service, w.window_end)]
-        anomalies = [a for a in self.anomalies if fresh(a.service, a.ts)]
+        health = []
+        for w in {id(w): w for w in self.health.values()}.values():
+            if not fresh(w.service, w.window_end):
+                continue
+            signals = [s for s in w.signals if fresh(w.service, w.window_end, s.dependency)]
+            health.append(w if len(signals) == len(w.signals) else w.model_copy(update={"signals": signals}))
+        anomalies = [a for a in self.anomalies if fresh(a.service, a.ts, a.labels.get("dependency"))]
         violations = [v for v in self.violations.values() if v.ts >= start]
         return Evidence(
             health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window,
@@ -207,6 +217,7 @@ class Observations:
         trigger: str | None = None
         insight: Insight | None = None
         if isinstance(event, HealthWindow):
+            event = self._against_reference(event)
             for s in event.signals:
                 self.health[(event.service, s.signal, s.metric, s.dependency or "")] = event
         elif isinstance(event, AnomalyScore):
@@ -240,6 +251,26 @@ class Observations:
         elif isinstance(event, LedgerEntry):
             trigger = self._ledger(event, now)
         return trigger, insight
+
+    def _against_reference(self, w: HealthWindow) -> HealthWindow:
+        """Judge each signal against the baseline it had while it was last healthy.
+
+        The streams worker's baselines keep learning, so a fault that persists becomes
+        "normal" within a few windows and would vanish from the evidence while it is still
+        there (e.g. while a first, wrong plan runs). A baseline is therefore only taken
+        over from windows that do not deviate from the reference; deviating windows are
+        judged against the last healthy one.
+        """
+        signals = []
+        for s in w.signals:
+            key = (w.service, s.signal, s.metric, s.dependency or "")
+            ref = self.reference.get(key)
+            judged = s if ref is None else s.model_copy(update={"baseline_mean": ref[0], "baseline_p95": ref[1]})
+            if not deviates(w.service, judged, w.window_end - w.window_start or self.window):
+                self.reference[key] = (s.baseline_mean, s.baseline_p95)
+                judged = s
+            signals.append(judged)
+        return w.model_copy(update={"signals": signals})
 
     def _directive(self, directive_id: str, cycle_id: str, service: str, focus: str, ts: float, budget: float) -> None:
         _bounded_put(self.directive_focus, directive_id, focus)
@@ -381,7 +412,7 @@ class MetaLoop:
             min_outcomes=self.cfg.min_outcomes_for_guardrails,
         )
         self.ids = CycleIds()
-        self.playbooks = _focus_playbooks(settings)
+        self.playbooks, self.priors = _focus_playbooks(settings)
         self._ledger = ledger
         self._owns_ledger = ledger is None
         self._ledger_errors = _ledger_errors()
@@ -647,11 +678,9 @@ class MetaLoop:
                 # the advisors say they do not know the cause: that is no vote against acting, so the
                 # root-cause term drops out of the weighted mean instead of counting as zero
                 rc_weight = 0.0
-            applicable = set(self.playbooks.get(cf.focus_area, []))
-            agreeing = [p for p in advice.ranked_playbooks if not applicable or p.name in applicable]
-            pb = max((p.confidence for p in agreeing or advice.ranked_playbooks), default=0.0)
             causes = [c.cause for c in sorted(known, key=lambda c: -c.probability) if c.probability >= ml.ml_min_confidence]
             books = [p.name for p in sorted(advice.ranked_playbooks, key=lambda p: -p.score) if p.confidence >= ml.ml_min_confidence]
+            pb = self._playbook_term(advice, books or list(cf.playbook_priorities))
         total = ml.ml_anomaly_weight + rc_weight + ml.ml_playbook_weight
         combined = round((ml.ml_anomaly_weight * anomaly + rc_weight * rc + ml.ml_playbook_weight * pb) / total, 4)
         if advice is None:
@@ -672,10 +701,35 @@ class MetaLoop:
             scores |= {f"advisor.{k}": v for k, v in advice.confidence_scores.items()}
         return combined, DirectiveAdvice(root_causes=causes, recommended_playbooks=books, confidence_scores=scores), note
 
+    def _playbook_term(self, advice: MLAdvice, books: list[str]) -> float:
+        """How likely the advisors think the playbook we will recommend first is to work.
+
+        The ranker's score is a posterior (Thompson) estimate of success and its
+        ``confidence`` says how much evidence is behind it, so the score counts in
+        proportion to that evidence and the playbook's declared prior fills the rest:
+        a fresh system leans on the priors, an experienced one on what it saw.
+        """
+        ranked = {p.name: p for p in advice.ranked_playbooks}
+        first = next((b for b in books if b in ranked), None)
+        if first is None:
+            return 0.0 if advice.ranked_playbooks else NEUTRAL_ADVICE
+        p = ranked[first]
+        prior = self.priors.get(first, p.score)
+        return round(p.confidence * p.score + (1 - p.confidence) * prior, 4)
+
     async def _direct(self, cf: CycleFocus, decision: FocusDecision, advice: MLAdvice | None) -> None:
         for service in cf.target_services:
             now = self.clock()
             if (cf.cycle_id, service) in self.obs.directed:
+                continue
+            changed = self.obs.last_outcome_ts.get(service, 0.0)
+            if changed >= cf.ts:
+                # an outcome landed while we waited for advice: the evidence this cycle decided on
+                # describes the service before that change, so the next cycle judges it afresh
+                logger.info(
+                    "meta_loop no directive service=%s cycle_id=%s reason=outcome_since_decision outcome_ts=%.3f",
+                    service, cf.cycle_id, changed,
+                )
                 continue
             busy = self.obs.busy(service, now)
             if busy is not None:

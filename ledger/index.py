@@ -1,12 +1,17 @@
 """The cycle index: ``cycle_id -> ledger offsets``, so one cycle is read without a scan.
 
 It lives on the compacted ``<prefix>ledger-index`` topic (key ``cycle_id``, value
-the JSON list of rows ``[offset, sequence, action, subsystem, timestamp]``), plus
-one ``__tail__`` record the sequencer writes after each batch: the last offset,
+the JSON list of rows ``[offset, sequence, action, subsystem, timestamp]``) in
+partition ``index_partition(cycle_id, partitions)`` (1 + CRC-32 of the id modulo
+the other partitions), so a process that starts on a large ledger reads only the
+one small partition of the cycle it replays; partition 0 holds the ``__lease__``
+records (:mod:`metaheal.ledger.lease`) and one ``__tail__`` record the sequencer writes after each batch: the last offset,
 sequence, entry hash and Merkle frontier, so a restarted sequencer reads only the
 ledger records after it. The index is derived data: if it is lost or stale, the
 missing part is rebuilt from the ledger (which stays the source of truth).
 
+>>> [index_partition("cycle-7", 17), index_partition("cycle-7", 17), index_partition("cycle-7", 1)]
+[3, 3, 0]
 >>> ix = CycleIndex()
 >>> ix.add(offset=0, sequence=0, cycle_id="c1", action="plan_created", subsystem="agents", timestamp="t")
 True
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +37,14 @@ logger = logging.getLogger(__name__)
 TAIL_KEY = "__tail__"
 
 Row = list[Any]  # [offset, sequence, action, subsystem, timestamp]
+
+
+def index_partition(cycle_id: str, partitions: int) -> int:
+    """Where a cycle's index record lives: stable across processes and Python versions
+    (CRC-32, not ``hash()``); partition 0 is kept for the lease and the tail."""
+    if partitions <= 1:
+        return 0
+    return 1 + zlib.crc32(cycle_id.encode("utf-8", "surrogatepass")) % (partitions - 1)
 
 
 @dataclass

@@ -49,7 +49,7 @@ from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, AvroSeriali
 from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
-from metaheal.ledger.index import TAIL_KEY, CycleIndex
+from metaheal.ledger.index import TAIL_KEY, CycleIndex, index_partition
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.keys import KeyError_, KeyRegistry
 from metaheal.ledger.reader import PartitionReader
@@ -91,7 +91,8 @@ class ImmutableLog:
         self._reader: PartitionReader | None = None
         self._tail: Sequencer | None = None
         self._index = CycleIndex()
-        self._index_pos = 0  # next index-topic offset to read
+        self._index_pos: dict[int, int] = {}  # index partition -> next offset to read (key present: loaded)
+        self._index_parts = 0  # partitions of the index topic (0: not known yet)
         self._ledger_pos = 0  # next ledger offset not yet indexed
         self._dirty: set[str] = set()
         self._queue: list[_Request] = []
@@ -328,24 +329,35 @@ class ImmutableLog:
         """Best effort: the index is derived data, rebuilt from the ledger if stale."""
         tail = self._tail
         assert tail is not None
-        offsets: list[int] = []
+        acked_at: dict[int, list[int]] = {}
+        failed: list[str] = []
 
         def acked(err: KafkaError | None, msg: Message) -> None:
             if err is None:
-                offsets.append(msg.offset())
+                acked_at.setdefault(msg.partition(), []).append(msg.offset())
+            else:
+                failed.append(str(err))
 
         try:
             producer = self._get_producer()
-            for cycle in self._dirty:
-                producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(),
-                                 partition=0, on_delivery=acked)
+            parts = self._partitions()
+            if self._dirty:
+                for cycle in self._dirty:
+                    producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(),
+                                     partition=index_partition(cycle, parts), on_delivery=acked)
+                # The tail says "indexed up to here": it goes out only after every cycle record was
+                # acknowledged (they are on other partitions, so their order is not kept for us).
+                if producer.flush(self.timeout) or failed:
+                    raise KafkaUnavailable(failed[0] if failed else "index records unacknowledged")
             producer.produce(self.index_topic, value=json.dumps(tail.to_json()).encode(), key=TAIL_KEY.encode(),
                              partition=0, on_delivery=acked)
-            if producer.flush(self.timeout):
-                raise KafkaUnavailable("index records unacknowledged")
+            if producer.flush(self.timeout) or failed:
+                raise KafkaUnavailable(failed[0] if failed else "index tail unacknowledged")
             self._dirty.clear()
-            if offsets and min(offsets) == self._index_pos and len(offsets) == max(offsets) - min(offsets) + 1:
-                self._index_pos = max(offsets) + 1  # nothing foreign in between: no need to read our own writes
+            for part, offsets in acked_at.items():
+                pos = self._index_pos.get(part)
+                if pos is not None and min(offsets) == pos and len(offsets) == max(offsets) - min(offsets) + 1:
+                    self._index_pos[part] = max(offsets) + 1  # nothing foreign in between: no need to re-read
         except (KafkaException, KafkaUnavailable, BufferError) as exc:
             logger.warning("ledger_index_write_failed error=%s (rebuilt from the ledger later)", exc)
 
@@ -357,8 +369,9 @@ class ImmutableLog:
             raise LedgerUnavailable("lease record not acknowledged by the broker")
 
     def _read_index(self) -> None:
+        """Partition 0 of the index topic: the lease and the tail."""
         self._ensure_topics()
-        for m in self._read_to_end(self.index_topic, self._index_pos):
+        for m in self._read_to_end(self.index_topic, self._index_pos.get(0, 0)):
             self._take_index_record(m)
 
     def _hold_lease(self) -> None:
@@ -418,6 +431,18 @@ class ImmutableLog:
             self._reader = PartitionReader(self.settings.kafka)
         return self._reader
 
+    def _partitions(self) -> int:
+        """Partition count of the index topic (1 for a ledger made before it had several)."""
+        if not self._index_parts:
+            self._ensure_topics()
+            try:
+                self._index_parts = self._get_reader().partitions(self.index_topic, timeout=self.timeout)
+            except LedgerUnavailable:
+                raise
+            except KafkaUnavailable as exc:
+                raise LedgerUnavailable(str(exc)) from exc
+        return self._index_parts
+
     def _ensure_topics(self) -> None:
         if self._topics_ok:
             return
@@ -434,40 +459,53 @@ class ImmutableLog:
         except KafkaUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
-    def _catch_up(self, tail: Sequencer | None = None) -> None:
-        """Load index records written since the last call, then index ledger records after them.
+    def _catch_up(self, tail: Sequencer | None = None, cycles: Iterable[str] | None = None) -> None:
+        """Load the index records needed, then index the ledger records after them.
 
-        In steady state both topics are read in one round trip. A fresh reader (or a
-        resuming sequencer, ``tail``) reads the index first, because the stored
-        ``__tail__`` says where in the ledger to continue; with ``tail`` the ledger
-        records found are also chained onto it.
+        ``cycles``: the index partitions of these cycles are loaded (``None``: all of
+        them, which a writer (``tail``) and a whole-index query need). Partition 0
+        (lease, ``__tail__``) is always read, and read *before* a partition is loaded
+        for the first time: index records are acknowledged before the tail that
+        covers them, so a partition read after the tail holds everything the tail
+        claims is indexed. Ledger records after the stored tail are indexed here
+        directly, which is why a loaded cycle partition never needs re-reading.
+        Steady state is one round trip for partition 0 and the ledger.
         """
         try:
             self._ensure_topics()
-            if tail is None and (self._index_pos or self._ledger_pos):
-                starts = {self.index_topic: self._index_pos, self.topic: self._ledger_pos}
-                for m in self._get_reader().read_many(starts, timeout=self.timeout):
-                    if m.topic() == self.index_topic:
-                        self._take_index_record(m)
-                    else:
-                        self._take_ledger_record(m, None)
-                return
-            for m in self._read_to_end(self.index_topic, self._index_pos):
-                self._take_index_record(m)
-            stored = self._index.tail
-            if tail is not None and stored is not None and int(stored["next_sequence"]) > tail.next_sequence:
-                tail.load_json(stored)
-            if self._index.tail is not None and self._ledger_pos == 0:
-                self._ledger_pos = int(self._index.tail["last_offset"]) + 1
-            for m in self._read_to_end(self.topic, self._ledger_pos):
-                self._take_ledger_record(m, tail)
+            parts = self._partitions()
+            want = set(range(parts)) if cycles is None else {index_partition(c, parts) for c in cycles}
+            new = sorted(p for p in want if p not in self._index_pos and p != 0)
+            fresh = 0 not in self._index_pos or tail is not None
+            if fresh:  # the tail decides where the ledger read starts: read it first, alone
+                for m in self._read_to_end(self.index_topic, self._index_pos.get(0, 0)):
+                    self._take_index_record(m)
+                self._index_pos.setdefault(0, 0)
+                stored = self._index.tail
+                if tail is not None and stored is not None and int(stored["next_sequence"]) > tail.next_sequence:
+                    tail.load_json(stored)
+                if stored is not None and self._ledger_pos == 0:
+                    self._ledger_pos = int(stored["last_offset"]) + 1
+            starts = {(self.index_topic, p): self._index_pos.get(p, 0) for p in new}
+            if not fresh:
+                starts[(self.index_topic, 0)] = self._index_pos[0]
+            starts[(self.topic, 0)] = self._ledger_pos
+            for p in new:
+                self._index_pos[p] = 0
+            for m in self._get_reader().read_parts(starts, timeout=self.timeout):
+                if m.topic() == self.index_topic:
+                    self._take_index_record(m)
+                else:
+                    self._take_ledger_record(m, tail)
         except KafkaException as exc:
             raise LedgerUnavailable(f"cannot read the ledger: {exc}") from exc
+        except LedgerUnavailable:
+            raise
         except KafkaUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
     def _take_index_record(self, m: Message) -> None:
-        self._index_pos = m.offset() + 1
+        self._index_pos[m.partition()] = m.offset() + 1
         key = (m.key() or b"").decode()
         if m.value() is None:  # a tombstone: forget what the record said
             if key == TAIL_KEY:
@@ -511,7 +549,8 @@ class ImmutableLog:
         """Resume the sequencer: from the stored tail, then every ledger record after it."""
         self._index = CycleIndex()
         self._lease = LeaseState()  # re-derived from the whole index topic below
-        self._index_pos = self._ledger_pos = 0
+        self._index_pos = {}
+        self._ledger_pos = 0
         self._tail = None
         tail = self._new_sequencer()
         self._catch_up(tail)
@@ -589,13 +628,13 @@ class ImmutableLog:
             logger.warning("ledger_index_rebuild reason=corrupt_index_record topic=%s", self.index_topic)
             self._index.corrupt = False
             self._ledger_pos = 0
-            self._catch_up()
+            self._catch_up(cycles=[cycle_id])
             rows = self._index.rows(cycle_id)
         return rows
 
     def replay_cycle_sync(self, cycle_id: str) -> list[LedgerEntry]:
         with self._io:
-            self._catch_up()
+            self._catch_up(cycles=[cycle_id])
             rows = self._rows(cycle_id)
             msgs = self._fetch([r[0] for r in rows])
         return [e for e in self._decoded(msgs) if e.cycle_id == cycle_id]

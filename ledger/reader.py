@@ -28,7 +28,12 @@ class PartitionReader:
         cfg = consumer_config(settings, None)
         cfg.update({"fetch.wait.max.ms": 10, "fetch.error.backoff.ms": 10})
         self.consumer = _Consumer(cfg)
-        self._known: set[str] = set()
+        self._known: dict[str, int] = {}  # topic -> partition count
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> int:
+        """The topic's partition count (from the metadata fetched once per topic)."""
+        self._prime(topic, timeout)
+        return self._known[topic]
 
     def _prime(self, topic: str, timeout: float) -> None:
         if topic in self._known:
@@ -40,7 +45,7 @@ class PartitionReader:
         t = md.topics.get(topic)
         if t is None or t.error is not None:
             raise KafkaUnavailable(f"topic {topic} does not exist")
-        self._known.add(topic)
+        self._known[topic] = len(t.partitions)
 
     def assign(self, topic: str, offset: int, *, partition: int = 0, timeout: float = 10.0) -> None:
         self._prime(topic, timeout)
@@ -56,19 +61,24 @@ class PartitionReader:
         ``timeout`` bounds the time without progress, so a slow consumer of the
         iterator (the verifier) can take as long as it needs.
         """
-        for topic in starts:
+        return self.read_parts({(t, partition): o for t, o in starts.items()}, timeout=timeout)
+
+    def read_parts(self, starts: dict[tuple[str, int], int], *, timeout: float = 60.0) -> Iterator[Message]:
+        """Like :meth:`read_many`, for any ``(topic, partition)`` pairs: one fetch round trip for all."""
+        for topic, _ in starts:
             self._prime(topic, timeout)
-        self.consumer.assign([TopicPartition(t, partition, max(o, 0)) for t, o in starts.items()])
+        self.consumer.assign([TopicPartition(t, p, max(o, 0)) for (t, p), o in starts.items()])
         pending = set(starts)
+        names = ", ".join(sorted({t for t, _ in starts}))
         deadline = time.monotonic() + timeout
         try:
             while pending:
                 if time.monotonic() > deadline:
-                    raise KafkaUnavailable(f"timed out reading {', '.join(sorted(pending))} to the end")
+                    raise KafkaUnavailable(f"timed out reading {names} to the end")
                 try:
                     msgs = self.consumer.consume(1000, 0.005)
                 except KafkaException as exc:
-                    raise KafkaUnavailable(f"cannot read {', '.join(starts)}: {exc}") from exc
+                    raise KafkaUnavailable(f"cannot read {names}: {exc}") from exc
                 if msgs:
                     deadline = time.monotonic() + timeout  # a timeout without progress, not in total
                 for m in msgs:
@@ -76,7 +86,7 @@ class PartitionReader:
                     if err is None:
                         yield m
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.topic())
+                        pending.discard((m.topic(), m.partition()))
                     else:
                         raise KafkaUnavailable(f"cannot read {m.topic()}: {err}")
         finally:

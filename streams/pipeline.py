@@ -100,7 +100,7 @@ class Pipeline:
         self.settings = settings
         self.sink = sink
         self.intake = Intake(SignalMap(settings.signal_map))
-        self.scorers = ScorerRegistry(scorer_store, seed=seed)
+        self.scorers = ScorerRegistry(scorer_store, seed=seed, min_interval=settings.checkpoint_interval_seconds)
         self.state_store = as_store(state_store)
         self._dirty: dict[str, int] = {}  # services whose state changed since the last flush
         self._progress: dict[int, int] = {}  # partition -> last offset processed since the last flush

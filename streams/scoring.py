@@ -21,8 +21,10 @@ warm-up with its burst of low-confidence scores.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from metaheal.events import AnomalyScore
@@ -84,9 +86,15 @@ def as_store(store: Store | dict[bytes, bytes]) -> Store:
 class ScorerRegistry:
     """Live scorers by series id, restored from and checkpointed to ``store``."""
 
-    def __init__(self, store: Store | dict[bytes, bytes], *, seed: int = 0) -> None:
+    def __init__(
+        self, store: Store | dict[bytes, bytes], *, seed: int = 0, min_interval: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = as_store(store)
         self.seed = seed
+        self.min_interval = min_interval  # wall seconds between two checkpoints of one series
+        self._clock = clock
+        self._last_checkpoint: dict[str, float] = {}
         self.live: dict[str, AnomalyScorer] = {}
         self._partition: dict[str, int] = {}
         self.restored = 0
@@ -115,8 +123,18 @@ class ScorerRegistry:
         self._partition[series] = partition
         return scorer
 
-    def checkpoint(self, series: str) -> None:
+    def checkpoint(self, series: str, *, force: bool = False) -> None:
+        """Write the series' model unless it was written less than ``min_interval`` ago.
+
+        The cadence is wall-clock, not per window: replaying a backlog closes windows far
+        faster than real time, and a ~40 KB checkpoint per window per series would then
+        dominate the worker's work.
+        """
         scorer = self.live.get(series)
+        now = self._clock()
+        if not force and now - self._last_checkpoint.get(series, -math.inf) < self.min_interval:
+            return
+        self._last_checkpoint[series] = now
         if scorer is not None:
             blob = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
             self.store.put(series.encode(), blob, self._partition[series])

@@ -14,6 +14,8 @@ from metaheal.events import LedgerEntry
 from metaheal.kafka import KafkaUnavailable
 from metaheal.ledger import ImmutableLog, LedgerUnavailable
 from metaheal.ledger.chain import GENESIS, entry_hash, message
+from metaheal.ledger.index import index_partition
+from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.keys import KeyRegistry, init_operator_key, init_system_keys
 
 pytestmark = pytest.mark.broker
@@ -178,8 +180,11 @@ async def test_lost_index_is_rebuilt_from_the_ledger(settings: Settings) -> None
     first.close()
     # the index is lost or damaged: its records are tombstoned or overwritten with garbage
     p = Producer(settings.kafka)
+    parts = PartitionReader(settings.kafka).partitions(settings.topics.name("ledger-index"))
+    assert parts > 1  # cycles are spread over the index partitions; 0 holds the tail
     for key in ("c0", "c1", "__tail__"):
-        p.produce(settings.topics.name("ledger-index"), b"not json" if key == "c0" else None, key=key, partition=0)
+        where = 0 if key == "__tail__" else index_partition(key, parts)
+        p.produce(settings.topics.name("ledger-index"), b"not json" if key == "c0" else None, key=key, partition=where)
     p.flush()
     second = ImmutableLog(settings)
     assert [e.sequence for e in await second.replay_cycle("c0")] == [0, 2, 4]
@@ -187,3 +192,55 @@ async def test_lost_index_is_rebuilt_from_the_ledger(settings: Settings) -> None
     assert e.sequence == 6
     assert [x.sequence for x in await second.replay_cycle("c1")] == [1, 3, 5, 6]
     second.close()
+
+
+async def test_fresh_reader_loads_only_the_cycles_index_partition(settings: Settings) -> None:
+    init_system_keys(settings.keys)
+    writer = ImmutableLog(settings)
+    for i in range(40):
+        await writer.append(actor="executor", action="step_executed", payload={"i": i}, cycle_id=f"c{i % 10}")
+    index_topic = settings.topics.name("ledger-index")
+    reader = PartitionReader(settings.kafka)
+    parts = reader.partitions(index_topic)
+    stored: dict[int, set[str]] = {}
+    for p in range(parts):
+        for m in reader.read(index_topic, partition=p):
+            stored.setdefault(p, set()).add(m.key().decode())
+    reader.close()
+    assert stored[0] <= {"__tail__", "__lease__"}  # partition 0: lease and tail only
+    for c in (f"c{k}" for k in range(10)):
+        assert c in stored[index_partition(c, parts)]
+    assert len({index_partition(f"c{k}", parts) for k in range(10)}) > 3  # really spread
+
+    fresh = ImmutableLog(settings)
+    got = await fresh.replay_cycle("c3")
+    assert [e.sequence for e in got] == [3, 13, 23, 33]
+    assert set(fresh._index_pos) == {0, index_partition("c3", parts)}  # not the whole index
+    # the writer appends more (to a cycle whose partition the fresh reader has and one it has not loaded)
+    await writer.append(actor="executor", action="step_executed", cycle_id="c3")
+    await writer.append(actor="executor", action="step_executed", cycle_id="c4")
+    assert [e.sequence for e in await fresh.replay_cycle("c3")] == [3, 13, 23, 33, 40]
+    assert [e.sequence for e in await fresh.replay_cycle("c4")] == [4, 14, 24, 34, 41]
+    outcomes = await fresh.get_signed_outcomes()  # needs the whole index: loads every partition
+    assert outcomes == [] and set(fresh._index_pos) == set(range(parts))
+    writer.close()
+    fresh.close()
+
+
+async def test_fresh_reader_finds_entries_the_stored_index_lacks(settings: Settings) -> None:
+    """Entries after the stored tail (index write lost) come from the ledger itself."""
+    from metaheal.kafka import Producer
+
+    init_system_keys(settings.keys)
+    first = ImmutableLog(settings)
+    for i in range(4):
+        await first.append(actor="executor", action="step_executed", payload={"i": i}, cycle_id="late")
+    first.close()
+    p = Producer(settings.kafka)  # the newest index records are lost: tail and cycle record tombstoned
+    parts = PartitionReader(settings.kafka).partitions(settings.topics.name("ledger-index"))
+    p.produce(settings.topics.name("ledger-index"), None, key="__tail__", partition=0)
+    p.produce(settings.topics.name("ledger-index"), None, key="late", partition=index_partition("late", parts))
+    p.flush()
+    fresh = ImmutableLog(settings)
+    assert [e.sequence for e in await fresh.replay_cycle("late")] == [0, 1, 2, 3]
+    fresh.close()

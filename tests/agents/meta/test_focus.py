@@ -165,3 +165,23 @@ def test_threshold_is_configurable(h: Any) -> None:
     w = h.window("api", h.stats("latency", "p95", mean=200, base=150, p95=200, base_p95=150), end=NOW)
     assert decide_focus(Evidence(health=[w]), min_confidence=0.99).focus_area == "routine_maintenance"
     assert decide_focus(Evidence(health=[w]), min_confidence=0.5).focus_area == "latency_drift"
+
+
+def test_a_dependency_with_only_a_hint_is_still_the_one_acted_on(h: Any) -> None:
+    # the caller's symptom is already strong while the failing dependency only starts to deviate
+    ws = [h.window("web", h.stats("latency", "latency_p95_ms", mean=250, base=150, p95=250, base_p95=150), end=NOW),
+          h.window("api_cluster", h.stats("latency", "latency_p95_ms", mean=180, base=150, p95=180, base_p95=150), end=NOW)]
+    d = decide_focus(Evidence(health=ws, dependencies={"web": ["api_cluster"]}))
+    assert (d.focus_area, d.target_services) == ("latency_drift", ["api_cluster"])
+    assert d.service_confidence["api_cluster"] == d.service_confidence["web"]  # inherits the caller's evidence
+
+
+def test_a_callers_view_of_a_failing_fleet_service_is_not_dependency_health(h: Any) -> None:
+    web = h.window("web", h.stats("dependency", "dependency_error_rate", mean=0.15, base=0.002, dependency="api_cluster"), end=NOW)
+    api = h.window("api_cluster", h.stats("errors", "error_rate", mean=0.18, base=0.002), end=NOW)
+    d = decide_focus(Evidence(health=[web, api], dependencies={"web": ["api_cluster"]}))
+    assert (d.focus_area, d.target_services) == ("error_spike", ["api_cluster"])
+    assert "dependency_health" not in d.scores
+    # an outside dependency (or one of ours that looks fine) is still dependency health
+    alone = decide_focus(Evidence(health=[web], dependencies={"web": ["api_cluster"]}))
+    assert (alone.focus_area, alone.target_services) == ("dependency_health", ["web"])

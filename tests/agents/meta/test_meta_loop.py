@@ -103,7 +103,9 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
                                                          RankedPlaybook(name="restart_service", score=0.3, confidence=0.4)]), cycle.cycle_id)
         [d] = await h.until(lambda: bus.aread("directives", Directive))
     ml = meta.ml
-    expected = (ml.ml_anomaly_weight * cycle.confidence + ml.ml_root_cause_weight * 0.9 + ml.ml_playbook_weight * 0.85) / (
+    # the playbook term: the ranker's score, trusted as far as its confidence goes, the declared prior (0.7) the rest
+    playbook = 0.85 * 0.9 + 0.15 * 0.7
+    expected = (ml.ml_anomaly_weight * cycle.confidence + ml.ml_root_cause_weight * 0.9 + ml.ml_playbook_weight * playbook) / (
         ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight)
     assert d.confidence == pytest.approx(expected, abs=1e-3)
     assert d.ml_advice.root_causes == ["traffic_surge"]  # below ml_min_confidence is dropped

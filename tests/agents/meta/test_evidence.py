@@ -1,0 +1,45 @@
+"""What the meta loop counts as evidence after a fix (pure: no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaheal.agents.focus import decide_focus
+from metaheal.agents.learning import Learner
+from metaheal.agents.meta_loop import Observations
+from metaheal.config import Settings
+from metaheal.events import AnomalyScore, HealthWindow
+
+NOW = 1_736_951_400.0
+
+
+def test_a_fix_on_a_dependency_retires_its_callers_view_of_it(h: Any) -> None:
+    obs = Observations(Settings(), Learner())
+    web = h.window("web", h.stats("dependency", "dependency_error_rate", mean=0.15, base=0.002, dependency="api_cluster"),
+                   h.stats("latency", "latency_p95_ms", mean=120, base=118), end=NOW - 5, seconds=2)
+    obs.ingest("health", web, NOW)
+    obs.ingest("anomalies", AnomalyScore(service="web", metric="dependency_error_rate", signal="dependency", value=0.18,
+                                         baseline=0.002, score=0.999999, threshold=0.999, crossed=True, model="m",
+                                         ts=NOW - 5, window_start=NOW - 7, window_end=NOW - 5,
+                                         labels={"dependency": "api_cluster"}), NOW)
+    assert decide_focus(obs.evidence(NOW)).focus_area == "dependency_health"
+    obs.last_outcome_ts["api_cluster"] = NOW - 3  # rollback_flag verified on api_cluster after those samples
+    ev = obs.evidence(NOW)
+    assert ev.anomalies == []
+    [w] = ev.health
+    assert isinstance(w, HealthWindow) and [s.metric for s in w.signals] == ["latency_p95_ms"]  # web's own signal stays
+    assert decide_focus(ev).focus_area == "routine_maintenance"
+
+
+def test_a_persisting_fault_stays_evidence_while_the_streams_baseline_learns_it(h: Any) -> None:
+    obs = Observations(Settings(), Learner())
+    for i, (mean, base) in enumerate([(0.002, 0.002), (0.002, 0.002), (0.18, 0.002), (0.18, 0.06), (0.18, 0.15)]):
+        w = h.window("api", h.stats("errors", "error_rate", mean=mean, base=base, count=4), end=NOW - 10 + 2 * i, seconds=2)
+        obs.ingest("health", w, NOW)
+    # the streams baseline has nearly caught up with the fault (0.15): judged against the last healthy one it is a spike
+    d = decide_focus(obs.evidence(NOW))
+    assert (d.focus_area, d.target_services) == ("error_spike", ["api"])
+    assert "baseline 0.002" in d.reasoning[0]
+    # once healthy again, the reference follows the streams baseline again
+    obs.ingest("health", h.window("api", h.stats("errors", "error_rate", mean=0.002, base=0.1, count=4), end=NOW, seconds=2), NOW)
+    assert decide_focus(obs.evidence(NOW)).focus_area == "routine_maintenance"
