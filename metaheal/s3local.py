@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -33,7 +31,7 @@ from typing import IO
 
 import httpx
 
-from metaheal.broker import BrokerError, die_with_parent, free_port
+from metaheal.broker import BrokerError, die_with_parent, free_port, terminate_group
 
 logger = logging.getLogger(__name__)
 
@@ -171,13 +169,8 @@ class LocalS3:
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
         try:
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout)
+            if proc is not None:
+                terminate_group(proc, timeout)
         finally:
             self._release_lock()
 

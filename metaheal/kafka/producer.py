@@ -22,6 +22,13 @@ def _headers(headers: Headers) -> list[tuple[str, bytes]] | None:
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in headers.items()]
 
 
+def _record(value: bytes | None, key: bytes | str | None, headers: Headers, partition: int | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"key": key, "value": value, "headers": _headers(headers)}
+    if partition is not None:
+        kwargs["partition"] = partition
+    return kwargs
+
+
 class Producer:
     """Wraps ``confluent_kafka.Producer``.
 
@@ -44,9 +51,7 @@ class Producer:
         headers: Headers = None,
         partition: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": _headers(headers)}
-        if partition is not None:
-            kwargs["partition"] = partition
+        kwargs = _record(value, key, headers, partition)
         while True:
             try:
                 self._producer.produce(topic, on_delivery=self._on_delivery, **kwargs)
@@ -83,9 +88,7 @@ class Producer:
         def done(err: KafkaError | None, msg: Message) -> None:
             result["err"], result["msg"] = err, msg
 
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": _headers(headers)}
-        if partition is not None:
-            kwargs["partition"] = partition
+        kwargs = _record(value, key, headers, partition)
         try:
             self._producer.produce(topic, on_delivery=done, **kwargs)
         except (BufferError, KafkaException) as exc:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.cli import core
-from metaheal.config import KafkaSettings, Settings, TopicSettings
+from metaheal.config import KafkaSettings
 from metaheal.kafka import Admin
 from metaheal.s3local import install_s3rver
 from metaheal.topics import TOPICS
