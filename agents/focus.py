@@ -334,7 +334,7 @@ def _noisy_or(confs: list[float]) -> float:
     return round(1 - p, 4)
 
 
-def _upstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
+def upstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
     """Every service ``service`` calls, directly or not."""
     seen: set[str] = set()
     todo = list(dependencies.get(service, []))
@@ -420,13 +420,13 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
     # a caller whose dependency also deviates in this area is a symptom: act on the dependency (the root
     # cause), which inherits the caller's confidence, since the caller's evidence is evidence about it
     hinted = {s for s in ranked if confidence[s] >= HINT}
-    explained = {s: sorted(_upstream(s, deps) & hinted) for s in strong}
+    explained = {s: sorted(upstream(s, deps) & hinted) for s in strong}
     for s, by in explained.items():
         for d in by:
             confidence[d] = max(confidence[d], confidence[s])
     roots = {d for by in explained.values() for d in by}
     candidates = sorted(set(strong) | roots, key=lambda s: (-confidence[s], s))
-    targets = [s for s in candidates if not (_upstream(s, deps) & (set(candidates) | hinted))]
+    targets = [s for s in candidates if not (upstream(s, deps) & (set(candidates) | hinted))]
     notes = [
         f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
     ]

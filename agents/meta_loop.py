@@ -34,13 +34,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from metaheal.agents.cycle_ids import CycleIds
-from metaheal.agents.focus import Evidence, FocusDecision, TrustViolation, decide_focus, deviates
+from metaheal.agents.focus import (
+    Evidence,
+    FocusDecision,
+    TrustViolation,
+    decide_focus,
+    deviates,
+    upstream,
+)
 from metaheal.agents.guardrails import GuardrailChange, GuardrailState, time_budget
 from metaheal.agents.leader import CYCLE_KEY, GUARDRAILS_KEY, ControlTopic
 from metaheal.agents.learning import Insight, Learner
 from metaheal.agents.probes import probe_commands, probes_for
+
 from metaheal.config import Settings
 from metaheal.events import (
     AgenticPlan,
@@ -58,7 +65,12 @@ from metaheal.events import (
     SignedOutcome,
 )
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError, EventDecoder
+from metaheal.kafka.serializers import (
+    AvroDeserializer,
+    AvroSerializer,
+    DecodeError,
+    EventDecoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +171,7 @@ class Observations:
         self.anomalies: deque[AnomalyScore] = deque(maxlen=20_000)
         self.violations: dict[str, TrustViolation] = {}
         self.last_outcome_ts: dict[str, float] = {}
+        self.outcome_read_at: dict[str, float] = {}  # service -> when we read its latest outcome (our clock)
         self.advice: dict[str, MLAdvice] = {}
         self.cycle_focus: dict[str, str] = {}
         self.directive_focus: dict[str, str] = {}
@@ -176,19 +189,24 @@ class Observations:
     def evidence(self, now: float) -> Evidence:
         start = now - self.window
 
-        def fresh(service: str, ts: float, dependency: str | None = None) -> bool:
-            # evidence older than the last outcome on a service (or on the dependency it speaks about)
-            # describes a system that has since changed
-            since = max(self.last_outcome_ts.get(service, 0.0), self.last_outcome_ts.get(dependency or "", 0.0))
-            return ts >= max(start, since)
+        def fresh(service: str, ts: float, dependency: str | None = None, began: float | None = None) -> bool:
+            # evidence older than the last outcome on a service, on the dependency it speaks about or on
+            # anything it calls (a fixed dependency changes its callers too) describes a system that has
+            # since changed
+            since = max(
+                (self.last_outcome_ts.get(s, 0.0) for s in {service, dependency or "", *upstream(service, self.dependencies)}),
+                default=0.0,
+            )
+            return ts >= start and (ts if began is None else began) >= since
 
         health = []
+        # a window (or a summary's max) that started before a change mixes the old system into the new one
         for w in {id(w): w for w in self.health.values()}.values():
-            if not fresh(w.service, w.window_end):
+            if not fresh(w.service, w.window_end, began=w.window_start):
                 continue
-            signals = [s for s in w.signals if fresh(w.service, w.window_end, s.dependency)]
+            signals = [s for s in w.signals if fresh(w.service, w.window_end, s.dependency, w.window_start)]
             health.append(w if len(signals) == len(w.signals) else w.model_copy(update={"signals": signals}))
-        anomalies = [a for a in self.anomalies if fresh(a.service, a.ts, a.labels.get("dependency"))]
+        anomalies = [a for a in self.anomalies if fresh(a.service, a.ts, a.labels.get("dependency"), min(a.ts, a.window_start))]
         violations = [v for v in self.violations.values() if v.ts >= start]
         return Evidence(
             health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window,
@@ -283,6 +301,7 @@ class Observations:
         self.open.pop(o.plan_id, None)
         self.open.pop(o.directive_id, None)
         self.last_outcome_ts[o.service] = max(self.last_outcome_ts.get(o.service, 0.0), o.ts)
+        self.outcome_read_at[o.service] = now
         trigger = None
         if o.result == "denied":
             trigger = self._violation(
@@ -722,7 +741,7 @@ class MetaLoop:
             now = self.clock()
             if (cf.cycle_id, service) in self.obs.directed:
                 continue
-            changed = self.obs.last_outcome_ts.get(service, 0.0)
+            changed = max(self.obs.last_outcome_ts.get(service, 0.0), self.obs.outcome_read_at.get(service, 0.0))
             if changed >= cf.ts:
                 # an outcome landed while we waited for advice: the evidence this cycle decided on
                 # describes the service before that change, so the next cycle judges it afresh

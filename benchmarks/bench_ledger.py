@@ -1,6 +1,6 @@
 """Ledger throughput and latency on the embedded broker (or --bootstrap).
 
-    python benchmarks/bench_ledger.py [--appends 20000] [--entries 200000] [--verify 20000]
+    python benchmarks/bench_ledger.py [--appends 20000] [--entries 200000] [--only appends|verify|replay]
 
 Prints, from one run:
 * appends/s with signing and broker acknowledgement: ``--appends`` concurrent
@@ -11,7 +11,12 @@ Prints, from one run:
   their ratio;
 * replay_cycle latency for one cycle in a ledger of ``--entries`` entries (built
   in-process and produced in one batch; the index is rebuilt from the ledger by a
-  fresh ImmutableLog, as after an index loss).
+  fresh ImmutableLog, as after an index loss): from a warm ImmutableLog, from a new
+  ImmutableLog in this process, and from fresh processes (what ``metaheal ledger
+  replay`` users hit: the time of ``replay_cycle`` itself, then the whole CLI's
+  wall clock including interpreter start and imports).
+
+    python benchmarks/bench_ledger.py --only replay --entries 1000000
 
 Numbers on a shared 2-core machine are noisy; compare ratios measured in one run.
 """

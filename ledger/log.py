@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import fastavro
@@ -489,9 +490,13 @@ class ImmutableLog:
             starts = {(self.index_topic, p): self._index_pos.get(p, 0) for p in new}
             if not fresh:
                 starts[(self.index_topic, 0)] = self._index_pos[0]
-            starts[(self.topic, 0)] = self._ledger_pos
             for p in new:
                 self._index_pos[p] = 0
+            if new:  # newly loaded partitions first: a long ledger read next to many idle partitions is slow
+                for m in self._get_reader().read_parts(starts, timeout=self.timeout):
+                    self._take_index_record(m)
+                starts = {}
+            starts[(self.topic, 0)] = self._ledger_pos
             for m in self._get_reader().read_parts(starts, timeout=self.timeout):
                 if m.topic() == self.index_topic:
                     self._take_index_record(m)
@@ -536,14 +541,16 @@ class ImmutableLog:
         if tail is not None:
             _advance(tail, e, m.offset())
 
-    def _decode_fast(self, value: bytes) -> LedgerEntry:
-        """Decode without pydantic validation: the Avro schema already fixes every field's type."""
+    def _decode_fast(self, value: bytes) -> Any:
+        """Decode to a plain attribute object, for indexing and chaining only (never returned to
+        callers): the Avro schema already fixes every field's type, and even ``model_construct``
+        costs more than the Avro decode on a large rebuild."""
         check_header(value, self._decode.fingerprint, "LedgerEntry")
         try:
             d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode._parsed, None)
         except Exception as exc:  # noqa: BLE001 - corrupt bytes are reported, not fatal
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
-        return LedgerEntry.model_construct(**d)  # type: ignore[arg-type]
+        return SimpleNamespace(**d)
 
     def _sync(self) -> None:
         """Resume the sequencer: from the stored tail, then every ledger record after it."""

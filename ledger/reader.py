@@ -26,7 +26,10 @@ class PartitionReader:
 
     def __init__(self, settings: KafkaSettings) -> None:
         cfg = consumer_config(settings, None)
-        cfg.update({"fetch.wait.max.ms": 10, "fetch.error.backoff.ms": 10})
+        # An empty fetch at the end of a partition waits fetch.wait.max.ms on the broker, and
+        # librdkafka backs off between fetches once its queue holds data: both add up to tens
+        # of ms per round trip of a replay, and the reader is assigned only while reading.
+        cfg.update({"fetch.wait.max.ms": 1, "fetch.error.backoff.ms": 10, "fetch.queue.backoff.ms": 0})
         self.consumer = _Consumer(cfg)
         self._known: dict[str, int] = {}  # topic -> partition count
 

@@ -180,13 +180,15 @@ class Verifier:
         except (ValueError, TypeError):
             self._add(seq, r.offset, "payload", "payload is not valid JSON")
             payload = None
+        # A checkpoint commits to the entries before it: check it while the frontier still
+        # ends just before its own leaf (the O(1) path of ``root``, not a rebuild from every leaf).
+        if d["action"] == "checkpoint" and d["actor"] == "ledger" and isinstance(payload, dict):
+            self._check_checkpoint(d, payload, seq, r.offset)
         if seq == len(self.leaves):
             leaf = _leaf(d["entry_hash"])
             self.leaves.append(leaf)
             if leaf and self._frontier.size == seq:
                 self._frontier.append(leaf)
-        if d["action"] == "checkpoint" and d["actor"] == "ledger" and isinstance(payload, dict):
-            self._check_checkpoint(d, payload, seq, r.offset)
 
     def _check_signature(self, d: dict[str, Any], m: bytes, seq: int, offset: int) -> None:
         rec = self.registry.get(d["key_id"])

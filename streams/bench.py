@@ -199,6 +199,9 @@ def run_bench(
         _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
         _wait(lambda: reader.summaries >= expected_summaries, 600, "every window summary")
         e2e_rate = n / (time.time() - (_ready_time(log) or 0.0))
+        for line in log.read_text().splitlines():
+            if "Worker ready" in line or "changelog loaded" in line or "partitions assigned" in line:
+                logger.info("bench: worker log: %s", line[:160])
         # measured again after the end-to-end phase: the mean is fairer on a machine whose load varies
         model_after = model_only(batches[:-services])
         model_rate = (model_before + model_after) / 2

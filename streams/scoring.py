@@ -153,7 +153,9 @@ def sample_event(
     service: str, metric: str, signal: str | None, value: float, ts: float, score: Score,
     *, threshold: float, model: str, window_start: float, window_end: float, labels: dict[str, str],
 ) -> AnomalyScore:
-    return AnomalyScore(
+    # hot path (about one sample in ten is above the floor): every field is already valid
+    # (validated input, scorer output in 0..1, validated settings), so no re-validation
+    return AnomalyScore.model_construct(
         service=service, metric=metric, signal=signal, kind="sample", value=value, baseline=score.baseline,
         score=score.score, threshold=threshold, crossed=score.score >= threshold, confidence=score.confidence,
         model=model, ts=ts, window_start=window_start, window_end=window_end, labels=labels,

@@ -31,10 +31,9 @@ app.add_typer(agents.approvals_app, name="approvals")
 app.command("status")(status.status)
 
 # the main job
-app.command("demo")(run.demo)
+app.command("demo")(run.demo)  # the full self-healing demo (`make demo`)
 app.command("simulate")(run.simulate)
 app.command("up")(run.up)
-app.command("demo-full")(run.demo_full)  # becomes `demo` once all three flows pass end to end
 
 
 def main() -> None:

@@ -140,3 +140,32 @@ def test_strict_mode_flags_non_canonical_payload(offline: Settings) -> None:
     records = [RawRecord(0, r.key.encode(), r.value, {k: v.encode() for k, v in r.headers.items()})]
     assert verify_records(records, reg).clean
     assert [f.kind for f in verify_records(records, reg, strict=True).findings] == ["payload"]
+
+
+def _checkpoint_for_older_size(offline: Settings, *, wrong_root: bool) -> list[RawRecord]:
+    """12 entries, then a checkpoint that commits to only the first 5 (the verifier's slow path)."""
+    import base64
+
+    from metaheal.ledger.chain import seal
+    from metaheal.ledger.checkpoint import sign_note
+    from metaheal.ledger.merkle import leaf_hash, root
+    chain = build_chain(offline, 12)
+    reg = KeyRegistry.load(offline.keys)
+    key_id, sk = reg.signing_key("ledger")
+    leaves = [leaf_hash(bytes.fromhex(e.entry_hash)) for e in chain]
+    r = root(leaves[:4] if wrong_root else leaves[:5])
+    origin = offline.ledger.origin
+    payload = {"origin": origin, "size": 5, "root": base64.b64encode(r).decode(), "note": sign_note(origin, 5, r, sk)}
+    cp = seal(sequence=len(chain), timestamp=chain[-1].timestamp, cycle_id="checkpoints", actor="ledger",
+              action="checkpoint", resource="", subsystem="ledger", payload=payload, result="ok", key_id=key_id,
+              prev_hash=chain[-1].entry_hash, signing_key=sk)
+    return [RawRecord(i, x.key.encode(), x.value, {k: v.encode() for k, v in x.headers.items()})
+            for i, x in enumerate(rec(e) for e in [*chain, cp])]
+
+
+def test_checkpoint_of_an_older_size_is_checked_against_the_leaves(offline: Settings) -> None:
+    good = _checkpoint_for_older_size(offline, wrong_root=False)  # the sequencer commits to everything: hand-made
+    reg = KeyRegistry.load(offline.keys)
+    assert verify_records(good, reg).clean
+    bad = verify_records(_checkpoint_for_older_size(offline, wrong_root=True), reg)
+    assert [str(f) for f in bad.findings] == ["sequence 12: checkpoint: Merkle root of the first 5 entries does not match"]

@@ -7,6 +7,7 @@ from typing import Any
 from metaheal.agents.focus import decide_focus
 from metaheal.agents.learning import Learner
 from metaheal.agents.meta_loop import Observations
+
 from metaheal.config import Settings
 from metaheal.events import AnomalyScore, HealthWindow
 
@@ -42,4 +43,15 @@ def test_a_persisting_fault_stays_evidence_while_the_streams_baseline_learns_it(
     assert "baseline 0.002" in d.reasoning[0]
     # once healthy again, the reference follows the streams baseline again
     obs.ingest("health", h.window("api", h.stats("errors", "error_rate", mean=0.002, base=0.1, count=4), end=NOW, seconds=2), NOW)
+    assert decide_focus(obs.evidence(NOW)).focus_area == "routine_maintenance"
+
+
+def test_a_fix_on_a_dependency_retires_its_callers_symptoms(h: Any) -> None:
+    settings = Settings(services=[{"name": "web", "dependencies": ["api_cluster"]}, {"name": "api_cluster"}])
+    obs = Observations(settings, Learner())
+    for svc, v in (("web", 260.0), ("api_cluster", 240.0)):
+        obs.ingest("health", h.window(svc, h.stats("latency", "latency_p95_ms", mean=v, base=150, p95=v, base_p95=150),
+                                      end=NOW - 5, seconds=2), NOW)
+    assert decide_focus(obs.evidence(NOW)).target_services == ["api_cluster"]
+    obs.last_outcome_ts["api_cluster"] = NOW - 3  # scaled after those windows: web's latency was api_cluster's
     assert decide_focus(obs.evidence(NOW)).focus_area == "routine_maintenance"

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from metaheal.agents.focus import Evidence, TrustViolation, decide_focus
+
 from metaheal.events import AnomalyScore, HealthWindow, SignalStats
 
 NOW = 1_736_951_400.0

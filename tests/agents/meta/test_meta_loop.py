@@ -169,7 +169,8 @@ async def test_a_service_with_a_plan_still_running_gets_no_second_directive(h: A
         out.plan_id = "plan-running"
         bus.publish("outcomes", out, service)
         await h.until(lambda: loop.obs.busy(service, time.time()) is None)
-        bus.publish("health", make(h), service)
+        # a window that began after the outcome (one that straddles it mixes in the system before the change)
+        bus.publish("health", h.window(service, *make(h).signals, end=max(time.time(), out.ts + 0.2), seconds=0.1), service)
         [d] = await h.until(lambda: bus.aread("directives", Directive))
     assert d.service == service and d.focus_area == "latency_drift"
     # learning fed the directive: warm_cache failed once, so it is not first any more, and the playbook term is learned
