@@ -346,6 +346,38 @@ def upstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
     return seen
 
 
+def route_around_leaves(
+    targets: list[str], deps: dict[str, list[str]], seen_by: dict[str, set[str]], confidence: dict[str, float]
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Replace a failing upstream that depends on nothing (a database, a provider) by the callers
+    that see it fail through their dependency metrics.
+
+    Nothing on such a leaf can be failed over (it has no dependency of its own), while its
+    callers can route around it to a standby; they are also the services whose symptoms
+    (dependency errors, dependency latency) the advisors can diagnose as ``upstream_outage``
+    or ``database_slow_query``. Callers inherit the leaf's confidence. Only services in the
+    graph count: without one, nothing is known to be a leaf.
+
+    >>> route_around_leaves(["payments"], {"api": ["payments"]}, {"payments": {"api"}}, {"payments": 0.9})
+    (['api'], {'payments': ['api']})
+    >>> route_around_leaves(["api"], {"web": ["api"], "api": ["db"]}, {"api": {"web"}}, {"api": 0.9})
+    (['api'], {})
+    """
+    out: list[str] = []
+    routed: dict[str, list[str]] = {}
+    for t in targets:
+        callers = sorted(c for c in seen_by.get(t, ()) if t in deps.get(c, ()))
+        if callers and not deps.get(t):
+            routed[t] = callers
+            for c in callers:
+                confidence[c] = max(confidence.get(c, 0.0), confidence.get(t, 0.0))
+                if c not in out:
+                    out.append(c)
+        elif t not in out:
+            out.append(t)
+    return out, routed
+
+
 def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecision:
     """Choose the focus area; see the module docstring for the rules."""
     deps = evidence.dependencies
@@ -375,6 +407,13 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
     # its callers' view of it is a symptom (the root cause is acted on, not the caller)
     own = {svc for ar, svcs in health.items() if ar != "dependency_health"
            for svc, fs in svcs.items() if any(f.confidence >= HINT for f in fs)}
+    # who sees which dependency go wrong (before those views are dropped as symptoms below)
+    seen_by: dict[str, set[str]] = defaultdict(set)
+    for kind in (health, anomaly):
+        for svc, fs in kind.get("dependency_health", {}).items():
+            for f in fs:
+                if f.dependency and f.confidence >= HINT:
+                    seen_by[f.dependency].add(svc)
     for kind in (health, anomaly):
         for svc, fs in list(kind.get("dependency_health", {}).items()):
             kept = [f for f in fs if f.dependency not in own]
@@ -430,6 +469,9 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
     notes = [
         f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
     ]
+    targets, routed = route_around_leaves(targets, deps, seen_by, confidence)
+    notes += [f"{d} calls nothing it could change and its callers see it fail: acting on {', '.join(by)} "
+              f"(they can route around it)." for d, by in routed.items()]
     sentences = [f.sentence for svc in targets for f in findings[area][svc]] + [
         f.sentence for svc in ranked if svc not in targets for f in findings[area][svc]
     ]

@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,20 +125,47 @@ def _ledger_errors() -> tuple[type[BaseException], ...]:
         return (KafkaUnavailable,)
 
 
-def _focus_playbooks(settings: Settings) -> tuple[dict[str, list[str]], dict[str, float]]:
-    """Applicable playbooks per focus area (best prior first) and each playbook's declared prior success."""
+def _focus_playbooks(settings: Settings) -> tuple[dict[str, list[str]], dict[str, float], dict[str, frozenset[str]]]:
+    """Applicable playbooks per focus area (best prior first), each playbook's declared prior success
+    and the root causes each declares it fixes."""
     try:
         from metaheal.agents.playbooks import load_playbooks
 
         books = load_playbooks(settings.playbooks)
     except Exception as exc:  # noqa: BLE001 - any failure falls back to the documented defaults
         logger.warning("meta_loop playbooks unavailable folder=%s error=%s: using defaults", settings.playbooks, exc)
-        return DEFAULT_PLAYBOOKS, {}
+        return DEFAULT_PLAYBOOKS, {}, {}
     out: dict[str, list[str]] = defaultdict(list)
     for name, pb in sorted(books.items(), key=lambda kv: -kv[1].prior_success):
         for area in pb.applies_to.focus_areas:
             out[area].append(name)
-    return dict(out), {name: pb.prior_success for name, pb in books.items()}
+    causes = {name: frozenset(pb.applies_to.root_causes) for name, pb in books.items()}
+    return dict(out), {name: pb.prior_success for name, pb in books.items()}, causes
+
+
+def order_by_diagnosis(
+    books: list[str], fixes: Mapping[str, frozenset[str]], cause_probability: Mapping[str, float]
+) -> list[str]:
+    """Playbooks that fix the diagnosed cause first, weighted by how likely each cause is.
+
+    Used while the ranker has too little evidence to be trusted: the root-cause
+    suggester still knows *what* is wrong, and a playbook that does not declare
+    that cause (scale-up for a cache eviction storm) should not be tried first
+    just because its prior is higher. A playbook that declares several causes shares its
+    weight among them (the more specific fix for a cause goes first: failover, not
+    scale-up, for a slow query). Ties keep the given (learned) order.
+
+    >>> fixes = {"scale_up": frozenset({"cpu_saturation"}), "warm_cache": frozenset({"cache_miss_rate_high"})}
+    >>> order_by_diagnosis(["scale_up", "warm_cache"], fixes, {"cache_miss_rate_high": 0.6, "cpu_saturation": 0.2})
+    ['warm_cache', 'scale_up']
+    >>> order_by_diagnosis(["scale_up", "warm_cache"], fixes, {})
+    ['scale_up', 'warm_cache']
+    """
+    def weight(name: str) -> float:
+        declared = fixes.get(name, frozenset())
+        return sum(p for cause, p in cause_probability.items() if cause in declared) / max(1, len(declared))
+
+    return [b for _, b in sorted(enumerate(books), key=lambda ib: (-weight(ib[1]), ib[0]))]
 
 
 # --- what the meta loop has read -----------------------------------------------------------------
@@ -431,7 +458,7 @@ class MetaLoop:
             min_outcomes=self.cfg.min_outcomes_for_guardrails,
         )
         self.ids = CycleIds()
-        self.playbooks, self.priors = _focus_playbooks(settings)
+        self.playbooks, self.priors, self.fixes = _focus_playbooks(settings)
         self._ledger = ledger
         self._owns_ledger = ledger is None
         self._ledger_errors = _ledger_errors()
@@ -708,8 +735,15 @@ class MetaLoop:
                 f"evidence alone at confidence {combined:.2f} (learned playbook order, playbook term {pb:.2f})"
             )
         elif not books:
-            books = list(cf.playbook_priorities)
-            note = f"ML advice below ml_min_confidence {ml.ml_min_confidence:.2f}: playbooks from learned order, confidence {combined:.2f}"
+            weights: dict[str, float] = defaultdict(float)
+            for c in known:
+                weights[c.cause] += c.probability
+            books = order_by_diagnosis(list(cf.playbook_priorities), self.fixes, weights)
+            top = max(weights.items(), key=lambda kv: kv[1], default=None)
+            note = (
+                f"Playbook ranker below ml_min_confidence {ml.ml_min_confidence:.2f}: playbooks ordered by diagnosis "
+                f"({top[0] if top else 'none'} {top[1] if top else 0.0:.2f}) then learned order, confidence {combined:.2f}"
+            )
         elif rc_weight == 0.0:
             note = (f"ML advice combined: anomaly {anomaly:.2f}, root cause unknown (term left out), "
                     f"playbook {pb:.2f} -> {combined:.2f}")

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 Status = Literal["pass", "fail", "inconclusive"]
 POLL_SECONDS = 0.1
 MAX_RECORDED = 50
+#: dependency error rate below which a dependency is not "failing" for ``worst_dependency``
+DEPENDENCY_ERROR_FLOOR = 0.02
 
 
 class Verdict(BaseModel):
@@ -64,6 +66,36 @@ def evaluate_samples(samples: list[tuple[float, float]], *, op: str, threshold: 
         return "inconclusive"
     recent = samples[-min_samples:]
     return "pass" if all(compare(op, v, threshold) for _, v in recent) else "fail"
+
+
+def clearly_failing(
+    samples: list[tuple[float, float]], *, op: str, threshold: float, fresh_after: float, consecutive: int
+) -> bool:
+    """True once the last ``consecutive`` samples, all taken after ``fresh_after``, violate the
+    threshold and show no real progress towards it.
+
+    Waiting out the whole ``within`` for a fix that plainly did not work keeps a
+    broken service broken (and its rollback and the next attempt waiting); but a
+    fix that takes effect gradually must not be cut short, so a window that is
+    still closing the gap by more than a tenth is left to run.
+
+    >>> bad = [(t, 400.0) for t in range(20, 26)]
+    >>> clearly_failing(bad, op="<=", threshold=200, fresh_after=15, consecutive=5)
+    True
+    >>> clearly_failing(bad, op="<=", threshold=200, fresh_after=22, consecutive=5)
+    False
+    >>> improving = [(20 + i, 400.0 - 30 * i) for i in range(6)]
+    >>> clearly_failing(improving, op="<=", threshold=200, fresh_after=15, consecutive=5)
+    False
+    """
+    if consecutive < 1 or len(samples) < consecutive:
+        return False
+    window = samples[-consecutive:]
+    if window[0][0] < fresh_after or any(compare(op, v, threshold) for _, v in window):
+        return False
+    first_gap = abs(window[0][1] - threshold)
+    last_gap = abs(window[-1][1] - threshold)
+    return last_gap > first_gap * 0.9
 
 
 def overall(verdicts: list[Verdict]) -> bool | None:
@@ -178,7 +210,12 @@ class LiveTelemetry:
             err = self.samples(service, f"dependency_error_rate@{dep}", since=since)
             lat = self.samples(service, f"dependency_latency_ms@{dep}", since=since)
             if err or lat:
-                scored.append((err[-1][1] if err else 0.0, lat[-1][1] if lat else 0.0, dep))
+                # errors count once they matter (noise on a healthy upstream must not win over a slow one);
+                # latency counts relative to the dependency's own usual level, not in absolute ms
+                e = err[-1][1] if err and err[-1][1] > DEPENDENCY_ERROR_FLOOR else 0.0
+                typical = sorted(v for _, v in lat)[len(lat) // 2] if lat else 0.0
+                ratio = lat[-1][1] / typical if lat and typical > 0 else 0.0
+                scored.append((e, ratio, dep))
         return max(scored)[2] if scored else None
 
     async def wait_for(
@@ -194,23 +231,35 @@ class LiveTelemetry:
         stat: str = "p95",
         min_samples: int = 1,
         check: str = "metric_threshold",
+        settle: float | None = None,
+        fail_after: int | None = None,
     ) -> Verdict:
-        """Wait up to ``within`` seconds for the condition; decide as soon as it holds."""
+        """Wait up to ``within`` seconds for the condition; decide as soon as it holds, or as soon as
+        ``fail_after`` fresh samples (taken ``settle`` seconds after ``since``) clearly violate it."""
         deadline = time.monotonic() + within
+        settle = min(20.0, within / 2) if settle is None else settle
+        fail_after = max(min_samples, 5) if fail_after is None else fail_after
         query = {"source": source, "service": service, "metric": metric, "since": since, "within": within,
-                 "min_samples": min_samples}
+                 "min_samples": min_samples, "settle": settle, "fail_after": fail_after}
         if source == "health":
             query["stat"] = stat
+        early = False
         while True:
             got = self.samples(service, metric, since=since, source=source, stat=stat)
             status = evaluate_samples(got, op=op, threshold=threshold, min_samples=min_samples)
             if status == "pass" or time.monotonic() >= deadline:
                 break
+            if fail_after > 0 and clearly_failing(got, op=op, threshold=threshold, fresh_after=since + settle,
+                                                  consecutive=fail_after):
+                status, early = "fail", True
+                break
             await asyncio.sleep(POLL_SECONDS)
         observed = [v for _, v in got][-MAX_RECORDED:]
         reason = {
             "pass": f"last {min_samples} sample(s) satisfy {metric} {op} {threshold}",
-            "fail": f"{metric} {op} {threshold} not met within {within}s (last {observed[-1] if observed else None})",
+            "fail": (f"{metric} {op} {threshold} violated by the last {fail_after} fresh samples "
+                     f"({settle:g}s after the change) without progress (last {observed[-1] if observed else None})")
+            if early else f"{metric} {op} {threshold} not met within {within}s (last {observed[-1] if observed else None})",
             "inconclusive": f"fewer than {min_samples} sample(s) of {metric} for {service} within {within}s",
         }[status]
         return Verdict(check=check, status=status, query=query, observed=observed, threshold=threshold, op=op,
@@ -258,5 +307,7 @@ async def run_verification(spec: dict[str, Any], *, service: str, since: float, 
             service=spec.get("service", service), metric=spec["metric"], op=spec["op"], threshold=float(spec["value"]),
             within=float(spec.get("within", 60.0)), since=since, source=spec.get("source", "telemetry"),
             stat=spec.get("stat", "p95"), min_samples=int(spec.get("min_samples", 1)),
+            settle=float(spec["settle"]) if spec.get("settle") is not None else None,
+            fail_after=int(spec["fail_after"]) if spec.get("fail_after") is not None else None,
         )
     return Verdict(check=str(kind), status="inconclusive", reason=f"unknown verification type {kind!r}")

@@ -138,7 +138,7 @@ class StreamSettings(_Section):
     web_port: int | None = Field(None, description="faust web server port on 127.0.0.1; None = off")
     fetch_max_wait_ms: int = Field(20, ge=1, description="how long a telemetry fetch may wait for data (latency)")
     max_batch_records: int = Field(500, ge=1, description="records processed between two state writes at most")
-    flush_interval_seconds: float = Field(1.0, gt=0, description="longest time between two state writes")
+    flush_interval_seconds: float = Field(0.2, gt=0, description="longest time between two state writes")
     checkpoint_interval_seconds: float = Field(5.0, ge=0, description="wall time between two model checkpoints of a series")
 
 

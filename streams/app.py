@@ -30,11 +30,8 @@ faust's aiokafka consumer hard-codes ``fetch_max_wait_ms=1500`` (how long the br
 may hold a fetch for a partition with nothing new); :func:`_short_fetch_wait` lowers it
 to ``streams.fetch_max_wait_ms`` (default 20 ms) for latency. Service states are
 written to their table every ``streams.max_batch_records`` records or
-``streams.flush_interval_seconds`` (default 1 s; a timer covers idle streams), not per record:
-per-record changelog writes cut the worker to a few hundred small records/s, and at 0.2 s the
-state writes (open windows keep their raw values for exact percentiles) were a fifth of the
-worker's time at 5,000 samples/s (py-spy). A longer interval costs nothing in exactness: a
-restart resumes after the last progress marker and re-reads the gap.
+``streams.flush_interval_seconds`` (a timer covers idle streams), not per record: per-record changelog writes
+cut the worker to a few hundred small records/s.
 
 Delivery is at-least-once: anomaly and health events of records between the last
 commit and a crash can be published twice; the windows themselves never double-count
@@ -47,7 +44,6 @@ import asyncio
 import io
 import logging
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +70,7 @@ class KafkaSink:
     per message plus ``poll(0)`` after every ``produce`` and ``model_dump`` per event cost
     about as much as decoding the input. So delivery reports are produced only for
     failures (``delivery.report.only.error``), callbacks are served once per input record
-    (:meth:`poll`), and anomaly events are written straight from their field dict and
-    handed to librdkafka in one ``produce_batch`` per input record.
+    (:meth:`poll`), and anomaly events are written straight from their field dict.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -86,7 +81,6 @@ class KafkaSink:
         })
         self._producer = RawProducer(cfg)
         self._errors: list[Any] = []
-        self._pending: list[dict[str, Any]] = []  # anomaly events of the current input record
         self._topics = {k: settings.topics.name(k) for k in ("health", "anomalies", "deadletter")}
         self._health = AvroSerializer(HealthWindow)
         self._anomaly = AvroSerializer(AnomalyScore)
@@ -111,39 +105,20 @@ class KafkaSink:
         self._produce(self._topics["health"], self._health(event), event.service)
 
     def anomaly(self, event: AnomalyScore) -> None:
-        """Queued until :meth:`poll` (once per input record) hands them over in one call."""
         # AnomalyScore has flat fields only: its __dict__ is what model_dump() returns
         buf = io.BytesIO()
         buf.write(self._anomaly_header)
         fastavro.schemaless_writer(buf, self._anomaly_schema, event.__dict__)
-        self._pending.append({"value": buf.getvalue(), "key": event.service})
-
-    def _send_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        topic = self._topics["anomalies"]
-        while pending:
-            try:
-                self._producer.produce_batch(topic, pending)
-            except BufferError:
-                failed = pending
-            else:
-                failed = [m for m in pending if m.pop("_error", None) is not None]
-            if not failed:
-                return
-            self._producer.poll(0.05)  # queue full: let librdkafka send, then retry the rest
-            pending = failed
+        self._produce(self._topics["anomalies"], buf.getvalue(), event.service)
 
     def dead_letter(self, event: DeadLetter) -> None:
         self._produce(self._topics["deadletter"], self._dead(event), event.key)
 
     def poll(self) -> None:
-        """Produce the queued anomaly events and serve error reports, without waiting."""
-        if self._pending:
-            self._send_pending()
+        """Serve librdkafka's queues (error reports) without waiting: once per input record."""
         self._producer.poll(0)
 
     def flush(self, timeout: float = 10.0) -> None:
-        self._send_pending()
         remaining = self._producer.flush(timeout)
         errors, self._errors = self._errors, []
         if remaining:
@@ -335,12 +310,9 @@ class PartitionSync:
             self.next_offset.pop(p, None)
 
     def _load(self, partitions: list[int]) -> dict[int, int | None]:
-        names = [table.changelog_topic.get_topic_name() for table in self.tables]
-        # the changelogs are read side by side: each read costs about a second on tansu
-        # (connect, fetch, partition EOF), and it delays the partition's first record
-        with ThreadPoolExecutor(max_workers=len(names)) as pool:
-            contents = list(pool.map(lambda name: _read_changelog(self.settings, name, partitions), names))
-        for table, name, entries in zip(self.tables, names, contents):
+        for table in self.tables:
+            name = table.changelog_topic.get_topic_name()
+            entries = _read_changelog(self.settings, name, partitions)
             for key, value in entries.items():
                 if value is None:
                     table.data.pop(key, None)

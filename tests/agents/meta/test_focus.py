@@ -179,9 +179,24 @@ def test_a_dependency_with_only_a_hint_is_still_the_one_acted_on(h: Any) -> None
 def test_a_callers_view_of_a_failing_fleet_service_is_not_dependency_health(h: Any) -> None:
     web = h.window("web", h.stats("dependency", "dependency_error_rate", mean=0.15, base=0.002, dependency="api_cluster"), end=NOW)
     api = h.window("api_cluster", h.stats("errors", "error_rate", mean=0.18, base=0.002), end=NOW)
-    d = decide_focus(Evidence(health=[web, api], dependencies={"web": ["api_cluster"]}))
+    graph = {"web": ["api_cluster"], "api_cluster": ["db"]}
+    d = decide_focus(Evidence(health=[web, api], dependencies=graph))
     assert (d.focus_area, d.target_services) == ("error_spike", ["api_cluster"])
     assert "dependency_health" not in d.scores
     # an outside dependency (or one of ours that looks fine) is still dependency health
     alone = decide_focus(Evidence(health=[web], dependencies={"web": ["api_cluster"]}))
     assert (alone.focus_area, alone.target_services) == ("dependency_health", ["web"])
+
+
+def test_a_failing_leaf_upstream_is_acted_on_through_the_callers_that_see_it(h: Any) -> None:
+    # upstream outage: payments (calls nothing) fails; api_cluster sees its dependency errors and can fail over
+    api = h.window("api_cluster", h.stats("dependency", "dependency_error_rate", mean=0.6, base=0.002, dependency="payments"),
+                   h.stats("errors", "error_rate", mean=0.06, base=0.002), end=NOW)
+    pay = h.window("payments", h.stats("errors", "error_rate", mean=0.6, base=0.002), end=NOW)
+    graph = {"web": ["api_cluster"], "api_cluster": ["db", "payments"]}
+    d = decide_focus(Evidence(health=[api, pay], dependencies=graph))
+    assert (d.focus_area, d.target_services) == ("error_spike", ["api_cluster"])
+    assert d.service_confidence["api_cluster"] >= d.service_confidence["payments"]
+    assert any("acting on api_cluster" in r for r in d.reasoning)
+    # nobody sees it through a dependency metric: the leaf itself stays the target
+    assert decide_focus(Evidence(health=[pay], dependencies=graph)).target_services == ["payments"]
