@@ -469,7 +469,11 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
     notes = [
         f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
     ]
-    targets, routed = route_around_leaves(targets, deps, seen_by, confidence)
+    # an overloaded upstream needs capacity on itself, not a failover by its callers
+    overloaded = {svc for kind in (health, anomaly) for svc, fs in kind.get("capacity_strain", {}).items()
+                  if any(f.confidence >= HINT for f in fs)}
+    targets, routed = route_around_leaves(targets, deps, {d: c for d, c in seen_by.items() if d not in overloaded},
+                                          confidence)
     notes += [f"{d} calls nothing it could change and its callers see it fail: acting on {', '.join(by)} "
               f"(they can route around it)." for d, by in routed.items()]
     sentences = [f.sentence for svc in targets for f in findings[area][svc]] + [

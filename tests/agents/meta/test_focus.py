@@ -198,5 +198,9 @@ def test_a_failing_leaf_upstream_is_acted_on_through_the_callers_that_see_it(h: 
     assert (d.focus_area, d.target_services) == ("error_spike", ["api_cluster"])
     assert d.service_confidence["api_cluster"] >= d.service_confidence["payments"]
     assert any("acting on api_cluster" in r for r in d.reasoning)
+    # an overloaded leaf (more load than it can take) gets capacity itself: no routing around it
+    hot = h.window("payments", h.stats("errors", "error_rate", mean=0.6, base=0.002),
+                   h.stats("saturation", "cpu_utilization", mean=0.99, base=0.4), end=NOW)
+    assert decide_focus(Evidence(health=[api, hot], dependencies=graph)).target_services == ["payments"]
     # nobody sees it through a dependency metric: the leaf itself stays the target
     assert decide_focus(Evidence(health=[pay], dependencies=graph)).target_services == ["payments"]
