@@ -29,13 +29,14 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from metaheal.config import OperatorSettings, Settings
 from metaheal.events import AgenticPlan, ApprovalDecision, ApprovalRequest
-from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka import Consumer
+from metaheal.kafka.tail import TopicTail
 from metaheal.kafka.serializers import DecodeError, EventDecoder
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.keys import key_id_of
@@ -136,62 +137,36 @@ def build_request(plan: AgenticPlan, reasons: list[str], expiry_seconds: float, 
     )
 
 
-class ApprovalInbox:
+class ApprovalInbox(TopicTail):
     """Tails ``<prefix>approvals`` and hands decisions to whoever waits for that plan.
 
     Reading starts at the beginning so decisions made while an executor was
     down are not lost; decisions nobody waits for are kept by plan id.
     """
 
+    name = "approval-inbox"
+    batch = 100
+
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.kafka)
         self._settings = settings
         self._decisions: dict[str, list[tuple[float, ApprovalDecision]]] = {}
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float = 15.0) -> ApprovalInbox:
-        self._thread = threading.Thread(target=self._run, name="approval-inbox", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise KafkaUnavailable("approval inbox did not start")
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _run(self) -> None:
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         topic = self._settings.topics.name("approvals")
-        consumer = Consumer(self._settings.kafka, **{"fetch.wait.max.ms": 100})
+        return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in consumer.partitions(topic)]
+
+    def handle(self, msg: Message) -> None:
         try:
-            try:
-                parts = consumer.partitions(topic)
-            except KafkaUnavailable as exc:
-                logger.error("approval_inbox_unavailable topic=%s error=%s (approvals cannot be received)", topic, exc)
-                return
-            consumer.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
-            self._ready.set()
-            while not self._stop.is_set():
-                for msg in consumer.raw.consume(100, 0.2):
-                    if msg.error() is not None:
-                        if msg.error().code() != KafkaError._PARTITION_EOF:
-                            logger.warning("approval_inbox_error error=%s", msg.error())
-                        continue
-                    try:
-                        event = DECODER(msg.value() or b"")
-                    except DecodeError as exc:
-                        logger.warning("approval_inbox_undecodable offset=%s error=%s", msg.offset(), exc)
-                        continue
-                    if isinstance(event, ApprovalDecision):
-                        with self._cond:
-                            self._decisions.setdefault(event.plan_id, []).append((time.time(), event))
-                            self._cond.notify_all()
-        finally:
-            self._ready.set()
-            consumer.close()
+            event = DECODER(msg.value() or b"")
+        except DecodeError as exc:
+            logger.warning("approval_inbox_undecodable offset=%s error=%s", msg.offset(), exc)
+            return
+        if isinstance(event, ApprovalDecision):
+            with self._cond:
+                self._decisions.setdefault(event.plan_id, []).append((time.time(), event))
+                self._cond.notify_all()
 
     def take(self, plan_id: str, start: int) -> list[tuple[float, ApprovalDecision]]:
         with self._cond:

@@ -31,7 +31,7 @@ from collections import defaultdict, deque
 from typing import Any, Literal
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message, TopicPartition
 from pydantic import BaseModel, Field
 
 from metaheal.agents.actuators.base import compare
@@ -39,6 +39,7 @@ from metaheal.agents.actuators.http import tls_context
 from metaheal.config import Settings
 from metaheal.events import HealthWindow, Metric
 from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka.tail import TopicTail
 from metaheal.kafka.serializers import AvroDeserializer, DecodeError, TelemetryDeserializer
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def overall(verdicts: list[Verdict]) -> bool | None:
     return None
 
 
-class LiveTelemetry:
+class LiveTelemetry(TopicTail):
     """A rolling in-memory view of ``<prefix>telemetry`` and ``<prefix>health``.
 
     A background thread tails both topics with a group-less reader (no group
@@ -116,16 +117,18 @@ class LiveTelemetry:
     start, so it does not matter where reading began.
     """
 
+    name = "live-telemetry"
+    fetch_wait_ms = 50
+    poll_timeout = 0.1
+
     def __init__(self, settings: Settings, *, max_per_series: int = 2000, start_at: Literal["end", "beginning"] = "end"):
+        super().__init__(settings.kafka)
         self._settings = settings
         self._start = OFFSET_END if start_at == "end" else OFFSET_BEGINNING
         self._series: dict[tuple[str, str, str], deque[tuple[float, float]]] = defaultdict(
             lambda: deque(maxlen=max_per_series)
         )
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
         self._telemetry = TelemetryDeserializer()
         self._health = AvroDeserializer(HealthWindow)
 
@@ -145,41 +148,17 @@ class LiveTelemetry:
                 for stat in ("mean", "p50", "p95", "max"):
                     self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat)))
 
-    def start(self, timeout: float = 15.0) -> LiveTelemetry:
-        self._thread = threading.Thread(target=self._run, name="live-telemetry", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise KafkaUnavailable("live telemetry reader did not get its partitions assigned")
-        return self
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        parts = []
+        for topic in (self._settings.topics.name("telemetry"), self._settings.topics.name("health")):
+            try:
+                parts += [TopicPartition(topic, p, self._start) for p in consumer.partitions(topic)]
+            except KafkaUnavailable as exc:
+                logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
+        return parts
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _run(self) -> None:
-        tel, health = self._settings.topics.name("telemetry"), self._settings.topics.name("health")
-        consumer = Consumer(self._settings.kafka, **{"fetch.wait.max.ms": 50})
-        try:
-            parts = []
-            for topic in (tel, health):
-                try:
-                    parts += [TopicPartition(topic, p, self._start) for p in consumer.partitions(topic)]
-                except KafkaUnavailable as exc:
-                    logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
-            consumer.raw.assign(parts)
-            self._ready.set()
-            while not self._stop.is_set():
-                for msg in consumer.raw.consume(500, 0.1):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            logger.warning("live_telemetry_consume_error error=%s", err)
-                        continue
-                    self._ingest(msg.topic() == health, msg.value())
-        finally:
-            self._ready.set()
-            consumer.close()
+    def handle(self, msg: Message) -> None:
+        self._ingest(msg.topic() == self._settings.topics.name("health"), msg.value())
 
     def _ingest(self, is_health: bool, data: bytes | None) -> None:
         try:

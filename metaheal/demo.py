@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from metaheal.config import OperatorSettings, Settings
 from metaheal.events import (
@@ -44,7 +44,8 @@ from metaheal.events import (
     ProbeCommand,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, Producer
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.tail import TopicTail
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError, EventDecoder
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class Seen:
     key: str | None = None
 
 
-class Timeline:
+class Timeline(TopicTail):
     """Tails the demo's topics (group-less, from the beginning) and renders one line per event.
 
     ``emit`` gets each line (the CLI passes ``typer.echo``); ``events`` keeps everything
@@ -116,60 +117,35 @@ class Timeline:
     so a drifting series is one line, not one per sample.
     """
 
+    name = "demo-timeline"
+    fetch_wait_ms = None
+
     def __init__(self, settings: Settings, emit: Callable[[str], None], *, anomaly_quiet_seconds: float = 30.0):
         self.settings = settings
         self.emit = emit
         self.events: list[Seen] = []
         self.anomaly_quiet_seconds = anomaly_quiet_seconds
+        super().__init__(settings.kafka)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
         self._decode = EventDecoder()
         self._ledger = AvroDeserializer(LedgerEntry)
         self._anomaly_last: dict[tuple[str, str], float] = {}
         self._short = {settings.topics.name(t): t for t in TIMELINE_TOPICS}
-        self.error: BaseException | None = None
 
     def start(self, timeout: float = 20.0) -> Timeline:
-        self._thread = threading.Thread(target=self._run, name="demo-timeline", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("timeline reader did not start")
+        try:
+            super().start(timeout)
+        except KafkaUnavailable:
+            raise RuntimeError("timeline reader did not start") from None
         if self.error is not None:
             raise RuntimeError(f"timeline reader failed: {self.error}")
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        return [TopicPartition(t, p, OFFSET_BEGINNING) for t in self._short for p in consumer.partitions(t)]
 
-    def _run(self) -> None:
-        try:
-            consumer = Consumer(self.settings.kafka)
-        except Exception as exc:  # surfaced by start()
-            self.error = exc
-            self._ready.set()
-            return
-        try:
-            parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in self._short for p in consumer.partitions(t)]
-            consumer.raw.assign(parts)
-            self._ready.set()
-            while not self._stop.is_set():
-                for msg in consumer.raw.consume(500, 0.2):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            logger.warning("timeline consume_error error=%s", err)
-                        continue
-                    self._ingest(self._short[msg.topic()], msg.key(), msg.value())
-        except Exception as exc:
-            self.error = exc
-            logger.exception("timeline failed")
-        finally:
-            self._ready.set()
-            consumer.close()
+    def handle(self, msg: Message) -> None:
+        self._ingest(self._short[msg.topic()], msg.key(), msg.value())
 
     def _ingest(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         if value is None:
