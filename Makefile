@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test bench clean schemas config-example
+.PHONY: install tools demo test bench bench-faults clean schemas config-example
 
 $(STAMP): pyproject.toml constraints.txt requirements-broker.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ $(S3RVER):
 bench: install tools
 	$(PY) benchmarks/bench_broker.py
 	$(PY) benchmarks/bench_codec.py
+	$(PY) benchmarks/bench_streams.py
+
+# each fault healed by `metaheal up` + a separate `metaheal simulate --scenario` (about 5 minutes)
+bench-faults: install tools
+	$(PY) benchmarks/bench_faults.py
 
 schemas: install
 	$(PY) -m metaheal.schemas

@@ -19,7 +19,9 @@ windows deviate in the same area. Trust violations are counted, not scored.
 The area with the highest confidence wins; ties go to the more urgent area
 (:data:`PRIORITY`). Targets are the services whose own confidence reaches
 ``min_confidence``, minus those explained by a dependency that is itself a target (a
-failing dependency explains its callers: the root cause is acted on, not its symptoms).
+failing dependency explains its callers: the root cause is acted on, not its symptoms), unless
+the dependency is loaded *by* its callers: more requests reach it than their own traffic explains
+(cache misses falling through to a database), so its trouble is theirs and they are targeted.
 Below ``min_confidence`` the cycle is routine maintenance, and the reasoning says what
 was strongest and why it was not enough.
 
@@ -71,6 +73,9 @@ SATURATION_FULL = 0.95  # utilisation as a fraction
 SATURATION_MIN = 0.75
 DEPENDENCY_RATIO_FULL = 3.0
 DEPENDENCY_RATIO_MIN = 1.3
+LOAD_RATIO_MIN = 1.3  # traffic x1.3 of its baseline is a real change in load (daily swings are slower)
+#: a dependency whose traffic grew this many times more than its callers' own traffic is loaded *by* them
+LOAD_AMPLIFICATION = 1.5
 ANOMALY_MIN_THRESHOLD = 0.999  # a crossing is never less extreme than this, whatever a series was configured with
 ANOMALY_ALPHA = 0.01  # fleet-wide (Bonferroni) p-value a series' crossings must beat to count at all
 ANOMALY_ALONE_CAP = 0.6  # anomaly evidence without a health deviation in the same area stays a hint
@@ -260,16 +265,142 @@ class _Series:
 
 
 def deviates(service: str, s: SignalStats, window_seconds: float) -> bool:
-    """Whether one health signal is a finding (above its minimum) against its own baseline.
+    """Whether one health signal is off its own baseline: a finding (above its minimum), or traffic up
+    by :data:`LOAD_RATIO_MIN`.
+
+    Traffic is no finding by itself, but it tells who loads whom (:func:`loaded_by_callers`), so its
+    baseline must not learn a surge away while the surge lasts, any more than a latency baseline may.
+    Like latency, only the unhealthy direction holds the baseline: after a surge the reference
+    follows the streams baseline back down instead of staying stuck at the surge.
 
     >>> from metaheal.events import SignalStats
     >>> ok = SignalStats(signal="errors", metric="error_rate", count=4, mean=0.002, p50=0.002, p95=0.002, max=0.002,
     ...                  baseline_mean=0.002)
     >>> deviates("api", ok, 2.0), deviates("api", ok.model_copy(update={"mean": 0.2}), 2.0)
     (False, True)
+    >>> rps = SignalStats(signal="traffic", metric="requests_per_s", count=4, mean=110, p50=110, p95=115, max=120,
+    ...                   baseline_mean=100)
+    >>> deviates("db", rps, 2.0), deviates("db", rps.model_copy(update={"mean": 300}), 2.0)
+    (False, True)
+    >>> deviates("db", rps.model_copy(update={"mean": 30}), 2.0)
+    False
     """
+    ratio = _traffic_ratio(s)
+    if ratio is not None:
+        return ratio >= LOAD_RATIO_MIN
     w = HealthWindow(service=service, window_start=0.0, window_end=window_seconds, sample_count=s.count, signals=[s])
     return bool(_health_findings(w, window_seconds))
+
+
+def healthy_reference(service: str, s: SignalStats, window_seconds: float) -> tuple[float | None, float | None]:
+    """(mean, p95) baseline a healthy window hands on: the streams baseline, unless that baseline is itself
+    off against the window (it still carries an incident that is over); then the window's own values.
+
+    Only for error rates (a floor keeps their noise from counting) and traffic (means): a short
+    window's latency percentiles are too noisy to become anybody's reference.
+
+    >>> from metaheal.events import SignalStats
+    >>> after = SignalStats(signal="errors", metric="error_rate", count=4, mean=0.002, p50=0.002, p95=0.003,
+    ...                     max=0.004, baseline_mean=0.03, baseline_p95=None)
+    >>> healthy_reference("api", after, 2.0)
+    (0.002, None)
+    >>> healthy_reference("api", after.model_copy(update={"baseline_mean": 0.0025}), 2.0)  # noise: keep it
+    (0.0025, None)
+    """
+    if s.signal not in CAPPED_REFERENCE or s.baseline_mean is None:
+        return s.baseline_mean, s.baseline_p95
+    # the baseline judged as if it were the window, against the window as if it were the baseline
+    probe = s.model_copy(update={
+        "mean": s.baseline_mean, "p50": s.baseline_mean, "p95": s.baseline_p95 or s.baseline_mean, "rate": None,
+        "baseline_mean": s.mean, "baseline_p95": s.p95 if s.baseline_p95 is not None else None,
+    })
+    if deviates(service, probe, window_seconds):
+        return s.mean, (s.p95 if s.baseline_p95 is not None else None)
+    return s.baseline_mean, s.baseline_p95
+
+
+Reference = dict[tuple[str, str, str, str], tuple[float | None, float | None]]
+#: signals whose healthy windows may replace a baseline that still carries the last incident
+CAPPED_REFERENCE = frozenset({"errors", "traffic"})
+
+
+def against_reference(reference: Reference, w: HealthWindow, default_window: float) -> HealthWindow:
+    """Judge each signal of ``w`` against the baseline it had while it was last healthy (updating ``reference``).
+
+    The streams worker's baselines keep learning, so a fault that persists becomes
+    "normal" within a few windows and would vanish from the evidence while it is still
+    there (e.g. while a first, wrong plan runs). A baseline is therefore only taken
+    over from windows that do not deviate from the reference (:func:`healthy_reference`);
+    deviating windows are judged against the last healthy one. The meta loop and the
+    advisors both judge this way, so they see the same persisting fault.
+
+    >>> ref: Reference = {}
+    >>> def win(mean: float, base: float) -> HealthWindow:
+    ...     return HealthWindow(service="api", window_start=0, window_end=2, sample_count=4, signals=[SignalStats(
+    ...         signal="latency", metric="latency_ms", count=4, mean=mean, p50=mean, p95=mean, max=mean,
+    ...         baseline_mean=base)])
+    >>> [against_reference(ref, win(m, b), 2.0).signals[0].baseline_mean for m, b in [(100, 100), (240, 150), (240, 230)]]
+    [100.0, 100.0, 100.0]
+    """
+    signals = []
+    seconds = w.window_end - w.window_start or default_window
+    for s in w.signals:
+        key = (w.service, s.signal, s.metric, s.dependency or "")
+        ref = reference.get(key)
+        judged = s if ref is None else s.model_copy(update={"baseline_mean": ref[0], "baseline_p95": ref[1]})
+        if not deviates(w.service, judged, seconds):
+            reference[key] = healthy_reference(w.service, s, seconds)
+            judged = s
+        signals.append(judged)
+    return w.model_copy(update={"signals": signals})
+
+
+def _traffic_ratio(s: SignalStats) -> float | None:
+    if s.signal != "traffic" or s.dependency or not s.baseline_mean or s.baseline_mean <= 0:
+        return None
+    return s.mean / s.baseline_mean
+
+
+def load_ratios(health: list[HealthWindow]) -> dict[str, float]:
+    """Each service's incoming traffic against its baseline (latest window; the largest traffic signal)."""
+    latest: dict[tuple[str, str], tuple[float, float]] = {}
+    for w in health:
+        for s in w.signals:
+            r = _traffic_ratio(s)
+            key = (w.service, s.metric)
+            if r is not None and (key not in latest or latest[key][0] < w.window_end):
+                latest[key] = (w.window_end, r)
+    out: dict[str, float] = {}
+    for (service, _), (_, r) in latest.items():
+        out[service] = max(out.get(service, 0.0), r)
+    return out
+
+
+def loaded_by_callers(ratios: dict[str, float], dependencies: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Dependencies whose load grew well beyond their callers' own traffic -> those callers.
+
+    More requests reach a dependency than its callers' traffic explains: the callers send more
+    per request (cache misses falling through, retries, a changed query pattern), so the
+    dependency's latency and errors are a consequence of what its callers do, and the callers
+    are where a fix belongs. A surge at the edge raises callers and dependency alike and is
+    not this.
+
+    >>> deps = {"web": ["api"], "api": ["db", "cache"]}
+    >>> loaded_by_callers({"web": 1.0, "api": 1.02, "db": 3.1, "cache": 1.0}, deps)
+    {'db': ['api']}
+    >>> loaded_by_callers({"web": 1.9, "api": 1.9, "db": 1.9}, deps)
+    {}
+    """
+    callers: dict[str, list[str]] = defaultdict(list)
+    for caller, ds in dependencies.items():
+        for d in ds:
+            callers[d].append(caller)
+    out: dict[str, list[str]] = {}
+    for d, r in sorted(ratios.items()):
+        known = sorted(c for c in callers.get(d, []) if c in ratios)
+        if known and r >= LOAD_RATIO_MIN and r >= LOAD_AMPLIFICATION * max(ratios[c] for c in known):
+            out[d] = known
+    return out
 
 
 def _anomaly_series(anomalies: list[AnomalyScore]) -> dict[tuple[str, str, str], _Series]:
@@ -327,6 +458,21 @@ def _anomaly_findings(
     return out
 
 
+def _surge_hints(service: str, ratios: dict[str, float], hinted: set[str], strong: list[str]) -> set[str]:
+    """Dependencies that cannot explain ``service``: it carries a surge (traffic x``LOAD_RATIO_MIN``) and
+    they only hint at trouble while carrying the same surge. Both are feeling the load; the service
+    that is clearly in trouble is the one to act on, not the ones that pass the load on a little slower.
+
+    >>> sorted(_surge_hints("api", {"api": 1.9, "db": 1.9, "cache": 1.0}, {"db", "cache"}, ["api"]))
+    ['db']
+    >>> _surge_hints("api", {"api": 1.0, "db": 1.9}, {"db"}, ["api"])
+    set()
+    """
+    if ratios.get(service, 1.0) < LOAD_RATIO_MIN:
+        return set()
+    return {d for d in hinted if d not in strong and ratios.get(d, 1.0) >= LOAD_RATIO_MIN}
+
+
 def _noisy_or(confs: list[float]) -> float:
     p = 1.0
     for c in confs:
@@ -344,6 +490,15 @@ def upstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
             seen.add(d)
             todo.extend(dependencies.get(d, []))
     return seen
+
+
+def downstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
+    """Every service that calls ``service``, directly or not.
+
+    >>> sorted(downstream("db", {"web": ["api"], "api": ["db", "cache"]}))
+    ['api', 'web']
+    """
+    return {caller for caller in dependencies if service in upstream(caller, dependencies)}
 
 
 def route_around_leaves(
@@ -455,18 +610,34 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
             "routine_maintenance", round(1 - conf, 4), [reason, *sentences[:3]], [], scores, max_anomaly, per_area[area]
         )
     confidence = dict(per_area[area])
-    strong = [s for s in ranked if confidence[s] >= min_confidence]
+    # a dependency loaded by its callers' calls is their symptom: its callers are acted on, and inherit its
+    # confidence (its evidence is evidence about what they send it)
+    ratios = load_ratios(evidence.health)
+    loaded = {d: cs for d, cs in loaded_by_callers(ratios, deps).items() if confidence.get(d, 0.0) >= HINT}
+    for d, cs in loaded.items():
+        for c in cs:
+            confidence[c] = max(confidence.get(c, 0.0), confidence[d])
+    ranked = sorted(confidence, key=lambda s: (-confidence[s], s))
+    strong = [s for s in ranked if confidence[s] >= min_confidence and s not in loaded]
     # a caller whose dependency also deviates in this area is a symptom: act on the dependency (the root
     # cause), which inherits the caller's confidence, since the caller's evidence is evidence about it
-    hinted = {s for s in ranked if confidence[s] >= HINT}
-    explained = {s: sorted(upstream(s, deps) & hinted) for s in strong}
+    hinted = {s for s in ranked if confidence[s] >= HINT and s not in loaded}
+    # ... except for capacity: a slow or failing dependency slows or fails its callers, but a caller's
+    # saturation is its own (more load reaches both alike in a surge; the dependency does not cause it)
+    explained = {s: sorted(upstream(s, deps) & hinted - _surge_hints(s, ratios, hinted, strong))
+                 if area != "capacity_strain" else [] for s in strong}
     for s, by in explained.items():
         for d in by:
             confidence[d] = max(confidence[d], confidence[s])
     roots = {d for by in explained.values() for d in by}
     candidates = sorted(set(strong) | roots, key=lambda s: (-confidence[s], s))
-    targets = [s for s in candidates if not (upstream(s, deps) & (set(candidates) | hinted))]
+    targets = [s for s in candidates if area == "capacity_strain"
+               or not (upstream(s, deps) & (set(candidates) | hinted) - _surge_hints(s, ratios, hinted, strong))]
     notes = [
+        f"{d} is loaded by its callers: requests x{ratios[d]:.2f} against x{max(ratios[c] for c in cs):.2f} on "
+        f"{', '.join(cs)}: acting on {', '.join(cs)}, not on {d}." for d, cs in loaded.items()
+    ]
+    notes += [
         f"{s} explained by its dependency {', '.join(by)}: not targeted." for s, by in explained.items() if by
     ]
     # an overloaded upstream needs capacity on itself, not a failover by its callers
@@ -476,8 +647,8 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
                                           confidence)
     notes += [f"{d} calls nothing it could change and its callers see it fail: acting on {', '.join(by)} "
               f"(they can route around it)." for d, by in routed.items()]
-    sentences = [f.sentence for svc in targets for f in findings[area][svc]] + [
-        f.sentence for svc in ranked if svc not in targets for f in findings[area][svc]
+    sentences = [f.sentence for svc in targets for f in findings[area].get(svc, [])] + [
+        f.sentence for svc in ranked if svc not in targets for f in findings[area].get(svc, [])
     ]
     others = [f"Also seen: {a} at {c:.2f}." for a, c in sorted(scores.items(), key=lambda kv: -kv[1]) if a != area]
     return FocusDecision(area, conf, [*sentences[:4], *notes[:2], *others[:2]], targets, scores, max_anomaly, confidence)

@@ -39,8 +39,9 @@ from metaheal.agents.focus import (
     Evidence,
     FocusDecision,
     TrustViolation,
+    against_reference,
     decide_focus,
-    deviates,
+    downstream,
     upstream,
 )
 from metaheal.agents.guardrails import GuardrailChange, GuardrailState, time_budget
@@ -189,7 +190,9 @@ class Observations:
 
     def __init__(self, settings: Settings, learner: Learner) -> None:
         self.window = settings.cycle.evidence_window_seconds
-        self.dependencies = {svc.name: list(svc.dependencies) for svc in settings.services}
+        self._settings = settings
+        self._deps_of: list[Any] | None = None
+        self._deps: dict[str, list[str]] = {}
         self.strong = settings.cycle.strong_anomaly_score
         self.learner = learner
         self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
@@ -211,19 +214,27 @@ class Observations:
         self.learned_in_ledger: set[str] = set()
         self.last_cycle: CycleFocus | None = None
 
+    @property
+    def dependencies(self) -> dict[str, list[str]]:
+        """Read from ``settings.services`` as it is now: services registered after start join the graph."""
+        if self._deps_of is not self._settings.services:
+            self._deps_of = self._settings.services
+            self._deps = {svc.name: list(svc.dependencies) for svc in self._deps_of}
+        return self._deps
+
     # evidence -------------------------------------------------------------------------------
 
     def evidence(self, now: float) -> Evidence:
         start = now - self.window
+        changed: dict[str, float] = {}  # service -> last_change, once per call (thousands of anomalies)
 
         def fresh(service: str, ts: float, dependency: str | None = None, began: float | None = None) -> bool:
-            # evidence older than the last outcome on a service, on the dependency it speaks about or on
-            # anything it calls (a fixed dependency changes its callers too) describes a system that has
-            # since changed
-            since = max(
-                (self.last_outcome_ts.get(s, 0.0) for s in {service, dependency or "", *upstream(service, self.dependencies)}),
-                default=0.0,
-            )
+            # evidence older than the last outcome on a service, on the dependency it speaks about, on
+            # anything it calls (a fixed dependency changes its callers too) or on anything that calls it
+            # (a caller's failover or cache warm changes what reaches it) describes a system that has since changed
+            if service not in changed:
+                changed[service] = self.last_change(service)
+            since = max(changed[service], self.last_outcome_ts.get(dependency or "", 0.0))
             return ts >= start and (ts if began is None else began) >= since
 
         health = []
@@ -239,6 +250,21 @@ class Observations:
             health=health, anomalies=anomalies, trust_violations=violations, window_seconds=self.window,
             dependencies=dict(self.dependencies),
         )
+
+    def related(self, service: str) -> set[str]:
+        """The services whose remediation changes ``service``: itself, what it calls, what calls it."""
+        return {service, *upstream(service, self.dependencies), *downstream(service, self.dependencies)}
+
+    def last_change(self, service: str, *, read: bool = False) -> float:
+        """When the last outcome on a related service happened (``read``: or was read, on our clock).
+
+        A fix on a caller is a fix of its dependency too (a failover of db's callers is db's
+        remediation), so evidence about ``service`` from before it is stale.
+        """
+        times = [self.last_outcome_ts.get(s, 0.0) for s in self.related(service)]
+        if read:
+            times += [self.outcome_read_at.get(s, 0.0) for s in self.related(service)]
+        return max(times, default=0.0)
 
     def busy(self, service: str, now: float) -> _Open | None:
         """Open work (directive or plan without an outcome, within its budget) on ``service``."""
@@ -298,24 +324,9 @@ class Observations:
         return trigger, insight
 
     def _against_reference(self, w: HealthWindow) -> HealthWindow:
-        """Judge each signal against the baseline it had while it was last healthy.
-
-        The streams worker's baselines keep learning, so a fault that persists becomes
-        "normal" within a few windows and would vanish from the evidence while it is still
-        there (e.g. while a first, wrong plan runs). A baseline is therefore only taken
-        over from windows that do not deviate from the reference; deviating windows are
-        judged against the last healthy one.
-        """
-        signals = []
-        for s in w.signals:
-            key = (w.service, s.signal, s.metric, s.dependency or "")
-            ref = self.reference.get(key)
-            judged = s if ref is None else s.model_copy(update={"baseline_mean": ref[0], "baseline_p95": ref[1]})
-            if not deviates(w.service, judged, w.window_end - w.window_start or self.window):
-                self.reference[key] = (s.baseline_mean, s.baseline_p95)
-                judged = s
-            signals.append(judged)
-        return w.model_copy(update={"signals": signals})
+        """Judge each signal against the baseline it had while it was last healthy
+        (:func:`~metaheal.agents.focus.against_reference`)."""
+        return against_reference(self.reference, w, self.window)
 
     def _directive(self, directive_id: str, cycle_id: str, service: str, focus: str, ts: float, budget: float) -> None:
         _bounded_put(self.directive_focus, directive_id, focus)
@@ -775,7 +786,7 @@ class MetaLoop:
             now = self.clock()
             if (cf.cycle_id, service) in self.obs.directed:
                 continue
-            changed = max(self.obs.last_outcome_ts.get(service, 0.0), self.obs.outcome_read_at.get(service, 0.0))
+            changed = self.obs.last_change(service, read=True)
             if changed >= cf.ts:
                 # an outcome landed while we waited for advice: the evidence this cycle decided on
                 # describes the service before that change, so the next cycle judges it afresh

@@ -140,6 +140,9 @@ class StreamSettings(_Section):
     max_batch_records: int = Field(500, ge=1, description="records processed between two state writes at most")
     flush_interval_seconds: float = Field(0.2, gt=0, description="longest time between two state writes")
     checkpoint_interval_seconds: float = Field(5.0, ge=0, description="wall time between two model checkpoints of a series")
+    idle_close: bool = Field(
+        False, description="close a service's open windows once it sent nothing for window + allowed lateness (wall time)"
+    )
 
 
 class LedgerSettings(_Section):

@@ -269,6 +269,28 @@ class SignedOutcome(Event):
     ledger_sequence: int | None = None
 
 
+# --- service registry --------------------------------------------------------------------------
+
+
+class ServiceRegistration(Event):
+    """A service announcing itself on ``<prefix>services`` (compacted, keyed by ``name``).
+
+    The fields are those of ``services:`` in ``metaheal.yaml``, so a fleet that starts
+    after the control plane (``metaheal simulate``, or a real deployment's registration
+    step) becomes actionable without editing configuration; a tombstone (null value)
+    under the name deregisters it. What makes a registration usable (an http(s) admin
+    URL, no self-dependency) is checked by ``metaheal.registry.check``.
+    """
+
+    name: str = Field(min_length=1)
+    admin_url: str | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    criticality: Literal["low", "medium", "high", "critical"] = "medium"
+    owner: str | None = None
+    registered_by: str = Field(min_length=1)
+    ts: float
+
+
 # --- ledger and dead letters ---------------------------------------------------------------------
 
 
@@ -317,4 +339,5 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ProbeCommand,
     LedgerEntry,
     DeadLetter,
+    ServiceRegistration,
 )

@@ -273,12 +273,21 @@ def expand_roles(roles: list[str]) -> list[str]:
     return out
 
 
+#: roles that read ``settings.services`` (dependency graph, admin URLs) and so follow the registry
+USES_SERVICES = frozenset({"advisors", "meta", "executor"})
+
+
 class Runtime:
     """What ``metaheal up`` runs in one process: optional simulator, then the components.
 
     The simulator (when asked for) starts first so its admin URLs can be merged into
     ``settings.services`` before the executor reads them. Roles asked for explicitly
     must be available; under ``all`` a missing component is logged and skipped.
+
+    Services a fleet registers on ``<prefix>services`` after start-up (``metaheal
+    simulate`` in another terminal) are merged into the same ``settings`` object the
+    components hold, on the event loop, so the executor's per-directive
+    ``settings.service(name)`` and the dependency graphs see them (metaheal.registry).
     """
 
     def __init__(
@@ -301,6 +310,10 @@ class Runtime:
         self.simulator: Any = None
         self.components: list[Component] = []
         self.skipped: dict[str, str] = {}
+        #: services from the configuration (they win) and from the registry (merged in while running)
+        self.configured = list(settings.services)
+        self.registered: dict[str, Any] = {}
+        self.registry: Any = None
 
     def prepare_keys(self) -> None:
         """System signing keys must exist before any component signs (idempotent)."""
@@ -317,8 +330,12 @@ class Runtime:
 
             self.simulator = Simulator(self.settings, **self.simulator_options)
             await self.simulator.start()
-            merge_services(self.settings, self.simulator.services_config())
+            for svc in self.simulator.services_config():
+                self.registered[svc.name] = svc
+            self._apply_services()
             self.components.append(Component("simulator", self.simulator))
+        if USES_SERVICES & set(self.roles):
+            await self.follow_registry()
         await asyncio.to_thread(self.prepare_keys)
         if self.ledger is None and {"advisors", "meta", "executor"} & set(self.roles):
             try:
@@ -353,21 +370,62 @@ class Runtime:
         logger.info("runtime stopped roles=%s", ",".join(c.role for c in self.components))
 
     def close(self) -> None:
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None
 
+    # --- the service registry ----------------------------------------------------------------
+
+    async def follow_registry(self) -> None:
+        """Read the registry to its end before any component is built, then follow it."""
+        from metaheal.registry import RegistryFollower, read_registry, to_service
+
+        snap = await asyncio.to_thread(read_registry, self.settings)
+        for name, reg in snap.services.items():
+            self.registered[name] = to_service(reg)
+        for offset, key, error in snap.rejected:
+            logger.warning("service registration rejected key=%s offset=%d error=%s", key, offset, error)
+        self._apply_services()
+        if snap.services:
+            logger.info("services registered count=%d names=%s", len(snap.services), ",".join(sorted(snap.services)))
+        loop = asyncio.get_running_loop()
+
+        def on_change(name: str, reg: Any) -> None:
+            loop.call_soon_threadsafe(self.registry_changed, name, reg)
+
+        self.registry = RegistryFollower(self.settings, on_change, start_offset=snap.next_offset,
+                                         dead_letter="executor" in self.roles)
+        await asyncio.to_thread(self.registry.start)
+
+    def registry_changed(self, name: str, reg: Any) -> None:
+        """One registration (or ``None``: deregistration) read from the registry; runs on the event loop."""
+        from metaheal.registry import to_service
+
+        configured = next((s for s in self.configured if s.name == name), None)
+        if reg is None:
+            if self.registered.pop(name, None) is not None:
+                logger.info("service deregistered name=%s", name)
+        else:
+            self.registered[name] = to_service(reg)
+            note = " (configured entry wins)" if configured is not None else ""
+            logger.info("service registered name=%s admin_url=%s dependencies=%s by=%s%s", name, reg.admin_url,
+                        ",".join(reg.dependencies) or "-", reg.registered_by, note)
+        self._apply_services()
+
+    def _apply_services(self) -> None:
+        from metaheal.registry import merged_services
+
+        self.settings.services = merged_services(self.configured, self.registered.values())
+
 
 def merge_services(settings: Settings, services: list[Any]) -> None:
     """Configured services win on conflicts except for a missing ``admin_url``."""
-    by_name = {s.name: s for s in settings.services}
-    for s in services:
-        have = by_name.get(s.name)
-        if have is None:
-            by_name[s.name] = s
-        elif have.admin_url is None:
-            by_name[s.name] = have.model_copy(update={"admin_url": s.admin_url})
-    settings.services = list(by_name.values())
+    from metaheal.registry import merged_services
+
+    settings.services = merged_services(settings.services, services)
 
 
 def resolve_playbooks(folder: Path) -> Path:

@@ -44,6 +44,8 @@ TOPICS: tuple[TopicDecl, ...] = (
     TopicDecl("control", 1, COMPACTED, "meta-loop leadership and durable guardrail state"),
     TopicDecl("executor-state", 4, COMPACTED, "executor plan state for exactly-once effects"),
     TopicDecl("deadletter", 1, {}, "rejected input with original bytes and the reason"),
+    TopicDecl("services", 1, COMPACTED,
+              "service registry: ServiceRegistration keyed by service name (a tombstone deregisters)"),
 )
 
 

@@ -26,6 +26,7 @@ against the window baseline.
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, Symptom, clamp01
@@ -35,12 +36,46 @@ logger = logging.getLogger(__name__)
 
 #: Counters whose mere presence in a window is an event (a deployment, a flag flip).
 CHANGE_METRICS = re.compile(r"deploy|release|rollout|config_change|flag", re.IGNORECASE)
+#: How long ago the last change was (``deployment_age_s``): it dates a change, it is none itself.
+CHANGE_AGE = re.compile(r"(^|_)age(_|$)", re.IGNORECASE)
 #: Relative move against the health-window baseline that counts as a (weak) symptom.
 HEALTH_MOVE = 0.5
+#: Strength of an unscored health move at HEALTH_MOVE, and at HEALTH_MOVE_FULL (x4) or beyond.
+HEALTH_STRENGTH = (0.4, 0.8)
+HEALTH_MOVE_FULL = 3.0
 
 
 def _relative(value: float, baseline: float) -> float:
     return abs(value - baseline) / max(abs(baseline), 1e-9) if baseline else abs(value)
+
+
+def move_size(value: float, baseline: float) -> float:
+    """Relative move; for a fraction (0..1) measured on its rarer side.
+
+    A cache hit rate falling from 0.92 to 0.32 is 8.5 times the misses, and misses are
+    what load the database; an error rate from 0.002 to 0.02 is 10 times the errors.
+    Measured on the common side both would look small (-65 %, -2 % successes).
+
+    >>> round(move_size(0.32, 0.92), 2), round(move_size(0.02, 0.002), 2), round(move_size(240.0, 150.0), 2)
+    (7.5, 9.0, 0.6)
+    """
+    if 0.0 <= value <= 1.0 and 0.5 < baseline < 1.0:
+        return _relative(1.0 - value, 1.0 - baseline)
+    return _relative(value, baseline)
+
+
+def health_strength(size: float) -> float:
+    """How much an unscored move of ``size`` counts: more the further beyond :data:`HEALTH_MOVE`.
+
+    No scorer vouched for it, so it stays below a crossed anomaly (1.0); but a mean four times
+    its baseline over a whole window is no noise either.
+
+    >>> health_strength(0.5), health_strength(3.0), round(health_strength(1.0), 2)
+    (0.4, 0.8, 0.52)
+    """
+    lo, hi = HEALTH_STRENGTH
+    x = (math.log1p(size) - math.log1p(HEALTH_MOVE)) / (math.log1p(HEALTH_MOVE_FULL) - math.log1p(HEALTH_MOVE))
+    return round(lo + (hi - lo) * max(0.0, min(1.0, x)), 4)
 
 
 def severity(score: float, threshold: float) -> str:
@@ -130,19 +165,29 @@ class AnomalyAdvisor(Advisor):
                 key = (w.service, st.metric, st.dependency)
                 if key not in latest or latest[key][0].window_end < w.window_end:
                     latest[key] = (w, st)
+        ages: dict[str, float] = {}
+        for (service, metric, _), (w, st) in latest.items():
+            if CHANGE_METRICS.search(metric) and CHANGE_AGE.search(metric) and st.count > 0:
+                ages[service] = min(ages.get(service, math.inf), st.max)
         for (service, metric, dependency), (w, st) in latest.items():
             if CHANGE_METRICS.search(metric):
-                if st.count > 0 and st.max > 0:
-                    ctx.symptoms.append(Symptom(service, metric, "change", 1, 1.0, 1.0, dependency))
-                    out.evidence.append(f"change event {service}/{metric} in window ending {w.window_end:.0f}")
+                if CHANGE_AGE.search(metric) or not (st.count > 0 and st.max > 0):
+                    continue
+                at = w.window_end - ages.get(service, 0.0)
+                if at < ctx.changed_at.get(service, 0.0):
+                    # the change was there when the last remediation here was verified: it is not news now
+                    out.evidence.append(f"change {service}/{metric} at {at:.0f} predates the last outcome")
+                    continue
+                ctx.symptoms.append(Symptom(service, metric, "change", 1, 1.0, 1.0, dependency))
+                out.evidence.append(f"change event {service}/{metric} in window ending {w.window_end:.0f}")
                 continue
             base = st.baseline_mean
             if (service, metric) in scored or base is None or st.count < 3:
                 continue
-            size = _relative(st.mean, base)
+            size = move_size(st.mean, base)
             if size >= HEALTH_MOVE:
                 direction = 1 if st.mean >= base else -1
                 ctx.symptoms.append(
-                    Symptom(service, metric, st.signal, direction, size, 0.4, dependency)
+                    Symptom(service, metric, st.signal, direction, size, health_strength(size), dependency)
                 )
                 out.evidence.append(f"health {service}/{metric} mean {size:+.0%} vs baseline (unscored)")

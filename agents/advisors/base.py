@@ -111,6 +111,9 @@ class CycleContext:
     features: dict[str, dict[str, float]] = field(default_factory=dict)
     candidates: list[RootCauseCandidate] = field(default_factory=list)
     primary_service: str | None = None
+    #: service -> when the last outcome on it or on a service it calls or is called by arrived: a change
+    #: (deployment, flag) from before it was already there when that remediation was verified
+    changed_at: dict[str, float] = field(default_factory=dict)
 
     @property
     def diagnosis(self) -> str:

@@ -13,6 +13,11 @@ blend grows as ``n / (n + learned_weight_halfway)``. The learned part only speak
 in proportion to how much symptom evidence there is, so a quiet service stays
 ``unknown`` however confident the model has become about busy ones.
 
+A dependency's load counts for its caller only when it grew beyond the caller's own
+traffic (``dep_load_up``: cache misses falling through, retries): then the dependency's
+latency and errors are the caller's doing, not an outage or a slow query there. A
+dependency serving *less* is no sign it is down (its callers may have failed over away).
+
 A failing dependency explains its callers: the caller's ``upstream_outage``
 candidate names the dependency, and the causes diagnosed *on* the dependency are
 added as candidates located there (``service`` = the dependency).
@@ -48,8 +53,9 @@ from metaheal.agents.advisors.base import (
     Symptom,
     clamp01,
 )
-from metaheal.agents.advisors.anomaly import CHANGE_METRICS
+from metaheal.agents.advisors.anomaly import CHANGE_AGE, CHANGE_METRICS
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
+from metaheal.agents.focus import LOAD_AMPLIFICATION
 from metaheal.events import RootCauseCandidate
 
 logger = logging.getLogger(__name__)
@@ -70,7 +76,8 @@ def _service_feature(f: dict[str, float], s: Symptom, v: float) -> None:
     metric = s.metric.lower()
     up = s.direction > 0
     if s.signal == "change" or (up and CHANGE_METRICS.search(metric)):
-        _put(f, "deploy_recent" if DEPLOY.search(metric) else "config_change_recent", v)
+        if not CHANGE_AGE.search(metric):  # an age dates a change; it growing is no change
+            _put(f, "deploy_recent" if DEPLOY.search(metric) else "config_change_recent", v)
         return
     if "cache" in metric and (("hit" in metric and not up) or ("miss" in metric and up)):
         _put(f, "cache_hit_down", v)
@@ -86,9 +93,15 @@ def _service_feature(f: dict[str, float], s: Symptom, v: float) -> None:
         _put(f, f"error_type={s.labels['error_type']}", v)
 
 
-def _dependency_feature(f: dict[str, float], dep: str, s: Symptom, v: float) -> None:
+def _dependency_feature(f: dict[str, float], dep: str, s: Symptom, v: float, own_load: float = 1.0) -> None:
     up = s.direction > 0
     metric = s.metric.lower()
+    if s.signal == "traffic":
+        if up and not s.dependency and 1.0 + s.size >= LOAD_AMPLIFICATION * own_load:
+            # more requests reach the dependency than this service's own traffic explains: its latency
+            # and errors are load this service sends it (an edge surge raises both alike)
+            _put(f, "dep_load_up", v)
+        return
     if (s.signal == "latency" or "latency" in metric) and up:
         _put(f, "dep_latency_up", v)
         if DB_NAMES.search(dep):
@@ -102,16 +115,20 @@ def _dependency_feature(f: dict[str, float], dep: str, s: Symptom, v: float) -> 
 def symptom_features(symptoms: Iterable[Symptom], service: str, dependencies: set[str]) -> dict[str, float]:
     """The symptom vector of ``service`` (values 0..1; absent = 0)."""
     f: dict[str, float] = {}
+    symptoms = list(symptoms)
+    own_load = max((1.0 + s.size for s in symptoms
+                    if s.service == service and s.signal == "traffic" and s.direction > 0 and not s.dependency),
+                   default=1.0)
     for s in symptoms:
         v = clamp01(s.strength * min(1.0, 0.5 + s.size))
         if v <= 0:
             continue
         if s.service == service and s.dependency:
-            _dependency_feature(f, s.dependency, s, v)
+            _dependency_feature(f, s.dependency, s, v, own_load)
         elif s.service == service:
             _service_feature(f, s, v)
         elif s.service in dependencies and s.signal != "change":
-            _dependency_feature(f, s.service, s, v)
+            _dependency_feature(f, s.service, s, v, own_load)
     return f
 
 

@@ -40,6 +40,7 @@ from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, 
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.agents.advisors.playbook_ranker import PlaybookLike, PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester, closure
+from metaheal.agents.focus import Reference, against_reference
 from metaheal.agents.playbooks import load_playbooks
 from metaheal.agents.trust import Policies
 from metaheal.config import Settings
@@ -174,11 +175,14 @@ class AdvisorService:
         self.advised = 0
         self.unsigned = 0
         self.learned: set[str] = set()
-        self._graph = {s.name: list(s.dependencies) for s in settings.services}
+        self._graph_of: list[Any] = settings.services
+        self._graph_now: dict[str, list[str]] = {s.name: list(s.dependencies) for s in settings.services}
         self._cycle_features: OrderedDict[str, dict[str, dict[str, float]]] = OrderedDict()
         self._anomalies: dict[str, deque[AnomalyScore]] = {}
         self._health: dict[str, deque[HealthWindow]] = {}
         self._pending_outcomes: list[tuple[SignedOutcome, float]] = []
+        self._outcome_ts: dict[str, float] = {}  # service -> latest outcome's ts (every outcome read, old ones too)
+        self._reference: Reference = {}  # per signal: the baseline of its last healthy window (as the meta loop)
         self._de_cycle = AvroDeserializer(CycleFocus)
         self._de_anomaly = AvroDeserializer(AnomalyScore)
         self._de_health = AvroDeserializer(HealthWindow)
@@ -257,6 +261,18 @@ class AdvisorService:
                     return True
         return False
 
+    @property
+    def _graph(self) -> dict[str, list[str]]:
+        """The dependency graph of ``settings.services`` as it is now: ``metaheal up`` merges services
+        registered after start into the same settings, and the root-cause suggester gets the new graph too."""
+        if self._graph_of is not self.settings.services:
+            self._graph_of = self.settings.services
+            self._graph_now = {s.name: list(s.dependencies) for s in self._graph_of}
+            for advisor in self.advisors:
+                if isinstance(advisor, RootCauseSuggester):
+                    advisor.graph = self._graph_now
+        return self._graph_now
+
     # -- evidence ---------------------------------------------------------------------------------
 
     def _buffer(self, store: dict[str, deque[Any]], service: str, event: Any) -> None:
@@ -276,14 +292,43 @@ class AdvisorService:
         scope = set(services)
         for s in services:
             scope |= closure(self._graph, s)
-        anomalies = [a for s in sorted(scope) for a in self._anomalies.get(s, ()) if lo <= a.ts <= hi]
-        health = [w for s in sorted(scope) for w in self._health.get(s, ()) if lo <= w.window_end <= hi]
-        return CycleContext(focus=focus, services=services, anomalies=anomalies, health=health)
+        since = {s: self.changed_at(s) for s in sorted(scope)}
+        # evidence from before an outcome on a related service describes a system that has since changed
+        anomalies = [a for s in sorted(scope) for a in self._anomalies.get(s, ())
+                     if lo <= a.ts <= hi and min(a.ts, a.window_start) >= since[s]]
+        health = [w for s in sorted(scope) for w in self._health.get(s, ())
+                  if lo <= w.window_end <= hi and w.window_start >= since[s]]
+        return CycleContext(focus=focus, services=services, anomalies=anomalies, health=health, changed_at=since)
+
+    def observe(self, event: AnomalyScore | HealthWindow) -> None:
+        """Buffer one piece of evidence (what the loop does with every anomaly and health window).
+
+        Health windows are judged against the baseline of their signal's last healthy window, as
+        the meta loop judges them: the streams baseline learns a persisting fault within a few
+        windows, and a cycle decided on that fault would get advice that no longer sees it.
+        """
+        if isinstance(event, HealthWindow):
+            event = against_reference(self._reference, event, self.settings.streams.window_seconds)
+            self._buffer(self._health, event.service, event)
+        else:
+            self._buffer(self._anomalies, event.service, event)
+
+    def observe_outcome(self, o: SignedOutcome) -> None:
+        """Note when ``o.service`` last changed; learning waits for the signed ledger entry."""
+        self._outcome_ts[o.service] = max(self._outcome_ts.get(o.service, 0.0), o.ts)
+
+    def changed_at(self, service: str) -> float:
+        """The latest outcome on ``service``, on what it calls or on what calls it (a caller's failover
+        or cache warm changes what reaches it): the meta loop's rule for stale evidence."""
+        graph = self._graph
+        related = {service} | closure(graph, service) | {c for c in graph if service in closure(graph, c)}
+        return max((self._outcome_ts.get(s, 0.0) for s in related), default=0.0)
 
     # -- advice -----------------------------------------------------------------------------------
 
     def compose(self, focus: CycleFocus, ctx: CycleContext | None = None) -> tuple[MLAdvice, CycleContext]:
         """Run every advisor on the cycle (contained), and assemble the advice."""
+        _ = self._graph  # refresh the graph before any advisor reads it
         ctx = ctx or self.context(focus)
         outs: dict[str, AdvisorOutput] = {}
         for advisor in self.advisors:
@@ -359,14 +404,16 @@ class AdvisorService:
                 a = self._de_anomaly(value)
                 self._buffer(self._anomalies, a.service, a)
             elif topic == self.topics["health"]:
-                w = self._de_health(value)
-                self._buffer(self._health, w.service, w)
+                self.observe(self._de_health(value))
+            elif topic == self.topics["outcomes"]:
+                o = self._de_outcome(value)
+                self.observe_outcome(o)
+                if msg.timestamp()[1] >= started_ms:  # older ones were replayed from the ledger
+                    self._pending_outcomes.append((o, time.monotonic() + OUTCOME_WAIT_SECONDS))
             elif msg.timestamp()[1] < started_ms:
-                return  # cycles and outcomes from before this start: answered already / replayed from the ledger
+                return  # cycles from before this start: answered already
             elif topic == self.topics["cycles"]:
                 cycles.append(self._de_cycle(value))
-            elif topic == self.topics["outcomes"]:
-                self._pending_outcomes.append((self._de_outcome(value), time.monotonic() + OUTCOME_WAIT_SECONDS))
         except DecodeError as exc:
             # Not ours to dead-letter (the producers' consumers do); skip with the reason.
             logger.warning("advisor skipped_record topic=%s offset=%s error=%s", topic, msg.offset(), exc)

@@ -26,9 +26,16 @@ def simulate(
     interval: Annotated[float, typer.Option(help="seconds between telemetry ticks")] = 1.0,
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
     ready_delay: Annotated[float, typer.Option(help="seconds a new instance takes to become ready")] = 5.0,
+    restart_seconds: Annotated[float, typer.Option(help="seconds a rolling restart keeps half the instances out")] = 4.0,
+    day_seconds: Annotated[float, typer.Option(help="length of the compressed daily load curve")] = 1800.0,
+    day_amplitude: Annotated[float, typer.Option(help="relative swing of the daily load curve")] = 0.1,
     services_out: Annotated[Path | None, typer.Option(help="write the services: config (admin URLs) to this YAML file")] = None,
 ) -> None:
-    """Run the simulated fleet: telemetry to <prefix>telemetry, admin APIs on localhost, probes, faults."""
+    """Run the simulated fleet: telemetry to <prefix>telemetry, admin APIs on localhost, probes, faults.
+
+    The services are registered on <prefix>services, so a running `metaheal up` on the same
+    broker and prefix heals them (no --services-out/--config round trip needed).
+    """
     from metaheal.cli.options import require_bootstrap
     from metaheal.runtime import configure_logging, run_until_signal
     from metaheal.simulator.faults import SCENARIOS
@@ -42,9 +49,18 @@ def simulate(
     if interval <= 0:
         typer.echo("error: --interval: must be > 0", err=True)
         raise typer.Exit(2)
+    for name, value in (("--ready-delay", ready_delay), ("--restart-seconds", restart_seconds),
+                        ("--day-seconds", day_seconds)):
+        if value <= 0:
+            typer.echo(f"error: {name}: must be > 0 (got {value})", err=True)
+            raise typer.Exit(2)
+    if not 0 <= day_amplitude < 1:
+        typer.echo(f"error: --day-amplitude: must be in [0, 1) (got {day_amplitude})", err=True)
+        raise typer.Exit(2)
     ensure_topics(settings)
     sim = Simulator(settings, seed=seed, interval=interval, scenario=scenario, at=at, duration=duration,
-                    ready_delay=ready_delay)
+                    ready_delay=ready_delay, restart_seconds=restart_seconds, day_seconds=day_seconds,
+                    day_amplitude=day_amplitude)
 
     async def main(stop: asyncio.Event) -> None:
         await sim.start()
@@ -104,6 +120,9 @@ def up(
             raise typer.Exit(1) from None
         settings.kafka.bootstrap = broker.bootstrap
         log.info("broker started bootstrap=%s took_ms=%.0f", broker.bootstrap, took * 1000)
+        typer.echo(f"embedded broker on {broker.bootstrap}; start a fleet in another terminal: metaheal simulate "
+                   f"--bootstrap {broker.bootstrap}{f' --config {config}' if config else ''} "
+                   "--scenario db_slow_query --at 30")
     try:
         created = ensure_topics(settings)
         log.info("topics ensured prefix=%s created=%d", settings.topics.prefix, len(created))

@@ -2,8 +2,10 @@
 
 ``Simulator.run(stop)`` follows the component contract (returns promptly once
 ``stop`` is set). ``services_config()`` gives the ``services:`` section other
-components need (admin URLs on the free ports actually used), so the simulator can be
-started first and its output fed into ``Settings.services``.
+components need (admin URLs on the free ports actually used). ``run`` also registers
+those services on ``<prefix>services`` (and deregisters them when it stops: the admin
+URLs die with it), so a ``metaheal up`` started before or after the simulator heals it
+without anyone copying URLs into ``metaheal.yaml``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Simulator:
         duration: float | None = None,
         host: str = "127.0.0.1",
         probes: bool = True,
+        register: bool = True,
         **fleet_options: Any,
     ) -> None:
         if interval <= 0:
@@ -57,6 +60,8 @@ class Simulator:
         self.duration = duration
         self.admin = AdminServers(self.fleet, host)
         self.probes = ProbeListener(settings, self.fleet) if probes else None
+        self.register = register
+        self.registered: list[str] = []
         self.ready = asyncio.Event()
         self.ticks = 0
         self.injected: list[Fault] = []
@@ -81,6 +86,38 @@ class Simulator:
             for name, st in self.fleet.services.items()
         ]
 
+    async def announce(self) -> list[str]:
+        """Register every service (admin URL, dependencies, criticality, owner); returns the names."""
+        from metaheal.registry import RegistryPublisher, registered_by, registration
+
+        by = registered_by("metaheal simulate")
+        regs = [registration(s, by) for s in self.services_config()]
+        publisher = RegistryPublisher(self.settings)
+        try:
+            await asyncio.to_thread(publisher.register, regs)
+        finally:
+            publisher.close()
+        self.registered = [r.name for r in regs]
+        logger.info("services registered topic=%s names=%s", publisher.topic, ",".join(self.registered))
+        return self.registered
+
+    async def withdraw(self) -> None:
+        """Deregister what :meth:`announce` registered (a tombstone per name); errors are logged, not raised."""
+        from metaheal.kafka import KafkaUnavailable
+        from metaheal.registry import RegistryPublisher
+
+        if not self.registered:
+            return
+        publisher = RegistryPublisher(self.settings)
+        try:
+            await asyncio.to_thread(publisher.deregister, self.registered)
+            logger.info("services deregistered names=%s", ",".join(self.registered))
+            self.registered = []
+        except KafkaUnavailable as exc:
+            logger.warning("services deregistration failed error=%s", exc)
+        finally:
+            publisher.close()
+
     def inject(self, scenario: str) -> list[Fault]:
         faults = scenario_faults(scenario)
         now = self.fleet.now()
@@ -92,6 +129,12 @@ class Simulator:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
+        if self.register:
+            try:
+                await self.announce()
+            except BaseException:
+                await self.admin.stop()  # no admin server left listening for a fleet that never ran
+                raise
         publisher = TelemetryPublisher(self.settings.kafka, self.settings.topics.name("telemetry"))
         probes_stop = asyncio.Event()
         probe_task = asyncio.create_task(self.probes.run(probes_stop)) if self.probes else None
@@ -118,6 +161,7 @@ class Simulator:
             if probe_task is not None:
                 await probe_task
             await asyncio.to_thread(publisher.close)
+            await self.withdraw()
             await self.admin.stop()
             logger.info("simulator stopped ticks=%d batches=%d samples=%d",
                         self.ticks, publisher.batches, publisher.samples)

@@ -31,7 +31,7 @@ def test_default_set_is_complete_and_matches_the_design():
     applies = {n: (set(p.applies_to.focus_areas), set(p.applies_to.root_causes)) for n, p in pbs.items()}
     assert applies["scale_up_instances"][0] == {"latency_drift", "capacity_strain"}
     assert {"cpu_saturation", "database_slow_query", "traffic_surge"} <= applies["scale_up_instances"][1]
-    assert applies["warm_cache"] == ({"latency_drift"}, {"cache_miss_rate_high", "database_slow_query"})
+    assert applies["warm_cache"] == ({"latency_drift", "dependency_health"}, {"cache_miss_rate_high", "database_slow_query"})
     assert applies["restart_service"] == ({"error_spike", "latency_drift"}, {"memory_leak", "unknown"})
     assert applies["rollback_flag"] == ({"error_spike"}, {"bad_deployment"})
     assert applies["failover_dependency"] == (

@@ -53,3 +53,20 @@ def test_health_windows_carry_deployments_and_unscored_moves() -> None:
     ctx = CycleContext(focus=_focus(["api"]), services=["api"], health=[w])
     AnomalyAdvisor().advise(ctx)
     assert {(s.metric, s.signal) for s in ctx.symptoms} == {("deployments", "change"), ("error_rate", "errors")}
+
+
+def test_a_deployment_already_there_when_the_last_fix_was_verified_is_no_news() -> None:
+    def ctx_with(age: float, changed_at: float) -> CycleContext:
+        w = HealthWindow(service="api", window_start=980.0, window_end=1000.0, sample_count=10, signals=[
+            SignalStats(signal="unknown", metric="deployments", count=5, mean=1, p50=1, p95=1, max=1),
+            SignalStats(signal="unknown", metric="deployment_age_s", count=5, mean=age - 10, p50=age - 10, p95=age,
+                        max=age),
+        ])
+        ctx = CycleContext(focus=_focus(["api"]), services=["api"], health=[w], changed_at={"api": changed_at})
+        AnomalyAdvisor().advise(ctx)
+        return ctx
+
+    # deployed at t=700, a rollback (or any fix) verified here at t=900: errors now are not "right after it"
+    assert ctx_with(age=300.0, changed_at=900.0).symptoms == []
+    # deployed at t=950, after the last fix: a change, and only the counter says so (the age is no change)
+    assert [(s.metric, s.signal) for s in ctx_with(age=50.0, changed_at=900.0).symptoms] == [("deployments", "change")]

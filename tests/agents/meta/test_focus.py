@@ -204,3 +204,47 @@ def test_a_failing_leaf_upstream_is_acted_on_through_the_callers_that_see_it(h: 
     assert decide_focus(Evidence(health=[api, hot], dependencies=graph)).target_services == ["payments"]
     # nobody sees it through a dependency metric: the leaf itself stays the target
     assert decide_focus(Evidence(health=[pay], dependencies=graph)).target_services == ["payments"]
+
+
+def test_a_dependency_loaded_by_its_callers_calls_is_their_symptom(h: Any) -> None:
+    # the api's cache stopped absorbing reads: the database gets 3x the queries at unchanged api traffic
+    def fleet(api_rps: float, db_rps: float) -> list[HealthWindow]:
+        return [
+            h.window("web", h.stats("latency", "latency_p95_ms", mean=640, base=130, p95=640, base_p95=130),
+                     h.stats("traffic", "requests_per_s", mean=api_rps, base=400), end=NOW),
+            h.window("api", h.stats("latency", "latency_p95_ms", mean=560, base=90, p95=560, base_p95=90),
+                     h.stats("traffic", "requests_per_s", mean=api_rps, base=400), end=NOW),
+            h.window("db", h.stats("latency", "latency_p95_ms", mean=370, base=40, p95=370, base_p95=40),
+                     h.stats("saturation", "cpu_utilization", mean=0.98, base=0.4),
+                     h.stats("traffic", "requests_per_s", mean=db_rps, base=170), end=NOW),
+        ]
+    graph = {"web": ["api"], "api": ["db", "cache"]}
+    d = decide_focus(Evidence(health=fleet(405, 540), dependencies=graph))
+    assert (d.focus_area, d.target_services) == ("latency_drift", ["api"])
+    assert any(r.startswith("db is loaded by its callers: requests x3.18 against x1.01 on api") for r in d.reasoning)
+    # an edge surge raises the database's load only as much as the api's: the database is the one to act on
+    surge = decide_focus(Evidence(health=fleet(800, 340), dependencies=graph))
+    assert surge.target_services == ["db"]
+    assert not any("loaded by its callers" in r for r in surge.reasoning)
+
+
+def test_a_callers_saturation_is_its_own_not_its_busier_dependencys(h: Any) -> None:
+    # a surge: api saturates; its cache is busier too (a hint of strain), which does not saturate the api
+    ws = [h.window("api", h.stats("saturation", "cpu_utilization", mean=0.99, base=0.56), end=NOW),
+          h.window("cache", h.stats("saturation", "cpu_utilization", mean=0.8, base=0.3), end=NOW)]
+    d = decide_focus(Evidence(health=ws, dependencies={"web": ["api"], "api": ["cache", "db"]}))
+    assert (d.focus_area, d.target_services) == ("capacity_strain", ["api"])
+    assert 0.5 <= d.service_confidence["cache"] < 0.7  # seen as a hint, not acted on
+
+
+def test_a_dependency_a_little_slower_under_the_same_surge_does_not_explain_its_saturated_caller(h: Any) -> None:
+    def fleet(db_rps: float, api_rps: float = 760) -> list[HealthWindow]:
+        return [h.window("api", h.stats("latency", "latency_p95_ms", mean=260, base=90, p95=260, base_p95=90),
+                         h.stats("traffic", "requests_per_s", mean=api_rps, base=400), end=NOW),
+                h.window("db", h.stats("latency", "latency_p95_ms", mean=48, base=41, p95=48, base_p95=41),
+                         h.stats("traffic", "requests_per_s", mean=db_rps, base=170), end=NOW)]
+    graph = {"web": ["api"], "api": ["db"]}
+    # twice the traffic at api and db alike: api is the one in trouble, db only passes the load on a little slower
+    assert decide_focus(Evidence(health=fleet(320), dependencies=graph)).target_services == ["api"]
+    # at unchanged traffic the same slight db drift is the early sign of a failing dependency: it is acted on
+    assert decide_focus(Evidence(health=fleet(170, 400), dependencies=graph)).target_services == ["db"]
