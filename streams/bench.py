@@ -13,6 +13,9 @@ Three measurements in one run, on the same data and the same machine:
    latency = read time - sample ts (same clock); p50/p99 printed.
 
 The machine may be shared with other work: numbers are indicative, ratios are from one run.
+Because of that the CPU time per sample is printed too (model only: this process; end
+to end: the worker process, all its threads, from "Worker ready" to the last summary):
+it moves far less than wall-clock rates when other programs compete for the cores.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import random
 import re
 import tempfile
@@ -57,6 +61,8 @@ class BenchResult:
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
+    model_cpu_us: float = 0.0  # CPU microseconds per sample, model only
+    e2e_cpu_us: float = 0.0  # CPU microseconds per sample, worker process (all threads), end to end
 
     @property
     def ratio(self) -> float:
@@ -68,6 +74,10 @@ class BenchResult:
             f"model_only_samples_per_s={self.model_rate:,.0f}",
             f"end_to_end_samples_per_s={self.e2e_rate:,.0f} (one faust worker)",
             f"ratio_end_to_end_to_model={self.ratio:.2f} (target >= 0.6)",
+            (
+                f"cpu_us_per_sample model_only={self.model_cpu_us:.1f} end_to_end={self.e2e_cpu_us:.1f} "
+                f"(cpu ratio {self.model_cpu_us / self.e2e_cpu_us if self.e2e_cpu_us else 0.0:.2f})"
+            ),
             f"latency_offered_load_samples_per_s={self.latency_load:,.0f} events_measured={self.latency_events}",
             f"latency_p50_ms={self.latency_p50_ms:.1f} latency_p99_ms={self.latency_p99_ms:.1f} "
             f"latency_max_ms={self.latency_max_ms:.1f} (target p99 <= 250)",
@@ -93,16 +103,23 @@ def make_data(n: int, services: int, batch: int, t0: float, seed: int = 0) -> li
     return out
 
 
-def model_only(batches: list[MetricBatch]) -> float:
+def model_only(batches: list[MetricBatch]) -> tuple[float, float]:
+    """Samples/s (wall clock) and CPU seconds of scoring every sample with its series' model."""
     scorers: dict[str, AnomalyScorer] = {}
     samples = [(series_id(m.service, m.metric), m.ts, m.value) for b in batches for m in b.samples]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for sid, ts, value in samples:
         scorer = scorers.get(sid)
         if scorer is None:
             scorer = scorers[sid] = AnomalyScorer(seed=0)
         scorer.score_then_learn(ts, value)
-    return len(samples) / (time.perf_counter() - t)
+    return len(samples) / (time.perf_counter() - t), time.process_time() - cpu
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -178,7 +195,7 @@ def run_bench(
         expected_summaries = windows_per_series * services
 
         logger.info("bench: model only")
-        model_before = model_only(batches[:-services])
+        model_before, model_cpu_before = model_only(batches[:-services])
 
         logger.info("bench: producing %d samples", n)
         ser = AvroSerializer(MetricBatch)
@@ -197,13 +214,15 @@ def run_bench(
         proc = spawn_worker(env, log_path=log, cwd=tmp)
         stack.callback(lambda: (proc.terminate(), proc.wait(20)))
         _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
+        cpu_at_ready = process_cpu(proc.pid)
         _wait(lambda: reader.summaries >= expected_summaries, 600, "every window summary")
         e2e_rate = n / (time.time() - (_ready_time(log) or 0.0))
+        e2e_cpu = process_cpu(proc.pid) - cpu_at_ready
         for line in log.read_text().splitlines():
             if "Worker ready" in line or "changelog loaded" in line or "partitions assigned" in line:
                 logger.info("bench: worker log: %s", line[:160])
         # measured again after the end-to-end phase: the mean is fairer on a machine whose load varies
-        model_after = model_only(batches[:-services])
+        model_after, model_cpu_after = model_only(batches[:-services])
         model_rate = (model_before + model_after) / 2
         logger.info("bench: model only before=%.0f after=%.0f samples/s", model_before, model_after)
 
@@ -247,6 +266,7 @@ def run_bench(
             samples=n, series=services, model_rate=model_rate, e2e_rate=e2e_rate, latency_load=offered,
             latency_events=len(lat), latency_p50_ms=float(np.percentile(lat, 50)),
             latency_p99_ms=float(np.percentile(lat, 99)), latency_max_ms=float(lat.max()),
+            model_cpu_us=(model_cpu_before + model_cpu_after) / 2 / n * 1e6, e2e_cpu_us=e2e_cpu / n * 1e6,
         )
 
 

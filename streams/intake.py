@@ -22,13 +22,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-from metaheal.events import DeadLetter, Metric
-from metaheal.events import MetricBatch
+from metaheal.events import DeadLetter, Metric, MetricBatch
 from metaheal.kafka.serializers import HEADER_LEN, MAGIC, AvroDeserializer, DecodeError, TelemetryDeserializer
 from metaheal.streams.signals import DEPENDENCY_LABEL, UNIT_SCALE, SignalMap, series_id
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,23 @@ class Sample(NamedTuple):
     value: float
     ts: float
     labels: dict[str, str]
+
+
+class SeriesBatch:
+    """The samples of one series from one record, as columns (the pipeline's unit of work).
+
+    Scoring and windowing walk a series' samples in a tight loop with its scorer and
+    window looked up once, and no per-sample object is built: profiled in the worker,
+    building a :class:`Sample` per value cost about half of decoding.
+    """
+
+    __slots__ = ("dependency", "labels", "metric", "series", "service", "signal", "ts", "values")
+
+    def __init__(self, service: str, metric: str, series: str, signal: str | None, dependency: str | None) -> None:
+        self.service, self.metric, self.series, self.signal, self.dependency = service, metric, series, signal, dependency
+        self.values: list[float] = []  # unit-normalised
+        self.ts: list[float] = []
+        self.labels: list[dict[str, str]] = []
 
 
 def dead_letter(record: Record, reason: str, error: str, value: bytes | None = None) -> DeadLetter:
@@ -96,6 +115,55 @@ class Intake:
     def to_sample(self, m: Metric) -> Sample:
         return self._sample(m.service, m.metric, m.value, m.ts, m.labels)
 
+    def _meta(self, service: str, metric: str, labels: dict[str, str]) -> tuple[str | None, str, str | None, float]:
+        dep = labels.get(DEPENDENCY_LABEL) or None if labels else None
+        meta = self._series.get((service, metric, dep))
+        if meta is None:
+            meta = self._series[(service, metric, dep)] = (
+                series_id(service, metric, dep), self.signals.signal_of(metric, labels), UNIT_SCALE.get(metric, 1.0)
+            )
+        return dep, *meta
+
+    def _fast_series(self, data: bytes) -> list[SeriesBatch] | None:
+        """Avro MetricBatch straight into per-series columns; ``None`` = let the full path judge."""
+        isfinite = math.isfinite
+        groups: dict[tuple[str, str, str | None], SeriesBatch] = {}
+        for m in self._batch.decode_dict(data)["samples"]:
+            service, metric, value, ts, labels = m["service"], m["metric"], m["value"], m["ts"], m["labels"]
+            if not (service and metric and isfinite(value) and isfinite(ts)):
+                return None
+            dep = labels.get(DEPENDENCY_LABEL) or None if labels else None
+            g = groups.get((service, metric, dep))
+            if g is None:
+                _, series, signal, _ = self._meta(service, metric, labels)
+                g = groups[(service, metric, dep)] = SeriesBatch(service, metric, series, signal, dep)
+            g.values.append(value)
+            g.ts.append(ts)
+            g.labels.append(labels)
+        if not groups:
+            return None
+        for g in groups.values():
+            scale = UNIT_SCALE.get(g.metric, 1.0)
+            if scale != 1.0:
+                g.values = [v * scale for v in g.values]
+        return list(groups.values())
+
+    def decode_series(self, record: Record) -> tuple[list[SeriesBatch], DeadLetter | None]:
+        """Like :meth:`decode`, grouped by series (first-seen order; a series keeps its samples' order)."""
+        fast = self._fast(record.value, self._fast_series)
+        if fast is not None:
+            return fast, None
+        samples, dead = self.decode(record)
+        groups: dict[str, SeriesBatch] = {}
+        for s in samples:
+            g = groups.get(s.series)
+            if g is None:
+                g = groups[s.series] = SeriesBatch(s.service, s.metric, s.series, s.signal, s.dependency)
+            g.values.append(s.value)
+            g.ts.append(s.ts)
+            g.labels.append(s.labels)
+        return list(groups.values()), dead
+
     def _fast_batch(self, data: bytes) -> list[Sample] | None:
         """Avro MetricBatch without building pydantic models; ``None`` = let the full path judge."""
         isfinite, sample = math.isfinite, self._sample
@@ -107,15 +175,19 @@ class Intake:
             out.append(sample(service, metric, value, ts, m["labels"]))
         return out or None
 
+    def _fast(self, value: bytes | None, decode: Callable[[bytes], T | None]) -> T | None:
+        """An Avro MetricBatch through a fast path; ``None`` = let the validating path judge it."""
+        if value is None or value[:HEADER_LEN] != self._batch_header:
+            return None
+        try:
+            return decode(value)
+        except DecodeError:
+            return None
+
     def decode(self, record: Record) -> tuple[list[Sample], DeadLetter | None]:
-        value = record.value
-        if value is not None and value[:HEADER_LEN] == self._batch_header:
-            try:
-                fast = self._fast_batch(value)
-            except DecodeError:
-                fast = None
-            if fast is not None:
-                return fast, None
+        fast = self._fast(record.value, self._fast_batch)
+        if fast is not None:
+            return fast, None
         try:
             metrics = self._decode(record.value)
         except DecodeError as exc:

@@ -26,19 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-from collections import defaultdict
+import time
 from dataclasses import dataclass, field
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from metaheal.config import StreamSettings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow, Metric, MetricBatch
 from metaheal.kafka.serializers import AvroSerializer
-from metaheal.streams.intake import Intake, Record, Sample, dead_letter
+from metaheal.streams.intake import Intake, Record, SeriesBatch, dead_letter
 from metaheal.streams.scoring import ScorerRegistry, Store, as_store, sample_event, summary_event
 from metaheal.streams.signals import SignalMap, UNIT_SCALE
-from metaheal.streams.windows import SeriesWindow, ServiceState
+from metaheal.streams.windows import SeriesWindow, ServiceState, load_state, state_writes
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +95,11 @@ class Pipeline:
         scorer_store: Store | dict[bytes, bytes],
         *,
         seed: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._clock = clock  # wall clock of idle closes (close_idle)
+        self._last_seen: dict[str, float] = {}  # service -> clock() of its last record
         self.sink = sink
         self.intake = Intake(SignalMap(settings.signal_map))
         self.scorers = ScorerRegistry(scorer_store, seed=seed, min_interval=settings.checkpoint_interval_seconds)
@@ -114,24 +116,27 @@ class Pipeline:
     def _state(self, service: str, partition: int) -> ServiceState:
         st = self._states.get(service)
         if st is None:
-            blob = self.state_store.get(service.encode())
-            st = pickle.loads(blob) if blob else ServiceState(service)
-            self._states[service] = st
+            st = self._states[service] = load_state(service, self.state_store.get)
             self._state_partition[service] = partition
         return st
 
     def flush_state(self) -> None:
-        """Write every changed service state, then each partition's progress marker.
+        """Write what changed in every changed service state, then each partition's progress marker.
 
         The marker goes to the same changelog partition after the states, so a marker
         that survived a crash proves every state write before it did too: a restarted
         worker resumes right after the marker's offset (see :meth:`progress`), and the
         per-service applied offsets skip what a state already counted.
         """
+        store = self.state_store
         for service, partition in self._dirty.items():
             st = self._states.get(service)
             if st is not None:
-                self.state_store.put(service.encode(), pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL), partition)
+                for key, value in state_writes(st):
+                    if value is None:
+                        store.delete(key, partition)
+                    else:
+                        store.put(key, value, partition)
         for partition, offset in self._progress.items():
             self.state_store.put(progress_key(partition), str(offset).encode(), partition)
         self._dirty.clear()
@@ -175,78 +180,140 @@ class Pipeline:
         self.stats.records += 1
         if record.offset > self._progress.get(record.partition, -1):
             self._progress[record.partition] = record.offset
-        samples, dead = self.intake.decode(record)
+        groups, dead = self.intake.decode_series(record)
         if dead is not None:
             self._dead(dead)
             return
-        by_service: dict[str, list[Sample]] = defaultdict(list)
-        for s in samples:
-            by_service[s.service].append(s)
-        for service, group in by_service.items():
-            self._process_service(record, service, group)
+        by_service: dict[str, list[SeriesBatch]] = {}
+        for g in groups:
+            by_service.setdefault(g.service, []).append(g)
+        for service, batches in by_service.items():
+            self._process_service(record, service, batches)
 
-    def _process_service(self, record: Record, service: str, samples: list[Sample]) -> None:
+    def _process_service(self, record: Record, service: str, batches: list[SeriesBatch]) -> None:
         st = self._state(service, record.partition)
         if st.already_applied(record.partition, record.offset):
-            self.stats.duplicates += len(samples)
+            self.stats.duplicates += sum(len(g.values) for g in batches)
             return
+        self._last_seen[service] = self._clock()
+        late: list[tuple[SeriesBatch, int]] = []
+        for g in batches:
+            self._process_series(record.partition, st, g, late)
         cfg = self.settings
-        window, floor, threshold = cfg.window_seconds, cfg.reporting_floor, cfg.anomaly_threshold
-        late: list[Sample] = []
-        closed_until, max_ts, open_windows = st.closed_until, st.max_ts, st.open
-        live, get_scorer, partition = self.scorers.live, self.scorers.get, record.partition
-        floor_fn = math.floor
-        cur_start, bucket = None, None
-        for s in samples:
-            ts, value, series = s.ts, s.value, s.series
-            if ts < closed_until:
-                late.append(s)
-                continue
-            scorer = live.get(series) or get_scorer(series, partition)
-            sc = scorer.score_then_learn(ts, value)
-            start = floor_fn(ts / window) * window
-            if start != cur_start:
-                cur_start = start
-                bucket = open_windows.get(start)
-                if bucket is None:
-                    bucket = open_windows[start] = {}
-            sw = bucket.get(series)  # type: ignore[union-attr]
-            if sw is None:
-                sw = bucket[series] = SeriesWindow(s.metric, s.signal, s.dependency)  # type: ignore[index]
-            sw.values.append(value)
-            score = sc.score
-            if score > sw.max_score:
-                sw.max_score = score
-            if score >= threshold:
-                sw.crossed += 1
-            sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc.baseline, sc.confidence
-            if ts > max_ts:
-                max_ts = ts
-            if score >= floor:
-                self._anomaly(
-                    sample_event(
-                        service, s.metric, s.signal, value, ts, sc, threshold=threshold,
-                        model=scorer.model_name, window_start=start, window_end=start + window, labels=s.labels,
-                    )
-                )
-        st.max_ts = max_ts
-        self.stats.samples += len(samples) - len(late)
-        closed = st.close_ready(window, cfg.allowed_lateness_seconds)
+        closed = st.close_ready(cfg.window_seconds, cfg.allowed_lateness_seconds)
         st.mark_applied(record.partition, record.offset)
         self._dirty[service] = record.partition
         if late:
             self._late(record, st, late)
+        self._emit_closed(service, record.partition, closed)
+
+    def _emit_closed(
+        self, service: str, partition: int, closed: list[tuple[HealthWindow, list[tuple[str, SeriesWindow]]]]
+    ) -> None:
+        threshold = self.settings.anomaly_threshold
         for hw, series in closed:
             self.stats.windows += 1
             self.sink.health(hw)
             for series_id, sw in series:
                 self._anomaly(
                     summary_event(
-                        service, sw, threshold=threshold, model=self.scorers.get(series_id, record.partition).model_name,
+                        service, sw, threshold=threshold, model=self.scorers.get(series_id, partition).model_name,
                         window_start=hw.window_start, window_end=hw.window_end,
                     )
                 )
                 self.scorers.checkpoint(series_id)
+
+    def close_idle(self) -> int:
+        """Close every open window of services that sent nothing for window + allowed lateness.
+
+        Windows close on event time, which only a service's own samples advance: a service
+        that stops sending would keep its last windows open forever, and nobody would see
+        its last health window (often the interesting one). This is the processing-time
+        escape hatch (``streams.idle_close``, off by default; the worker calls it on its
+        flush timer): after ``window + allowed_lateness`` seconds of wall time without a
+        record of the service, its open windows are published as they are, and samples that
+        arrive for them later are late (dead letters), as after any close. Idle time counts
+        from the last record this process applied for the service; states load lazily, so
+        after a restart or rebalance a service is considered only once a record of it came
+        in. An idle close changes state outside any input offset: a crash before the next
+        state flush can publish those windows twice (outputs are at-least-once anyway).
+        Returns the number of windows closed.
+        """
+        cfg = self.settings
+        limit = cfg.window_seconds + cfg.allowed_lateness_seconds
+        now = self._clock()
+        n = 0
+        for service, st in self._states.items():
+            idle = now - self._last_seen.get(service, now)
+            if st.open and idle > limit:
+                partition = self._state_partition[service]
+                closed = st.close_all(cfg.window_seconds)
+                logger.info("idle service windows closed service=%s windows=%d idle_seconds=%.1f",
+                            service, len(closed), idle)
+                self._emit_closed(service, partition, closed)
+                self._dirty[service] = partition
+                n += len(closed)
+        return n
+
+    def _process_series(self, partition: int, st: ServiceState, g: SeriesBatch, late: list[tuple[SeriesBatch, int]]) -> None:
+        """Score then window every sample of one series: the worker's innermost loop.
+
+        The scorer, the open window and its series slot are looked up once per window, not
+        per sample, and the per-window aggregates live in locals until the window changes.
+        """
+        cfg = self.settings
+        window, floor, threshold = cfg.window_seconds, cfg.reporting_floor, cfg.anomaly_threshold
+        closed_until, max_ts, open_windows = st.closed_until, st.max_ts, st.open
+        series = g.series
+        scorer = self.scorers.live.get(series) or self.scorers.get(series, partition)
+        score_then_learn = scorer.score_then_learn
+        floor_fn = math.floor
+        cur_start: float | None = None
+        sw: SeriesWindow | None = None
+        append = None
+        max_score, crossed = 0.0, 0
+        sc = None
+        n_ok = 0
+        for i, ts in enumerate(g.ts):
+            if ts < closed_until:
+                late.append((g, i))
+                continue
+            value = g.values[i]
+            sc = score_then_learn(ts, value)
+            start = floor_fn(ts / window) * window
+            if start != cur_start:
+                if sw is not None:
+                    sw.max_score, sw.crossed = max_score, crossed
+                cur_start = start
+                bucket = open_windows.get(start)
+                if bucket is None:
+                    bucket = open_windows[start] = {}
+                sw = bucket.get(series)
+                if sw is None:
+                    sw = bucket[series] = SeriesWindow(g.metric, g.signal, g.dependency)
+                append = sw.values.append
+                max_score, crossed = sw.max_score, sw.crossed
+            append(value)  # type: ignore[misc]
+            score = sc[0]
+            if score > max_score:
+                max_score = score
+            if score >= threshold:
+                crossed += 1
+            sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc[1], sc[2]  # type: ignore[union-attr]
+            if ts > max_ts:
+                max_ts = ts
+            n_ok += 1
+            if score >= floor:
+                self._anomaly(
+                    sample_event(
+                        g.service, g.metric, g.signal, value, ts, sc, threshold=threshold,
+                        model=scorer.model_name, window_start=start, window_end=start + window, labels=g.labels[i],
+                    )
+                )
+        if sw is not None:
+            sw.max_score, sw.crossed = max_score, crossed
+        st.max_ts = max_ts
+        self.stats.samples += n_ok
 
     def _anomaly(self, event: AnomalyScore) -> None:
         self.stats.anomaly_events += 1
@@ -256,19 +323,20 @@ class Pipeline:
         self.stats.dead_letters += 1
         self.sink.dead_letter(event)
 
-    def _late(self, record: Record, st: ServiceState, late: list[Sample]) -> None:
+    def _late(self, record: Record, st: ServiceState, late: list[tuple[SeriesBatch, int]]) -> None:
         """Late samples keep their original values (re-publishable as a MetricBatch)."""
         self.stats.late += len(late)
         batch = MetricBatch(
             samples=[
-                Metric(service=s.service, metric=s.metric, value=s.value / UNIT_SCALE.get(s.metric, 1.0), ts=s.ts,
-                       labels=s.labels)
-                for s in late
+                Metric(service=g.service, metric=g.metric, value=g.values[i] / UNIT_SCALE.get(g.metric, 1.0), ts=g.ts[i],
+                       labels=g.labels[i])
+                for g, i in late
             ]
         )
+        first_ts = late[0][0].ts[late[0][1]]
         error = (
             f"{len(late)} sample(s) of service {st.service} older than its closed windows "
-            f"(event time < {st.closed_until}): first ts={late[0].ts}"
+            f"(event time < {st.closed_until}): first ts={first_ts}"
         )
         logger.warning("late samples service=%s count=%d offset=%d", st.service, len(late), record.offset)
         self._dead(dead_letter(record, "late", error, value=self._late_ser(batch)))

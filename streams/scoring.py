@@ -38,6 +38,7 @@ class Store(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
     def put(self, key: bytes, value: bytes, partition: int) -> None: ...
+    def delete(self, key: bytes, partition: int) -> None: ...
     def values(self) -> Iterable[bytes]: ...
 
 
@@ -52,6 +53,9 @@ class DictStore:
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         self.data[key] = value
+
+    def delete(self, key: bytes, partition: int) -> None:
+        self.data.pop(key, None)
 
     def values(self) -> Iterable[bytes]:
         return list(self.data.values())
@@ -74,6 +78,11 @@ class TableStore:
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         self.table.data[key] = value
         self.table.send_changelog(partition, key, value, key_serializer="raw", value_serializer="raw")
+
+    def delete(self, key: bytes, partition: int) -> None:
+        """A tombstone: compaction drops the key, recovery (``PartitionSync``) pops it."""
+        self.table.data.pop(key, None)
+        self.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
 
     def values(self) -> Iterable[bytes]:
         return list(self.table.data.values())
@@ -155,11 +164,29 @@ def sample_event(
 ) -> AnomalyScore:
     # hot path (about one sample in ten is above the floor): every field is already valid
     # (validated input, scorer output in 0..1, validated settings), so no re-validation
-    return AnomalyScore.model_construct(
-        service=service, metric=metric, signal=signal, kind="sample", value=value, baseline=score.baseline,
-        score=score.score, threshold=threshold, crossed=score.score >= threshold, confidence=score.confidence,
-        model=model, ts=ts, window_start=window_start, window_end=window_end, labels=labels,
-    )
+    s, baseline, confidence = score
+    return _construct_anomaly({
+        "service": service, "metric": metric, "signal": signal, "kind": "sample", "value": value,
+        "baseline": baseline, "score": s, "threshold": threshold, "crossed": s >= threshold,
+        "confidence": confidence, "model": model, "ts": ts, "window_start": window_start,
+        "window_end": window_end, "labels": labels,
+    })
+
+
+_ANOMALY_FIELDS = frozenset(AnomalyScore.model_fields)
+_set = object.__setattr__
+
+
+def _construct_anomaly(values: dict[str, Any]) -> AnomalyScore:
+    """``AnomalyScore.model_construct(**values)`` for a dict holding every field, in a quarter of
+    the time: ``model_construct`` walks the fields one by one (profiled: ~1/6 of the worker's
+    non-model time at 25 samples per record). Same attributes as ``model_construct`` sets."""
+    event = AnomalyScore.__new__(AnomalyScore)
+    _set(event, "__dict__", values)
+    _set(event, "__pydantic_fields_set__", set(_ANOMALY_FIELDS))
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
 
 
 def summary_event(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from metaheal.config import Settings, load_settings
 from metaheal.kafka import KafkaUnavailable
@@ -43,6 +46,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path |
     await asyncio.to_thread(ensure_topics, settings)
     app, pipeline = create_app(settings, datadir=datadir)
     logger.info("streams worker starting app=%s bootstrap=%s", app.conf.id, settings.kafka.bootstrap)
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_state, app)
     await app.start()
     try:
         await stop.wait()
@@ -60,7 +65,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path |
 
 
 def run_forever(settings: Settings) -> PipelineStats:
-    """Blocking: run until SIGINT/SIGTERM (used by the CLI and ``python -m``)."""
+    """Blocking: run until SIGINT/SIGTERM (used by the CLI and ``python -m``); SIGUSR1 logs the tasks."""
 
     async def main() -> PipelineStats:
         stop = asyncio.Event()
@@ -70,6 +75,37 @@ def run_forever(settings: Settings) -> PipelineStats:
         return await run_worker(settings, stop)
 
     return asyncio.run(main())
+
+
+def dump_state(app: Any) -> None:
+    """Log partition states and every task's await chain (``kill -USR1 <pid>``).
+
+    What a stalled worker is waiting for: paused or unpositioned partitions, faust's
+    active set and flow control, and where each coroutine is suspended.
+    """
+    buf = io.StringIO()
+    consumer = app.consumer
+    buf.write(f"flow_active={app.flow_control.is_active()} generation={app.consumer_generation_id}\n")
+    buf.write(f"faust active={sorted(map(str, consumer._active_partitions or ()))}\n")  # noqa: SLF001
+    buf.write(f"faust paused={sorted(map(str, consumer._paused_partitions or ()))}\n")  # noqa: SLF001
+    aio = getattr(consumer._thread, "_consumer", None)  # noqa: SLF001
+    subscription = getattr(getattr(aio, "_subscription", None), "subscription", None)
+    if subscription is not None:
+        assignment = subscription.assignment
+        for tp in sorted(assignment.tps):
+            st = assignment.state_value(tp)
+            pos = st._position  # noqa: SLF001
+            buf.write(f"  {tp.topic}[{tp.partition}] position={pos} paused={st.paused} "
+                      f"awaiting_reset={st.awaiting_reset}\n")
+    for task in asyncio.all_tasks():
+        buf.write(f"--- {task.get_name()}\n")
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                buf.write(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    logger.warning("worker state on SIGUSR1:\n%s", buf.getvalue())
 
 
 def spawn_worker(

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
 from pydantic import ValidationError
 
 from metaheal.cli.options import BootstrapOpt, ConfigOpt, format_validation_error, require_bootstrap, settings_from
+from metaheal.config import Settings
 from metaheal.kafka import KafkaUnavailable
+
+T = TypeVar("T")
 
 services_app = typer.Typer(help="The service registry: what `metaheal up` knows about services it may heal.",
                            no_args_is_help=True)
@@ -66,7 +70,7 @@ def register(
 ) -> None:
     """Register one service from flags, or every service of a YAML file; invalid input is rejected, naming the field."""
     from metaheal.events import ServiceRegistration
-    from metaheal.registry import RegistryPublisher, check, registered_by
+    from metaheal.registry import check, registered_by
 
     if (name is None) == (file is None):
         typer.echo("error: give a service NAME or --file FILE (not both)", err=True)
@@ -92,15 +96,8 @@ def register(
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(2)
     settings = require_bootstrap(settings_from(config, bootstrap))
-    publisher = RegistryPublisher(settings)
-    try:
-        n = publisher.register(regs)
-    except KafkaUnavailable as exc:
-        typer.echo(f"error: kafka: {exc}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        publisher.close()
-    typer.echo(f"registered {n} service(s) on {publisher.topic}: {', '.join(r.name for r in regs)}")
+    n, topic = _publish(settings, lambda p: p.register(regs))
+    typer.echo(f"registered {n} service(s) on {topic}: {', '.join(r.name for r in regs)}")
 
 
 @services_app.command("remove")
@@ -110,18 +107,23 @@ def remove(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Deregister services (a tombstone per name); configured services stay as configured."""
+    settings = require_bootstrap(settings_from(config, bootstrap))
+    _, topic = _publish(settings, lambda p: p.deregister(names))
+    typer.echo(f"deregistered {', '.join(names)} on {topic}")
+
+
+def _publish(settings: Settings, act: Callable[[Any], T]) -> tuple[T, str]:
+    """Run ``act`` on a registry publisher; a broker that cannot be reached exits 1 with the reason."""
     from metaheal.registry import RegistryPublisher
 
-    settings = require_bootstrap(settings_from(config, bootstrap))
     publisher = RegistryPublisher(settings)
     try:
-        publisher.deregister(names)
+        return act(publisher), publisher.topic
     except KafkaUnavailable as exc:
         typer.echo(f"error: kafka: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         publisher.close()
-    typer.echo(f"deregistered {', '.join(names)} on {publisher.topic}")
 
 
 def _entries_from_file(path: Path) -> list[tuple[str, dict[str, Any]]]:

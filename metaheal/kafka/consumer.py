@@ -69,8 +69,12 @@ class Consumer:
         start_offsets: dict[int, int] | None = None,
         timeout: float = 30.0,
         batch: int = 1000,
+        wait: float = 0.5,
     ) -> Iterator[Message]:
         """Yield every record from the start offsets to the current end of each partition.
+
+        ``wait`` is how long one ``consume`` call may wait for a full batch: short waits
+        make a read that finds little data (or only EOF) return fast.
 
         The end is found by partition EOF (not watermarks, which tansu gets wrong).
         """
@@ -83,7 +87,7 @@ class Consumer:
             while pending:
                 if time.monotonic() > deadline:
                     raise KafkaUnavailable(f"timed out reading {topic} to its end (partitions {sorted(pending)})")
-                for m in self._consumer.consume(batch, 0.5):
+                for m in self._consumer.consume(batch, wait):
                     err = m.error()
                     if err is None:
                         yield m

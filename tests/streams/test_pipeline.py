@@ -13,7 +13,8 @@ from metaheal.events import MetricBatch
 from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import ListSink, Pipeline
-from metaheal.streams.windows import BASELINE_ALPHA
+from metaheal.streams.scoring import DictStore
+from metaheal.streams.windows import BASELINE_ALPHA, load_state
 
 CFG = StreamSettings(window_seconds=1.0, allowed_lateness_seconds=0.5, anomaly_threshold=0.99, reporting_floor=0.9)
 
@@ -127,3 +128,110 @@ def test_revoked_partitions_are_reloaded_from_the_store() -> None:
     _, sink = run(recs, start=12, pipeline=p)
     assert p.stats.duplicates == 0 and p.scorers.restored == 1
     assert [h.window_start for h in sink.health_windows] == [1.0, 2.0]  # [1,2) closes at event time 2.5
+
+
+class CrashingStore(DictStore):
+    """Applies writes until ``crash_after`` of them, then silently drops the rest (a killed worker)."""
+
+    def __init__(self, crash_after: int | None = None) -> None:
+        super().__init__()
+        self.crash_after = crash_after
+        self.writes = 0
+        self.chunk_bytes = 0
+
+    def _alive(self) -> bool:
+        self.writes += 1
+        return self.crash_after is None or self.writes <= self.crash_after
+
+    def put(self, key: bytes, value: bytes, partition: int) -> None:
+        if self._alive():
+            if b"\x00w\x00" in key:
+                self.chunk_bytes += len(value)
+            super().put(key, value, partition)
+
+    def delete(self, key: bytes, partition: int) -> None:
+        if self._alive():
+            super().delete(key, partition)
+
+
+def test_state_flush_writes_only_new_values_and_restores_exactly() -> None:
+    recs = series(6, 100, seed=5)
+    store = CrashingStore()
+    p = Pipeline(CFG, ListSink(), store, {})
+    for i, samples in enumerate(recs):
+        p.process_one(record(i, samples))
+        if i % 3 == 2:
+            p.flush_state()
+            restored = load_state("api", store.get)
+            live = p._states["api"]
+            assert {s: {k: list(sw.values) for k, sw in b.items()} for s, b in restored.open.items()} == {
+                s: {k: list(sw.values) for k, sw in b.items()} for s, b in live.open.items()
+            }
+            assert (restored.applied, restored.closed_until, restored.baselines) == (
+                live.applied, live.closed_until, live.baselines
+            )
+    p.flush_state()
+    # every value was written once (8 bytes + a small per-chunk overhead), not once per flush
+    n = sum(len(r) for r in recs)
+    assert 8 * n < store.chunk_bytes < 8 * n + 200 * len(recs)
+    # closed windows left only tombstones behind: the chunks still stored are the open window's
+    starts = {key.split(b"\x00")[2] for key in store.data if b"\x00w\x00" in key}
+    assert starts == {repr(s).encode() for s in p._states["api"].open}
+
+
+@pytest.mark.parametrize("crash_after", [1, 2, 7, 12, 13, 25])
+def test_crash_in_the_middle_of_a_state_flush_never_loses_or_double_counts(crash_after: int) -> None:
+    recs = series(6, 60, seed=7)
+    _, reference = run(recs)
+    store = CrashingStore(crash_after)
+    first = Pipeline(CFG, ListSink(), store, {})
+    before = ListSink()
+    first.sink = before
+    for i, samples in enumerate(recs[:20]):
+        first.process_one(record(i, samples))
+        if i % 4 == 3:
+            first.flush_state()
+    # the restarted worker sees what the store kept, and re-reads from its progress marker + 1
+    store.crash_after = None
+    second = Pipeline(CFG, ListSink(), store, {})
+    resume = second.progress([0]).get(0, -1) + 1
+    _, after = run(recs, start=resume, pipeline=second)
+    got = {h.window_start: h.signals[0].count for h in before.health_windows + after.health_windows}
+    assert got == {h.window_start: h.signals[0].count for h in reference.health_windows}
+
+
+def test_sample_events_equal_validated_models() -> None:
+    """The hot path builds events without validation: they must be what validation would build."""
+    from metaheal.events import AnomalyScore
+    from metaheal.streams.scorer import Score
+    from metaheal.streams.scoring import sample_event
+
+    ev = sample_event("api", "latency_ms", "latency", 250.0, 12.5, Score(0.995, 100.0, 0.5), threshold=0.99,
+                      model="m/1", window_start=10.0, window_end=20.0, labels={"host": "h1"})
+    assert ev == AnomalyScore.model_validate(ev.model_dump())
+    assert (ev.crossed, ev.kind, ev.model_fields_set) == (True, "sample", set(AnomalyScore.model_fields))
+
+
+def test_idle_service_windows_close_on_wall_time_and_later_samples_are_late() -> None:
+    now = [0.0]
+    sink = ListSink()
+    p = Pipeline(CFG, sink, {}, {}, clock=lambda: now[0])
+    quiet = series(2, 50, seed=1, service="quiet")  # then it stops sending: its window [1, 2) stays open
+    busy = series(6, 50, seed=2, service="busy")
+    for i, samples in enumerate(quiet):
+        p.process_one(record(i, samples))
+    assert [(h.service, h.window_start) for h in sink.health_windows] == [("quiet", 0.0)]
+    now[0] = 1.4
+    for i, samples in enumerate(busy, start=len(quiet)):
+        p.process_one(record(i, samples))
+    assert p.close_idle() == 0  # nobody idle for window + lateness = 1.5 s yet
+    now[0] = 1.6  # quiet idle for 1.6 s, busy for 0.2 s
+    before = len(sink.health_windows)
+    assert p.close_idle() == 1
+    (h,) = sink.health_windows[before:]
+    assert (h.service, h.window_start, h.sample_count) == ("quiet", 1.0, 50)
+    assert [a.window_start for a in sink.anomaly_events if a.kind == "summary" and a.service == "quiet"] == [0.0, 1.0]
+    assert p.close_idle() == 0  # closed once
+    # a straggler for the closed window is late, as after any close
+    p.process_one(record(99, [{"service": "quiet", "metric": "latency_ms", "value": 100.0, "ts": 1.9}]))
+    assert [d.reason for d in sink.dead_letters] == ["late"]

@@ -116,3 +116,23 @@ async def test_worker_windows_scores_and_dead_letters(stream_topics: Settings) -
     )
     assert spike_summary.crossed and spike_summary.score >= s.streams.anomaly_threshold
     assert stats.dead_letters == 3 and stats.late == 1
+
+
+async def test_idle_close_publishes_the_last_window_of_a_service_that_stopped(stream_topics: Settings) -> None:
+    """Event time alone would keep this window open forever: nothing after it ever arrives."""
+    s = stream_topics
+    s.streams.idle_close = True
+    samples = [Metric(service="quiet", metric="latency_ms", value=100.0 + i % 7, ts=T0 + i / 20) for i in range(20)]
+    with Producer(s.kafka) as p:
+        p.produce(s.topics.name("telemetry"), AvroSerializer(MetricBatch)(MetricBatch(samples=samples)), key="quiet")
+        p.flush()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(s, stop))
+    try:
+        await await_for(lambda: len(outputs(s)[0]) >= 1, 60, "the idle service's window")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    health, anomalies, _ = outputs(s)
+    assert [(h.service, h.window_start, h.sample_count) for h in health] == [("quiet", T0, 20)]
+    assert [(a.service, a.window_start) for a in anomalies if a.kind == "summary"] == [("quiet", T0)]

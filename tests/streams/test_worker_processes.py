@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from metaheal.config import Settings
@@ -87,6 +88,22 @@ def closed_windows(settings: Settings) -> int:
     return len({(h.service, h.window_start) for h in read_all(settings, "health", HealthWindow)})
 
 
+def tails(*logs: Path, lines: int = 40) -> str:
+    """The last lines of each worker log, so a timeout in CI says what the workers were doing."""
+    out = []
+    for log in logs:
+        text = log.read_text(errors="replace").splitlines() if log.exists() else ["(no log)"]
+        out.append(f"--- {log.name} (last {lines} lines) ---\n" + "\n".join(text[-lines:]))
+    return "\n".join(out)
+
+
+def wait_logged(pred: Callable[[], bool], timeout: float, what: str, *logs: Path) -> None:
+    try:
+        wait_for(pred, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{tails(*logs)}") from None
+
+
 def assigned(log: Path) -> set[int] | None:
     lines = re.findall(r"partitions assigned app=\S+ telemetry=(\S+)", log.read_text() if log.exists() else "")
     if not lines:
@@ -102,11 +119,12 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
     second = None
     feed = Telemetry(s, services, windows, pace=0.1, seed=1, hold_at=windows)  # holds half-way
     try:
-        wait_for(lambda: assigned(first_log) == {0, 1, 2, 3}, 60, "the first worker to own telemetry")
+        wait_logged(lambda: assigned(first_log) == {0, 1, 2, 3}, 60, "the first worker to own telemetry", first_log)
         feed.start()
         # warm (50+ samples per series), some checkpoints written, then kill mid-stream
-        wait_for(lambda: closed_windows(s) >= 4 * len(services), 60, "the first worker's windows")
-        wait_for(lambda: checkpointed(s) >= set(f"{svc}/latency_ms" for svc in services), 30, "checkpoints")
+        wait_logged(lambda: closed_windows(s) >= 4 * len(services), 60, "the first worker's windows", first_log)
+        wait_logged(lambda: checkpointed(s) >= {f"{svc}/latency_ms" for svc in services}, 30, "checkpoints",
+                    first_log)
         first.kill()
         first.wait(10)
         killed_at = feed.produced_ts
@@ -115,7 +133,8 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         second, second_log = start(s, tmp_path, "second")
         feed.join(60)
         assert feed.error is None
-        wait_for(lambda: closed_windows(s) >= (windows - 1) * len(services), 90, "all windows after the restart")
+        wait_logged(lambda: closed_windows(s) >= (windows - 1) * len(services), 90, "all windows after the restart",
+                    first_log, second_log)
     finally:
         for p in (first, second):
             if p is not None:
@@ -153,11 +172,11 @@ def test_two_workers_split_partitions_and_score_every_series_once(stream_topics:
             pa, pb = assigned(a_log), assigned(b_log)
             return bool(pa) and bool(pb) and not (pa & pb) and (pa | pb) == {0, 1, 2, 3}
 
-        wait_for(split, 90, "both workers to own telemetry partitions")
+        wait_logged(split, 90, "both workers to own telemetry partitions", a_log, b_log)
         feed = Telemetry(s, services, windows, pace=0.0, seed=2)
         feed.run()
         assert feed.error is None
-        wait_for(lambda: closed_windows(s) >= (windows - 1) * len(services), 60, "every window")
+        wait_logged(lambda: closed_windows(s) >= (windows - 1) * len(services), 60, "every window", a_log, b_log)
         # the split did not move while the data was processed (no rebalance: no replays)
         assert split()
     finally:
