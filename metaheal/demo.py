@@ -504,8 +504,9 @@ class Driver:
                 res.reasons.append(f"routine cycle {e.cycle_id} issued {len(directives)} directive(s)")
             if off:
                 res.notes.append("cycles before it focused on " + ", ".join(f"{k} x{n}" for k, n in off.items()))
-            if e.guardrail_level != "maintain":
-                res.notes.append(f"guardrails at {e.guardrail_level} (the design shows maintain)")
+            # the design's quiet flow maintains the guardrails; the level may still be tight from a spike
+            res.notes.append(f"guardrails {e.guardrail_adjustment} at level {e.guardrail_level}"
+                             + ("" if e.guardrail_adjustment == "maintain" else " (the design shows maintain)"))
             res.ok = not res.reasons
             res.key_cycles = [e.cycle_id]
             res.fixed_at = s.at
