@@ -235,8 +235,7 @@ class Executor:
         return task
 
     async def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
-        dl = DeadLetter(source_topic=msg.topic(), partition=msg.partition(), offset=msg.offset(), key=msg.key(),
-                        value=msg.value(), reason=reason, error=error, ts=time.time())
+        dl = DeadLetter.of(msg, reason, error)
         logger.warning("directive_dead_letter offset=%s error=%s", msg.offset(), error)
         await asyncio.to_thread(self.producer.send, self.settings.topics.name("deadletter"), self._ser_dead(dl))
 

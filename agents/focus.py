@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from metaheal.events import AnomalyScore, HealthWindow, SignalStats
 
@@ -499,6 +501,37 @@ def downstream(service: str, dependencies: dict[str, list[str]]) -> set[str]:
     ['api', 'web']
     """
     return {caller for caller in dependencies if service in upstream(caller, dependencies)}
+
+
+class ServiceGraph:
+    """``settings.services`` as a dependency graph, as it is now.
+
+    ``metaheal up`` swaps in a new list when a service registers at run time; the graph
+    is rebuilt only then, so reading it per anomaly costs nothing.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._of: list[Any] | None = None
+        self._graph: dict[str, list[str]] = {}
+
+    @property
+    def graph(self) -> dict[str, list[str]]:
+        if self._of is not self._settings.services:
+            self._of = self._settings.services
+            self._graph = {svc.name: list(svc.dependencies) for svc in self._of}
+        return self._graph
+
+
+def related(services: str | Iterable[str], dependencies: dict[str, list[str]]) -> set[str]:
+    """The services themselves, everything they call and everything calling them, directly or not:
+    whose remediation changes them, and where a fault in them shows.
+
+    >>> sorted(related("api", {"web": ["api"], "api": ["db"], "cache": []}))
+    ['api', 'db', 'web']
+    """
+    names = {services} if isinstance(services, str) else set(services)
+    return names.union(*(upstream(s, dependencies) | downstream(s, dependencies) for s in names))
 
 
 def route_around_leaves(

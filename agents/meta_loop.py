@@ -41,8 +41,8 @@ from metaheal.agents.focus import (
     TrustViolation,
     against_reference,
     decide_focus,
-    downstream,
-    upstream,
+    ServiceGraph,
+    related,
 )
 from metaheal.agents.guardrails import GuardrailChange, GuardrailState, time_budget
 from metaheal.agents.leader import CYCLE_KEY, GUARDRAILS_KEY, ControlTopic
@@ -190,9 +190,7 @@ class Observations:
 
     def __init__(self, settings: Settings, learner: Learner) -> None:
         self.window = settings.cycle.evidence_window_seconds
-        self._settings = settings
-        self._deps_of: list[Any] | None = None
-        self._deps: dict[str, list[str]] = {}
+        self._services = ServiceGraph(settings)
         self.strong = settings.cycle.strong_anomaly_score
         self.learner = learner
         self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
@@ -217,10 +215,7 @@ class Observations:
     @property
     def dependencies(self) -> dict[str, list[str]]:
         """Read from ``settings.services`` as it is now: services registered after start join the graph."""
-        if self._deps_of is not self._settings.services:
-            self._deps_of = self._settings.services
-            self._deps = {svc.name: list(svc.dependencies) for svc in self._deps_of}
-        return self._deps
+        return self._services.graph
 
     # evidence -------------------------------------------------------------------------------
 
@@ -253,7 +248,7 @@ class Observations:
 
     def related(self, service: str) -> set[str]:
         """The services whose remediation changes ``service``: itself, what it calls, what calls it."""
-        return {service, *upstream(service, self.dependencies), *downstream(service, self.dependencies)}
+        return related(service, self.dependencies)
 
     def last_change(self, service: str, *, read: bool = False) -> float:
         """When the last outcome on a related service happened (``read``: or was read, on our clock).
@@ -261,9 +256,10 @@ class Observations:
         A fix on a caller is a fix of its dependency too (a failover of db's callers is db's
         remediation), so evidence about ``service`` from before it is stale.
         """
-        times = [self.last_outcome_ts.get(s, 0.0) for s in self.related(service)]
+        near = self.related(service)
+        times = [self.last_outcome_ts.get(s, 0.0) for s in near]
         if read:
-            times += [self.outcome_read_at.get(s, 0.0) for s in self.related(service)]
+            times += [self.outcome_read_at.get(s, 0.0) for s in near]
         return max(times, default=0.0)
 
     def busy(self, service: str, now: float) -> _Open | None:

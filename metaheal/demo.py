@@ -84,15 +84,9 @@ def affected_services(faulty: list[str], dependencies: dict[str, list[str]]) -> 
     >>> sorted(affected_services(["db"], deps)), sorted(affected_services(["web"], deps))
     (['api', 'db', 'web'], ['api', 'cache', 'db', 'web'])
     """
-    def closure(step: Callable[[set[str]], set[str]]) -> set[str]:
-        out = set(faulty)
-        while more := step(out) - out:
-            out |= more
-        return out
+    from metaheal.agents.focus import related
 
-    callers = closure(lambda s: {c for c, deps in dependencies.items() if s & set(deps)})
-    callees = closure(lambda s: {d for c in s for d in dependencies.get(c, [])})
-    return callers | callees
+    return related(faulty, dependencies)
 
 
 def _detects(a: AnomalyScore, since: float) -> bool:

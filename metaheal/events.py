@@ -18,7 +18,8 @@ value
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import time
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -321,6 +322,12 @@ class DeadLetter(Event):
     reason: str
     error: str
     ts: float
+
+    @classmethod
+    def of(cls, msg: Any, reason: str, error: str) -> DeadLetter:
+        """The dead letter of a consumed confluent-kafka ``Message``: its bytes and position, now."""
+        return cls(source_topic=msg.topic(), partition=msg.partition() or 0, offset=msg.offset(), key=msg.key(),
+                   value=msg.value(), reason=reason, error=error, ts=time.time())
 
 
 #: Every event type with a schema, in the order of ``schemas/``.

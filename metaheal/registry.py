@@ -126,17 +126,15 @@ class RegistryPublisher:
         self._producer = Producer(settings.kafka)
 
     def register(self, regs: Iterable[ServiceRegistration]) -> int:
-        n = 0
-        for reg in regs:
-            self._producer.produce(self.topic, _avro_out(reg), key=reg.name)
-            n += 1
-        self._producer.flush(15.0)
-        return n
+        return self._send((reg.name, _avro_out(reg)) for reg in regs)
 
     def deregister(self, names: Iterable[str]) -> int:
+        return self._send((name, None) for name in names)  # tombstones
+
+    def _send(self, records: Iterable[tuple[str, bytes | None]]) -> int:
         n = 0
-        for name in names:
-            self._producer.produce(self.topic, None, key=name)
+        for key, value in records:
+            self._producer.produce(self.topic, value, key=key)
             n += 1
         self._producer.flush(15.0)
         return n
@@ -230,9 +228,7 @@ class RegistryFollower(TopicTail):
     def _send_dead_letter(self, msg: Message, error: str) -> None:
         if self._producer is None:
             self._producer = Producer(self._kafka)
-        dl = DeadLetter(source_topic=self._topic, partition=msg.partition() or 0, offset=msg.offset(),
-                        key=msg.key(), value=msg.value(), reason="invalid service registration", error=error,
-                        ts=time.time())
+        dl = DeadLetter.of(msg, "invalid service registration", error)
         try:
             self._producer.send(self._settings.topics.name("deadletter"), self._ser_dead(dl), key=msg.key())
         except KafkaUnavailable as exc:  # the warning above already names the record

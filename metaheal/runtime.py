@@ -421,13 +421,6 @@ class Runtime:
         self.settings.services = merged_services(self.configured, self.registered.values())
 
 
-def merge_services(settings: Settings, services: list[Any]) -> None:
-    """Configured services win on conflicts except for a missing ``admin_url``."""
-    from metaheal.registry import merged_services
-
-    settings.services = merged_services(settings.services, services)
-
-
 def resolve_playbooks(folder: Path) -> Path:
     """A relative playbooks folder missing here falls back to the default set shipped with metaheal."""
     if folder.is_dir() or folder.is_absolute():

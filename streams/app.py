@@ -55,8 +55,9 @@ from confluent_kafka import Producer as RawProducer
 
 from metaheal.config import Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
-from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka import Consumer
 from metaheal.kafka.config import producer_config
+from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import Pipeline
@@ -143,12 +144,7 @@ class KafkaSink:
 
     def flush(self, timeout: float = 10.0) -> None:
         self._send_pending()
-        remaining = self._producer.flush(timeout)
-        errors, self._errors = self._errors, []
-        if remaining:
-            raise KafkaUnavailable(f"{remaining} output record(s) not delivered within {timeout}s")
-        if errors:
-            raise KafkaUnavailable(f"{len(errors)} output record(s) failed: {errors[0]}")
+        drain(self._producer, self._errors, timeout, "output record(s)")
 
 
 def app_id(settings: Settings) -> str:

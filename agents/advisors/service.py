@@ -40,7 +40,7 @@ from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, 
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.agents.advisors.playbook_ranker import PlaybookLike, PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester, closure
-from metaheal.agents.focus import Reference, against_reference
+from metaheal.agents.focus import Reference, ServiceGraph, against_reference, related
 from metaheal.agents.playbooks import load_playbooks
 from metaheal.agents.trust import Policies
 from metaheal.config import Settings
@@ -175,8 +175,8 @@ class AdvisorService:
         self.advised = 0
         self.unsigned = 0
         self.learned: set[str] = set()
-        self._graph_of: list[Any] = settings.services
-        self._graph_now: dict[str, list[str]] = {s.name: list(s.dependencies) for s in settings.services}
+        self._services = ServiceGraph(settings)
+        self._graph_now: dict[str, list[str]] = self._services.graph
         self._cycle_features: OrderedDict[str, dict[str, dict[str, float]]] = OrderedDict()
         self._anomalies: dict[str, deque[AnomalyScore]] = {}
         self._health: dict[str, deque[HealthWindow]] = {}
@@ -265,9 +265,8 @@ class AdvisorService:
     def _graph(self) -> dict[str, list[str]]:
         """The dependency graph of ``settings.services`` as it is now: ``metaheal up`` merges services
         registered after start into the same settings, and the root-cause suggester gets the new graph too."""
-        if self._graph_of is not self.settings.services:
-            self._graph_of = self.settings.services
-            self._graph_now = {s.name: list(s.dependencies) for s in self._graph_of}
+        if self._services.graph is not self._graph_now:
+            self._graph_now = self._services.graph
             for advisor in self.advisors:
                 if isinstance(advisor, RootCauseSuggester):
                     advisor.graph = self._graph_now
@@ -320,9 +319,7 @@ class AdvisorService:
     def changed_at(self, service: str) -> float:
         """The latest outcome on ``service``, on what it calls or on what calls it (a caller's failover
         or cache warm changes what reaches it): the meta loop's rule for stale evidence."""
-        graph = self._graph
-        related = {service} | closure(graph, service) | {c for c in graph if service in closure(graph, c)}
-        return max((self._outcome_ts.get(s, 0.0) for s in related), default=0.0)
+        return max((self._outcome_ts.get(s, 0.0) for s in related(service, self._graph)), default=0.0)
 
     # -- advice -----------------------------------------------------------------------------------
 

@@ -29,6 +29,21 @@ def _record(value: bytes | None, key: bytes | str | None, headers: Headers, part
     return kwargs
 
 
+def drain(producer: _Producer, errors: list[Any], timeout: float, what: str = "record(s)") -> None:
+    """Flush ``producer``; raise ``KafkaUnavailable`` if records stay queued or failed.
+
+    ``errors`` is the list its delivery callback appends failures to; it is emptied here,
+    so each failure is reported once.
+    """
+    remaining = producer.flush(timeout)
+    failed = list(errors)
+    errors.clear()
+    if remaining:
+        raise KafkaUnavailable(f"{remaining} {what} not delivered within {timeout}s")
+    if failed:
+        raise KafkaUnavailable(f"{len(failed)} {what} failed: {failed[0]}")
+
+
 class Producer:
     """Wraps ``confluent_kafka.Producer``.
 
@@ -66,12 +81,7 @@ class Producer:
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every queued record; raise if any was not delivered."""
-        remaining = self._producer.flush(timeout)
-        errors, self._errors = self._errors, []
-        if remaining:
-            raise KafkaUnavailable(f"{remaining} record(s) not delivered within {timeout}s")
-        if errors:
-            raise KafkaUnavailable(f"{len(errors)} record(s) failed: {errors[0]}")
+        drain(self._producer, self._errors, timeout)
 
     def send(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -71,9 +70,7 @@ class ProbeListener:
                     except DecodeError as exc:
                         logger.warning("probe rejected offset=%d error=%s", msg.offset(), exc)
                         dlq = dlq or Producer(self.settings.kafka)
-                        dead = DeadLetter(source_topic=self.topic, partition=msg.partition(), offset=msg.offset(),
-                                          key=msg.key(), value=msg.value(), reason="undecodable ProbeCommand",
-                                          error=str(exc), ts=time.time())
+                        dead = DeadLetter.of(msg, "undecodable ProbeCommand", str(exc))
                         await asyncio.to_thread(dlq.send, self.settings.topics.name("deadletter"),
                                                 AvroSerializer(DeadLetter)(dead), msg.key())
                         continue
