@@ -1,16 +1,22 @@
 """Benchmark of the streams worker (``metaheal bench scorer``, ``benchmarks/bench_streams.py``).
 
-Three measurements in one run, on the same data and the same machine:
+Measurements in one run, on the same data and the same machine:
 
 1. model only: :class:`~metaheal.streams.scorer.AnomalyScorer` per series, score-then-learn
    over every sample, no Kafka: the ceiling;
-2. end to end: the samples pre-produced to ``<prefix>telemetry`` as MetricBatch records,
-   then one faust worker (own process) consumes, decodes, scores, windows and publishes;
-   samples/s from the worker's "Worker ready" log line to the moment the last expected
-   per-window summary is read back; the ratio to (1) is the pipeline's efficiency;
-3. latency: a paced producer offers a fixed load (default 5,000 samples/s) with event
-   time = wall-clock produce time; for every ``kind="sample"`` anomaly event read back,
-   latency = read time - sample ts (same clock); p50/p99 printed.
+2. end to end, twice: the samples pre-produced to ``<prefix>telemetry``, first as
+   ``MetricSeries`` records (one series' samples as columns), then, under a new topic
+   prefix and with a new worker, as ``MetricBatch`` records (a record per sample inside
+   the batch); each time one faust worker (own process) consumes, decodes, scores,
+   windows and publishes; samples/s from the worker's "Worker ready" log line to the
+   moment the last expected per-window summary is read back. Each ratio is to the mean
+   of the model-only runs just before and just after it (the model is measured three
+   times, around and between the two), because this machine's speed drifts by tens of
+   percent within a minute;
+3. latency: a paced producer offers a fixed load (default 5,000 samples/s, as
+   ``MetricSeries`` records) with event time = wall-clock produce time; for every
+   ``kind="sample"`` anomaly event read back, latency = read time - sample ts (same
+   clock); p50/p99 printed.
 
 The machine may be shared with other work: numbers are indicative, ratios are from one run.
 Because of that the CPU time per sample is printed too (model only: this process; end
@@ -26,6 +32,7 @@ import logging
 import os
 import random
 import re
+import subprocess
 import tempfile
 import threading
 import time
@@ -39,7 +46,7 @@ import numpy as np
 
 from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.config import KafkaSettings, Settings, StreamSettings, TopicSettings
-from metaheal.events import AnomalyScore, Metric, MetricBatch
+from metaheal.events import AnomalyScore, Metric, MetricBatch, MetricSeries
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.streams.scorer import AnomalyScorer
@@ -51,33 +58,51 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class Throughput:
+    """One end-to-end phase: samples/s and worker CPU per sample, against the model around it."""
+
+    encoding: str
+    rate: float
+    cpu_us: float
+    model_rate: float  # mean of the model-only runs just before and just after this phase
+
+    @property
+    def ratio(self) -> float:
+        return self.rate / self.model_rate
+
+
+@dataclass
 class BenchResult:
     samples: int
     series: int
-    model_rate: float
-    e2e_rate: float
+    model_rate: float  # mean of every model-only run
+    phases: list[Throughput]
     latency_load: float
     latency_events: int
     latency_p50_ms: float
     latency_p99_ms: float
     latency_max_ms: float
     model_cpu_us: float = 0.0  # CPU microseconds per sample, model only
-    e2e_cpu_us: float = 0.0  # CPU microseconds per sample, worker process (all threads), end to end
+
+    @property
+    def e2e_rate(self) -> float:
+        return self.phases[0].rate
 
     @property
     def ratio(self) -> float:
-        return self.e2e_rate / self.model_rate
+        return self.phases[0].ratio
 
     def lines(self) -> list[str]:
-        return [
-            f"samples={self.samples} series={self.series}",
-            f"model_only_samples_per_s={self.model_rate:,.0f}",
-            f"end_to_end_samples_per_s={self.e2e_rate:,.0f} (one faust worker)",
-            f"ratio_end_to_end_to_model={self.ratio:.2f} (target >= 0.6)",
-            (
-                f"cpu_us_per_sample model_only={self.model_cpu_us:.1f} end_to_end={self.e2e_cpu_us:.1f} "
-                f"(cpu ratio {self.model_cpu_us / self.e2e_cpu_us if self.e2e_cpu_us else 0.0:.2f})"
-            ),
+        out = [f"samples={self.samples} series={self.series}", f"model_only_samples_per_s={self.model_rate:,.0f}"]
+        for ph in self.phases:
+            out += [
+                f"end_to_end_samples_per_s[{ph.encoding}]={ph.rate:,.0f} (one faust worker)",
+                f"ratio_end_to_end_to_model[{ph.encoding}]={ph.ratio:.2f} (target >= 0.6; model {ph.model_rate:,.0f}/s "
+                "around this phase)",
+                f"cpu_us_per_sample[{ph.encoding}] model_only={self.model_cpu_us:.1f} end_to_end={ph.cpu_us:.1f} "
+                f"(cpu ratio {self.model_cpu_us / ph.cpu_us if ph.cpu_us else 0.0:.2f})",
+            ]
+        return out + [
             f"latency_offered_load_samples_per_s={self.latency_load:,.0f} events_measured={self.latency_events}",
             f"latency_p50_ms={self.latency_p50_ms:.1f} latency_p99_ms={self.latency_p99_ms:.1f} "
             f"latency_max_ms={self.latency_max_ms:.1f} (target p99 <= 250)",
@@ -152,12 +177,12 @@ class AnomalyReader(threading.Thread):
             while not self.stop.is_set():
                 for m in c.poll_batch(5000, 0.05):
                     now = time.time()
-                    ev = decode(m.value())
-                    if ev.kind == "summary":
+                    ev = decode.decode_dict(m.value())  # no validation: keep the reader's CPU small
+                    if ev["kind"] == "summary":
                         self.summaries += 1
-                    elif ev.ts >= self.latency_from:
-                        self.latencies.append(now - ev.ts)
-                        self.sent_at.append(ev.ts)
+                    elif ev["ts"] >= self.latency_from:
+                        self.latencies.append(now - ev["ts"])
+                        self.sent_at.append(ev["ts"])
 
 
 def _ready_time(log: Path) -> float | None:
@@ -165,6 +190,57 @@ def _ready_time(log: Path) -> float | None:
     if not m:
         return None
     return dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def as_series(b: MetricBatch) -> MetricSeries:
+    """The same samples as columns (a benchmark batch holds one series)."""
+    first = b.samples[0]
+    return MetricSeries(service=first.service, metric=first.metric, labels=first.labels,
+                        ts=[m.ts for m in b.samples], values=[m.value for m in b.samples])
+
+
+def _settings(bootstrap: str) -> Settings:
+    return Settings(
+        kafka=KafkaSettings(bootstrap=bootstrap, session_timeout_ms=6000),
+        topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."),
+        streams=StreamSettings(window_seconds=10.0, allowed_lateness_seconds=1.0),
+    )
+
+
+def _start_worker(stack: ExitStack, settings: Settings, tmp: Path, name: str) -> tuple[subprocess.Popen, Path, AnomalyReader]:
+    reader = AnomalyReader(settings)
+    reader.start()
+    stack.callback(reader.stop.set)
+    log = tmp / f"worker-{name}.log"
+    env = worker_env(settings)
+    env["METAHEAL_STREAMS__DATADIR"] = str(tmp / f"faust-{name}")
+    proc = spawn_worker(env, log_path=log, cwd=tmp)
+    stack.callback(lambda: (proc.terminate(), proc.wait(20)))
+    return proc, log, reader
+
+
+def _throughput(
+    stack: ExitStack, bootstrap: str, tmp: Path, records: list[tuple[bytes, str]], n: int, expected: int, name: str,
+) -> tuple[float, float, Settings, AnomalyReader, subprocess.Popen]:
+    """Samples/s and worker CPU us/sample of one worker over pre-produced ``records`` (value, key)."""
+    settings = _settings(bootstrap)
+    ensure_topics(settings)
+    topic = settings.topics.name("telemetry")
+    logger.info("bench: producing %d samples as %s", n, name)
+    with Producer(settings.kafka) as p:
+        for value, key in records:
+            p.produce(topic, value, key=key)
+        p.flush()
+    proc, log, reader = _start_worker(stack, settings, tmp, name)
+    _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
+    cpu_at_ready = process_cpu(proc.pid)
+    _wait(lambda: reader.summaries >= expected, 600, "every window summary")
+    rate = n / (time.time() - (_ready_time(log) or 0.0))
+    cpu = process_cpu(proc.pid) - cpu_at_ready
+    for line in log.read_text().splitlines():
+        if "Worker ready" in line or "changelog loaded" in line or "partitions assigned" in line:
+            logger.info("bench: worker log: %s", line[:160])
+    return rate, cpu / n * 1e6, settings, reader, proc
 
 
 def run_bench(
@@ -178,12 +254,6 @@ def run_bench(
             broker.start()
             stack.callback(broker.stop)
             bootstrap = broker.bootstrap
-        settings = Settings(
-            kafka=KafkaSettings(bootstrap=bootstrap, session_timeout_ms=6000),
-            topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."),
-            streams=StreamSettings(window_seconds=10.0, allowed_lateness_seconds=1.0),
-        )
-        ensure_topics(settings)
         t0 = time.time() - 3 * 86400  # history: event time well before the live phase
         batches = make_data(n, services, batch, t0, seed)
         per_service = n // services
@@ -193,68 +263,35 @@ def run_bench(
             batches.append(MetricBatch(samples=[Metric(service=f"svc{s:02d}", metric="latency_ms", value=100.0, ts=end_ts)]))
         windows_per_series = len({int((t0 + i / 100) // 10) for i in range(per_service)})
         expected_summaries = windows_per_series * services
+        history = batches[:-services]
+        rows, cols = AvroSerializer(MetricBatch), AvroSerializer(MetricSeries)
 
-        logger.info("bench: model only")
-        model_before, model_cpu_before = model_only(batches[:-services])
+        models: list[tuple[float, float]] = []  # (samples/s, CPU s) of each model-only run
 
-        logger.info("bench: producing %d samples", n)
-        ser = AvroSerializer(MetricBatch)
-        topic = settings.topics.name("telemetry")
-        with Producer(settings.kafka) as p:
-            for b in batches:
-                p.produce(topic, ser(b), key=b.samples[0].service)
-            p.flush()
+        def model() -> float:
+            logger.info("bench: model only")
+            models.append(model_only(history))
+            return models[-1][0]
 
-        reader = AnomalyReader(settings)
-        reader.start()
-        stack.callback(reader.stop.set)
-        log = tmp / "worker.log"
-        env = worker_env(settings)
-        env["METAHEAL_STREAMS__DATADIR"] = str(tmp / "faust")
-        proc = spawn_worker(env, log_path=log, cwd=tmp)
-        stack.callback(lambda: (proc.terminate(), proc.wait(20)))
-        _wait(lambda: _ready_time(log) is not None, 120, "the worker to be ready")
-        cpu_at_ready = process_cpu(proc.pid)
-        _wait(lambda: reader.summaries >= expected_summaries, 600, "every window summary")
-        e2e_rate = n / (time.time() - (_ready_time(log) or 0.0))
-        e2e_cpu = process_cpu(proc.pid) - cpu_at_ready
-        for line in log.read_text().splitlines():
-            if "Worker ready" in line or "changelog loaded" in line or "partitions assigned" in line:
-                logger.info("bench: worker log: %s", line[:160])
-        # measured again after the end-to-end phase: the mean is fairer on a machine whose load varies
-        model_after, model_cpu_after = model_only(batches[:-services])
-        model_rate = (model_before + model_after) / 2
-        logger.info("bench: model only before=%.0f after=%.0f samples/s", model_before, model_after)
+        before = model()
+        rate, cpu_us, settings, reader, proc = _throughput(
+            stack, bootstrap, tmp, [(cols(as_series(b)), b.samples[0].service) for b in batches], n,
+            expected_summaries, "series")
+        between = model()
+        phases = [Throughput("series", rate, cpu_us, (before + between) / 2)]
 
         logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
-        reader.latency_from = time.time()
-        tick = 0.05  # each service's producer sends one batch per 50 ms
-        per_tick = max(1, round(load * tick / services))
-        rng = random.Random(seed + 1)
-        produced = 0
-        with Producer(settings.kafka, **{"linger.ms": 0}) as p:
-            start = time.monotonic()
-            k = 0
-            while time.monotonic() - start < seconds:
-                now = time.time()
-                for s in range(services):
-                    svc = f"svc{s:02d}"
-                    b = MetricBatch(samples=[
-                        Metric(service=svc, metric="latency_ms", value=100 + 10 * rng.gauss(0, 1), ts=now + i * 1e-4)
-                        for i in range(per_tick)
-                    ])
-                    p.produce(topic, ser(b), key=svc)
-                    produced += per_tick
-                p._producer.poll(0)  # noqa: SLF001 - serve delivery callbacks without flushing
-                k += 1
-                delay = start + k * tick - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            offered = produced / (time.monotonic() - start)
-            p.flush()
-        time.sleep(2.0)  # let the tail of the latency phase arrive (a measurement pause, not a sync)
-        lat = np.array(reader.latencies) * 1000.0
-        sent = np.array(reader.sent_at)
+        offered, lat, sent = _latency(settings, reader, load, seconds, services, seed)
+        reader.stop.set()
+        proc.terminate()
+        proc.wait(20)
+
+        rate, cpu_us, _, _, _ = _throughput(
+            stack, bootstrap, tmp, [(rows(b), b.samples[0].service) for b in batches], n, expected_summaries, "batch")
+        after = model()
+        phases.append(Throughput("batch", rate, cpu_us, (between + after) / 2))
+        logger.info("bench: model only runs samples/s=%s", [round(m[0]) for m in models])
+
         for sec in range(int(seconds)):
             sel = lat[(sent >= reader.latency_from + sec) & (sent < reader.latency_from + sec + 1)]
             if len(sel):
@@ -263,11 +300,44 @@ def run_bench(
         if not len(lat):
             raise RuntimeError("benchmark: no anomaly sample events arrived during the latency phase")
         return BenchResult(
-            samples=n, series=services, model_rate=model_rate, e2e_rate=e2e_rate, latency_load=offered,
-            latency_events=len(lat), latency_p50_ms=float(np.percentile(lat, 50)),
+            samples=n, series=services, model_rate=sum(m[0] for m in models) / len(models), phases=phases,
+            latency_load=offered, latency_events=len(lat), latency_p50_ms=float(np.percentile(lat, 50)),
             latency_p99_ms=float(np.percentile(lat, 99)), latency_max_ms=float(lat.max()),
-            model_cpu_us=(model_cpu_before + model_cpu_after) / 2 / n * 1e6, e2e_cpu_us=e2e_cpu / n * 1e6,
+            model_cpu_us=sum(m[1] for m in models) / len(models) / n * 1e6,
         )
+
+
+def _latency(
+    settings: Settings, reader: AnomalyReader, load: float, seconds: float, services: int, seed: int,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Offer ``load`` samples/s for ``seconds``; (offered rate, latencies in ms, their send times)."""
+    ser = AvroSerializer(MetricSeries)
+    topic = settings.topics.name("telemetry")
+    reader.latency_from = time.time()
+    tick = 0.05  # each service's producer sends one record per 50 ms
+    per_tick = max(1, round(load * tick / services))
+    rng = random.Random(seed + 1)
+    produced = 0
+    with Producer(settings.kafka, **{"linger.ms": 0}) as p:
+        start = time.monotonic()
+        k = 0
+        while time.monotonic() - start < seconds:
+            now = time.time()
+            for s in range(services):
+                svc = f"svc{s:02d}"
+                series = MetricSeries(service=svc, metric="latency_ms", ts=[now + i * 1e-4 for i in range(per_tick)],
+                                      values=[100 + 10 * rng.gauss(0, 1) for _ in range(per_tick)])
+                p.produce(topic, ser(series), key=svc)
+                produced += per_tick
+            p._producer.poll(0)  # noqa: SLF001 - serve delivery callbacks without flushing
+            k += 1
+            delay = start + k * tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        offered = produced / (time.monotonic() - start)
+        p.flush()
+    time.sleep(2.0)  # let the tail of the latency phase arrive (a measurement pause, not a sync)
+    return offered, np.array(reader.latencies) * 1000.0, np.array(reader.sent_at)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from metaheal.events import DeadLetter, Metric, MetricBatch
+from metaheal.events import DeadLetter, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.serializers import HEADER_LEN, MAGIC, AvroDeserializer, DecodeError, TelemetryDeserializer
 from metaheal.streams.signals import DEPENDENCY_LABEL, UNIT_SCALE, SignalMap, series_id
 
@@ -98,6 +98,8 @@ class Intake:
         self._decode = TelemetryDeserializer()
         self._batch = AvroDeserializer(MetricBatch)
         self._batch_header = MAGIC + self._batch.fingerprint
+        self._series_avro = AvroDeserializer(MetricSeries)
+        self._series_header = MAGIC + self._series_avro.fingerprint
         # (service, metric, dependency) -> (series id, signal, unit scale): computed once per series
         self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
 
@@ -148,9 +150,28 @@ class Intake:
                 g.values = [v * scale for v in g.values]
         return list(groups.values())
 
+    def _fast_columns(self, data: bytes) -> list[SeriesBatch] | None:
+        """Avro MetricSeries: its columns are the series batch; ``None`` = let the full path judge."""
+        d = self._series_avro.decode_dict(data)
+        service, metric, labels, ts, values = d["service"], d["metric"], d["labels"], d["ts"], d["values"]
+        isfinite = math.isfinite
+        if not (service and metric and values and len(ts) == len(values)
+                and all(map(isfinite, values)) and all(map(isfinite, ts))):
+            return None
+        dep, series, signal, scale = self._meta(service, metric, labels)
+        g = SeriesBatch(service, metric, series, signal, dep)
+        g.values = values if scale == 1.0 else [v * scale for v in values]
+        g.ts = ts
+        g.labels = [labels] * len(ts)
+        return [g]
+
     def decode_series(self, record: Record) -> tuple[list[SeriesBatch], DeadLetter | None]:
         """Like :meth:`decode`, grouped by series (first-seen order; a series keeps its samples' order)."""
-        fast = self._fast(record.value, self._fast_series)
+        value = record.value
+        if value is not None and value[:HEADER_LEN] == self._series_header:
+            fast = self._fast(value, self._fast_columns, self._series_header)
+        else:
+            fast = self._fast(value, self._fast_series)
         if fast is not None:
             return fast, None
         samples, dead = self.decode(record)
@@ -175,9 +196,10 @@ class Intake:
             out.append(sample(service, metric, value, ts, m["labels"]))
         return out or None
 
-    def _fast(self, value: bytes | None, decode: Callable[[bytes], T | None]) -> T | None:
-        """An Avro MetricBatch through a fast path; ``None`` = let the validating path judge it."""
-        if value is None or value[:HEADER_LEN] != self._batch_header:
+    def _fast(self, value: bytes | None, decode: Callable[[bytes], T | None], header: bytes | None = None) -> T | None:
+        """An Avro record of ``header`` (default: MetricBatch) through a fast path; ``None`` = let the
+        validating path judge it."""
+        if value is None or value[:HEADER_LEN] != (header or self._batch_header):
             return None
         try:
             return decode(value)

@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from metaheal.config import StreamSettings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow, Metric, MetricBatch
@@ -82,6 +82,12 @@ class PipelineStats:
     dead_letters: int = 0
     windows: int = 0
     anomaly_events: int = 0
+
+
+def _close_segment(sw: SeriesWindow, max_score: float, crossed: int, value: float, ts: float, sc: Any) -> None:
+    """Write back what the scoring loop kept in locals for one window of one series."""
+    sw.max_score, sw.crossed = max_score, crossed
+    sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc[1], sc[2]
 
 
 class Pipeline:
@@ -264,7 +270,7 @@ class Pipeline:
         cfg = self.settings
         window, floor, threshold = cfg.window_seconds, cfg.reporting_floor, cfg.anomaly_threshold
         closed_until, max_ts, open_windows = st.closed_until, st.max_ts, st.open
-        series = g.series
+        series, values = g.series, g.values
         scorer = self.scorers.live.get(series) or self.scorers.get(series, partition)
         score_then_learn = scorer.score_then_learn
         floor_fn = math.floor
@@ -272,18 +278,19 @@ class Pipeline:
         sw: SeriesWindow | None = None
         append = None
         max_score, crossed = 0.0, 0
-        sc = None
+        last_sc = None
+        last_i = 0
         n_ok = 0
         for i, ts in enumerate(g.ts):
             if ts < closed_until:
                 late.append((g, i))
                 continue
-            value = g.values[i]
+            value = values[i]
             sc = score_then_learn(ts, value)
             start = floor_fn(ts / window) * window
             if start != cur_start:
                 if sw is not None:
-                    sw.max_score, sw.crossed = max_score, crossed
+                    _close_segment(sw, max_score, crossed, values[last_i], g.ts[last_i], last_sc)
                 cur_start = start
                 bucket = open_windows.get(start)
                 if bucket is None:
@@ -294,12 +301,12 @@ class Pipeline:
                 append = sw.values.append
                 max_score, crossed = sw.max_score, sw.crossed
             append(value)  # type: ignore[misc]
+            last_i, last_sc = i, sc
             score = sc[0]
             if score > max_score:
                 max_score = score
             if score >= threshold:
                 crossed += 1
-            sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc[1], sc[2]  # type: ignore[union-attr]
             if ts > max_ts:
                 max_ts = ts
             n_ok += 1
@@ -311,7 +318,7 @@ class Pipeline:
                     )
                 )
         if sw is not None:
-            sw.max_score, sw.crossed = max_score, crossed
+            _close_segment(sw, max_score, crossed, values[last_i], g.ts[last_i], last_sc)
         st.max_ts = max_ts
         self.stats.samples += n_ok
 

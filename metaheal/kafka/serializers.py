@@ -30,7 +30,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch
+from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch, MetricSeries
 from metaheal.schemas import load
 
 E = TypeVar("E", bound=Event)
@@ -126,11 +126,16 @@ class EventDecoder:
 
 
 class TelemetryDeserializer:
-    """Telemetry as producers send it: Avro Metric/MetricBatch, or JSON (single or ``{"samples": [...]}``)."""
+    """Telemetry as producers send it: Avro Metric/MetricBatch/MetricSeries, or the same as JSON.
+
+    JSON: one sample, ``{"samples": [...]}`` (a batch), or ``{"service", "metric", "ts": [...],
+    "values": [...]}`` (a series).
+    """
 
     def __init__(self) -> None:
         self._metric = AvroDeserializer(Metric)
         self._batch = AvroDeserializer(MetricBatch)
+        self._series = AvroDeserializer(MetricSeries)
 
     def __call__(self, data: bytes | None) -> list[Metric]:
         if not data:
@@ -141,13 +146,19 @@ class TelemetryDeserializer:
                 return [self._metric(data)]
             if fp == self._batch.fingerprint:
                 return self._batch(data).samples
-            raise DecodeError(f"unknown schema fingerprint {fp.hex()} on telemetry (expected Metric or MetricBatch)")
+            if fp == self._series.fingerprint:
+                return self._series(data).samples()
+            raise DecodeError(
+                f"unknown schema fingerprint {fp.hex()} on telemetry (expected Metric, MetricBatch or MetricSeries)"
+            )
         try:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DecodeError(f"neither Avro single-object nor JSON: {exc}") from None
         if isinstance(doc, dict) and "samples" in doc:
             return validate(MetricBatch, doc).samples
+        if isinstance(doc, dict) and isinstance(doc.get("values"), list):
+            return validate(MetricSeries, doc).samples()
         if isinstance(doc, dict):
             return [validate(Metric, doc)]
         raise DecodeError(f"JSON telemetry must be an object, got {type(doc).__name__}")

@@ -90,3 +90,16 @@ def test_bootstrap_and_prefix_from_the_environment(topics: Settings, monkeypatch
         assert mp.topic == topics.topics.name("telemetry")
         mp.send("api", "latency_ms", 3.0, ts=1.0)
     assert [s.value for _, samples in _read(topics) for s in samples] == [3.0]
+
+
+@pytest.mark.parametrize("fmt", ["avro", "json"])
+def test_a_series_arrives_as_columns_in_records_of_max_batch(topics: Settings, fmt: str) -> None:
+    with MetricsProducer(bootstrap=topics.kafka.bootstrap, prefix=topics.topics.prefix, fmt=fmt, max_batch=2) as mp:  # type: ignore[arg-type]
+        assert mp.send_series("checkout", "latency_ms", [1.0, 2.0, 3.0], [10.0, 20.0, 30.0], labels={"host": "h1"}) == 3
+        with pytest.raises(ValueError, match=r"invalid series: values.1: Input should be a finite number"):
+            mp.send_series("checkout", "latency_ms", [4.0, 5.0], [1.0, float("nan")])
+    records = _read(topics)
+    assert [len(samples) for _, samples in records] == [2, 1]  # the bad series sent nothing
+    assert [(s.ts, s.value, s.labels) for _, samples in records for s in samples] == [
+        (1.0, 10.0, {"host": "h1"}), (2.0, 20.0, {"host": "h1"}), (3.0, 30.0, {"host": "h1"}),
+    ]

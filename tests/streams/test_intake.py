@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from metaheal.events import DeadLetter, Metric, MetricBatch
+from metaheal.events import DeadLetter, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Intake, Record
 from metaheal.streams.signals import SignalMap
@@ -101,3 +101,53 @@ def test_truncated_avro_batch_is_dead_letter(intake: Intake) -> None:
     raw = AvroSerializer(MetricBatch)(MetricBatch(samples=[Metric(service="a", metric="m", value=1.0, ts=1.0)]))
     samples, dead = intake.decode(rec(raw[:-3]))
     assert samples == [] and dead is not None and dead.value == raw[:-3] and "MetricBatch" in dead.error
+
+
+def _series_bytes(service: str, metric: str, ts: list[float], values: list[float], labels: dict | None = None) -> bytes:
+    """A MetricSeries as Avro without model validation (to send what a broken producer would)."""
+    import io
+
+    import fastavro
+
+    from metaheal.kafka.serializers import MAGIC
+    from metaheal.schemas import load
+
+    ser = AvroSerializer(MetricSeries)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(load(MetricSeries)),
+                               {"service": service, "metric": metric, "labels": labels or {}, "ts": ts, "values": values})
+    return MAGIC + ser.fingerprint + buf.getvalue()
+
+
+def test_metric_series_decodes_like_the_same_samples_in_a_batch(intake: Intake) -> None:
+    labels = {"dependency": "db"}
+    series = MetricSeries(service="api", metric="http.server.request.duration", labels=labels,
+                          ts=[3.0, 1.0, 2.0], values=[0.2, 0.1, 0.15])
+    batch = MetricBatch(samples=series.samples())
+    want = intake.decode_series(rec(AvroSerializer(MetricBatch)(batch)))
+    for raw in (AvroSerializer(MetricSeries)(series), series.model_dump_json().encode()):
+        got = intake.decode_series(rec(raw))
+        assert got[1] is None and len(got[0]) == 1
+        g, w = got[0][0], want[0][0]
+        assert (g.series, g.signal, g.dependency, g.values, g.ts, g.labels) == (
+            w.series, w.signal, w.dependency, w.values, w.ts, w.labels)
+        assert g.values == [200.0, 100.0, 150.0]  # seconds -> ms, order kept
+        samples, dead = intake.decode(rec(raw))
+        assert dead is None and [s.value for s in samples] == [200.0, 100.0, 150.0]
+
+
+@pytest.mark.parametrize(
+    ("ts", "values", "needle"),
+    [
+        ([1.0, 2.0], [1.0], "values: 1 value(s) for 2 timestamp(s) in ts"),
+        ([], [], "ts: List should have at least 1 item"),
+        ([1.0, float("nan")], [1.0, 2.0], "ts.1: Input should be a finite number"),
+        ([1.0, 2.0], [1.0, float("inf")], "values.1: Input should be a finite number"),
+    ],
+)
+def test_bad_metric_series_is_a_dead_letter_naming_the_field(intake: Intake, ts, values, needle) -> None:
+    raw = _series_bytes("api", "latency_ms", ts, values)
+    groups, dead = intake.decode_series(rec(raw, offset=9))
+    assert groups == [] and dead is not None
+    assert (dead.reason, dead.offset, dead.value) == ("invalid", 9, raw)
+    assert needle in dead.error

@@ -235,3 +235,26 @@ def test_idle_service_windows_close_on_wall_time_and_later_samples_are_late() ->
     # a straggler for the closed window is late, as after any close
     p.process_one(record(99, [{"service": "quiet", "metric": "latency_ms", "value": 100.0, "ts": 1.9}]))
     assert [d.reason for d in sink.dead_letters] == ["late"]
+
+
+def test_metric_series_records_give_the_same_windows_and_scores_as_batches():
+    from metaheal.events import Metric, MetricSeries
+    from metaheal.kafka.serializers import AvroSerializer
+
+    recs = series(6, 50, seed=3)
+    recs[17] = [dict(s, value=400.0) for s in recs[17]]  # a spike, so sample events exist
+    as_batch = AvroSerializer(MetricBatch)
+    as_series = AvroSerializer(MetricSeries)
+    outputs = []
+    for encode in (
+        lambda r: as_batch(MetricBatch(samples=[Metric(**s) for s in r])),
+        lambda r: as_series(MetricSeries(service="api", metric="latency_ms", ts=[s["ts"] for s in r],
+                                         values=[s["value"] for s in r])),
+    ):
+        sink = ListSink()
+        p = Pipeline(CFG, sink, DictStore(), DictStore())
+        for i, r in enumerate(recs):
+            p.process(Record("t.telemetry", 0, i, b"api", encode(r)))
+        outputs.append(([h.model_dump() for h in sink.health_windows], [a.model_dump() for a in sink.anomaly_events]))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0][0]) == 5 and any(a["kind"] == "sample" and a["crossed"] for a in outputs[0][1])
