@@ -45,7 +45,7 @@ from metaheal.ledger import ImmutableLog
 from metaheal.ledger.chain import message, record_headers, record_key
 from metaheal.ledger.keys import KeyRegistry, init_system_keys
 from metaheal.ledger.sequencer import Sequencer
-from metaheal.ledger.verify import RawRecord, Verifier, read_raw
+from metaheal.ledger.verify import Verifier, read_raw
 from metaheal.topics import ensure_topics
 
 ACTORS = [("meta_loop", "cycle_focus_decided"), ("ml_advisors", "advice_provided"),

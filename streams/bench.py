@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import re
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -84,23 +85,41 @@ class BenchResult:
     latency_max_ms: float
     model_cpu_us: float = 0.0  # CPU microseconds per sample, model only
 
+    def encodings(self) -> list[str]:
+        return list(dict.fromkeys(ph.encoding for ph in self.phases))
+
+    def median(self, encoding: str, what: Callable[[Throughput], float]) -> float:
+        return float(statistics.median(what(ph) for ph in self.phases if ph.encoding == encoding))
+
     @property
     def e2e_rate(self) -> float:
-        return self.phases[0].rate
+        return self.median(self.phases[0].encoding, lambda ph: ph.rate)
 
     @property
     def ratio(self) -> float:
-        return self.phases[0].ratio
+        return self.median(self.phases[0].encoding, lambda ph: ph.ratio)
 
     def lines(self) -> list[str]:
-        out = [f"samples={self.samples} series={self.series}", f"model_only_samples_per_s={self.model_rate:,.0f}"]
-        for ph in self.phases:
+        rounds = len(self.phases) // max(1, len(self.encodings()))
+        out = [
+            f"samples={self.samples} series={self.series} rounds={rounds}",
+            f"model_only_samples_per_s={self.model_rate:,.0f} (mean of the model-only runs around the phases)",
+        ]
+        out += [
+            f"  phase {i + 1} {ph.encoding}: end_to_end={ph.rate:,.0f}/s model_around={ph.model_rate:,.0f}/s "
+            f"ratio={ph.ratio:.2f} worker_cpu_us_per_sample={ph.cpu_us:.1f}"
+            for i, ph in enumerate(self.phases)
+        ]
+        for enc in self.encodings():
+            ratios = " ".join(f"{ph.ratio:.2f}" for ph in self.phases if ph.encoding == enc)
+            cpu = self.median(enc, lambda ph: ph.cpu_us)
             out += [
-                f"end_to_end_samples_per_s[{ph.encoding}]={ph.rate:,.0f} (one faust worker)",
-                f"ratio_end_to_end_to_model[{ph.encoding}]={ph.ratio:.2f} (target >= 0.6; model {ph.model_rate:,.0f}/s "
-                "around this phase)",
-                f"cpu_us_per_sample[{ph.encoding}] model_only={self.model_cpu_us:.1f} end_to_end={ph.cpu_us:.1f} "
-                f"(cpu ratio {self.model_cpu_us / ph.cpu_us if ph.cpu_us else 0.0:.2f})",
+                f"end_to_end_samples_per_s[{enc}]={self.median(enc, lambda ph: ph.rate):,.0f} "
+                f"(one faust worker, median of {rounds})",
+                f"ratio_end_to_end_to_model[{enc}]={self.median(enc, lambda ph: ph.ratio):.2f} "
+                f"(target >= 0.6; median of {ratios})",
+                f"cpu_us_per_sample[{enc}] model_only={self.model_cpu_us:.1f} end_to_end={cpu:.1f} "
+                f"(cpu ratio {self.model_cpu_us / cpu if cpu else 0.0:.2f})",
             ]
         return out + [
             f"latency_offered_load_samples_per_s={self.latency_load:,.0f} events_measured={self.latency_events}",
@@ -245,7 +264,7 @@ def _throughput(
 
 def run_bench(
     *, n: int = 200_000, services: int = 10, batch: int = 500, load: float = 5000.0, seconds: float = 10.0,
-    bootstrap: str | None = None, seed: int = 0,
+    bootstrap: str | None = None, seed: int = 0, rounds: int = 3,
 ) -> BenchResult:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaheal-bench-")))
@@ -266,6 +285,10 @@ def run_bench(
         history = batches[:-services]
         rows, cols = AvroSerializer(MetricBatch), AvroSerializer(MetricSeries)
 
+        encoded = {
+            "series": [(cols(as_series(b)), b.samples[0].service) for b in batches],
+            "batch": [(rows(b), b.samples[0].service) for b in batches],
+        }
         models: list[tuple[float, float]] = []  # (samples/s, CPU s) of each model-only run
 
         def model() -> float:
@@ -273,24 +296,26 @@ def run_bench(
             models.append(model_only(history))
             return models[-1][0]
 
-        before = model()
-        rate, cpu_us, settings, reader, proc = _throughput(
-            stack, bootstrap, tmp, [(cols(as_series(b)), b.samples[0].service) for b in batches], n,
-            expected_summaries, "series")
-        between = model()
-        phases = [Throughput("series", rate, cpu_us, (before + between) / 2)]
-
-        logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
-        offered, lat, sent = _latency(settings, reader, load, seconds, services, seed)
-        reader.stop.set()
-        proc.terminate()
-        proc.wait(20)
-
-        rate, cpu_us, _, _, _ = _throughput(
-            stack, bootstrap, tmp, [(rows(b), b.samples[0].service) for b in batches], n, expected_summaries, "batch")
-        after = model()
-        phases.append(Throughput("batch", rate, cpu_us, (between + after) / 2))
+        model()
+        phases: list[Throughput] = []
+        lat = sent = np.array([])
+        offered, reader = 0.0, None
+        for r in range(rounds):
+            for encoding, records in encoded.items():
+                rate, cpu_us, settings, phase_reader, proc = _throughput(
+                    stack, bootstrap, tmp, records, n, expected_summaries, f"{encoding}{r}")
+                if not phases:  # the latency phase runs once, on the first worker
+                    logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
+                    reader = phase_reader
+                    offered, lat, sent = _latency(settings, reader, load, seconds, services, seed)
+                phase_reader.stop.set()
+                proc.terminate()
+                proc.wait(20)
+                before, after = models[-1][0], model()
+                phases.append(Throughput(encoding, rate, cpu_us, (before + after) / 2))
+                logger.info("bench: %s", phases[-1])
         logger.info("bench: model only runs samples/s=%s", [round(m[0]) for m in models])
+        assert reader is not None
 
         for sec in range(int(seconds)):
             sel = lat[(sent >= reader.latency_from + sec) & (sent < reader.latency_from + sec + 1)]
@@ -348,10 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--load", type=float, default=5000.0, help="offered samples/s in the latency phase")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     ap.add_argument("--bootstrap", default=None, help="existing broker; default: an embedded tansu")
+    ap.add_argument("--rounds", type=int, default=3, help="end-to-end phases per encoding (medians are printed)")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run_bench(n=ns.n, services=ns.services, batch=ns.batch, load=ns.load, seconds=ns.seconds,
-                       bootstrap=ns.bootstrap)
+                       bootstrap=ns.bootstrap, rounds=ns.rounds)
     for line in result.lines():
         print(line)  # noqa: T201 - a benchmark prints its numbers
 

@@ -36,9 +36,10 @@ def worker(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
 def bench_scorer(
     n: Annotated[int, typer.Option("--n", min=1000, help="Samples for the throughput phase.")] = 200_000,
     services: Annotated[int, typer.Option("--services", min=1, help="Series (one per service).")] = 10,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per MetricBatch record.")] = 500,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per telemetry record.")] = 500,
     load: Annotated[float, typer.Option("--load", min=1, help="Offered samples/s in the latency phase.")] = 5000.0,
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="Length of the latency phase.")] = 10.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="End-to-end phases per encoding (medians printed).")] = 3,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """End-to-end vs model-only samples/s and produce->anomaly latency of one faust worker (embedded broker)."""
@@ -47,6 +48,7 @@ def bench_scorer(
     from metaheal.streams.bench import run_bench
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run_bench(n=n, services=services, batch=batch, load=load, seconds=seconds, bootstrap=bootstrap)
+    result = run_bench(n=n, services=services, batch=batch, load=load, seconds=seconds, bootstrap=bootstrap,
+                       rounds=rounds)
     for line in result.lines():
         typer.echo(line)
