@@ -74,7 +74,7 @@ class KafkaSink:
     failures (``delivery.report.only.error``), callbacks are served every
     ``_POLL_EVERY`` input records (:meth:`poll`), and anomaly events are written straight
     from their field dict by a :class:`~metaheal.kafka.flat_writer.FlatRecordWriter`
-    (~3 us against fastavro's ~12 us per event). Each ``produce`` that follows other work cost 15-40 us
+    (~3.5 us against fastavro's ~12 us per event). Each ``produce`` that follows other work cost 15-40 us
     (waking librdkafka's thread), against 3 us back to back, so the anomaly events of
     one input record are queued and handed over in one ``produce_batch`` at the end of
     the record (:meth:`poll`): no added latency, one wake-up per record.
