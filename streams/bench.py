@@ -4,15 +4,15 @@ Measurements in one run, on the same data and the same machine:
 
 1. model only: :class:`~metaheal.streams.scorer.AnomalyScorer` per series, score-then-learn
    over every sample, no Kafka: the ceiling;
-2. end to end, twice: the samples pre-produced to ``<prefix>telemetry``, first as
-   ``MetricSeries`` records (one series' samples as columns), then, under a new topic
-   prefix and with a new worker, as ``MetricBatch`` records (a record per sample inside
-   the batch); each time one faust worker (own process) consumes, decodes, scores,
-   windows and publishes; samples/s from the worker's "Worker ready" log line to the
-   moment the last expected per-window summary is read back. Each ratio is to the mean
-   of the model-only runs just before and just after it (the model is measured three
-   times, around and between the two), because this machine's speed drifts by tens of
-   percent within a minute;
+2. end to end, ``rounds`` times per encoding (default 3), alternating: the samples
+   pre-produced to ``<prefix>telemetry`` as ``MetricSeries`` records (one series' samples
+   as columns) or as ``MetricBatch`` records (a record per sample inside the batch), each
+   phase under a new topic prefix with a new worker; one faust worker (own process)
+   consumes, decodes, scores, windows and publishes; samples/s from the worker's "Worker
+   ready" log line to the moment the last expected per-window summary is read back. The
+   model is measured again after every phase, and each phase's ratio is to the mean of
+   the model-only runs just before and just after it, because this machine's speed
+   drifts by tens of percent within a minute; the medians per encoding are printed;
 3. latency: a paced producer offers a fixed load (default 5,000 samples/s, as
    ``MetricSeries`` records) with event time = wall-clock produce time; for every
    ``kind="sample"`` anomaly event read back, latency = read time - sample ts (same
@@ -90,14 +90,6 @@ class BenchResult:
 
     def median(self, encoding: str, what: Callable[[Throughput], float]) -> float:
         return float(statistics.median(what(ph) for ph in self.phases if ph.encoding == encoding))
-
-    @property
-    def e2e_rate(self) -> float:
-        return self.median(self.phases[0].encoding, lambda ph: ph.rate)
-
-    @property
-    def ratio(self) -> float:
-        return self.median(self.phases[0].encoding, lambda ph: ph.ratio)
 
     def lines(self) -> list[str]:
         rounds = len(self.phases) // max(1, len(self.encodings()))

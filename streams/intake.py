@@ -97,9 +97,13 @@ class Intake:
         self.signals = signals
         self._decode = TelemetryDeserializer()
         self._batch = AvroDeserializer(MetricBatch)
-        self._batch_header = MAGIC + self._batch.fingerprint
+        batch_header = MAGIC + self._batch.fingerprint
         self._series_avro = AvroDeserializer(MetricSeries)
-        self._series_header = MAGIC + self._series_avro.fingerprint
+        # record header -> fast path; anything else (or a fast path's ``None``) takes the validating path
+        self._fast_samples = {batch_header: self._fast_batch}
+        self._fast_groups = {
+            batch_header: self._fast_series, MAGIC + self._series_avro.fingerprint: self._fast_columns,
+        }
         # (service, metric, dependency) -> (series id, signal, unit scale): computed once per series
         self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
 
@@ -167,11 +171,7 @@ class Intake:
 
     def decode_series(self, record: Record) -> tuple[list[SeriesBatch], DeadLetter | None]:
         """Like :meth:`decode`, grouped by series (first-seen order; a series keeps its samples' order)."""
-        value = record.value
-        if value is not None and value[:HEADER_LEN] == self._series_header:
-            fast = self._fast(value, self._fast_columns, self._series_header)
-        else:
-            fast = self._fast(value, self._fast_series)
+        fast = self._fast(record.value, self._fast_groups)
         if fast is not None:
             return fast, None
         samples, dead = self.decode(record)
@@ -196,10 +196,10 @@ class Intake:
             out.append(sample(service, metric, value, ts, m["labels"]))
         return out or None
 
-    def _fast(self, value: bytes | None, decode: Callable[[bytes], T | None], header: bytes | None = None) -> T | None:
-        """An Avro record of ``header`` (default: MetricBatch) through a fast path; ``None`` = let the
-        validating path judge it."""
-        if value is None or value[:HEADER_LEN] != (header or self._batch_header):
+    def _fast(self, value: bytes | None, paths: dict[bytes, Callable[[bytes], T | None]]) -> T | None:
+        """An Avro record through the fast path for its header; ``None`` = let the validating path judge it."""
+        decode = paths.get(value[:HEADER_LEN]) if value is not None else None
+        if decode is None:
             return None
         try:
             return decode(value)
@@ -207,7 +207,7 @@ class Intake:
             return None
 
     def decode(self, record: Record) -> tuple[list[Sample], DeadLetter | None]:
-        fast = self._fast(record.value, self._fast_batch)
+        fast = self._fast(record.value, self._fast_samples)
         if fast is not None:
             return fast, None
         try:

@@ -29,12 +29,13 @@ import math
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from metaheal.config import StreamSettings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow, Metric, MetricBatch
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Intake, Record, SeriesBatch, dead_letter
+from metaheal.streams.scorer import Score
 from metaheal.streams.scoring import ScorerRegistry, Store, as_store, sample_event, summary_event
 from metaheal.streams.signals import SignalMap, UNIT_SCALE
 from metaheal.streams.windows import SeriesWindow, ServiceState, load_state, state_writes
@@ -84,7 +85,7 @@ class PipelineStats:
     anomaly_events: int = 0
 
 
-def _close_segment(sw: SeriesWindow, max_score: float, crossed: int, value: float, ts: float, sc: Any) -> None:
+def _close_segment(sw: SeriesWindow, max_score: float, crossed: int, value: float, ts: float, sc: Score) -> None:
     """Write back what the scoring loop kept in locals for one window of one series."""
     sw.max_score, sw.crossed = max_score, crossed
     sw.last_value, sw.last_ts, sw.baseline, sw.confidence = value, ts, sc[1], sc[2]

@@ -7,7 +7,8 @@ flat record (primitive fields, ``["null", T]``
 unions, enums, maps of strings) needs none of that: :class:`FlatRecordWriter` turns the
 schema into a list of per-field steps once, with runs of doubles packed by one
 ``struct`` call, and writes a datum in ~3.5 us. Anything else in the schema raises
-``TypeError`` at construction, so a caller can fall back to fastavro.
+``TypeError`` at construction, so a caller can fall back to fastavro (as
+:class:`~metaheal.kafka.serializers.AvroSerializer` does for every event type).
 
 >>> import fastavro, io
 >>> schema = {"type": "record", "name": "R", "fields": [

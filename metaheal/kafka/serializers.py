@@ -31,6 +31,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
 from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch, MetricSeries
+from metaheal.kafka.flat_writer import FlatRecordWriter
 from metaheal.schemas import load
 
 E = TypeVar("E", bound=Event)
@@ -71,11 +72,21 @@ class AvroSerializer(Generic[E]):
         self._parsed = fastavro.parse_schema(self.schema)
         self.fingerprint = _fingerprint(self.schema)
         self._header = MAGIC + self.fingerprint
+        try:  # flat records (most events) have a writer ~4x faster than fastavro, same bytes
+            self._flat: FlatRecordWriter | None = FlatRecordWriter(self.schema)
+        except TypeError:
+            self._flat = None
 
     def __call__(self, event: E) -> bytes:
+        return self.write_dict(event.model_dump(mode="python"))
+
+    def write_dict(self, datum: dict[str, Any]) -> bytes:
+        """Encode the field dict of a valid event (what ``model_dump`` returns), header included."""
+        if self._flat is not None:
+            return self._flat(datum, self._header)
         buf = io.BytesIO()
         buf.write(self._header)
-        fastavro.schemaless_writer(buf, self._parsed, event.model_dump(mode="python"))
+        fastavro.schemaless_writer(buf, self._parsed, datum)
         return buf.getvalue()
 
 
