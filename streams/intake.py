@@ -108,14 +108,7 @@ class Intake:
         self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
 
     def _sample(self, service: str, metric: str, value: float, ts: float, labels: dict[str, str]) -> Sample:
-        dep = labels.get(DEPENDENCY_LABEL) or None if labels else None
-        key = (service, metric, dep)
-        meta = self._series.get(key)
-        if meta is None:
-            meta = self._series[key] = (
-                series_id(service, metric, dep), self.signals.signal_of(metric, labels), UNIT_SCALE.get(metric, 1.0)
-            )
-        series, signal, scale = meta
+        dep, series, signal, scale = self._meta(service, metric, labels)
         return Sample(service, metric, series, signal, dep, value * scale if scale != 1.0 else value, ts, labels)
 
     def to_sample(self, m: Metric) -> Sample:
