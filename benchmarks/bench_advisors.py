@@ -29,7 +29,7 @@ from typing import Any
 from metaheal.agents.advisors.base import UNKNOWN, Outcome, Symptom
 from metaheal.agents.advisors.playbook_ranker import PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester
-from metaheal.agents.playbooks import load_playbooks
+from metaheal.agents.common.playbooks import load_playbooks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,8 +56,10 @@ CAUSES = {
     "database_slow_query": ("latency_drift", [("latency_up", 0.9), ("db_latency_up", 0.75), ("timeout", 0.6)]),
     "cache_miss_rate_high": ("latency_drift", [("latency_up", 0.9), ("cache_hit_down", 0.7), ("cpu_up", 0.35)]),
     "cpu_saturation": ("latency_drift", [("latency_up", 0.85), ("cpu_up", 0.9), ("traffic_up", 0.35)]),
-    "traffic_surge": ("capacity_strain",
-                      [("traffic_up", 0.9), ("cpu_up", 0.7), ("latency_up", 0.7), ("queue_up", 0.4)]),
+    "traffic_surge": (
+        "capacity_strain",
+        [("traffic_up", 0.9), ("cpu_up", 0.7), ("latency_up", 0.7), ("queue_up", 0.4)],
+    ),
     "bad_deployment": ("error_spike", [("errors_up", 0.9), ("deploy", 0.65), ("exception", 0.6), ("latency_up", 0.3)]),
     "upstream_outage": ("dependency_health", [("dep_errors_up", 0.8), ("errors_up", 0.7), ("conn_refused", 0.6)]),
     "memory_leak": ("latency_drift", [("memory_up", 0.65), ("latency_up", 0.6), ("errors_up", 0.4), ("oom", 0.55)]),
@@ -69,17 +71,25 @@ PLAYBOOKS = [
     ("warm_cache", ["latency_drift"], ["cache_miss_rate_high"], 0.6),
     ("restart_service", ["latency_drift", "error_spike"], ["memory_leak", "unknown"], 0.5),
     ("rollback_flag", ["error_spike"], ["bad_deployment"], 0.7),
-    ("failover_dependency", ["dependency_health", "latency_drift", "error_spike"],
-     ["upstream_outage", "database_slow_query"], 0.6),
+    (
+        "failover_dependency",
+        ["dependency_health", "latency_drift", "error_spike"],
+        ["upstream_outage", "database_slow_query"],
+        0.6,
+    ),
 ]
 #: P(success | playbook, true cause); anything missing is 0.05.
 WORKS = {
-    ("scale_up_instances", "traffic_surge"): 0.85, ("scale_up_instances", "cpu_saturation"): 0.75,
-    ("warm_cache", "cache_miss_rate_high"): 0.85, ("warm_cache", "database_slow_query"): 0.2,
-    ("restart_service", "memory_leak"): 0.8, ("restart_service", "bad_deployment"): 0.3,
+    ("scale_up_instances", "traffic_surge"): 0.85,
+    ("scale_up_instances", "cpu_saturation"): 0.75,
+    ("warm_cache", "cache_miss_rate_high"): 0.85,
+    ("warm_cache", "database_slow_query"): 0.2,
+    ("restart_service", "memory_leak"): 0.8,
+    ("restart_service", "bad_deployment"): 0.3,
     ("restart_service", "cpu_saturation"): 0.3,
     ("rollback_flag", "bad_deployment"): 0.9,
-    ("failover_dependency", "upstream_outage"): 0.85, ("failover_dependency", "database_slow_query"): 0.6,
+    ("failover_dependency", "upstream_outage"): 0.85,
+    ("failover_dependency", "database_slow_query"): 0.6,
 }
 #: Service-specific exceptions: on search, scaling does not fix CPU saturation but a restart does.
 WORKS_ON = {
@@ -89,8 +99,10 @@ WORKS_ON = {
 }
 #: Each service's mix of causes (not uniform, as in real fleets).
 CAUSE_MIX = {
-    "api": [3, 1, 2, 2, 2, 1, 1], "web": [1, 3, 1, 3, 2, 1, 1],
-    "checkout": [2, 1, 1, 1, 3, 3, 1], "search": [1, 2, 3, 1, 1, 1, 2],
+    "api": [3, 1, 2, 2, 2, 1, 1],
+    "web": [1, 3, 1, 3, 2, 1, 1],
+    "checkout": [2, 1, 1, 1, 3, 3, 1],
+    "search": [1, 2, 3, 1, 1, 1, 2],
 }
 
 
@@ -118,8 +130,18 @@ def incidents(n: int, seed: int) -> list[Incident]:
         syms = []
         for name, strength in present.items():
             metric, signal, direction, labels = SYMPTOMS[name]
-            syms.append(Symptom(service, metric, signal, direction, rng.uniform(0.2, 2.0), strength,
-                                labels.get("dependency"), dict(labels)))
+            syms.append(
+                Symptom(
+                    service,
+                    metric,
+                    signal,
+                    direction,
+                    rng.uniform(0.2, 2.0),
+                    strength,
+                    labels.get("dependency"),
+                    dict(labels),
+                )
+            )
         out.append(Incident(service, cause, focus, syms, 1.7e9 + i * 600.0))
     return out
 
@@ -129,8 +151,13 @@ def playbooks(catalogue: str) -> dict[str, Any]:
     if catalogue == "shipped":
         return load_playbooks(REPO / "playbooks")
     return {
-        name: SimpleNamespace(name=name, impact="low", blast_radius=1, prior_success=prior,
-                              applies_to=SimpleNamespace(focus_areas=focus, root_causes=causes))
+        name: SimpleNamespace(
+            name=name,
+            impact="low",
+            blast_radius=1,
+            prior_success=prior,
+            applies_to=SimpleNamespace(focus_areas=focus, root_causes=causes),
+        )
         for name, focus, causes, prior in PLAYBOOKS
     }
 
@@ -154,8 +181,15 @@ class Advisors:
         p = WORKS_ON.get((inc.service, choice, inc.cause), WORKS.get((choice, inc.cause), 0.05))
         ok = rng.random() < p
         if self.learn_enabled:
-            outcome = Outcome(f"o{i}", inc.service, choice, "success" if ok else "failed", inc.ts,
-                              root_cause=diagnosis if diagnosis != UNKNOWN else None, verification_passed=ok)
+            outcome = Outcome(
+                f"o{i}",
+                inc.service,
+                choice,
+                "success" if ok else "failed",
+                inc.ts,
+                root_cause=diagnosis if diagnosis != UNKNOWN else None,
+                verification_passed=ok,
+            )
             self.rc.learn(outcome, feats)
             self.ranker.learn(outcome, feats)
         return causes, ok
@@ -166,8 +200,12 @@ def main() -> None:
     ap.add_argument("--incidents", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--block", type=int, default=50)
-    ap.add_argument("--catalogue", choices=["shipped", "ideal"], default="shipped",
-                    help="shipped: the playbooks/ folder's declarations; ideal: declarations that match the simulation")
+    ap.add_argument(
+        "--catalogue",
+        choices=["shipped", "ideal"],
+        default="shipped",
+        help="shipped: the playbooks/ folder's declarations; ideal: declarations that match the simulation",
+    )
     ap.add_argument("--no-explore", action="store_true", help="learning ranker exploits only (no Thompson draws)")
     args = ap.parse_args()
 
@@ -176,8 +214,10 @@ def main() -> None:
     frozen = Advisors(args.seed, learn=False, catalogue=args.catalogue)
     learning.ranker.explore = not args.no_explore
     rng_l, rng_f = random.Random(args.seed + 1), random.Random(args.seed + 1)
-    print(f"{args.incidents} incidents, seed {args.seed}, {len(CAUSES)} causes, {len(SERVICES)} services, "
-          f"{len(learning.ranker.playbooks)} playbooks ({args.catalogue} declarations)")
+    print(
+        f"{args.incidents} incidents, seed {args.seed}, {len(CAUSES)} causes, {len(SERVICES)} services, "
+        f"{len(learning.ranker.playbooks)} playbooks ({args.catalogue} declarations)"
+    )
     print(f"{'block':>9} | {'learning: top1  top3  fixed':>27} | {'frozen prior: top1  top3  fixed':>31}")
     totals = {"l": [0, 0, 0], "f": [0, 0, 0]}
     per_incident: dict[str, list[tuple[int, int, int, int]]] = {"l": [], "f": []}
@@ -208,13 +248,15 @@ def main() -> None:
     for part, lo in (("first third", 0), ("middle third", third), ("last third", 2 * third)):
         cells = []
         for key in ("l", "f"):
-            rows = per_incident[key][lo:lo + third]
+            rows = per_incident[key][lo : lo + third]
             t1, t3, fx, unk = (sum(r[j] for r in rows) / len(rows) for j in range(4))
             committed = t1 / (1 - unk) if unk < 1 else 0.0  # top-1 accuracy when not answering "unknown"
             cells.append(f"top1={t1:.3f} top3={t3:.3f} fixed={fx:.3f} unknown={unk:.2f} committed-top1={committed:.2f}")
         print(f"{part:>12}: learning {cells[0]} | frozen {cells[1]}")
-    print(f"learned root-cause labels: {learning.rc.learned}; "
-          f"{elapsed / n * 1000:.2f} ms per incident for both advisor sets (noisy: shared 2-core machine)")
+    print(
+        f"learned root-cause labels: {learning.rc.learned}; "
+        f"{elapsed / n * 1000:.2f} ms per incident for both advisor sets (noisy: shared 2-core machine)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from metaheal.s3local import install_s3rver
 
 
 def _summary(name: str, xs: list[float]) -> str:
-    return (f"{name:<28} median {statistics.median(xs) * 1000:7.1f} ms   "
-            f"min {min(xs) * 1000:7.1f} ms   max {max(xs) * 1000:7.1f} ms   (n={len(xs)})")
+    return (
+        f"{name:<28} median {statistics.median(xs) * 1000:7.1f} ms   "
+        f"min {min(xs) * 1000:7.1f} ms   max {max(xs) * 1000:7.1f} ms   (n={len(xs)})"
+    )
 
 
 def memory_starts(runs: int) -> list[float]:

@@ -31,7 +31,12 @@ from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.config import KafkaSettings, Settings, TopicSettings
 from metaheal.events import Metric, MetricBatch
 from metaheal.kafka import Consumer, Producer
-from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, AvroSerializer, TelemetryDeserializer
+from metaheal.kafka.serializers import (
+    HEADER_LEN,
+    AvroDeserializer,
+    AvroSerializer,
+    TelemetryDeserializer,
+)
 from metaheal.schemas import load
 from metaheal.topics import ensure_topics
 
@@ -40,8 +45,13 @@ def make_metrics(n: int, seed: int = 0) -> list[Metric]:
     rng = random.Random(seed)
     services = [f"svc-{i}" for i in range(20)]
     return [
-        Metric(service=rng.choice(services), metric=rng.choice(["latency_ms", "error_rate", "cpu_utilization"]),
-               value=rng.lognormvariate(5, 0.3), ts=1736951400.0 + i * 0.01, labels={"host": f"h{i % 8}"})
+        Metric(
+            service=rng.choice(services),
+            metric=rng.choice(["latency_ms", "error_rate", "cpu_utilization"]),
+            value=rng.lognormvariate(5, 0.3),
+            ts=1736951400.0 + i * 0.01,
+            labels={"host": f"h{i % 8}"},
+        )
         for i in range(n)
     ]
 
@@ -84,6 +94,7 @@ def bench_kafka(settings: Settings, metrics: list[Metric], batch: int) -> None:
         def run() -> None:
             with Consumer(settings.kafka, **{"fetch.max.bytes": 52428800}) as c:
                 counted[topic] = sum(len(telemetry(m.value())) for m in c.read_to_end(topic, timeout=120))
+
         return run
 
     t = timed(produce_single)
@@ -135,8 +146,10 @@ def bench_serializers(metrics: list[Metric]) -> None:
     print(f"decode avro-python3     {rate(n, t_rd)}   (incl. pydantic validation)")
     print(f"decode fastavro raw     {rate(n, t_fraw)}   (bytes -> dict, no validation)")
     print(f"decode avro-python3 raw {rate(n, t_rraw)}   (bytes -> dict, no validation)")
-    print(f"fastavro/avro-python3   encode x{t_re / t_fe:.1f}   decode x{t_rd / t_fd:.1f}   "
-          f"raw decode x{t_rraw / t_fraw:.1f}   (same run, identical bytes)")
+    print(
+        f"fastavro/avro-python3   encode x{t_re / t_fe:.1f}   decode x{t_rd / t_fd:.1f}   "
+        f"raw decode x{t_rraw / t_fraw:.1f}   (same run, identical bytes)"
+    )
 
 
 def main() -> None:
@@ -151,7 +164,9 @@ def main() -> None:
         if bootstrap is None:
             bootstrap = stack.enter_context(EmbeddedBroker(port=free_port())).bootstrap
             print(f"embedded tansu broker on {bootstrap} (in memory)")
-        settings = Settings(kafka=KafkaSettings(bootstrap=bootstrap), topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."))
+        settings = Settings(
+            kafka=KafkaSettings(bootstrap=bootstrap), topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}.")
+        )
         ensure_topics(settings)
         bench_kafka(settings, metrics, args.batch)
     bench_serializers(metrics)

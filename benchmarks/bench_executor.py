@@ -31,9 +31,9 @@ import time
 import uuid
 from pathlib import Path
 
-from metaheal.agents.actuators import StepContext, get_actuator
-from metaheal.agents.executor import Executor
-from metaheal.agents.playbooks import load_playbooks, parse_playbook
+from metaheal.agents.common.playbooks import load_playbooks, parse_playbook
+from metaheal.agents.executor.actuators import StepContext, get_actuator
+from metaheal.agents.executor.service import Executor
 from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.config import KafkaSettings, ServiceSettings, Settings, TopicSettings
 from metaheal.events import Directive, DirectiveAdvice, SignedOutcome
@@ -56,8 +56,7 @@ def _fake_service_class():
 
 def noop_playbook(n: int):
     steps = "\n".join(
-        '  - {action: http.get, params: {url: "{{ service.admin_url }}/capacity"}, timeout: 5}'
-        for _ in range(n)
+        '  - {action: http.get, params: {url: "{{ service.admin_url }}/capacity"}, timeout: 5}' for _ in range(n)
     )
     return parse_playbook(f"""
 name: noop_{n}
@@ -73,10 +72,16 @@ steps:
 
 def directive(playbook: str, focus: str = "capacity_strain", verify: bool = True) -> Directive:
     return Directive(
-        directive_id=f"d-{uuid.uuid4().hex[:8]}", cycle_id=f"c-{uuid.uuid4().hex[:8]}", ts=time.time(), service="api",
-        focus_area=focus, guardrail_level="loose",
+        directive_id=f"d-{uuid.uuid4().hex[:8]}",
+        cycle_id=f"c-{uuid.uuid4().hex[:8]}",
+        ts=time.time(),
+        service="api",
+        focus_area=focus,
+        guardrail_level="loose",
         ml_advice=DirectiveAdvice(root_causes=["cpu_saturation"], recommended_playbooks=[playbook]),
-        confidence=0.9, time_budget_seconds=120, requires_verification=verify,
+        confidence=0.9,
+        time_budget_seconds=120,
+        requires_verification=verify,
     )
 
 
@@ -85,9 +90,12 @@ async def main(runs: int, steps: int) -> None:
     broker = EmbeddedBroker(port=free_port(), log_path=tmp / "tansu.log")
     broker.start()
     try:
-        settings = Settings(kafka=KafkaSettings(bootstrap=broker.bootstrap, session_timeout_ms=6000),
-                            topics=TopicSettings(prefix=f"b{uuid.uuid4().hex[:6]}."), keys=tmp / "keys",
-                            playbooks=ROOT / "playbooks")
+        settings = Settings(
+            kafka=KafkaSettings(bootstrap=broker.bootstrap, session_timeout_ms=6000),
+            topics=TopicSettings(prefix=f"b{uuid.uuid4().hex[:6]}."),
+            keys=tmp / "keys",
+            playbooks=ROOT / "playbooks",
+        )
         settings.executor.max_actions_per_hour = 10_000
         ensure_topics(settings)
         init_system_keys(settings.keys)
@@ -126,10 +134,12 @@ async def main(runs: int, steps: int) -> None:
                 assert o.result == "success", o.rationale
                 if i > 0:  # the first run pays for ledger and client warm-up
                     latencies.append(dt)
-            print(f"directive->outcome (auto-approved scale_up_instances, 3 steps + 2 verifications, Kafka in/out): "
-                  f"median {statistics.median(latencies) * 1000:.0f} ms, min {min(latencies) * 1000:.0f} ms, "
-                  f"max {max(latencies) * 1000:.0f} ms over {runs} runs (verification waits for 3 fresh latency samples; "
-                  f"the service emits every 0.2 s)")
+            print(
+                f"directive->outcome (auto-approved scale_up_instances, 3 steps + 2 verifications, Kafka in/out): "
+                f"median {statistics.median(latencies) * 1000:.0f} ms, min {min(latencies) * 1000:.0f} ms, "
+                f"max {max(latencies) * 1000:.0f} ms over {runs} runs (verification waits for 3 fresh latency samples; "
+                f"the service emits every 0.2 s)"
+            )
 
             # 2. overhead per step (in-process submit, no verification)
             async def timed(name: str) -> float:
@@ -149,12 +159,16 @@ async def main(runs: int, steps: int) -> None:
                 raw.append(time.perf_counter() - t0)
             per_step = (statistics.median(long_) - statistics.median(short)) / steps
             raw_ms = statistics.median(raw) * 1000
-            print(f"plan with 1 step: median {statistics.median(short) * 1000:.0f} ms; with {1 + steps} steps: "
-                  f"median {statistics.median(long_) * 1000:.0f} ms")
-            print(f"per step: {per_step * 1000:.1f} ms, of which the actuator call (http.get) {raw_ms:.1f} ms -> "
-                  f"executor overhead {per_step * 1000 - raw_ms:.1f} ms per step "
-                  f"(2 signed+acked ledger appends, 2 acked state writes); ratio step/actuator "
-                  f"{per_step * 1000 / raw_ms:.1f}x")
+            print(
+                f"plan with 1 step: median {statistics.median(short) * 1000:.0f} ms; with {1 + steps} steps: "
+                f"median {statistics.median(long_) * 1000:.0f} ms"
+            )
+            print(
+                f"per step: {per_step * 1000:.1f} ms, of which the actuator call (http.get) {raw_ms:.1f} ms -> "
+                f"executor overhead {per_step * 1000 - raw_ms:.1f} ms per step "
+                f"(2 signed+acked ledger appends, 2 acked state writes); ratio step/actuator "
+                f"{per_step * 1000 / raw_ms:.1f}x"
+            )
             stop.set()
             await runner
             reader.close()

@@ -66,8 +66,18 @@ ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ("db_slow_query", "traffic_surge", "bad_deployment", "cache_eviction_storm", "upstream_outage")
 CLI = [sys.executable, "-c", "from metaheal.cli import main; main()"]
 #: the simulator with the demo's fleet tunings (metaheal.demo.run_demo)
-SIM_ARGS = ["--interval", "0.5", "--ready-delay", "3", "--restart-seconds", "3", "--day-amplitude", "0.03",
-            "--day-seconds", "600"]
+SIM_ARGS = [
+    "--interval",
+    "0.5",
+    "--ready-delay",
+    "3",
+    "--restart-seconds",
+    "3",
+    "--day-amplitude",
+    "0.03",
+    "--day-seconds",
+    "600",
+]
 
 
 @dataclass
@@ -135,8 +145,17 @@ def log_time(line: str) -> float | None:
         return None
 
 
-async def run_fault(kafka: KafkaSettings, fault: str, workdir: Path, *, warmup: float, timeout: float, seed: int,
-                    verbose: bool, deny: list[str]) -> FaultRun:
+async def run_fault(
+    kafka: KafkaSettings,
+    fault: str,
+    workdir: Path,
+    *,
+    warmup: float,
+    timeout: float,
+    seed: int,
+    verbose: bool,
+    deny: list[str],
+) -> FaultRun:
     run = FaultRun(fault)
     settings, config, operator_key = await asyncio.to_thread(prepare, kafka, workdir, deny)
     log = open(workdir / "timeline.log", "w")  # noqa: SIM115 (closed below)
@@ -149,9 +168,19 @@ async def run_fault(kafka: KafkaSettings, fault: str, workdir: Path, *, warmup: 
 
     up_log, sim_log = workdir / "up.log", workdir / "simulate.log"
     with open(up_log, "wb") as out:
-        up = await asyncio.create_subprocess_exec(*CLI, "up", "--config", str(config), "--workdir", str(workdir),
-                                                  cwd=workdir, env=clean_env(), stdout=out, stderr=out,
-                                                  start_new_session=True)
+        up = await asyncio.create_subprocess_exec(
+            *CLI,
+            "up",
+            "--config",
+            str(config),
+            "--workdir",
+            str(workdir),
+            cwd=workdir,
+            env=clean_env(),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     sim: asyncio.subprocess.Process | None = None
     timeline = Timeline(settings, emit)
     driver: Driver | None = None
@@ -164,9 +193,23 @@ async def run_fault(kafka: KafkaSettings, fault: str, workdir: Path, *, warmup: 
         await asyncio.to_thread(timeline.start)
         with open(sim_log, "wb") as out:
             sim = await asyncio.create_subprocess_exec(
-                *CLI, "simulate", "--config", str(config), "--scenario", fault, "--at", str(warmup),
-                "--seed", str(seed), *SIM_ARGS, cwd=workdir, env=clean_env(), stdout=out, stderr=out,
-                start_new_session=True)
+                *CLI,
+                "simulate",
+                "--config",
+                str(config),
+                "--scenario",
+                fault,
+                "--at",
+                str(warmup),
+                "--seed",
+                str(seed),
+                *SIM_ARGS,
+                cwd=workdir,
+                env=clean_env(),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         if await wait_for_line(sim_log, "services registered", 60.0, sim) is None:
             run.problem = f"the simulator did not register its services (see {sim_log})"
             return run
@@ -176,8 +219,9 @@ async def run_fault(kafka: KafkaSettings, fault: str, workdir: Path, *, warmup: 
         graph = {s.name: list(s.dependencies) for s in settings.services}
         faults = scenario_faults(fault)
         hit = affected_services([f.target for f in faults], graph)
-        driver = Driver(settings, timeline, lambda _name: faults, operator_key_path=operator_key, emit=emit,
-                        flow_timeout=timeout)
+        driver = Driver(
+            settings, timeline, lambda _name: faults, operator_key_path=operator_key, emit=emit, flow_timeout=timeout
+        )
         operator = asyncio.create_task(driver.operator(stop))
         line = await wait_for_line(sim_log, "scenario injected", warmup + 60.0, sim)
         if line is None:
@@ -193,8 +237,12 @@ async def run_fault(kafka: KafkaSettings, fault: str, workdir: Path, *, warmup: 
                 continue
             if isinstance(e, AnomalyScore) and e.crossed and e.service in hit and run.anomaly_at is None:
                 run.anomaly_at = s.at
-            if (isinstance(e, CycleFocus) and e.focus_area != "routine_maintenance" and run.focus_at is None
-                    and set(e.target_services) & hit):
+            if (
+                isinstance(e, CycleFocus)
+                and e.focus_area != "routine_maintenance"
+                and run.focus_at is None
+                and set(e.target_services) & hit
+            ):
                 run.focus_at = s.at
             if res.fixed_at is not None and s.at > res.fixed_at:
                 continue
@@ -230,8 +278,10 @@ async def main_async(args: argparse.Namespace) -> int:
         await asyncio.to_thread(broker.start)
         bootstrap = broker.bootstrap
     kafka = KafkaSettings(bootstrap=bootstrap)
-    print(f"broker {bootstrap}; per fault: metaheal up + metaheal simulate --scenario F --at {args.warmup:g} "
-          f"(two processes, fresh prefix); logs under {workdir}")
+    print(
+        f"broker {bootstrap}; per fault: metaheal up + metaheal simulate --scenario F --at {args.warmup:g} "
+        f"(two processes, fresh prefix); logs under {workdir}"
+    )
     print("the script plays the operator 'demo-operator' for approval requests (demo rule and demo key)")
     if args.deny:
         print(f"denied playbooks (executor.deny_playbooks['*']): {', '.join(args.deny)}")
@@ -239,30 +289,49 @@ async def main_async(args: argparse.Namespace) -> int:
     try:
         for f in faults:
             started = time.monotonic()
-            r = await run_fault(kafka, f, workdir / f, warmup=args.warmup, timeout=args.timeout, seed=args.seed,
-                                verbose=args.verbose, deny=args.deny)
+            r = await run_fault(
+                kafka,
+                f,
+                workdir / f,
+                warmup=args.warmup,
+                timeout=args.timeout,
+                seed=args.seed,
+                verbose=args.verbose,
+                deny=args.deny,
+            )
             runs.append(r)
-            verdict = r.problem or ("HEALED" if r.result and r.result.ok else
-                                    "NOT HEALED: " + "; ".join(r.result.reasons if r.result else []))
+            verdict = r.problem or (
+                "HEALED"
+                if r.result and r.result.ok
+                else "NOT HEALED: " + "; ".join(r.result.reasons if r.result else [])
+            )
             print(f"{f}: {verdict} ({time.monotonic() - started:.0f}s wall)", flush=True)
     finally:
         if broker is not None:
             broker.stop()
-    report = DemoReport(flows=[r.result for r in runs if r.result is not None],
-                        blocked=[f"{r.fault}: {r.problem}" for r in runs if r.problem])
+    report = DemoReport(
+        flows=[r.result for r in runs if r.result is not None],
+        blocked=[f"{r.fault}: {r.problem}" for r in runs if r.problem],
+    )
     summarize(report, print, workdir)
     print()
-    print("detection = the earlier of the two columns below: the first crossed anomaly on a service the fault "
-          "affects, the first non-routine cycle targeting such a service (affected: the fault's target and every "
-          "service calling it or called by it, transitively, by the registered dependencies; "
-          "metaheal.demo.affected_services)")
-    print(f"{'fault':<21} {'anomaly':>8} {'focus':>8}  plans until the fix (playbook@service, in order) | "
-          "outcomes other than success")
+    print(
+        "detection = the earlier of the two columns below: the first crossed anomaly on a service the fault "
+        "affects, the first non-routine cycle targeting such a service (affected: the fault's target and every "
+        "service calling it or called by it, transitively, by the registered dependencies; "
+        "metaheal.demo.affected_services)"
+    )
+    print(
+        f"{'fault':<21} {'anomaly':>8} {'focus':>8}  plans until the fix (playbook@service, in order) | "
+        "outcomes other than success"
+    )
     for r in runs:
         if r.result is None:
             continue
-        print(f"{r.fault:<21} {r.result.seconds(r.anomaly_at):>8} {r.result.seconds(r.focus_at):>8}  "
-              f"{', '.join(r.plans) or 'none'} | {', '.join(r.not_success) or 'none'}")
+        print(
+            f"{r.fault:<21} {r.result.seconds(r.anomaly_at):>8} {r.result.seconds(r.focus_at):>8}  "
+            f"{', '.join(r.plans) or 'none'} | {', '.join(r.not_success) or 'none'}"
+        )
     return 0 if report.flows and all(f.ok for f in report.flows) and not report.blocked else 1
 
 
@@ -274,8 +343,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bootstrap", default=None, help="use this broker instead of an embedded one")
     p.add_argument("--workdir", default="bench-faults", help="configs, keys and logs per fault")
-    p.add_argument("--deny", action="append", default=[], metavar="PLAYBOOK",
-                   help="deny this playbook everywhere (executor.deny_playbooks): what happens without the right fix")
+    p.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="PLAYBOOK",
+        help="deny this playbook everywhere (executor.deny_playbooks): what happens without the right fix",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="print the timeline as it happens")
     sys.exit(asyncio.run(main_async(p.parse_args())))
 

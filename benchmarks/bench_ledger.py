@@ -48,8 +48,13 @@ from metaheal.ledger.sequencer import Sequencer
 from metaheal.ledger.verify import Verifier, read_raw
 from metaheal.topics import ensure_topics
 
-ACTORS = [("meta_loop", "cycle_focus_decided"), ("ml_advisors", "advice_provided"),
-          ("agentic_planner", "plan_created"), ("executor", "step_executed"), ("executor", "execution_outcome")]
+ACTORS = [
+    ("meta_loop", "cycle_focus_decided"),
+    ("ml_advisors", "advice_provided"),
+    ("agentic_planner", "plan_created"),
+    ("executor", "step_executed"),
+    ("executor", "execution_outcome"),
+]
 
 
 def fresh_settings(kafka: KafkaSettings, keys: Path) -> Settings:
@@ -61,11 +66,20 @@ async def bench_appends(settings: Settings, n: int) -> None:
     await log.append(actor="meta_loop", action="cycle_focus_decided", cycle_id="warmup", payload={})
     payload = {"service": "checkout", "confidence": 0.87, "reasons": ["p95 up 40%", "cache hit rate down"]}
     t0 = time.perf_counter()
-    await asyncio.gather(*(
-        log.append(actor=a, action=act, resource="svc", subsystem="bench", payload=payload, result="ok",
-                   cycle_id=f"c{i // 20}")
-        for i, (a, act) in ((i, ACTORS[i % len(ACTORS)]) for i in range(n))
-    ))
+    await asyncio.gather(
+        *(
+            log.append(
+                actor=a,
+                action=act,
+                resource="svc",
+                subsystem="bench",
+                payload=payload,
+                result="ok",
+                cycle_id=f"c{i // 20}",
+            )
+            for i, (a, act) in ((i, ACTORS[i % len(ACTORS)]) for i in range(n))
+        )
+    )
     dt = time.perf_counter() - t0
     print(f"appends (concurrent, n={n}):        {n / dt:10.0f} appends/s   ({dt:.2f} s, signed + acked)")
     m = min(500, n)
@@ -99,7 +113,9 @@ def bench_verify(settings: Settings, rounds: int = 5) -> None:
             vk.verify(m, sig)
         best_raw = max(best_raw, len(msgs) / (time.perf_counter() - t0))
     print(f"verify (all checks, n={len(records)}):    {best_v:10.0f} entries/s   (best of {rounds})")
-    print(f"raw PyNaCl Ed25519 verify:          {best_raw:10.0f} verifications/s   -> verify at {best_v / best_raw:.0%} of raw")
+    print(
+        f"raw PyNaCl Ed25519 verify:          {best_raw:10.0f} verifications/s   -> verify at {best_v / best_raw:.0%} of raw"
+    )
 
 
 def build_large(settings: Settings, n: int) -> str:
@@ -117,13 +133,22 @@ def build_large(settings: Settings, n: int) -> str:
     t0 = time.perf_counter()
     for i in range(n):
         a, act = ACTORS[i % len(ACTORS)]
-        fields = dict(actor=a, action=act, resource=f"svc{i % 13}", subsystem="bench", cycle_id=f"cycle-{i // 20}",
-                      payload='{"i":%d,"score":0.5}' % i, result="ok")
+        fields = dict(
+            actor=a,
+            action=act,
+            resource=f"svc{i % 13}",
+            subsystem="bench",
+            cycle_id=f"cycle-{i // 20}",
+            payload='{"i":%d,"score":0.5}' % i,
+            result="ok",
+        )
         for e in seq.add(fields, signers[a], ledger, timestamp=ts):
             p.produce(topic, enc(e), key=record_key(e), headers=record_headers(e), partition=0)
     p.flush(600)
-    print(f"built ledger: {n} entries (+{n // settings.ledger.checkpoint_every_entries} checkpoints) "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"built ledger: {n} entries (+{n // settings.ledger.checkpoint_every_entries} checkpoints) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return f"cycle-{(n // 20) // 2}"
 
 
@@ -148,8 +173,10 @@ async def bench_replay(settings: Settings, n: int) -> None:
     await fresh.replay_cycle(cycle)
     cold = time.perf_counter() - t0
     fresh.close()
-    print(f"replay_cycle in a {n}-entry ledger: median {statistics.median(lat) * 1000:.1f} ms  "
-          f"max {max(lat) * 1000:.1f} ms  (n=20, warm ImmutableLog)")
+    print(
+        f"replay_cycle in a {n}-entry ledger: median {statistics.median(lat) * 1000:.1f} ms  "
+        f"max {max(lat) * 1000:.1f} ms  (n=20, warm ImmutableLog)"
+    )
     print(f"replay_cycle, new ImmutableLog in this process:  {cold * 1000:.0f} ms")
     fresh_process_replay(settings, cycle)
 
@@ -180,19 +207,30 @@ def fresh_process_replay(settings: Settings, cycle: str, runs: int = 5) -> None:
         imp, rep = map(float, out.stdout.split())
         imports.append(imp)
         inner.append(rep)
-    print(f"replay_cycle in a fresh process:    median {statistics.median(inner):.1f} ms  max {max(inner):.1f} ms  "
-          f"(n={runs}; imports before it: median {statistics.median(imports):.0f} ms)")
+    print(
+        f"replay_cycle in a fresh process:    median {statistics.median(inner):.1f} ms  max {max(inner):.1f} ms  "
+        f"(n={runs}; imports before it: median {statistics.median(imports):.0f} ms)"
+    )
     env = {**os.environ, "METAHEAL_TOPICS__PREFIX": settings.topics.prefix, "METAHEAL_KEYS": str(settings.keys)}
-    cli = [str(Path(sys.executable).with_name("metaheal")), "ledger", "replay", cycle, "--json", "--bootstrap",
-           settings.kafka.bootstrap]
+    cli = [
+        str(Path(sys.executable).with_name("metaheal")),
+        "ledger",
+        "replay",
+        cycle,
+        "--json",
+        "--bootstrap",
+        settings.kafka.bootstrap,
+    ]
     wall = []
     for _ in range(runs):
         t0 = time.perf_counter()
         out = subprocess.run(cli, check=True, capture_output=True, text=True, env=env)
         wall.append(time.perf_counter() - t0)
         assert len(out.stdout.splitlines()) == 20, out.stdout[-500:]
-    print(f"`metaheal ledger replay --json` wall clock (whole process): median {statistics.median(wall) * 1000:.0f} ms "
-          f"(n={runs})")
+    print(
+        f"`metaheal ledger replay --json` wall clock (whole process): median {statistics.median(wall) * 1000:.0f} ms "
+        f"(n={runs})"
+    )
 
 
 async def main() -> None:
@@ -200,8 +238,12 @@ async def main() -> None:
     ap.add_argument("--bootstrap")
     ap.add_argument("--appends", type=int, default=20_000)
     ap.add_argument("--entries", type=int, default=200_000, help="ledger size for the replay benchmark")
-    ap.add_argument("--only", choices=("appends", "verify", "replay"), action="append",
-                    help="run only these parts (repeatable; verify needs appends)")
+    ap.add_argument(
+        "--only",
+        choices=("appends", "verify", "replay"),
+        action="append",
+        help="run only these parts (repeatable; verify needs appends)",
+    )
     args = ap.parse_args()
     broker = None
     if args.bootstrap:

@@ -33,11 +33,17 @@ import time
 import uuid
 from pathlib import Path
 
-from metaheal.agents.leader import fast_reader, read_to_end
-from metaheal.agents.meta_loop import MetaLoop
+from metaheal.agents.meta.leader import fast_reader, read_to_end
+from metaheal.agents.meta.loop import MetaLoop
 from metaheal.broker import EmbeddedBroker, free_port
 from metaheal.config import KafkaSettings, Settings, TopicSettings
-from metaheal.events import AnomalyScore, CycleFocus, Directive, HealthWindow, SignalStats
+from metaheal.events import (
+    AnomalyScore,
+    CycleFocus,
+    Directive,
+    HealthWindow,
+    SignalStats,
+)
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
@@ -64,12 +70,40 @@ async def _wait_for(settings: Settings, short: str, model: type, n: int, timeout
 
 def _evidence(service: str, strong: bool) -> tuple[HealthWindow, AnomalyScore]:
     now = time.time()
-    w = HealthWindow(service=service, window_start=now - 10, window_end=now, sample_count=20, signals=[
-        SignalStats(signal="latency", metric="latency_p95_ms", count=20, mean=240.0, p50=238.0, p95=245.0, max=260.0,
-                    baseline_mean=150.0, baseline_p95=150.0)])
-    a = AnomalyScore(service=service, metric="latency_p95_ms", signal="latency", value=245.0, baseline=150.0,
-                     score=0.9995 if strong else 0.95, threshold=0.99, crossed=strong, confidence=1.0, model="bench",
-                     ts=now, window_start=now - 10, window_end=now)
+    w = HealthWindow(
+        service=service,
+        window_start=now - 10,
+        window_end=now,
+        sample_count=20,
+        signals=[
+            SignalStats(
+                signal="latency",
+                metric="latency_p95_ms",
+                count=20,
+                mean=240.0,
+                p50=238.0,
+                p95=245.0,
+                max=260.0,
+                baseline_mean=150.0,
+                baseline_p95=150.0,
+            )
+        ],
+    )
+    a = AnomalyScore(
+        service=service,
+        metric="latency_p95_ms",
+        signal="latency",
+        value=245.0,
+        baseline=150.0,
+        score=0.9995 if strong else 0.95,
+        threshold=0.99,
+        crossed=strong,
+        confidence=1.0,
+        model="bench",
+        ts=now,
+        window_start=now - 10,
+        window_end=now,
+    )
     return w, a
 
 
@@ -129,12 +163,16 @@ async def main() -> None:
             keys = Path(tmp) / "keys"
             init_system_keys(keys)
             advisor = not args.no_advisor
-            print(f"advisor={'on' if advisor else 'off'} advice_wait_seconds={base.cycle.advice_wait_seconds:g} "
-                  f"min_cycle_gap_seconds={base.cycle.min_cycle_gap_seconds:g} runs={args.runs}")
+            print(
+                f"advisor={'on' if advisor else 'off'} advice_wait_seconds={base.cycle.advice_wait_seconds:g} "
+                f"min_cycle_gap_seconds={base.cycle.min_cycle_gap_seconds:g} runs={args.runs}"
+            )
             for cycle_seconds, label in ((120.0, "strong anomaly, early cycle"), (5.0, "drift, next scheduled cycle")):
                 took = [await one_run(base, keys, cycle_seconds, advisor, rng) for _ in range(args.runs)]
-                print(f"cycle_seconds={cycle_seconds:>5g} ({label}): anomaly -> directive median {statistics.median(took):.2f}s "
-                      f"min {min(took):.2f}s max {max(took):.2f}s  [{', '.join(f'{t:.2f}' for t in took)}]")
+                print(
+                    f"cycle_seconds={cycle_seconds:>5g} ({label}): anomaly -> directive median {statistics.median(took):.2f}s "
+                    f"min {min(took):.2f}s max {max(took):.2f}s  [{', '.join(f'{t:.2f}' for t in took)}]"
+                )
     finally:
         if broker is not None:
             broker.stop()

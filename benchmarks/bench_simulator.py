@@ -35,8 +35,10 @@ def main() -> None:
     print(f"model only: {ns.ticks} ticks, {n} samples, {model:,.0f} samples/s")
 
     with EmbeddedBroker(port=free_port()) as broker:
-        settings = Settings(kafka=KafkaSettings(bootstrap=broker.bootstrap),
-                            topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."))
+        settings = Settings(
+            kafka=KafkaSettings(bootstrap=broker.bootstrap),
+            topics=TopicSettings(prefix=f"bench{uuid.uuid4().hex[:6]}."),
+        )
         ensure_topics(settings)
         pub = TelemetryPublisher(settings.kafka, settings.topics.name("telemetry"))
         ticks = max(1, ns.ticks // 4)
@@ -47,8 +49,10 @@ def main() -> None:
         took = time.perf_counter() - t0
         pub.close()
         rate = pub.samples / took
-        print(f"published: {ticks} ticks ({pub.batches} batches, {pub.samples} samples) in {took:.2f}s: "
-              f"{rate:,.0f} samples/s, {ticks / took:,.0f} ticks/s (one flush per tick)")
+        print(
+            f"published: {ticks} ticks ({pub.batches} batches, {pub.samples} samples) in {took:.2f}s: "
+            f"{rate:,.0f} samples/s, {ticks / took:,.0f} ticks/s (one flush per tick)"
+        )
         print(f"ratio published/model: {rate / model:.2f}")
 
 

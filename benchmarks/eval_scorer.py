@@ -28,7 +28,14 @@ from types import ModuleType
 
 from river import anomaly, compose, preprocessing, stats
 
-from metaheal.streams.backtest import PROFILES, EventMetrics, NabResult, event_metrics, nab_score, nab_windows
+from metaheal.streams.backtest import (
+    PROFILES,
+    EventMetrics,
+    NabResult,
+    event_metrics,
+    nab_score,
+    nab_windows,
+)
 from metaheal.streams.scorer import AnomalyScorer
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +117,9 @@ class Report:
         return t, self.nab[profile][t].normalized
 
 
-def score_corpus(detector: Callable[[], Callable[[float, float], float]], corpus: Sequence) -> tuple[list[list[float]], float]:
+def score_corpus(
+    detector: Callable[[], Callable[[float, float], float]], corpus: Sequence
+) -> tuple[list[list[float]], float]:
     out, seconds = [], 0.0
     for series in corpus:
         fn = detector()
@@ -121,7 +130,10 @@ def score_corpus(detector: Callable[[], Callable[[float, float], float]], corpus
 
 
 def evaluate(
-    name: str, corpus: Sequence, thresholds: Sequence[float] = THRESHOLDS, profiles: Sequence[str] = ("standard", "reward_low_FP")
+    name: str,
+    corpus: Sequence,
+    thresholds: Sequence[float] = THRESHOLDS,
+    profiles: Sequence[str] = ("standard", "reward_low_FP"),
 ) -> Report:
     scores, seconds = score_corpus(DETECTORS[name], corpus)
     nab: dict[str, dict[float, NabResult]] = {p: {} for p in profiles}

@@ -70,9 +70,17 @@ def message(e: LedgerEntry | dict[str, Any]) -> bytes:
     if type(d["sequence"]) is int:
         try:
             text = _TEMPLATE % (
-                quote(d["action"]), quote(d["actor"]), quote(d["cycle_id"]), quote(d["key_id"]),
-                quote(d["payload"]), quote(d["prev_hash"]), quote(d["resource"]), quote(d["result"]),
-                d["sequence"], quote(d["subsystem"]), quote(d["timestamp"]),
+                quote(d["action"]),
+                quote(d["actor"]),
+                quote(d["cycle_id"]),
+                quote(d["key_id"]),
+                quote(d["payload"]),
+                quote(d["prev_hash"]),
+                quote(d["resource"]),
+                quote(d["result"]),
+                d["sequence"],
+                quote(d["subsystem"]),
+                quote(d["timestamp"]),
             )
             return DOMAIN + text.encode("utf-8")
         except (TypeError, UnicodeEncodeError):

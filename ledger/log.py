@@ -46,13 +46,19 @@ from metaheal.events import LedgerEntry
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.config import producer_config
 from metaheal.kafka.errors import KafkaUnavailable
-from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, AvroSerializer, DecodeError, check_header
+from metaheal.kafka.serializers import (
+    HEADER_LEN,
+    AvroDeserializer,
+    AvroSerializer,
+    DecodeError,
+    check_header,
+)
 from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
 from metaheal.ledger.index import TAIL_KEY, CycleIndex, index_partition
-from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.keys import KeyError_, KeyRegistry
+from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.sequencer import Sequencer
 from metaheal.topics import declared_topics
@@ -296,7 +302,7 @@ class ImmutableLog:
         offsets: list[int | None] = [None] * len(entries)
         errors: list[str] = []
 
-        def report(i: int):  # noqa: ANN202
+        def report(i: int):
             def cb(err: KafkaError | None, msg: Message) -> None:
                 if err is not None:
                     errors.append(str(err))
@@ -310,9 +316,12 @@ class ImmutableLog:
                 while True:
                     try:
                         producer.produce(
-                            self.topic, value=self._encode(e), key=record_key(e).encode(),
+                            self.topic,
+                            value=self._encode(e),
+                            key=record_key(e).encode(),
                             headers=[(k, v.encode()) for k, v in record_headers(e).items()],
-                            partition=0, on_delivery=report(i),
+                            partition=0,
+                            on_delivery=report(i),
                         )
                         break
                     except BufferError:
@@ -344,14 +353,24 @@ class ImmutableLog:
             parts = self._partitions()
             if self._dirty:
                 for cycle in self._dirty:
-                    producer.produce(self.index_topic, value=self._index.encode_rows(cycle), key=cycle.encode(),
-                                     partition=index_partition(cycle, parts), on_delivery=acked)
+                    producer.produce(
+                        self.index_topic,
+                        value=self._index.encode_rows(cycle),
+                        key=cycle.encode(),
+                        partition=index_partition(cycle, parts),
+                        on_delivery=acked,
+                    )
                 # The tail says "indexed up to here": it goes out only after every cycle record was
                 # acknowledged (they are on other partitions, so their order is not kept for us).
                 if producer.flush(self.timeout) or failed:
                     raise KafkaUnavailable(failed[0] if failed else "index records unacknowledged")
-            producer.produce(self.index_topic, value=json.dumps(tail.to_json()).encode(), key=TAIL_KEY.encode(),
-                             partition=0, on_delivery=acked)
+            producer.produce(
+                self.index_topic,
+                value=json.dumps(tail.to_json()).encode(),
+                key=TAIL_KEY.encode(),
+                partition=0,
+                on_delivery=acked,
+            )
             if producer.flush(self.timeout) or failed:
                 raise KafkaUnavailable(failed[0] if failed else "index tail unacknowledged")
             self._dirty.clear()
@@ -548,7 +567,7 @@ class ImmutableLog:
         check_header(value, self._decode.fingerprint, "LedgerEntry")
         try:
             d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode._parsed, None)
-        except Exception as exc:  # noqa: BLE001 - corrupt bytes are reported, not fatal
+        except Exception as exc:
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
         return SimpleNamespace(**d)
 
@@ -568,13 +587,20 @@ class ImmutableLog:
 
     def _new_sequencer(self) -> Sequencer:
         ls = self.settings.ledger
-        return Sequencer(checkpoint_every_entries=ls.checkpoint_every_entries,
-                         checkpoint_every_seconds=ls.checkpoint_every_seconds, origin=ls.origin)
+        return Sequencer(
+            checkpoint_every_entries=ls.checkpoint_every_entries,
+            checkpoint_every_seconds=ls.checkpoint_every_seconds,
+            origin=ls.origin,
+        )
 
     def _index_entry(self, e: LedgerEntry, offset: int) -> None:
         if self._index.add(
-            offset=offset, sequence=e.sequence, cycle_id=e.cycle_id, action=e.action,
-            subsystem=e.subsystem, timestamp=e.timestamp,
+            offset=offset,
+            sequence=e.sequence,
+            cycle_id=e.cycle_id,
+            action=e.action,
+            subsystem=e.subsystem,
+            timestamp=e.timestamp,
         ):
             self._dirty.add(e.cycle_id)
 
@@ -653,7 +679,8 @@ class ImmutableLog:
         with self._io:
             self._catch_up()
             rows = [
-                r for _, r in self._index.rows_with_action("execution_outcome")
+                r
+                for _, r in self._index.rows_with_action("execution_outcome")
                 if r[4] >= cutoff and (subsystem is None or r[3] == subsystem)
             ]
             rows.sort(key=lambda r: r[1])
@@ -663,9 +690,14 @@ class ImmutableLog:
         for e in self._decoded(msgs):
             rec = registry.get(e.key_id)
             ok = (
-                rec is not None and rec.actor == e.actor and not rec.revoked and rec.valid_at(e.timestamp)
-                and e.action == "execution_outcome" and allowed(e.actor, e.action)
-                and entry_hash(e) == e.entry_hash and rec.verify(message(e), e.signature)
+                rec is not None
+                and rec.actor == e.actor
+                and not rec.revoked
+                and rec.valid_at(e.timestamp)
+                and e.action == "execution_outcome"
+                and allowed(e.actor, e.action)
+                and entry_hash(e) == e.entry_hash
+                and rec.verify(message(e), e.signature)
             )
             if ok:
                 out.append(e)
@@ -677,10 +709,13 @@ class ImmutableLog:
 def _advance(t: Sequencer, e: LedgerEntry, offset: int) -> None:
     """Chain a record found after the stored tail onto the resumed state; never reuse a sequence."""
     if e.sequence < t.next_sequence:
-        logger.debug("ledger_record_behind_tail sequence=%d next=%d offset=%d", e.sequence, t.next_sequence,
-                       offset)
+        logger.debug("ledger_record_behind_tail sequence=%d next=%d offset=%d", e.sequence, t.next_sequence, offset)
         return
     if e.sequence > t.next_sequence or e.prev_hash != t.prev_hash or entry_hash(e) != e.entry_hash:
-        logger.error("ledger_chain_break sequence=%d expected=%d offset=%d (run metaheal ledger verify)",
-                     e.sequence, t.next_sequence, offset)
+        logger.error(
+            "ledger_chain_break sequence=%d expected=%d offset=%d (run metaheal ledger verify)",
+            e.sequence,
+            t.next_sequence,
+            offset,
+        )
     t.follow(e, offset)

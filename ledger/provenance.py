@@ -41,9 +41,21 @@ CYCLE_CONTEXT = ("cycle_focus_decided", "advice_provided", "guardrail_changed")
 
 def _entry(seq: int, actor: str, action: str, payload: dict[str, Any], cycle: str) -> LedgerEntry:
     """A bare entry for examples (not signed)."""
-    return LedgerEntry(sequence=seq, timestamp="", cycle_id=cycle, actor=actor, action=action, resource="",
-                       subsystem="", payload=json.dumps(payload), result=str(payload.get("result", "ok")),
-                       key_id="k", prev_hash="", entry_hash="", signature="0" * 128)
+    return LedgerEntry(
+        sequence=seq,
+        timestamp="",
+        cycle_id=cycle,
+        actor=actor,
+        action=action,
+        resource="",
+        subsystem="",
+        payload=json.dumps(payload),
+        result=str(payload.get("result", "ok")),
+        key_id="k",
+        prev_hash="",
+        entry_hash="",
+        signature="0" * 128,
+    )
 
 
 def _payload(e: LedgerEntry) -> dict[str, Any]:
@@ -103,7 +115,9 @@ def _line(e: LedgerEntry, p: dict[str, Any]) -> list[str]:
             out.append(f"ML recommendation: {b.get('name')} (score {b.get('score')}, confidence {b.get('confidence')})")
         return out or ["ML advice: none"]
     if a == "directive_issued":
-        return [f"directive {p.get('directive_id', '?')} -> {p.get('service', '?')} (confidence {p.get('confidence', '?')})"]
+        return [
+            f"directive {p.get('directive_id', '?')} -> {p.get('service', '?')} (confidence {p.get('confidence', '?')})"
+        ]
     if a == "plan_created":
         return [f"plan {p.get('plan_id', '?')}: playbook {p.get('playbook', p.get('selected_playbook', '?'))}"]
     if a in ("trust_checked", "trust_violation"):
@@ -113,8 +127,10 @@ def _line(e: LedgerEntry, p: dict[str, Any]) -> list[str]:
     if a in ("approval_requested", "approval_decided", "approval_received"):
         return [f"{a.replace('_', ' ')}: {p.get('decision', e.result)} by {p.get('operator', e.actor)}"]
     if a == "execution_outcome":
-        return [f"outcome {p.get('outcome_id', '?')}: {p.get('result', e.result)}",
-                f"signature: {e.actor} key {e.key_id}, {e.signature[:20]}…"]
+        return [
+            f"outcome {p.get('outcome_id', '?')}: {p.get('result', e.result)}",
+            f"signature: {e.actor} key {e.key_id}, {e.signature[:20]}…",
+        ]
     return [f"{a.replace('_', ' ')}: {e.result}"]
 
 

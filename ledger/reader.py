@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka import Consumer as _Consumer
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config

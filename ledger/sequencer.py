@@ -58,12 +58,23 @@ class Sequencer:
         self.frontier.append(leaf_hash(bytes.fromhex(e.entry_hash)))
         self.next_sequence, self.prev_hash = e.sequence + 1, e.entry_hash
 
-    def add(self, fields: dict[str, Any], signer: Signer, checkpoint_signer: Signer | None = None,
-            timestamp: str | None = None) -> list[LedgerEntry]:
+    def add(
+        self,
+        fields: dict[str, Any],
+        signer: Signer,
+        checkpoint_signer: Signer | None = None,
+        timestamp: str | None = None,
+    ) -> list[LedgerEntry]:
         """Seal one entry; returns it, followed by a checkpoint entry when one is due."""
         key_id, sk = signer
-        e = seal(sequence=self.next_sequence, timestamp=timestamp or utc_now(), key_id=key_id,
-                 prev_hash=self.prev_hash, signing_key=sk, **fields)
+        e = seal(
+            sequence=self.next_sequence,
+            timestamp=timestamp or utc_now(),
+            key_id=key_id,
+            prev_hash=self.prev_hash,
+            signing_key=sk,
+            **fields,
+        )
         self._push(e)
         self.since_checkpoint += 1
         out = [e]
@@ -84,9 +95,20 @@ class Sequencer:
             "root": base64.b64encode(root).decode(),
             "note": sign_note(self.origin, self.frontier.size, root, sk),
         }
-        c = seal(sequence=self.next_sequence, timestamp=timestamp or utc_now(), cycle_id=CHECKPOINT_CYCLE,
-                 actor="ledger", action="checkpoint", resource=resource, subsystem="ledger", payload=payload,
-                 result="ok", key_id=key_id, prev_hash=self.prev_hash, signing_key=sk)
+        c = seal(
+            sequence=self.next_sequence,
+            timestamp=timestamp or utc_now(),
+            cycle_id=CHECKPOINT_CYCLE,
+            actor="ledger",
+            action="checkpoint",
+            resource=resource,
+            subsystem="ledger",
+            payload=payload,
+            result="ok",
+            key_id=key_id,
+            prev_hash=self.prev_hash,
+            signing_key=sk,
+        )
         self._push(c)
         self.since_checkpoint, self.checkpoint_at = 0, self.clock()
         self.checkpoint = {"sequence": c.sequence, **payload}

@@ -32,16 +32,20 @@ from nacl.signing import VerifyKey
 from metaheal.config import Settings
 from metaheal.events import LedgerEntry
 from metaheal.kafka import KafkaUnavailable
-from metaheal.ledger.reader import PartitionReader
-from metaheal.kafka.serializers import HEADER_LEN, AvroDeserializer, DecodeError, check_header
+from metaheal.kafka.serializers import (
+    HEADER_LEN,
+    AvroDeserializer,
+    DecodeError,
+    check_header,
+)
 from metaheal.ledger.authz import allowed
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import GENESIS, message
-from metaheal.ledger.index import TAIL_KEY
 from metaheal.ledger.checkpoint import NoteError, parse_note, verify_note
+from metaheal.ledger.index import TAIL_KEY
 from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.merkle import Frontier, leaf_hash
-
+from metaheal.ledger.reader import PartitionReader
 
 _HEADERS = ("cycle_id", "actor", "action", "signature")
 
@@ -90,7 +94,9 @@ class Witness:
 class Verifier:
     """Feed records in offset order, then :meth:`finish` for the report."""
 
-    def __init__(self, registry: KeyRegistry, *, since: int = 0, origin: str | None = None, strict: bool = False) -> None:
+    def __init__(
+        self, registry: KeyRegistry, *, since: int = 0, origin: str | None = None, strict: bool = False
+    ) -> None:
         self.registry = registry
         self.strict = strict  # also require payloads in canonical form (costs about as much as the signature check)
         self.since = since
@@ -116,15 +122,16 @@ class Verifier:
         check_header(value, self._fp, "LedgerEntry")
         try:
             d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._schema, None)
-        except Exception as exc:  # noqa: BLE001 - any corruption is a finding, not a crash
+        except Exception as exc:
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
         return d  # type: ignore[return-value]
 
     def feed(self, r: RawRecord) -> None:
         key = (r.key or b"").decode("utf-8", "replace")
         if r.value is None:
-            self._add(_key_sequence(key), r.offset, "tombstone",
-                      f"null value for key {key!r} (an attempt to erase an entry)")
+            self._add(
+                _key_sequence(key), r.offset, "tombstone", f"null value for key {key!r} (an attempt to erase an entry)"
+            )
             return
         try:
             d = self._decode(r.value)
@@ -248,13 +255,21 @@ class Verifier:
         for w in witnesses:
             have = len(self.leaves)
             if w.size > have:
-                self._add(have, None, "truncated",
-                          f"{w.source} commits to {w.size} entries but the ledger holds {have} in sequence")
+                self._add(
+                    have,
+                    None,
+                    "truncated",
+                    f"{w.source} commits to {w.size} entries but the ledger holds {have} in sequence",
+                )
             else:
                 root = self.root(w.size)
                 if root is not None and root != w.root:
-                    self._add(w.size - 1 if w.size else None, None, "history rewritten",
-                              f"the first {w.size} entries do not match {w.source}")
+                    self._add(
+                        w.size - 1 if w.size else None,
+                        None,
+                        "history rewritten",
+                        f"the first {w.size} entries do not match {w.source}",
+                    )
         last = self.expected - 1 if self.expected else None
         self.findings.sort(key=lambda f: (f.sequence if f.sequence is not None else -1, f.offset or 0))
         return Report(self.findings, self.entries, last, self.checkpoints)
@@ -355,4 +370,14 @@ def verify_ledger(
     return verify_records(read_raw(settings), registry, since=since, witnesses=witnesses, cycle=cycle, strict=strict)
 
 
-__all__ = ["Finding", "RawRecord", "Report", "Verifier", "Witness", "read_raw", "stored_witness", "verify_ledger", "verify_records"]
+__all__ = [
+    "Finding",
+    "RawRecord",
+    "Report",
+    "Verifier",
+    "Witness",
+    "read_raw",
+    "stored_witness",
+    "verify_ledger",
+    "verify_records",
+]

@@ -66,11 +66,13 @@ class CycleSettings(_Section):
     focus_decision_min_confidence: float = Field(0.70, ge=0, le=1)
     advice_wait_seconds: float = Field(5.0, ge=0)
     strong_anomaly_score: float = Field(0.99, ge=0, le=1)
-    # meta loop (agents/meta_loop.py)
+    # meta loop (agents/meta/loop.py)
     evidence_window_seconds: float = Field(300.0, gt=0, description="how far back health/anomalies count as evidence")
     lease_seconds: float = Field(10.0, gt=0, description="leader lease on the control topic; heartbeats every third")
     stable_cycles_to_loosen: int = Field(3, ge=1, description="quiet cycles in a row before loosening one level")
-    min_outcomes_for_guardrails: int = Field(3, ge=1, description="outcomes needed before success rates move guardrails")
+    min_outcomes_for_guardrails: int = Field(
+        3, ge=1, description="outcomes needed before success rates move guardrails"
+    )
     learning_half_life_seconds: float = Field(3600.0, gt=0, description="recency weighting of outcomes")
 
 
@@ -115,7 +117,9 @@ class MLSettings(_Section):
     ml_min_confidence: float = Field(0.65, ge=0, le=1)
     # advisors (agents/advisors/)
     knowledge_map: Path | None = Field(None, description="YAML symptoms->causes map replacing the built-in one")
-    lookback_seconds: float = Field(300.0, gt=0, description="anomalies/health this far before a cycle are its evidence")
+    lookback_seconds: float = Field(
+        300.0, gt=0, description="anomalies/health this far before a cycle are its evidence"
+    )
     unknown_below: float = Field(0.35, ge=0, le=1, description="report 'unknown' when no cause is this probable")
     learned_weight_halfway: float = Field(20.0, gt=0, description="confirmed outcomes at which learned = map weight")
     prior_pseudo_count: float = Field(8.0, gt=0, description="weight of a playbook's prior_success, in outcomes")
@@ -139,9 +143,12 @@ class StreamSettings(_Section):
     fetch_max_wait_ms: int = Field(20, ge=1, description="how long a telemetry fetch may wait for data (latency)")
     max_batch_records: int = Field(500, ge=1, description="records processed between two state writes at most")
     flush_interval_seconds: float = Field(0.2, gt=0, description="longest time between two state writes")
-    checkpoint_interval_seconds: float = Field(5.0, ge=0, description="wall time between two model checkpoints of a series")
+    checkpoint_interval_seconds: float = Field(
+        5.0, ge=0, description="wall time between two model checkpoints of a series"
+    )
     idle_close: bool = Field(
-        False, description="close a service's open windows once it sent nothing for window + allowed lateness (wall time)"
+        False,
+        description="close a service's open windows once it sent nothing for window + allowed lateness (wall time)",
     )
 
 
@@ -181,8 +188,12 @@ class ExecutorSettings(_Section):
     max_actions_per_hour: int = Field(6, ge=0)
     rate_limits: dict[str, int] = Field(default_factory=dict, description="per-service max actions/hour overrides")
     freeze_windows: list[FreezeWindow] = Field(default_factory=list)
-    allow_playbooks: dict[str, list[str]] = Field(default_factory=dict, description="service ('*' = any) -> allowed playbooks")
-    deny_playbooks: dict[str, list[str]] = Field(default_factory=dict, description="service ('*' = any) -> denied playbooks")
+    allow_playbooks: dict[str, list[str]] = Field(
+        default_factory=dict, description="service ('*' = any) -> allowed playbooks"
+    )
+    deny_playbooks: dict[str, list[str]] = Field(
+        default_factory=dict, description="service ('*' = any) -> denied playbooks"
+    )
     approval_expiry_seconds: float = Field(900.0, gt=0)
     max_concurrent_plans: int = Field(8, gt=0)
 
@@ -190,7 +201,9 @@ class ExecutorSettings(_Section):
 class OperatorSettings(_Section):
     name: str
     public_key: str = Field(description="Ed25519 public key, hex")
-    services: list[str] = Field(default_factory=lambda: ["*"], description="services this operator may approve; '*' = all")
+    services: list[str] = Field(
+        default_factory=lambda: ["*"], description="services this operator may approve; '*' = all"
+    )
 
 
 class Settings(BaseSettings):
@@ -267,7 +280,9 @@ def _check_yaml(path: Path) -> None:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}:{where} YAML syntax error: {problem}") from None
     if doc is not None and not isinstance(doc, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (kafka, topics, ...), got a {type(doc).__name__}")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections (kafka, topics, ...), got a {type(doc).__name__}"
+        )
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

@@ -45,17 +45,32 @@ from metaheal.events import (
     SignedOutcome,
 )
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.serializers import (
+    AvroDeserializer,
+    AvroSerializer,
+    DecodeError,
+    EventDecoder,
+)
 from metaheal.kafka.tail import TopicTail
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError, EventDecoder
 
 logger = logging.getLogger(__name__)
 
 DEMO_OPERATOR = "demo-operator"
 #: ledger actions worth a timeline line (the rest duplicate a topic line)
 LEDGER_SHOWN = {
-    "guardrail_changed", "trust_checked", "trust_violation", "approval_requested", "approval_decided",
-    "approval_received", "execution_started", "step_executed", "verification_result", "rollback_executed",
-    "execution_outcome", "learning_update", "plan_recovered",
+    "guardrail_changed",
+    "trust_checked",
+    "trust_violation",
+    "approval_requested",
+    "approval_decided",
+    "approval_received",
+    "execution_started",
+    "step_executed",
+    "verification_result",
+    "rollback_executed",
+    "execution_outcome",
+    "learning_update",
+    "plan_recovered",
 }
 TIMELINE_TOPICS = ("anomalies", "cycles", "probes", "advice", "directives", "plans", "approvals", "outcomes", "ledger")
 
@@ -70,9 +85,19 @@ def fault_flow(scenario: str) -> Flow:
 
     names = [name for name, _ in SCENARIOS[scenario]]
     fixed_by = FAULTS[names[0]].fixed_by if names else ()
-    focus = {"traffic_surge": "capacity_strain", "bad_deployment": "error_spike", "upstream_outage": "dependency_health"}
-    return Flow(scenario, scenario, focus.get(names[0] if names else "", "latency_drift"),
-                fixed_by[0] if fixed_by else None, False, f"Fault {scenario} -> {', '.join(fixed_by) or '?'}")
+    focus = {
+        "traffic_surge": "capacity_strain",
+        "bad_deployment": "error_spike",
+        "upstream_outage": "dependency_health",
+    }
+    return Flow(
+        scenario,
+        scenario,
+        focus.get(names[0] if names else "", "latency_drift"),
+        fixed_by[0] if fixed_by else None,
+        False,
+        f"Fault {scenario} -> {', '.join(fixed_by) or '?'}",
+    )
 
 
 def affected_services(faulty: list[str], dependencies: dict[str, list[str]]) -> set[str]:
@@ -84,7 +109,7 @@ def affected_services(faulty: list[str], dependencies: dict[str, list[str]]) -> 
     >>> sorted(affected_services(["db"], deps)), sorted(affected_services(["web"], deps))
     (['api', 'db', 'web'], ['api', 'cache', 'db', 'web'])
     """
-    from metaheal.agents.focus import related
+    from metaheal.agents.common.graph import related
 
     return related(faulty, dependencies)
 
@@ -92,7 +117,7 @@ def affected_services(faulty: list[str], dependencies: dict[str, list[str]]) -> 
 def _detects(a: AnomalyScore, since: float) -> bool:
     """A crossed anomaly on a sample taken after ``since``, in the unhealthy direction where there is one
     (more instances after a scale-out, or latency falling after a fix, detect nothing)."""
-    from metaheal.agents.focus import UNHEALTHY_DIRECTION
+    from metaheal.agents.meta.focus import UNHEALTHY_DIRECTION
 
     direction = UNHEALTHY_DIRECTION.get(a.signal or "", 0)
     return a.crossed and a.ts >= since and (not direction or (a.value - a.baseline) * direction > 0)
@@ -113,12 +138,30 @@ class Flow:
 
 
 FLOWS: tuple[Flow, ...] = (
-    Flow("latency", "latency_drift", "latency_drift", "scale_up_instances", False,
-         "Latency drift under rising load -> scale_up_instances, auto-approved"),
-    Flow("errors", "error_spike", "error_spike", "rollback_flag", True,
-         "Error spike after a bad deployment -> rollback_flag, with operator approval"),
-    Flow("quiet", None, "routine_maintenance", None, False,
-         "Quiet period -> routine_maintenance, guardrails maintain, no directive"),
+    Flow(
+        "latency",
+        "latency_drift",
+        "latency_drift",
+        "scale_up_instances",
+        False,
+        "Latency drift under rising load -> scale_up_instances, auto-approved",
+    ),
+    Flow(
+        "errors",
+        "error_spike",
+        "error_spike",
+        "rollback_flag",
+        True,
+        "Error spike after a bad deployment -> rollback_flag, with operator approval",
+    ),
+    Flow(
+        "quiet",
+        None,
+        "routine_maintenance",
+        None,
+        False,
+        "Quiet period -> routine_maintenance, guardrails maintain, no directive",
+    ),
 )
 
 
@@ -204,41 +247,52 @@ class Timeline(TopicTail):
             if last is not None and at - last < self.anomaly_quiet_seconds:
                 return None
             dep = f"{{dependency={e.labels['dependency']}}}" if "dependency" in e.labels else ""
-            return (f"[streams]   anomaly  {e.service} {e.metric}{dep} = {e.value:.4g} vs baseline {e.baseline:.4g} "
-                    f"(score {e.score:.4f}, {e.signal or 'unknown'})")
+            return (
+                f"[streams]   anomaly  {e.service} {e.metric}{dep} = {e.value:.4g} vs baseline {e.baseline:.4g} "
+                f"(score {e.score:.4f}, {e.signal or 'unknown'})"
+            )
         if isinstance(e, CycleFocus):
             probes = ", ".join(e.extra_probes) or "none"
             targets = ", ".join(e.target_services) or "-"
-            return (f"[meta]      cycle {e.cycle_id}: focus {e.focus_area} (confidence {e.confidence:.2f}), "
-                    f"guardrails {e.guardrail_adjustment} -> {e.guardrail_level}, probes {probes}, "
-                    f"budget {e.time_budget_seconds}s, targets {targets}; {e.reasoning[0] if e.reasoning else ''}")
+            return (
+                f"[meta]      cycle {e.cycle_id}: focus {e.focus_area} (confidence {e.confidence:.2f}), "
+                f"guardrails {e.guardrail_adjustment} -> {e.guardrail_level}, probes {probes}, "
+                f"budget {e.time_budget_seconds}s, targets {targets}; {e.reasoning[0] if e.reasoning else ''}"
+            )
         if isinstance(e, ProbeCommand):
-            return (f"[meta]      probe {e.probe} {'on' if e.enabled else 'off'} for {', '.join(e.services) or 'all'} "
-                    f"(ttl {e.ttl_seconds}s)")
+            return (
+                f"[meta]      probe {e.probe} {'on' if e.enabled else 'off'} for {', '.join(e.services) or 'all'} "
+                f"(ttl {e.ttl_seconds}s)"
+            )
         if isinstance(e, MLAdvice):
             causes = ", ".join(f"{c.cause} {c.probability:.2f}" for c in e.root_cause_candidates[:3]) or "-"
             books = ", ".join(f"{p.name} {p.score:.2f}" for p in e.ranked_playbooks[:3]) or "-"
             return f"[advisors]  advice for {e.cycle_id}: root causes {causes}; playbooks {books}"
         if isinstance(e, Directive):
-            return (f"[meta]      directive {e.directive_id} -> {e.service}: {e.focus_area}, guardrails "
-                    f"{e.guardrail_level}, recommended {', '.join(e.ml_advice.recommended_playbooks[:3]) or '-'} "
-                    f"(confidence {e.confidence:.2f})")
+            return (
+                f"[meta]      directive {e.directive_id} -> {e.service}: {e.focus_area}, guardrails "
+                f"{e.guardrail_level}, recommended {', '.join(e.ml_advice.recommended_playbooks[:3]) or '-'} "
+                f"(confidence {e.confidence:.2f})"
+            )
         if isinstance(e, AgenticPlan):
             trust = "needs human approval" if e.trust_approval_required else "auto-approved by trust check"
-            return (f"[agentic]   plan {e.plan_id}: {e.selected_playbook} on {e.service}, "
-                    f"{len(e.steps)} step(s), impact {e.risk_assessment.impact}, blast radius "
-                    f"{e.risk_assessment.blast_radius}, confidence {e.confidence:.2f} -> {trust}")
+            return (
+                f"[agentic]   plan {e.plan_id}: {e.selected_playbook} on {e.service}, "
+                f"{len(e.steps)} step(s), impact {e.risk_assessment.impact}, blast radius "
+                f"{e.risk_assessment.blast_radius}, confidence {e.confidence:.2f} -> {trust}"
+            )
         if isinstance(e, ApprovalRequest):
             return f"[agentic]   approval requested {e.request_id} for {e.playbook} on {e.service}: {e.reason}"
         if isinstance(e, ApprovalDecision):
             verb = "approves" if e.decision == "approve" else "denies"
-            return (f"[operator]  {e.operator} {verb} plan {e.plan_id} (signed, key {e.key_id[:12]}): "
-                    f"{e.reason}")
+            return f"[operator]  {e.operator} {verb} plan {e.plan_id} (signed, key {e.key_id[:12]}): {e.reason}"
         if isinstance(e, SignedOutcome):
             verified = {True: "verified", False: "verification failed", None: "not verified"}[e.verification_passed]
-            lines = (f"[executor]  outcome {e.result.upper()}: {e.playbook} on {e.service} in {e.duration_seconds:.1f}s, "
-                     f"{verified}, trust {e.trust_decision}, signed by {e.actor}"
-                     + (f" (ledger #{e.ledger_sequence})" if e.ledger_sequence is not None else ""))
+            lines = (
+                f"[executor]  outcome {e.result.upper()}: {e.playbook} on {e.service} in {e.duration_seconds:.1f}s, "
+                f"{verified}, trust {e.trust_decision}, signed by {e.actor}"
+                + (f" (ledger #{e.ledger_sequence})" if e.ledger_sequence is not None else "")
+            )
             for insight in e.learned_insights[:2]:
                 lines += f"\n{fmt_clock(at)}  [learning]  {insight}"
             return lines
@@ -355,10 +409,18 @@ class Driver:
                 if s.at < t0:
                     continue
                 e = s.event
-                if (isinstance(e, AnomalyScore) and res.detected_at is None and _detects(e, t0)
-                        and (not affected or e.service in affected)):
+                if (
+                    isinstance(e, AnomalyScore)
+                    and res.detected_at is None
+                    and _detects(e, t0)
+                    and (not affected or e.service in affected)
+                ):
                     res.detected_at = s.at  # detected: the first crossed anomaly on a service the fault affects
-                if isinstance(e, CycleFocus) and e.focus_area != "routine_maintenance" and e.cycle_id not in res.cycle_ids:
+                if (
+                    isinstance(e, CycleFocus)
+                    and e.focus_area != "routine_maintenance"
+                    and e.cycle_id not in res.cycle_ids
+                ):
                     res.cycle_ids.append(e.cycle_id)
                     # ... or the first cycle that puts such a service in focus
                     if res.detected_at is None and (not affected or set(e.target_services) & affected):
@@ -380,15 +442,23 @@ class Driver:
                             res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
                             res.key_cycles = list(dict.fromkeys([*res.cycle_ids[:1], e.cycle_id]))
                         else:
-                            logger.info("demo outcome_not_healing playbook=%s service=%s still=%s",
-                                        e.playbook, e.service, unhealthy)
+                            logger.info(
+                                "demo outcome_not_healing playbook=%s service=%s still=%s",
+                                e.playbook,
+                                e.service,
+                                unhealthy,
+                            )
             index = len(events)
             if res.ok:
                 break
             await asyncio.sleep(0.2)
         if off_focus:
-            res.notes.append("cycles focused elsewhere than " + flow.expect_focus + ": "
-                             + ", ".join(f"{k} x{n}" for k, n in off_focus.items()))
+            res.notes.append(
+                "cycles focused elsewhere than "
+                + flow.expect_focus
+                + ": "
+                + ", ".join(f"{k} x{n}" for k, n in off_focus.items())
+            )
         services_hit = sorted({d.service for d in directives.values()} - set(targets))
         if services_hit:
             res.notes.append(f"directives also went to {', '.join(services_hit)} (fault is on {', '.join(targets)})")
@@ -400,8 +470,15 @@ class Driver:
             if flow.expect_playbook and res.playbook != flow.expect_playbook:
                 res.notes.append(f"healed by {res.playbook}, the design expects {flow.expect_playbook}")
             return res
-        stage = ("no anomaly or cycle focus" if res.detected_at is None else
-                 "no directive" if not directives else "no outcome" if not outcomes else "no verified fix")
+        stage = (
+            "no anomaly or cycle focus"
+            if res.detected_at is None
+            else "no directive"
+            if not directives
+            else "no outcome"
+            if not outcomes
+            else "no verified fix"
+        )
         res.reasons.append(f"not healed within {self.flow_timeout:.0f}s: {stage}")
         tally: dict[str, int] = {}
         for o in outcomes:
@@ -446,20 +523,35 @@ class Driver:
                 pass
 
     async def _answer(self, req: ApprovalRequest) -> str:
-        from metaheal.agents.approvals import load_signing_key, sign_decision
+        from metaheal.agents.executor.approvals import load_signing_key, sign_decision
 
         problem = await self._health(req.service)
         decision = "approve" if problem is not None else "deny"
         verb = "APPROVES" if decision == "approve" else "DENIES"
-        why = (f"{req.service} is degraded ({problem})" if problem is not None
-               else f"{req.service} is healthy: nothing to fix there")
-        self.say(f"the demo plays the operator '{DEMO_OPERATOR}' and {verb} {req.request_id} "
-                 f"({req.playbook} on {req.service}) with the demo operator key: {why}")
+        why = (
+            f"{req.service} is degraded ({problem})"
+            if problem is not None
+            else f"{req.service} is healthy: nothing to fix there"
+        )
+        self.say(
+            f"the demo plays the operator '{DEMO_OPERATOR}' and {verb} {req.request_id} "
+            f"({req.playbook} on {req.service}) with the demo operator key: {why}"
+        )
         key = load_signing_key(self.operator_key_path)
-        signed = sign_decision(key, plan_id=req.plan_id, request_id=req.request_id, operator=DEMO_OPERATOR,
-                               decision=decision, reason=f"demo operator: {why}"[:300])
-        await asyncio.to_thread(self._producer.send, self.settings.topics.name("approvals"),
-                                AvroSerializer(ApprovalDecision)(signed), req.plan_id)
+        signed = sign_decision(
+            key,
+            plan_id=req.plan_id,
+            request_id=req.request_id,
+            operator=DEMO_OPERATOR,
+            decision=decision,
+            reason=f"demo operator: {why}"[:300],
+        )
+        await asyncio.to_thread(
+            self._producer.send,
+            self.settings.topics.name("approvals"),
+            AvroSerializer(ApprovalDecision)(signed),
+            req.plan_id,
+        )
         return decision
 
     async def _health(self, service: str) -> str | None:
@@ -478,8 +570,11 @@ class Driver:
         seen_cycles = 0
         off: dict[str, int] = {}
         while time.monotonic() < deadline:
-            s = await self.timeline.wait_for(lambda x: isinstance(x.event, CycleFocus), after=res.started_at,
-                                             timeout=max(0.0, deadline - time.monotonic()))
+            s = await self.timeline.wait_for(
+                lambda x: isinstance(x.event, CycleFocus),
+                after=res.started_at,
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
             if s is None:
                 break
             e = s.event
@@ -492,22 +587,28 @@ class Driver:
                 continue
             # give the meta loop time to (not) issue a directive for this cycle
             await asyncio.sleep(self.settings.cycle.advice_wait_seconds + 2.0)
-            directives = [x for x in self.timeline.snapshot()
-                          if isinstance(x.event, Directive) and x.event.cycle_id == e.cycle_id]
+            directives = [
+                x for x in self.timeline.snapshot() if isinstance(x.event, Directive) and x.event.cycle_id == e.cycle_id
+            ]
             if directives:
                 res.reasons.append(f"routine cycle {e.cycle_id} issued {len(directives)} directive(s)")
             if off:
                 res.notes.append("cycles before it focused on " + ", ".join(f"{k} x{n}" for k, n in off.items()))
             # the design's quiet flow maintains the guardrails; the level may still be tight from a spike
-            res.notes.append(f"guardrails {e.guardrail_adjustment} at level {e.guardrail_level}"
-                             + ("" if e.guardrail_adjustment == "maintain" else " (the design shows maintain)"))
+            res.notes.append(
+                f"guardrails {e.guardrail_adjustment} at level {e.guardrail_level}"
+                + ("" if e.guardrail_adjustment == "maintain" else " (the design shows maintain)")
+            )
             res.ok = not res.reasons
             res.key_cycles = [e.cycle_id]
             res.fixed_at = s.at
             res.started_at = s.at
             return res
-        res.reasons.append(f"no routine_maintenance cycle within {self.flow_timeout:.0f}s ({seen_cycles} cycle(s): "
-                           + ", ".join(f"{k} x{n}" for k, n in off.items()) + ")")
+        res.reasons.append(
+            f"no routine_maintenance cycle within {self.flow_timeout:.0f}s ({seen_cycles} cycle(s): "
+            + ", ".join(f"{k} x{n}" for k, n in off.items())
+            + ")"
+        )
         return res
 
     def close(self) -> None:
@@ -573,7 +674,14 @@ async def run_demo(
 ) -> DemoReport:
     """Everything after the broker exists: topics, keys, simulator, components, flows, audit, summary."""
     from metaheal.ledger.keys import init_system_keys
-    from metaheal.runtime import ALL_ROLES, ComponentFailed, RoleUnavailable, Runtime, resolve_playbooks, write_settings
+    from metaheal.runtime import (
+        ALL_ROLES,
+        ComponentFailed,
+        RoleUnavailable,
+        Runtime,
+        resolve_playbooks,
+        write_settings,
+    )
     from metaheal.simulator.runner import Simulator
     from metaheal.topics import ensure_topics
 
@@ -583,13 +691,16 @@ async def run_demo(
     await asyncio.to_thread(ensure_topics, settings)
     await asyncio.to_thread(init_system_keys, settings.keys)
     operator_key = await asyncio.to_thread(add_demo_operator, settings)
-    sim = Simulator(settings, seed=seed, interval=0.5, ready_delay=3.0, restart_seconds=3.0, day_amplitude=0.03,
-                    day_seconds=600.0)
+    sim = Simulator(
+        settings, seed=seed, interval=0.5, ready_delay=3.0, restart_seconds=3.0, day_amplitude=0.03, day_seconds=600.0
+    )
     await sim.start()
     settings.services = sim.services_config()
     config_path = write_settings(settings, workdir / "metaheal.yaml")
-    emit(f"{fmt_clock(time.time())}  [demo]      topics {settings.topics.prefix}*, keys and config in {workdir} "
-         f"({config_path.name}); fleet: " + ", ".join(f"{s.name}@{s.admin_url}" for s in settings.services))
+    emit(
+        f"{fmt_clock(time.time())}  [demo]      topics {settings.topics.prefix}*, keys and config in {workdir} "
+        f"({config_path.name}); fleet: " + ", ".join(f"{s.name}@{s.admin_url}" for s in settings.services)
+    )
     runtime = Runtime(settings, list(ALL_ROLES), workdir=workdir, explicit=True, log_dir=workdir)
     try:
         await runtime.start()
@@ -603,7 +714,9 @@ async def run_demo(
     from metaheal.runtime import Component, run_components
 
     system = asyncio.create_task(run_components([Component("simulator", sim), *runtime.components], stop))
-    driver = Driver(settings, timeline, sim.inject, operator_key_path=operator_key, emit=emit, flow_timeout=flow_timeout)
+    driver = Driver(
+        settings, timeline, sim.inject, operator_key_path=operator_key, emit=emit, flow_timeout=flow_timeout
+    )
     operator = asyncio.create_task(driver.operator(stop))
     try:
         driver.say(f"warming up: baselines for {warmup_seconds:.0f}s, then the first cycle")
@@ -632,8 +745,10 @@ async def run_demo(
                     # there): a later flow's rollback would bring it back into that flow. Its root cause is
                     # repaired behind the scenes, as the owning team would; the remediation stays in place.
                     sim.fleet.clear_faults()
-                    driver.say("the healed fault's root cause was repaired behind the scenes before the next flow "
-                               "(the remediation stays in place)")
+                    driver.say(
+                        "the healed fault's root cause was repaired behind the scenes before the next flow "
+                        "(the remediation stays in place)"
+                    )
     finally:
         stop.set()
         await operator
@@ -679,8 +794,14 @@ async def _cli(workdir: Path, *args: str, timeout: float = 120.0) -> tuple[int, 
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from metaheal.cli import main; main()", *args,
-        cwd=workdir, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-c",
+        "from metaheal.cli import main; main()",
+        *args,
+        cwd=workdir,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -704,11 +825,15 @@ def summarize(report: DemoReport, emit: Callable[[str], None], workdir: Path) ->
             extra += " | " + "; ".join(r.notes)
         if r.reasons:
             extra += " | " + "; ".join(r.reasons)
-        emit(f"{r.flow.name:<{width}} {result:<8} {r.seconds(r.detected_at):>10} {r.seconds(r.directive_at):>10} "
-             f"{r.seconds(r.fixed_at):>13}  {extra}")
-    emit("(seconds from the fault injection to: the first crossed anomaly or cycle focus on a service the fault affects"
-         " (the faulty service, its callers or what it calls), the first directive, the verified outcome after which"
-         " the whole fleet is healthy)")
+        emit(
+            f"{r.flow.name:<{width}} {result:<8} {r.seconds(r.detected_at):>10} {r.seconds(r.directive_at):>10} "
+            f"{r.seconds(r.fixed_at):>13}  {extra}"
+        )
+    emit(
+        "(seconds from the fault injection to: the first crossed anomaly or cycle focus on a service the fault affects"
+        " (the faulty service, its callers or what it calls), the first directive, the verified outcome after which"
+        " the whole fleet is healthy)"
+    )
     for b in report.blocked:
         emit(f"BLOCKED: {b}")
     if report.verify_clean is False:

@@ -70,13 +70,17 @@ def durable_broker(
         env: dict[str, str] = {}
         if data_dir is not None:
             data_dir = data_dir.resolve()
-            s3 = LocalS3(data_dir, host="127.0.0.1", bucket=BUCKET,
-                         log_path=log_dir / "s3rver.log" if log_dir else None)
+            s3 = LocalS3(
+                data_dir, host="127.0.0.1", bucket=BUCKET, log_path=log_dir / "s3rver.log" if log_dir else None
+            )
             stack.callback(s3.stop)  # registered first: an interrupt during start still stops it
             s3.start(timeout=timeout)
             env = s3.aws_env()
         broker = EmbeddedBroker(
-            host=host, port=port, storage=storage_url(data_dir), env=env,
+            host=host,
+            port=port,
+            storage=storage_url(data_dir),
+            env=env,
             log_path=log_dir / "tansu.log" if log_dir else None,
         )
         stack.callback(broker.stop)

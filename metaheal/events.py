@@ -365,8 +365,16 @@ class DeadLetter(Event):
     @classmethod
     def of(cls, msg: Any, reason: str, error: str) -> DeadLetter:
         """The dead letter of a consumed confluent-kafka ``Message``: its bytes and position, now."""
-        return cls(source_topic=msg.topic(), partition=msg.partition() or 0, offset=msg.offset(), key=msg.key(),
-                   value=msg.value(), reason=reason, error=error, ts=time.time())
+        return cls(
+            source_topic=msg.topic(),
+            partition=msg.partition() or 0,
+            offset=msg.offset(),
+            key=msg.key(),
+            value=msg.value(),
+            reason=reason,
+            error=error,
+            ts=time.time(),
+        )
 
 
 #: Every event type with a schema, in the order of ``schemas/``.

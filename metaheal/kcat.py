@@ -98,9 +98,7 @@ def kcat_argv(bootstrap: str, *args: str) -> list[str]:
 def shell_line(bootstrap: str, *args: str, env: Mapping[str, str] | None = None) -> str:
     """A copy-pasteable shell one-liner (what the docs and ``ledger`` commands print)."""
     lib = (env if env is not None else kcat_env())["LD_LIBRARY_PATH"]
-    return shlex.join(["kcat", "-b", bootstrap, *args]).replace(
-        "kcat", f"LD_LIBRARY_PATH={shlex.quote(lib)} kcat", 1
-    )
+    return shlex.join(["kcat", "-b", bootstrap, *args]).replace("kcat", f"LD_LIBRARY_PATH={shlex.quote(lib)} kcat", 1)
 
 
 def run_kcat(bootstrap: str, *args: str, timeout: float = 30.0, input: bytes | None = None) -> bytes:

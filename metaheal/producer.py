@@ -65,8 +65,13 @@ def make_metric(
 ) -> Metric:
     """One validated sample; ``ts`` defaults to now (epoch seconds)."""
     return _validated(
-        {"service": service, "metric": metric, "value": value,
-         "ts": time.time() if ts is None else ts, "labels": dict(labels or {})}
+        {
+            "service": service,
+            "metric": metric,
+            "value": value,
+            "ts": time.time() if ts is None else ts,
+            "labels": dict(labels or {}),
+        }
     )
 
 
@@ -192,7 +197,8 @@ class MetricsProducer:
         """
         ts, values = list(ts), list(values)
         whole = _checked(
-            MetricSeries, {"service": service, "metric": metric, "labels": dict(labels or {}), "ts": ts, "values": values},
+            MetricSeries,
+            {"service": service, "metric": metric, "labels": dict(labels or {}), "ts": ts, "values": values},
             "series",
         )
         for i in range(0, len(ts), self.max_batch):

@@ -40,7 +40,13 @@ from confluent_kafka import Message, TopicPartition
 from metaheal.config import ServiceSettings, Settings
 from metaheal.events import DeadLetter, ServiceRegistration
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
-from metaheal.kafka.serializers import MAGIC, AvroDeserializer, AvroSerializer, DecodeError, validate
+from metaheal.kafka.serializers import (
+    MAGIC,
+    AvroDeserializer,
+    AvroSerializer,
+    DecodeError,
+    validate,
+)
 from metaheal.kafka.tail import TopicTail
 
 logger = logging.getLogger(__name__)
@@ -106,7 +112,9 @@ def decode_registration(value: bytes) -> ServiceRegistration:
         raise DecodeError(str(exc)) from None
 
 
-def merged_services(configured: Iterable[ServiceSettings], registered: Iterable[ServiceSettings]) -> list[ServiceSettings]:
+def merged_services(
+    configured: Iterable[ServiceSettings], registered: Iterable[ServiceSettings]
+) -> list[ServiceSettings]:
     """Configured entries first and winning; a registration only fills a configured entry's missing admin_url."""
     by_name = {s.name: s for s in configured}
     for s in registered:
@@ -162,7 +170,7 @@ def read_registry(settings: Settings, timeout: float = 30.0) -> Snapshot:
     return snap
 
 
-def apply_record(snap: Snapshot, m: Message) -> ServiceRegistration | None | DecodeError:
+def apply_record(snap: Snapshot, m: Message) -> ServiceRegistration | DecodeError | None:
     """Fold one record into ``snap``; returns the registration, ``None`` for a tombstone, or the error."""
     key = (m.key() or b"").decode("utf-8", "replace")
     value = m.value()

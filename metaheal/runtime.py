@@ -174,11 +174,11 @@ def build_component(
 
             return Component(role, AdvisorService(settings, log=ledger))
         if role == "meta":
-            from metaheal.agents.meta_loop import MetaLoop
+            from metaheal.agents.meta.loop import MetaLoop
 
             return Component(role, MetaLoop(settings, ledger=ledger))
         if role == "executor":
-            from metaheal.agents.executor import Executor
+            from metaheal.agents.executor.service import Executor
 
             return Component(role, Executor(settings, log=ledger))
         if role == "streams":
@@ -222,8 +222,11 @@ async def run_components(components: list[Component], stop: asyncio.Event, *, gr
             for t in done - {stopper}:
                 if not stop.is_set():
                     early.append(tasks[t].role)
-                    logger.error("component stopped unexpectedly role=%s error=%r", tasks[t].role,
-                                 t.exception() or "returned before stop")
+                    logger.error(
+                        "component stopped unexpectedly role=%s error=%r",
+                        tasks[t].role,
+                        t.exception() or "returned before stop",
+                    )
                     stop.set()
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace)
@@ -348,16 +351,18 @@ class Runtime:
                 continue
             try:
                 self.components.append(
-                    build_component(role, self.settings, workdir=self.workdir, log_dir=self.log_dir,
-                                    ledger=self.ledger)
+                    build_component(role, self.settings, workdir=self.workdir, log_dir=self.log_dir, ledger=self.ledger)
                 )
             except RoleUnavailable as exc:
                 if self.explicit:
                     raise
                 self.skipped[role] = str(exc)
                 logger.warning("role skipped role=%s reason=%s", role, exc)
-        logger.info("runtime starting roles=%s skipped=%s", ",".join(c.role for c in self.components),
-                    ",".join(self.skipped) or "-")
+        logger.info(
+            "runtime starting roles=%s skipped=%s",
+            ",".join(c.role for c in self.components),
+            ",".join(self.skipped) or "-",
+        )
         return self.components
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -396,8 +401,9 @@ class Runtime:
         def on_change(name: str, reg: Any) -> None:
             loop.call_soon_threadsafe(self.registry_changed, name, reg)
 
-        self.registry = RegistryFollower(self.settings, on_change, start_offset=snap.next_offset,
-                                         dead_letter="executor" in self.roles)
+        self.registry = RegistryFollower(
+            self.settings, on_change, start_offset=snap.next_offset, dead_letter="executor" in self.roles
+        )
         await asyncio.to_thread(self.registry.start)
 
     def registry_changed(self, name: str, reg: Any) -> None:
@@ -411,8 +417,14 @@ class Runtime:
         else:
             self.registered[name] = to_service(reg)
             note = " (configured entry wins)" if configured is not None else ""
-            logger.info("service registered name=%s admin_url=%s dependencies=%s by=%s%s", name, reg.admin_url,
-                        ",".join(reg.dependencies) or "-", reg.registered_by, note)
+            logger.info(
+                "service registered name=%s admin_url=%s dependencies=%s by=%s%s",
+                name,
+                reg.admin_url,
+                ",".join(reg.dependencies) or "-",
+                reg.registered_by,
+                note,
+            )
         self._apply_services()
 
     def _apply_services(self) -> None:

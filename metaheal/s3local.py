@@ -134,8 +134,19 @@ class LocalS3:
         t0 = time.monotonic()
         try:
             self._proc = subprocess.Popen(
-                [node, str(script), "--directory", str(self.data_dir), "--address", self.host,
-                 "--port", str(self.port), "--configure-bucket", self.bucket, "--silent"],
+                [
+                    node,
+                    str(script),
+                    "--directory",
+                    str(self.data_dir),
+                    "--address",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--configure-bucket",
+                    self.bucket,
+                    "--silent",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -157,7 +168,9 @@ class LocalS3:
                 try:
                     if client.get(f"{self.endpoint}/{self.bucket}").status_code == 200:
                         elapsed = time.monotonic() - t0
-                        logger.info("s3rver ready endpoint=%s data_dir=%s seconds=%.3f", self.endpoint, self.data_dir, elapsed)
+                        logger.info(
+                            "s3rver ready endpoint=%s data_dir=%s seconds=%.3f", self.endpoint, self.data_dir, elapsed
+                        )
                         return elapsed
                 except httpx.TransportError:
                     pass

@@ -38,14 +38,22 @@ TOPICS: tuple[TopicDecl, ...] = (
     TopicDecl("outcomes", 1, {}, "SignedOutcome: the public result interface"),
     TopicDecl("probes", 1, {}, "ProbeCommand with TTL for producers"),
     TopicDecl("ledger", 1, COMPACTED, "signed, hash-chained ledger entries (one partition: one order)"),
-    TopicDecl("ledger-index", 17, COMPACTED,
-              "cycle_id -> ledger offsets (partitions 1..16 by CRC-32 of cycle_id; 0: lease and tail)"),
+    TopicDecl(
+        "ledger-index",
+        17,
+        COMPACTED,
+        "cycle_id -> ledger offsets (partitions 1..16 by CRC-32 of cycle_id; 0: lease and tail)",
+    ),
     TopicDecl("scorer-state", 4, COMPACTED, "checkpoints of river models per series"),
     TopicDecl("control", 1, COMPACTED, "meta-loop leadership and durable guardrail state"),
     TopicDecl("executor-state", 4, COMPACTED, "executor plan state for exactly-once effects"),
     TopicDecl("deadletter", 1, {}, "rejected input with original bytes and the reason"),
-    TopicDecl("services", 1, COMPACTED,
-              "service registry: ServiceRegistration keyed by service name (a tombstone deregisters)"),
+    TopicDecl(
+        "services",
+        1,
+        COMPACTED,
+        "service registry: ServiceRegistration keyed by service name (a tombstone deregisters)",
+    ),
 )
 
 

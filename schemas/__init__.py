@@ -71,9 +71,7 @@ def _record(model: type[BaseModel], defined: set[str]) -> Any:
         avro = _avro_type(hints[fname], fname, defined)
         field: dict[str, Any] = {"name": fname, "type": avro}
         default = finfo.get_default(call_default_factory=True)
-        if default is not PydanticUndefined and default is not None or (
-            default is None and isinstance(avro, list)
-        ):
+        if (default is not PydanticUndefined and default is not None) or (default is None and isinstance(avro, list)):
             field["default"] = default
         if finfo.description:
             field["doc"] = finfo.description

@@ -83,10 +83,14 @@ class KafkaSink:
 
     def __init__(self, settings: Settings) -> None:
         cfg = producer_config(settings.kafka)
-        cfg.update({
-            "linger.ms": 2, "queue.buffering.max.messages": 500_000,
-            "delivery.report.only.error": True, "on_delivery": self._on_delivery,
-        })
+        cfg.update(
+            {
+                "linger.ms": 2,
+                "queue.buffering.max.messages": 500_000,
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery,
+            }
+        )
         self._producer = RawProducer(cfg)
         self._errors: list[Any] = []
         self._topics = {k: settings.topics.name(k) for k in ("health", "anomalies", "deadletter")}
@@ -163,7 +167,8 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
     datadir = datadir or cfg.datadir or Path(tempfile.mkdtemp(prefix="metaheal-streams-"))
     web: dict[str, Any] = (
         {"web_enabled": True, "web_port": cfg.web_port, "web_bind": "127.0.0.1"}
-        if cfg.web_port else {"web_enabled": False}
+        if cfg.web_port
+        else {"web_enabled": False}
     )
     app = faust.App(
         app_id(settings),
@@ -191,7 +196,9 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         "windows",
         default=None,
         partitions=partitions,
-        changelog_topic=app.topic(f"{app_id(settings)}-windows-changelog", partitions=partitions, compacting=True, **raw),
+        changelog_topic=app.topic(
+            f"{app_id(settings)}-windows-changelog", partitions=partitions, compacting=True, **raw
+        ),
         **_no_types(),
     )
     scorers = app.Table(
@@ -206,7 +213,11 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
     )
     telemetry = app.topic(settings.topics.name("telemetry"), partitions=partitions, **raw)
     sync = PartitionSync(
-        settings, pipeline, telemetry.get_topic_name(), [windows, scorers], lambda: app.consumer.assignment(),
+        settings,
+        pipeline,
+        telemetry.get_topic_name(),
+        [windows, scorers],
+        lambda: app.consumer.assignment(),
         ready=lambda: app.tables.recovery.completed.is_set() and not app.in_recovery,
     )
 
@@ -300,15 +311,15 @@ def _flush_fully(app: faust.App, timeout: float = 30.0) -> None:
 
 
 def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    thread = app.consumer._thread  # noqa: SLF001 - the aiokafka consumer is built in this thread object
-    create = thread._create_worker_consumer  # noqa: SLF001
+    thread = app.consumer._thread
+    create = thread._create_worker_consumer
 
     def create_worker_consumer(transport: Any) -> Any:
         consumer = create(transport)
-        consumer._fetch_max_wait_ms = wait_ms  # noqa: SLF001 - read when the consumer starts its fetcher
+        consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
-    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]  # noqa: SLF001
+    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 #: direct reads (changelogs at assignment, telemetry the stream missed) sit on the agent's
@@ -367,8 +378,14 @@ class PartitionSync:
     MAX_BUSY_STALL = 10.0
 
     def __init__(
-        self, settings: Settings, pipeline: Pipeline, topic: str, tables: list[Any], assignment: Any,
-        ready: Any = None, clock: Any = None,
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        topic: str,
+        tables: list[Any],
+        assignment: Any,
+        ready: Any = None,
+        clock: Any = None,
     ) -> None:
         self.settings, self.pipeline, self.topic, self.tables = settings, pipeline, topic, tables
         self.assignment = assignment  # () -> the consumer's assigned TopicPartitions
@@ -438,9 +455,14 @@ class PartitionSync:
             if expected is not None and record.offset > expected:
                 logger.warning(
                     "records missing before offset topic=%s partition=%d expected=%d got=%d: reading them directly",
-                    self.topic, p, expected, record.offset,
+                    self.topic,
+                    p,
+                    expected,
+                    record.offset,
                 )
-                self._apply(p, await asyncio.to_thread(_read_gap, self.settings, self.topic, p, expected, record.offset))
+                self._apply(
+                    p, await asyncio.to_thread(_read_gap, self.settings, self.topic, p, expected, record.offset)
+                )
             self.pipeline.process_one(record)  # at or below what a service's state applied: a duplicate
             if record.offset + 1 > (self.next_offset[p] or 0):
                 self.next_offset[p] = record.offset + 1
@@ -471,7 +493,10 @@ class PartitionSync:
             if n:
                 logger.warning(
                     "records not delivered by the consumer topic=%s partition=%d from=%d count=%d: read them directly",
-                    self.topic, p, expected, n,
+                    self.topic,
+                    p,
+                    expected,
+                    n,
                 )
                 self.seen[p] = self.next_offset.get(p)
                 self.recheck.pop(p, None)

@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TextIO
 
 from metaheal.streams.scorer import AnomalyScorer, Score
@@ -86,7 +86,7 @@ def parse_timestamp(text: str) -> float:
     except ValueError:
         raise ValueError(f"not epoch seconds or ISO-8601: {text!r}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 

@@ -206,8 +206,13 @@ def _ready_time(log: Path) -> float | None:
 def as_series(b: MetricBatch) -> MetricSeries:
     """The same samples as columns (a benchmark batch holds one series)."""
     first = b.samples[0]
-    return MetricSeries(service=first.service, metric=first.metric, labels=first.labels,
-                        ts=[m.ts for m in b.samples], values=[m.value for m in b.samples])
+    return MetricSeries(
+        service=first.service,
+        metric=first.metric,
+        labels=first.labels,
+        ts=[m.ts for m in b.samples],
+        values=[m.value for m in b.samples],
+    )
 
 
 def _settings(bootstrap: str) -> Settings:
@@ -218,7 +223,9 @@ def _settings(bootstrap: str) -> Settings:
     )
 
 
-def _start_worker(stack: ExitStack, settings: Settings, tmp: Path, name: str) -> tuple[subprocess.Popen, Path, AnomalyReader]:
+def _start_worker(
+    stack: ExitStack, settings: Settings, tmp: Path, name: str
+) -> tuple[subprocess.Popen, Path, AnomalyReader]:
     reader = AnomalyReader(settings)
     reader.start()
     stack.callback(reader.stop.set)
@@ -231,7 +238,13 @@ def _start_worker(stack: ExitStack, settings: Settings, tmp: Path, name: str) ->
 
 
 def _throughput(
-    stack: ExitStack, bootstrap: str, tmp: Path, records: list[tuple[bytes, str]], n: int, expected: int, name: str,
+    stack: ExitStack,
+    bootstrap: str,
+    tmp: Path,
+    records: list[tuple[bytes, str]],
+    n: int,
+    expected: int,
+    name: str,
 ) -> tuple[float, float, Settings, AnomalyReader, subprocess.Popen]:
     """Samples/s and worker CPU us/sample of one worker over pre-produced ``records`` (value, key)."""
     settings = _settings(bootstrap)
@@ -255,8 +268,15 @@ def _throughput(
 
 
 def run_bench(
-    *, n: int = 200_000, services: int = 10, batch: int = 500, load: float = 5000.0, seconds: float = 10.0,
-    bootstrap: str | None = None, seed: int = 0, rounds: int = 3,
+    *,
+    n: int = 200_000,
+    services: int = 10,
+    batch: int = 500,
+    load: float = 5000.0,
+    seconds: float = 10.0,
+    bootstrap: str | None = None,
+    seed: int = 0,
+    rounds: int = 3,
 ) -> BenchResult:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaheal-bench-")))
@@ -271,7 +291,9 @@ def run_bench(
         # one sentinel per service closes every window of the history
         end_ts = t0 + per_service / 100 + 60
         for s in range(services):
-            batches.append(MetricBatch(samples=[Metric(service=f"svc{s:02d}", metric="latency_ms", value=100.0, ts=end_ts)]))
+            batches.append(
+                MetricBatch(samples=[Metric(service=f"svc{s:02d}", metric="latency_ms", value=100.0, ts=end_ts)])
+            )
         windows_per_series = len({int((t0 + i / 100) // 10) for i in range(per_service)})
         expected_summaries = windows_per_series * services
         history = batches[:-services]
@@ -295,7 +317,8 @@ def run_bench(
         for r in range(rounds):
             for encoding, records in encoded.items():
                 rate, cpu_us, settings, phase_reader, proc = _throughput(
-                    stack, bootstrap, tmp, records, n, expected_summaries, f"{encoding}{r}")
+                    stack, bootstrap, tmp, records, n, expected_summaries, f"{encoding}{r}"
+                )
                 if not phases:  # the latency phase runs once, on the first worker
                     logger.info("bench: latency at %.0f samples/s for %.0fs", load, seconds)
                     reader = phase_reader
@@ -312,20 +335,36 @@ def run_bench(
         for sec in range(int(seconds)):
             sel = lat[(sent >= reader.latency_from + sec) & (sent < reader.latency_from + sec + 1)]
             if len(sel):
-                logger.info("bench: latency second=%d events=%d p50_ms=%.0f max_ms=%.0f",
-                            sec, len(sel), np.percentile(sel, 50), sel.max())
+                logger.info(
+                    "bench: latency second=%d events=%d p50_ms=%.0f max_ms=%.0f",
+                    sec,
+                    len(sel),
+                    np.percentile(sel, 50),
+                    sel.max(),
+                )
         if not len(lat):
             raise RuntimeError("benchmark: no anomaly sample events arrived during the latency phase")
         return BenchResult(
-            samples=n, series=services, model_rate=sum(m[0] for m in models) / len(models), phases=phases,
-            latency_load=offered, latency_events=len(lat), latency_p50_ms=float(np.percentile(lat, 50)),
-            latency_p99_ms=float(np.percentile(lat, 99)), latency_max_ms=float(lat.max()),
+            samples=n,
+            series=services,
+            model_rate=sum(m[0] for m in models) / len(models),
+            phases=phases,
+            latency_load=offered,
+            latency_events=len(lat),
+            latency_p50_ms=float(np.percentile(lat, 50)),
+            latency_p99_ms=float(np.percentile(lat, 99)),
+            latency_max_ms=float(lat.max()),
             model_cpu_us=sum(m[1] for m in models) / len(models) / n * 1e6,
         )
 
 
 def _latency(
-    settings: Settings, reader: AnomalyReader, load: float, seconds: float, services: int, seed: int,
+    settings: Settings,
+    reader: AnomalyReader,
+    load: float,
+    seconds: float,
+    services: int,
+    seed: int,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Offer ``load`` samples/s for ``seconds``; (offered rate, latencies in ms, their send times)."""
     ser = AvroSerializer(MetricSeries)
@@ -342,11 +381,15 @@ def _latency(
             now = time.time()
             for s in range(services):
                 svc = f"svc{s:02d}"
-                series = MetricSeries(service=svc, metric="latency_ms", ts=[now + i * 1e-4 for i in range(per_tick)],
-                                      values=[100 + 10 * rng.gauss(0, 1) for _ in range(per_tick)])
+                series = MetricSeries(
+                    service=svc,
+                    metric="latency_ms",
+                    ts=[now + i * 1e-4 for i in range(per_tick)],
+                    values=[100 + 10 * rng.gauss(0, 1) for _ in range(per_tick)],
+                )
                 p.produce(topic, ser(series), key=svc)
                 produced += per_tick
-            p._producer.poll(0)  # noqa: SLF001 - serve delivery callbacks without flushing
+            p._producer.poll(0)
             k += 1
             delay = start + k * tick - time.monotonic()
             if delay > 0:
@@ -368,10 +411,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="end-to-end phases per encoding (medians are printed)")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run_bench(n=ns.n, services=ns.services, batch=ns.batch, load=ns.load, seconds=ns.seconds,
-                       bootstrap=ns.bootstrap, rounds=ns.rounds)
+    result = run_bench(
+        n=ns.n,
+        services=ns.services,
+        batch=ns.batch,
+        load=ns.load,
+        seconds=ns.seconds,
+        bootstrap=ns.bootstrap,
+        rounds=ns.rounds,
+    )
     for line in result.lines():
-        print(line)  # noqa: T201 - a benchmark prints its numbers
+        print(line)
 
 
 if __name__ == "__main__":

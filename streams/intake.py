@@ -27,7 +27,13 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from metaheal.events import DeadLetter, Metric, MetricBatch, MetricSeries
-from metaheal.kafka.serializers import HEADER_LEN, MAGIC, AvroDeserializer, DecodeError, TelemetryDeserializer
+from metaheal.kafka.serializers import (
+    HEADER_LEN,
+    MAGIC,
+    AvroDeserializer,
+    DecodeError,
+    TelemetryDeserializer,
+)
 from metaheal.streams.signals import DEPENDENCY_LABEL, UNIT_SCALE, SignalMap, series_id
 
 T = TypeVar("T")
@@ -70,7 +76,13 @@ class SeriesBatch:
     __slots__ = ("dependency", "labels", "metric", "series", "service", "signal", "ts", "values")
 
     def __init__(self, service: str, metric: str, series: str, signal: str | None, dependency: str | None) -> None:
-        self.service, self.metric, self.series, self.signal, self.dependency = service, metric, series, signal, dependency
+        self.service, self.metric, self.series, self.signal, self.dependency = (
+            service,
+            metric,
+            series,
+            signal,
+            dependency,
+        )
         self.values: list[float] = []  # unit-normalised
         self.ts: list[float] = []
         self.labels: list[dict[str, str]] = []
@@ -102,7 +114,8 @@ class Intake:
         # record header -> fast path; anything else (or a fast path's ``None``) takes the validating path
         self._fast_samples = {batch_header: self._fast_batch}
         self._fast_groups = {
-            batch_header: self._fast_series, MAGIC + self._series_avro.fingerprint: self._fast_columns,
+            batch_header: self._fast_series,
+            MAGIC + self._series_avro.fingerprint: self._fast_columns,
         }
         # (service, metric, dependency) -> (series id, signal, unit scale): computed once per series
         self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
@@ -119,7 +132,9 @@ class Intake:
         meta = self._series.get((service, metric, dep))
         if meta is None:
             meta = self._series[(service, metric, dep)] = (
-                series_id(service, metric, dep), self.signals.signal_of(metric, labels), UNIT_SCALE.get(metric, 1.0)
+                series_id(service, metric, dep),
+                self.signals.signal_of(metric, labels),
+                UNIT_SCALE.get(metric, 1.0),
             )
         return dep, *meta
 
@@ -152,8 +167,14 @@ class Intake:
         d = self._series_avro.decode_dict(data)
         service, metric, labels, ts, values = d["service"], d["metric"], d["labels"], d["ts"], d["values"]
         isfinite = math.isfinite
-        if not (service and metric and values and len(ts) == len(values)
-                and all(map(isfinite, values)) and all(map(isfinite, ts))):
+        if not (
+            service
+            and metric
+            and values
+            and len(ts) == len(values)
+            and all(map(isfinite, values))
+            and all(map(isfinite, ts))
+        ):
             return None
         dep, series, signal, scale = self._meta(service, metric, labels)
         g = SeriesBatch(service, metric, series, signal, dep)
@@ -209,10 +230,14 @@ class Intake:
             reason = "undecodable" if _is_framing_error(str(exc)) else "invalid"
             logger.warning(
                 "telemetry rejected topic=%s partition=%d offset=%d reason=%s error=%s",
-                record.topic, record.partition, record.offset, reason, exc,
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+                exc,
             )
             return [], dead_letter(record, reason, str(exc))
-        except Exception as exc:  # noqa: BLE001 - the worker must survive any input
+        except Exception as exc:
             logger.exception("telemetry decode failed offset=%d", record.offset)
             return [], dead_letter(record, "undecodable", f"{type(exc).__name__}: {exc}")
         if not metrics:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from metaheal.config import StreamSettings
@@ -36,9 +36,20 @@ from metaheal.events import AnomalyScore, DeadLetter, HealthWindow, Metric, Metr
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Intake, Record, SeriesBatch, dead_letter
 from metaheal.streams.scorer import Score
-from metaheal.streams.scoring import ScorerRegistry, Store, as_store, sample_event, summary_event
-from metaheal.streams.signals import SignalMap, UNIT_SCALE
-from metaheal.streams.windows import SeriesWindow, ServiceState, load_state, state_writes
+from metaheal.streams.scoring import (
+    ScorerRegistry,
+    Store,
+    as_store,
+    sample_event,
+    summary_event,
+)
+from metaheal.streams.signals import UNIT_SCALE, SignalMap
+from metaheal.streams.windows import (
+    SeriesWindow,
+    ServiceState,
+    load_state,
+    state_writes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,8 +235,12 @@ class Pipeline:
             for series_id, sw in series:
                 self._anomaly(
                     summary_event(
-                        service, sw, threshold=threshold, model=self.scorers.get(series_id, partition).model_name,
-                        window_start=hw.window_start, window_end=hw.window_end,
+                        service,
+                        sw,
+                        threshold=threshold,
+                        model=self.scorers.get(series_id, partition).model_name,
+                        window_start=hw.window_start,
+                        window_end=hw.window_end,
                     )
                 )
                 self.scorers.checkpoint(series_id)
@@ -255,14 +270,17 @@ class Pipeline:
             if st.open and idle > limit:
                 partition = self._state_partition[service]
                 closed = st.close_all(cfg.window_seconds)
-                logger.info("idle service windows closed service=%s windows=%d idle_seconds=%.1f",
-                            service, len(closed), idle)
+                logger.info(
+                    "idle service windows closed service=%s windows=%d idle_seconds=%.1f", service, len(closed), idle
+                )
                 self._emit_closed(service, partition, closed)
                 self._dirty[service] = partition
                 n += len(closed)
         return n
 
-    def _process_series(self, partition: int, st: ServiceState, g: SeriesBatch, late: list[tuple[SeriesBatch, int]]) -> None:
+    def _process_series(
+        self, partition: int, st: ServiceState, g: SeriesBatch, late: list[tuple[SeriesBatch, int]]
+    ) -> None:
         """Score then window every sample of one series: the worker's innermost loop.
 
         The scorer, the open window and its series slot are looked up once per window, not
@@ -314,8 +332,17 @@ class Pipeline:
             if score >= floor:
                 self._anomaly(
                     sample_event(
-                        g.service, g.metric, g.signal, value, ts, sc, threshold=threshold,
-                        model=scorer.model_name, window_start=start, window_end=start + window, labels=g.labels[i],
+                        g.service,
+                        g.metric,
+                        g.signal,
+                        value,
+                        ts,
+                        sc,
+                        threshold=threshold,
+                        model=scorer.model_name,
+                        window_start=start,
+                        window_end=start + window,
+                        labels=g.labels[i],
                     )
                 )
         if sw is not None:
@@ -336,8 +363,13 @@ class Pipeline:
         self.stats.late += len(late)
         batch = MetricBatch(
             samples=[
-                Metric(service=g.service, metric=g.metric, value=g.values[i] / UNIT_SCALE.get(g.metric, 1.0), ts=g.ts[i],
-                       labels=g.labels[i])
+                Metric(
+                    service=g.service,
+                    metric=g.metric,
+                    value=g.values[i] / UNIT_SCALE.get(g.metric, 1.0),
+                    ts=g.ts[i],
+                    labels=g.labels[i],
+                )
                 for g, i in late
             ]
         )

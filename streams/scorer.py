@@ -91,7 +91,7 @@ class TailCalibrator:
     True
     """
 
-    __slots__ = ("window", "tail", "_fifo", "_head", "_sorted")
+    __slots__ = ("_fifo", "_head", "_sorted", "tail", "window")
 
     def __init__(self, window: int = 1000, tail: int = 20) -> None:
         if window < 2 or tail < 2 or tail > window:
@@ -182,7 +182,7 @@ class _Track:
     judge profile residuals against the (larger) residuals the level made at the daily ramps.
     """
 
-    __slots__ = ("point", "sustained", "shift", "alpha")
+    __slots__ = ("alpha", "point", "shift", "sustained")
 
     def __init__(self, window: int, tail: int, alpha: float) -> None:
         self.point = TailCalibrator(window, tail)
@@ -232,7 +232,7 @@ class _Profile:
     visits, then a gain of 0.2 per visit.
     """
 
-    __slots__ = ("period", "slots", "width", "values", "weights", "level", "scale", "err", "start")
+    __slots__ = ("err", "level", "period", "scale", "slots", "start", "values", "weights", "width")
 
     def __init__(self, period: float, slots: int, level: float, start: float) -> None:
         self.period = period
@@ -316,7 +316,11 @@ class AnomalyScorer:
     ) -> None:
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1, got {warmup}")
-        for name, hl in (("halflife", halflife), ("scale_halflife", scale_halflife), ("smooth_halflife", smooth_halflife)):
+        for name, hl in (
+            ("halflife", halflife),
+            ("scale_halflife", scale_halflife),
+            ("smooth_halflife", smooth_halflife),
+        ):
             if not hl > 0:
                 raise ValueError(f"{name} must be > 0, got {hl}")
         self.seed = seed

@@ -33,6 +33,7 @@ from metaheal.streams.windows import SeriesWindow
 
 logger = logging.getLogger(__name__)
 
+
 class Store(Protocol):
     """A changelog-backed bytes store: in the worker a faust table, in tests a dict."""
 
@@ -96,7 +97,11 @@ class ScorerRegistry:
     """Live scorers by series id, restored from and checkpointed to ``store``."""
 
     def __init__(
-        self, store: Store | dict[bytes, bytes], *, seed: int = 0, min_interval: float = 0.0,
+        self,
+        store: Store | dict[bytes, bytes],
+        *,
+        seed: int = 0,
+        min_interval: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = as_store(store)
@@ -123,7 +128,7 @@ class ScorerRegistry:
                 scorer = pickle.loads(blob)
                 self.restored += 1
                 logger.info("scorer restored series=%s partition=%d", series, partition)
-            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint must not stop scoring
+            except Exception as exc:
                 logger.warning("scorer checkpoint unreadable series=%s error=%r: starting cold", series, exc)
         if scorer is None:
             scorer = AnomalyScorer(seed=self.seed)
@@ -159,18 +164,41 @@ class ScorerRegistry:
 
 
 def sample_event(
-    service: str, metric: str, signal: str | None, value: float, ts: float, score: Score,
-    *, threshold: float, model: str, window_start: float, window_end: float, labels: dict[str, str],
+    service: str,
+    metric: str,
+    signal: str | None,
+    value: float,
+    ts: float,
+    score: Score,
+    *,
+    threshold: float,
+    model: str,
+    window_start: float,
+    window_end: float,
+    labels: dict[str, str],
 ) -> AnomalyScore:
     # hot path (about one sample in ten is above the floor): every field is already valid
     # (validated input, scorer output in 0..1, validated settings), so no re-validation
     s, baseline, confidence = score
-    return _construct_anomaly({
-        "service": service, "metric": metric, "signal": signal, "kind": "sample", "value": value,
-        "baseline": baseline, "score": s, "threshold": threshold, "crossed": s >= threshold,
-        "confidence": confidence, "model": model, "ts": ts, "window_start": window_start,
-        "window_end": window_end, "labels": labels,
-    })
+    return _construct_anomaly(
+        {
+            "service": service,
+            "metric": metric,
+            "signal": signal,
+            "kind": "sample",
+            "value": value,
+            "baseline": baseline,
+            "score": s,
+            "threshold": threshold,
+            "crossed": s >= threshold,
+            "confidence": confidence,
+            "model": model,
+            "ts": ts,
+            "window_start": window_start,
+            "window_end": window_end,
+            "labels": labels,
+        }
+    )
 
 
 _ANOMALY_FIELDS = frozenset(AnomalyScore.model_fields)
@@ -194,8 +222,19 @@ def summary_event(
 ) -> AnomalyScore:
     """The per-window "all quiet (or not)" record of one series: its max score and last value."""
     return AnomalyScore(
-        service=service, metric=sw.metric, signal=sw.signal, kind="summary", value=sw.last_value,
-        baseline=sw.baseline, score=sw.max_score, threshold=threshold, crossed=sw.max_score >= threshold,
-        confidence=sw.confidence, model=model, ts=sw.last_ts, window_start=window_start, window_end=window_end,
+        service=service,
+        metric=sw.metric,
+        signal=sw.signal,
+        kind="summary",
+        value=sw.last_value,
+        baseline=sw.baseline,
+        score=sw.max_score,
+        threshold=threshold,
+        crossed=sw.max_score >= threshold,
+        confidence=sw.confidence,
+        model=model,
+        ts=sw.last_ts,
+        window_start=window_start,
+        window_end=window_end,
         labels={"dependency": sw.dependency} if sw.dependency else {},
     )

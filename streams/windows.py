@@ -151,7 +151,8 @@ class ServiceState:
             p50, p95 = (float(x) for x in np.percentile(vals, [50, 95]))
             prev = self.baselines.get(series)
             self.baselines[series] = (
-                (mean, p95) if prev is None
+                (mean, p95)
+                if prev is None
                 else (prev[0] + BASELINE_ALPHA * (mean - prev[0]), prev[1] + BASELINE_ALPHA * (p95 - prev[1]))
             )
             signals.append(
@@ -216,8 +217,18 @@ def state_writes(st: ServiceState) -> list[tuple[bytes, bytes | None]]:
             start: (
                 st.chunks.get(start, 0),
                 {
-                    series: (sw.metric, sw.signal, sw.dependency, sw.flushed, sw.max_score, sw.crossed,
-                             sw.last_value, sw.last_ts, sw.baseline, sw.confidence)
+                    series: (
+                        sw.metric,
+                        sw.signal,
+                        sw.dependency,
+                        sw.flushed,
+                        sw.max_score,
+                        sw.crossed,
+                        sw.last_value,
+                        sw.last_ts,
+                        sw.baseline,
+                        sw.confidence,
+                    )
                     for series, sw in bucket.items()
                 },
             )
@@ -240,17 +251,33 @@ def load_state(service: str, get: Callable[[bytes], bytes | None]) -> ServiceSta
         return ServiceState(service)
     obj = pickle.loads(blob)
     if isinstance(obj, ServiceState):
-        st = ServiceState(service, closed_until=obj.closed_until, max_ts=obj.max_ts, baselines=obj.baselines,
-                          applied=obj.applied)
+        st = ServiceState(
+            service, closed_until=obj.closed_until, max_ts=obj.max_ts, baselines=obj.baselines, applied=obj.applied
+        )
         for start, bucket in obj.open.items():
             st.open[start] = {
-                series: SeriesWindow(sw.metric, sw.signal, sw.dependency, sw.values, sw.max_score, sw.crossed,
-                                     sw.last_value, sw.last_ts, sw.baseline, sw.confidence)
+                series: SeriesWindow(
+                    sw.metric,
+                    sw.signal,
+                    sw.dependency,
+                    sw.values,
+                    sw.max_score,
+                    sw.crossed,
+                    sw.last_value,
+                    sw.last_ts,
+                    sw.baseline,
+                    sw.confidence,
+                )
                 for series, sw in bucket.items()
             }
         return st
-    st = ServiceState(service, closed_until=obj["closed_until"], max_ts=obj["max_ts"], baselines=obj["baselines"],
-                      applied=obj["applied"])
+    st = ServiceState(
+        service,
+        closed_until=obj["closed_until"],
+        max_ts=obj["max_ts"],
+        baselines=obj["baselines"],
+        applied=obj["applied"],
+    )
     for start, (n_chunks, series_meta) in obj["open"].items():
         values: dict[str, array] = {series: array("d") for series in series_meta}
         for k in range(n_chunks):
@@ -262,15 +289,31 @@ def load_state(service: str, get: Callable[[bytes], bytes | None]) -> ServiceSta
                 if series in values:
                     values[series].frombytes(raw)
         bucket = st.open[start] = {}
-        for series, (metric, signal, dep, count, max_score, crossed, last_value, last_ts, baseline, conf) in (
-            series_meta.items()
-        ):
+        for series, (
+            metric,
+            signal,
+            dep,
+            count,
+            max_score,
+            crossed,
+            last_value,
+            last_ts,
+            baseline,
+            conf,
+        ) in series_meta.items():
             vals = values[series]
             if len(vals) != count:
-                logger.error("window state count mismatch service=%s window_start=%s series=%s expected=%d got=%d",
-                             service, start, series, count, len(vals))
+                logger.error(
+                    "window state count mismatch service=%s window_start=%s series=%s expected=%d got=%d",
+                    service,
+                    start,
+                    series,
+                    count,
+                    len(vals),
+                )
                 del vals[count:]
-            bucket[series] = SeriesWindow(metric, signal, dep, vals, max_score, crossed, last_value, last_ts, baseline,
-                                          conf, flushed=len(vals))
+            bucket[series] = SeriesWindow(
+                metric, signal, dep, vals, max_score, crossed, last_value, last_ts, baseline, conf, flushed=len(vals)
+            )
         st.chunks[start] = n_chunks
     return st

@@ -86,25 +86,32 @@ def dump_state(app: Any) -> None:
     buf = io.StringIO()
     consumer = app.consumer
     buf.write(f"flow_active={app.flow_control.is_active()} generation={app.consumer_generation_id}\n")
-    buf.write(f"faust active={sorted(map(str, consumer._active_partitions or ()))}\n")  # noqa: SLF001
-    buf.write(f"faust paused={sorted(map(str, consumer._paused_partitions or ()))}\n")  # noqa: SLF001
-    aio = getattr(consumer._thread, "_consumer", None)  # noqa: SLF001
+    buf.write(f"faust active={sorted(map(str, consumer._active_partitions or ()))}\n")
+    buf.write(f"faust paused={sorted(map(str, consumer._paused_partitions or ()))}\n")
+    aio = getattr(consumer._thread, "_consumer", None)
     subscription = getattr(getattr(aio, "_subscription", None), "subscription", None)
     if subscription is not None:
         assignment = subscription.assignment
         for tp in sorted(assignment.tps):
             st = assignment.state_value(tp)
-            pos = st._position  # noqa: SLF001
-            buf.write(f"  {tp.topic}[{tp.partition}] position={pos} paused={st.paused} "
-                      f"awaiting_reset={st.awaiting_reset}\n")
+            pos = st._position
+            buf.write(
+                f"  {tp.topic}[{tp.partition}] position={pos} paused={st.paused} awaiting_reset={st.awaiting_reset}\n"
+            )
     for task in asyncio.all_tasks():
         buf.write(f"--- {task.get_name()}\n")
         coro: Any = task.get_coro()
         while coro is not None:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+            frame = (
+                getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+            )
             if frame is not None:
                 buf.write(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+            coro = (
+                getattr(coro, "cr_await", None)
+                or getattr(coro, "gi_yieldfrom", None)
+                or getattr(coro, "ag_await", None)
+            )
     logger.warning("worker state on SIGUSR1:\n%s", buf.getvalue())
 
 
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = load_settings(ns.config)
-    except Exception as exc:  # noqa: BLE001 - report and exit non-zero, never a traceback
+    except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if ns.bootstrap:

@@ -29,7 +29,13 @@ import logging
 import math
 import re
 
-from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, Symptom, clamp01
+from metaheal.agents.advisors.base import (
+    Advisor,
+    AdvisorOutput,
+    CycleContext,
+    Symptom,
+    clamp01,
+)
 from metaheal.events import AnomalyScore, HealthWindow, Recommendation, SignalStats
 
 logger = logging.getLogger(__name__)
@@ -130,8 +136,14 @@ class AnomalyAdvisor(Advisor):
             size = _relative(a.value, a.baseline)
             ctx.symptoms.append(
                 Symptom(
-                    service=service, metric=a.metric, signal=a.signal, direction=direction, size=size,
-                    strength=strength, dependency=a.labels.get("dependency"), labels=dict(a.labels),
+                    service=service,
+                    metric=a.metric,
+                    signal=a.signal,
+                    direction=direction,
+                    size=size,
+                    strength=strength,
+                    dependency=a.labels.get("dependency"),
+                    labels=dict(a.labels),
                 )
             )
             if service in scope:

@@ -29,7 +29,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from metaheal.events import AnomalyScore, CycleFocus, HealthWindow, Recommendation, RootCauseCandidate
+from metaheal.events import (
+    AnomalyScore,
+    CycleFocus,
+    HealthWindow,
+    Recommendation,
+    RootCauseCandidate,
+)
 
 #: Outcome results that mean the playbook actually ran (``denied``/``expired`` never touched the service).
 EXECUTED_RESULTS = frozenset({"success", "failed", "rolled_back"})

@@ -118,8 +118,11 @@ DEFAULT_MAP = {
     "unknown_weight": 0.25,
     "causes": {
         # a slow database whose load did not rise; misses falling through to it explain its latency better
-        "database_slow_query": {"all": ["latency_up", "db_latency_up"], "boost": ["slow_query"],
-                                "none": ["cache_hit_down", "dep_load_up"]},
+        "database_slow_query": {
+            "all": ["latency_up", "db_latency_up"],
+            "boost": ["slow_query"],
+            "none": ["cache_hit_down", "dep_load_up"],
+        },
         # the misses land on the database: its load and latency rising corroborate them
         "cache_miss_rate_high": {"all": ["latency_up", "cache_hit_down"], "boost": ["dep_load_up", "db_latency_up"]},
         "cpu_saturation": {"all": ["latency_up", "cpu_up"], "boost": ["saturation_up"], "none": ["traffic_up"]},
@@ -127,8 +130,11 @@ DEFAULT_MAP = {
         "bad_deployment": {"all": ["errors_up"], "any": ["deploy_recent", "config_change_recent"]},
         # a dependency failing under load this service sends it (more requests than our own traffic
         # explains, or our cache misses falling through to it) is no outage of the dependency
-        "upstream_outage": {"any": ["dep_errors_up", "dep_down"], "boost": ["errors_up"],
-                            "none": ["deploy_recent", "dep_load_up", "cache_hit_down"]},
+        "upstream_outage": {
+            "any": ["dep_errors_up", "dep_down"],
+            "boost": ["errors_up"],
+            "none": ["deploy_recent", "dep_load_up", "cache_hit_down"],
+        },
         "memory_leak": {"all": ["memory_up"], "boost": ["errors_up"], "none": ["traffic_up"]},
     },
 }

@@ -14,7 +14,7 @@
   posterior (seeded RNG), so an untried playbook gets a chance; with evidence the
   draw concentrates on the mean.
 * **Never a certain refusal.** Playbooks the trust check's policy denies for the
-  service (``policy``: normally ``metaheal.agents.trust.Policies.playbook_denied``,
+  service (``policy``: normally ``metaheal.agents.common.policy.Policies.playbook_denied``,
   i.e. ``executor.deny_playbooks``/``allow_playbooks``) or whose impact/blast radius
   exceeds *every* guardrail level are never ranked.
 
@@ -50,7 +50,14 @@ from typing import Any, Protocol
 import numpy as np
 from river import linear_model, optim
 
-from metaheal.agents.advisors.base import UNKNOWN, Advisor, AdvisorOutput, CycleContext, Outcome, clamp01
+from metaheal.agents.advisors.base import (
+    UNKNOWN,
+    Advisor,
+    AdvisorOutput,
+    CycleContext,
+    Outcome,
+    clamp01,
+)
 from metaheal.config import GuardrailSettings
 
 logger = logging.getLogger(__name__)
@@ -66,7 +73,7 @@ CONTEXT_WEIGHT = 0.2
 
 
 class PlaybookLike(Protocol):
-    """What the ranker needs from ``metaheal.agents.playbooks.Playbook``."""
+    """What the ranker needs from ``metaheal.agents.common.playbooks.Playbook``."""
 
     name: str
     impact: str
@@ -186,7 +193,9 @@ class PlaybookRanker(Advisor):
             self.counts.setdefault(key, _Counts()).add(ok, outcome.ts, self.half_life)
         svc_features = (features or {}).get(outcome.service)
         model, n = self.context.get((outcome.service, outcome.playbook)) or (
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.1)), 0)
+            linear_model.LogisticRegression(optimizer=optim.SGD(0.1)),
+            0,
+        )
         model.learn_one(context_features(outcome.ts, svc_features), ok)
         self.context[(outcome.service, outcome.playbook)] = (model, n + 1)
 
@@ -240,8 +249,9 @@ class PlaybookRanker(Advisor):
     def advise(self, ctx: CycleContext) -> AdvisorOutput:
         service = ctx.primary_service or (ctx.services[0] if ctx.services else "")
         diagnosis = ctx.diagnosis
-        ranked = self.rank(service, ctx.focus.focus_area, diagnosis, now=ctx.focus.ts,
-                           features=ctx.features.get(service))
+        ranked = self.rank(
+            service, ctx.focus.focus_area, diagnosis, now=ctx.focus.ts, features=ctx.features.get(service)
+        )
         out = AdvisorOutput(ranked=[(r.name, r.score, r.confidence) for r in ranked])
         out.confidence = ranked[0].confidence if ranked else 0.0
         refused = [f"{n}: {why}" for n, pb in self.playbooks.items() if (why := self.refusal(service, pb))]

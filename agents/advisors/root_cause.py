@@ -44,6 +44,7 @@ from collections.abc import Iterable
 
 from river import naive_bayes
 
+from metaheal.agents.advisors.anomaly import CHANGE_AGE, CHANGE_METRICS
 from metaheal.agents.advisors.base import (
     UNKNOWN,
     Advisor,
@@ -53,9 +54,8 @@ from metaheal.agents.advisors.base import (
     Symptom,
     clamp01,
 )
-from metaheal.agents.advisors.anomaly import CHANGE_AGE, CHANGE_METRICS
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
-from metaheal.agents.focus import LOAD_AMPLIFICATION
+from metaheal.agents.common.baselines import LOAD_AMPLIFICATION
 from metaheal.events import RootCauseCandidate
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _dependency_feature(f: dict[str, float], dep: str, s: Symptom, v: float, own
             _put(f, "db_latency_up", v)
     elif (s.signal == "errors" or "error" in metric) and up:
         _put(f, "dep_errors_up", v)
-    elif (s.signal in ("capacity", "traffic") and not up) or "up" == metric:
+    elif (s.signal in ("capacity", "traffic") and not up) or metric == "up":
         _put(f, "dep_down", v)
 
 
@@ -116,9 +116,14 @@ def symptom_features(symptoms: Iterable[Symptom], service: str, dependencies: se
     """The symptom vector of ``service`` (values 0..1; absent = 0)."""
     f: dict[str, float] = {}
     symptoms = list(symptoms)
-    own_load = max((1.0 + s.size for s in symptoms
-                    if s.service == service and s.signal == "traffic" and s.direction > 0 and not s.dependency),
-                   default=1.0)
+    own_load = max(
+        (
+            1.0 + s.size
+            for s in symptoms
+            if s.service == service and s.signal == "traffic" and s.direction > 0 and not s.dependency
+        ),
+        default=1.0,
+    )
     for s in symptoms:
         v = clamp01(s.strength * min(1.0, 0.5 + s.size))
         if v <= 0:
@@ -255,13 +260,21 @@ class RootCauseSuggester(Advisor):
             if cause == UPSTREAM and dep is not None:
                 out.extend(self._upstream(service, dep, p, symptoms, feats, f))
                 continue
-            out.append(RootCauseCandidate(cause=cause, probability=clamp01(p), service=service,
-                                          evidence=self.km.explain(cause, f)))
+            out.append(
+                RootCauseCandidate(
+                    cause=cause, probability=clamp01(p), service=service, evidence=self.km.explain(cause, f)
+                )
+            )
         return out
 
     def _upstream(
-        self, service: str, dep: str, mass: float, symptoms: list[Symptom],
-        feats: dict[str, dict[str, float]], f: dict[str, float],
+        self,
+        service: str,
+        dep: str,
+        mass: float,
+        symptoms: list[Symptom],
+        feats: dict[str, dict[str, float]],
+        f: dict[str, float],
     ) -> list[RootCauseCandidate]:
         """``upstream_outage`` for the caller, refined by what is wrong *on* the dependency.
 
@@ -273,15 +286,22 @@ class RootCauseSuggester(Advisor):
         """
         dep_f = feats.get(dep) or symptom_features(symptoms, dep, closure(self.graph, dep))
         dep_dist = self.distribution(dep_f) if dep_f else {UNKNOWN: 1.0}
-        located = sorted(((c, p) for c, p in dep_dist.items() if c not in (UNKNOWN, UPSTREAM) and p * mass > 0.01),
-                         key=lambda cp: -cp[1])
+        located = sorted(
+            ((c, p) for c, p in dep_dist.items() if c not in (UNKNOWN, UPSTREAM) and p * mass > 0.01),
+            key=lambda cp: -cp[1],
+        )
         why = [f"{service} depends on {dep}", *self.km.explain(UPSTREAM, f)]
         why += [f"{dep}: {c} p={p:.2f}" for c, p in located[:3]]
         out = [RootCauseCandidate(cause=UPSTREAM, probability=clamp01(mass), service=service, evidence=why)]
         for cause, p in located:
-            out.append(RootCauseCandidate(cause=cause, probability=clamp01(mass * p), service=dep,
-                                          evidence=[f"explains {service} via upstream_outage",
-                                                    *self.km.explain(cause, dep_f)]))
+            out.append(
+                RootCauseCandidate(
+                    cause=cause,
+                    probability=clamp01(mass * p),
+                    service=dep,
+                    evidence=[f"explains {service} via upstream_outage", *self.km.explain(cause, dep_f)],
+                )
+            )
         return out
 
     def candidates_for(
@@ -301,14 +321,18 @@ class RootCauseSuggester(Advisor):
                 if key in merged:
                     merged[key].probability = clamp01(merged[key].probability + p)
                 else:
-                    merged[key] = RootCauseCandidate(cause=c.cause, probability=clamp01(p),
-                                                     service=key[1], evidence=c.evidence)
+                    merged[key] = RootCauseCandidate(
+                        cause=c.cause, probability=clamp01(p), service=key[1], evidence=c.evidence
+                    )
         ranked = sorted(merged.values(), key=lambda c: (-c.probability, c.cause))
         top = next((c for c in ranked if c.cause != UNKNOWN), None)
         if top is None or top.probability < self.unknown_below:
             # Thin evidence: say so first rather than lead with a weak guess.
-            unknown = next(c for c in ranked if c.cause == UNKNOWN) if any(
-                c.cause == UNKNOWN for c in ranked) else RootCauseCandidate(cause=UNKNOWN, probability=0.0)
+            unknown = (
+                next(c for c in ranked if c.cause == UNKNOWN)
+                if any(c.cause == UNKNOWN for c in ranked)
+                else RootCauseCandidate(cause=UNKNOWN, probability=0.0)
+            )
             ranked = [unknown, *[c for c in ranked if c is not unknown]]
         return ranked
 

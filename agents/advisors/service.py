@@ -36,13 +36,20 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pydantic import ValidationError
 
 from metaheal.agents.advisors.anomaly import AnomalyAdvisor
-from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext, Outcome, clamp01
+from metaheal.agents.advisors.base import (
+    Advisor,
+    AdvisorOutput,
+    CycleContext,
+    Outcome,
+    clamp01,
+)
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.agents.advisors.playbook_ranker import PlaybookLike, PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester, closure
-from metaheal.agents.focus import Reference, ServiceGraph, against_reference, related
-from metaheal.agents.playbooks import load_playbooks
-from metaheal.agents.trust import Policies
+from metaheal.agents.common.baselines import Reference, against_reference
+from metaheal.agents.common.graph import ServiceGraph, related
+from metaheal.agents.common.playbooks import load_playbooks
+from metaheal.agents.common.policy import Policies
 from metaheal.config import Settings
 from metaheal.events import (
     AnomalyScore,
@@ -109,13 +116,20 @@ def default_advisors(settings: Settings, playbooks: Mapping[str, PlaybookLike]) 
     return [
         AnomalyAdvisor(settings.streams.anomaly_threshold, settings.streams.reporting_floor),
         RootCauseSuggester(
-            km, graph, unknown_below=ml.unknown_below, learned_weight_halfway=ml.learned_weight_halfway,
+            km,
+            graph,
+            unknown_below=ml.unknown_below,
+            learned_weight_halfway=ml.learned_weight_halfway,
             playbook_causes={name: list(pb.applies_to.root_causes) for name, pb in playbooks.items()},
         ),
         PlaybookRanker(
-            playbooks, settings.guardrails, policy=Policies(settings).playbook_denied,
+            playbooks,
+            settings.guardrails,
+            policy=Policies(settings).playbook_denied,
             prior_pseudo_count=ml.prior_pseudo_count,
-            half_life_hours=ml.outcome_half_life_hours, explore=ml.explore, seed=ml.seed,
+            half_life_hours=ml.outcome_half_life_hours,
+            explore=ml.explore,
+            seed=ml.seed,
         ),
     ]
 
@@ -133,8 +147,12 @@ def _sanitize(name: str, out: Any) -> AdvisorOutput:
     for c in out.candidates:
         try:
             clean.candidates.append(
-                RootCauseCandidate(cause=str(c.cause), probability=clamp01(c.probability),
-                                   service=c.service, evidence=[str(e) for e in c.evidence][:20])
+                RootCauseCandidate(
+                    cause=str(c.cause),
+                    probability=clamp01(c.probability),
+                    service=c.service,
+                    evidence=[str(e) for e in c.evidence][:20],
+                )
             )
         except (ValidationError, AttributeError, TypeError):
             clean.evidence.append(f"{name}: malformed root-cause candidate dropped")
@@ -188,8 +206,12 @@ class AdvisorService:
         self._de_health = AvroDeserializer(HealthWindow)
         self._de_outcome = AvroDeserializer(SignedOutcome)
         t = settings.topics.name
-        self.topics = {"cycles": t("cycles"), "anomalies": t("anomalies"), "health": t("health"),
-                       "outcomes": t("outcomes")}
+        self.topics = {
+            "cycles": t("cycles"),
+            "anomalies": t("anomalies"),
+            "health": t("health"),
+            "outcomes": t("outcomes"),
+        }
 
     @property
     def log(self) -> ImmutableLog:
@@ -232,8 +254,14 @@ class AdvisorService:
                 advisor.learn(outcome, feats)
             except Exception:  # one advisor's bug must not stop the others learning
                 logger.exception("advisor learn_failed advisor=%s outcome=%s", advisor.name, outcome.outcome_id)
-        logger.info("advisor learned outcome=%s service=%s playbook=%s result=%s features=%s",
-                    outcome.outcome_id, outcome.service, outcome.playbook, outcome.result, feats is not None)
+        logger.info(
+            "advisor learned outcome=%s service=%s playbook=%s result=%s features=%s",
+            outcome.outcome_id,
+            outcome.service,
+            outcome.playbook,
+            outcome.result,
+            feats is not None,
+        )
         return True
 
     async def rebuild(self) -> int:
@@ -293,10 +321,18 @@ class AdvisorService:
             scope |= closure(self._graph, s)
         since = {s: self.changed_at(s) for s in sorted(scope)}
         # evidence from before an outcome on a related service describes a system that has since changed
-        anomalies = [a for s in sorted(scope) for a in self._anomalies.get(s, ())
-                     if lo <= a.ts <= hi and min(a.ts, a.window_start) >= since[s]]
-        health = [w for s in sorted(scope) for w in self._health.get(s, ())
-                  if lo <= w.window_end <= hi and w.window_start >= since[s]]
+        anomalies = [
+            a
+            for s in sorted(scope)
+            for a in self._anomalies.get(s, ())
+            if lo <= a.ts <= hi and min(a.ts, a.window_start) >= since[s]
+        ]
+        health = [
+            w
+            for s in sorted(scope)
+            for w in self._health.get(s, ())
+            if lo <= w.window_end <= hi and w.window_start >= since[s]
+        ]
         return CycleContext(focus=focus, services=services, anomalies=anomalies, health=health, changed_at=since)
 
     def observe(self, event: AnomalyScore | HealthWindow) -> None:
@@ -370,8 +406,13 @@ class AdvisorService:
         }
         try:
             await self.log.append(
-                actor=ACTOR, action="advice_provided", resource=f"cycle/{focus.cycle_id}", subsystem="advisors",
-                payload=payload, result="ok", cycle_id=focus.cycle_id,
+                actor=ACTOR,
+                action="advice_provided",
+                resource=f"cycle/{focus.cycle_id}",
+                subsystem="advisors",
+                payload=payload,
+                result="ok",
+                cycle_id=focus.cycle_id,
             )
         except KafkaUnavailable as exc:  # LedgerUnavailable is a subclass: unsigned advice is not advice
             logger.error("advisor advice_not_signed cycle=%s error=%s", focus.cycle_id, exc)
@@ -382,8 +423,14 @@ class AdvisorService:
         self.advised += 1
         top = advice.root_cause_candidates[0].cause if advice.root_cause_candidates else "-"
         best = advice.ranked_playbooks[0].name if advice.ranked_playbooks else "-"
-        logger.info("advisor advice_published cycle=%s focus=%s services=%s root_cause=%s playbook=%s",
-                    focus.cycle_id, focus.focus_area, ",".join(ctx.services), top, best)
+        logger.info(
+            "advisor advice_published cycle=%s focus=%s services=%s root_cause=%s playbook=%s",
+            focus.cycle_id,
+            focus.focus_area,
+            ",".join(ctx.services),
+            top,
+            best,
+        )
         return advice
 
     # -- loop -------------------------------------------------------------------------------------
@@ -427,8 +474,9 @@ class AdvisorService:
                 if time.monotonic() < deadline:
                     self._pending_outcomes.append((outcome, deadline))
                 else:
-                    logger.warning("advisor outcome_unverified outcome=%s: no signed ledger entry, not learned",
-                                   outcome.outcome_id)
+                    logger.warning(
+                        "advisor outcome_unverified outcome=%s: no signed ledger entry, not learned", outcome.outcome_id
+                    )
 
     async def run(self, stop: asyncio.Event) -> None:
         started_ms = int(time.time() * 1000) - 1000

@@ -17,7 +17,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    err_console,
+    require_bootstrap,
+    settings_from,
+)
 from metaheal.config import Settings
 from metaheal.events import ApprovalDecision, ApprovalRequest
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
@@ -38,7 +44,7 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
 
 
 def _read(settings: Settings) -> tuple[dict[str, ApprovalRequest], dict[str, list[ApprovalDecision]]]:
-    from metaheal.agents.approvals import DECODER
+    from metaheal.agents.executor.approvals import DECODER
 
     requests: dict[str, ApprovalRequest] = {}
     decisions: dict[str, list[ApprovalDecision]] = {}
@@ -85,9 +91,16 @@ def list_requests(
     Console().print(table)
 
 
-def _decide(plan_id: str, key: Path, reason: str, operator: str | None, decision: Literal["approve", "deny"],
-            config: Path | None, bootstrap: str | None) -> None:
-    from metaheal.agents.approvals import load_signing_key, sign_decision
+def _decide(
+    plan_id: str,
+    key: Path,
+    reason: str,
+    operator: str | None,
+    decision: Literal["approve", "deny"],
+    config: Path | None,
+    bootstrap: str | None,
+) -> None:
+    from metaheal.agents.executor.approvals import load_signing_key, sign_decision
     from metaheal.ledger.keys import key_id_of
 
     s = require_bootstrap(settings_from(config, bootstrap))
@@ -99,8 +112,11 @@ def _decide(plan_id: str, key: Path, reason: str, operator: str | None, decision
     if operator is None:
         match = next((o for o in s.operators if o.public_key == pub), None)
         if match is None:
-            raise _fail(f"--key: key {key_id_of(bytes.fromhex(pub))} is not registered in settings.operators "
-                        "(pass --operator, or add the operator's public_key)", 2)
+            raise _fail(
+                f"--key: key {key_id_of(bytes.fromhex(pub))} is not registered in settings.operators "
+                "(pass --operator, or add the operator's public_key)",
+                2,
+            )
         operator = match.name
     requests, _ = _read(s)
     req = requests.get(plan_id)
@@ -108,8 +124,9 @@ def _decide(plan_id: str, key: Path, reason: str, operator: str | None, decision
         raise _fail(f"PLAN_ID: no approval request for plan {plan_id}")
     if time.time() > req.expires_at:
         raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
-    signed = sign_decision(sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision,
-                           reason=reason)
+    signed = sign_decision(
+        sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision, reason=reason
+    )
     try:
         with Producer(s.kafka) as p:
             p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)
@@ -119,14 +136,26 @@ def _decide(plan_id: str, key: Path, reason: str, operator: str | None, decision
 
 
 @approvals_app.command("approve")
-def approve(plan_id: str, key: KeyOpt, reason: ReasonOpt = "", operator: OperatorOpt = None,
-            config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+def approve(
+    plan_id: str,
+    key: KeyOpt,
+    reason: ReasonOpt = "",
+    operator: OperatorOpt = None,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
     """Sign and publish an approval for PLAN_ID."""
     _decide(plan_id, key, reason, operator, "approve", config, bootstrap)
 
 
 @approvals_app.command("deny")
-def deny(plan_id: str, key: KeyOpt, reason: ReasonOpt = "", operator: OperatorOpt = None,
-         config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+def deny(
+    plan_id: str,
+    key: KeyOpt,
+    reason: ReasonOpt = "",
+    operator: OperatorOpt = None,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
     """Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."""
     _decide(plan_id, key, reason, operator, "deny", config, bootstrap)

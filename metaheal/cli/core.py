@@ -11,7 +11,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from metaheal.broker import BrokerError
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, format_validation_error, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    err_console,
+    format_validation_error,
+    require_bootstrap,
+    settings_from,
+)
 from metaheal.config import ConfigError, Settings, load_settings
 from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.topics import check_topics, ensure_topics
@@ -77,7 +84,11 @@ def topics_check(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> No
 
 
 @config_app.command("check")
-def config_check(file: Annotated[Path | None, typer.Argument(help="metaheal.yaml (default: $METAHEAL_CONFIG or ./metaheal.yaml)")] = None) -> None:
+def config_check(
+    file: Annotated[
+        Path | None, typer.Argument(help="metaheal.yaml (default: $METAHEAL_CONFIG or ./metaheal.yaml)")
+    ] = None,
+) -> None:
     """Validate a configuration file; print every error with file and field path."""
     try:
         settings = load_settings(file)
@@ -91,7 +102,9 @@ def config_check(file: Annotated[Path | None, typer.Argument(help="metaheal.yaml
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{file or 'configuration'}: OK ({len(settings.services)} services, {len(settings.operators)} operators)")
+    typer.echo(
+        f"{file or 'configuration'}: OK ({len(settings.services)} services, {len(settings.operators)} operators)"
+    )
 
 
 EXAMPLE_HEADER = """\
@@ -110,10 +123,20 @@ EXAMPLE_HEADER = """\
 # Lists have no useful default; the example shows one realistic entry of each.
 EXAMPLE_ENTRIES: dict[str, list[dict[str, Any]]] = {
     "services": [
-        {"name": "checkout", "admin_url": "http://127.0.0.1:8081", "dependencies": ["payments", "inventory-db"],
-         "criticality": "high", "owner": "team-checkout"},
-        {"name": "payments", "admin_url": "http://127.0.0.1:8082", "dependencies": [],
-         "criticality": "critical", "owner": "team-payments"},
+        {
+            "name": "checkout",
+            "admin_url": "http://127.0.0.1:8081",
+            "dependencies": ["payments", "inventory-db"],
+            "criticality": "high",
+            "owner": "team-checkout",
+        },
+        {
+            "name": "payments",
+            "admin_url": "http://127.0.0.1:8082",
+            "dependencies": [],
+            "criticality": "critical",
+            "owner": "team-payments",
+        },
     ],
     "operators": [{"name": "alice", "public_key": "00" * 32, "services": ["*"]}],
 }
@@ -144,10 +167,16 @@ def example_config() -> str:
             value: Any = EXAMPLE_ENTRIES[name]
         else:
             default = field.get_default(call_default_factory=True)
-            value = default.model_dump(mode="json") if isinstance(default, BaseModel) else (
-                str(default) if isinstance(default, Path) else default)
-        doc = (section.__doc__ or "").strip().splitlines()[0] if section and section.__doc__ else (
-            field.description or EXAMPLE_DOCS.get(name))
+            value = (
+                default.model_dump(mode="json")
+                if isinstance(default, BaseModel)
+                else (str(default) if isinstance(default, Path) else default)
+            )
+        doc = (
+            (section.__doc__ or "").strip().splitlines()[0]
+            if section and section.__doc__
+            else (field.description or EXAMPLE_DOCS.get(name))
+        )
         if doc:
             out.append(f"# {doc}")
         text = yaml.safe_dump({name: value}, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)

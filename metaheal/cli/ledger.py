@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    err_console,
+    require_bootstrap,
+    settings_from,
+)
 from metaheal.config import Settings
 from metaheal.kafka.errors import KafkaUnavailable
 
@@ -24,7 +30,9 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _settings(config: Path | None, bootstrap: str | None, keys: Path | None = None, need_broker: bool = True) -> Settings:
+def _settings(
+    config: Path | None, bootstrap: str | None, keys: Path | None = None, need_broker: bool = True
+) -> Settings:
     s = settings_from(config, bootstrap)
     if keys is not None:
         s.keys = keys
@@ -97,8 +105,10 @@ def replay(
         if as_json:
             typer.echo(e.model_dump_json())
         else:
-            typer.echo(f"[{e.sequence:>6}] {e.timestamp}  {e.actor:<16} {e.action:<20} {e.resource} -> {e.result}"
-                       f"  sig {e.signature[:12]}…")
+            typer.echo(
+                f"[{e.sequence:>6}] {e.timestamp}  {e.actor:<16} {e.action:<20} {e.resource} -> {e.result}"
+                f"  sig {e.signature[:12]}…"
+            )
             typer.echo(f"         {e.payload[:200]}")
 
 
@@ -127,8 +137,10 @@ def outcomes(
             typer.echo(e.model_dump_json())
         else:
             p = json.loads(e.payload)
-            typer.echo(f"[{e.sequence:>6}] {e.timestamp} {e.subsystem} {p.get('outcome_id', '-')} "
-                       f"{p.get('playbook', '-')} -> {e.result}")
+            typer.echo(
+                f"[{e.sequence:>6}] {e.timestamp} {e.subsystem} {p.get('outcome_id', '-')} "
+                f"{p.get('playbook', '-')} -> {e.result}"
+            )
     if not entries:
         typer.echo("no signed outcomes", err=True)
 
@@ -160,7 +172,9 @@ def prove_cmd(
 @ledger_app.command("check-proof")
 def check_proof(
     bundle: Annotated[Path, typer.Argument(help="A bundle from `metaheal ledger prove`.")],
-    registry: Annotated[Path | None, typer.Option("--registry", help="Keys folder whose registry.json to trust.")] = None,
+    registry: Annotated[
+        Path | None, typer.Option("--registry", help="Keys folder whose registry.json to trust.")
+    ] = None,
 ) -> None:
     """Verify an inclusion proof offline (no broker): exit 0 if it holds."""
     from metaheal.ledger.keys import KeyRegistry
@@ -250,7 +264,9 @@ def keys_list(config: ConfigOpt = None, bootstrap: BootstrapOpt = None, keys: Ke
     s = _settings(config, bootstrap, keys, need_broker=False)
     for r in sorted(KeyRegistry.load(s.keys).records.values(), key=lambda r: (r.actor, r.valid_from)):
         state = "revoked" if r.revoked else ("retired" if r.valid_until else "active")
-        typer.echo(f"{r.actor:<20} {r.key_id} {state:<8} from {r.valid_from} until {r.valid_until or '-'} {r.public_key}")
+        typer.echo(
+            f"{r.actor:<20} {r.key_id} {state:<8} from {r.valid_from} until {r.valid_until or '-'} {r.public_key}"
+        )
 
 
 @keys_app.command("rotate")

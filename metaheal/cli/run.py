@@ -20,16 +20,22 @@ from metaheal.topics import ensure_topics
 def simulate(
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
-    scenario: Annotated[str | None, typer.Option(help="scenario to inject (a fault name, latency_drift, error_spike, quiet)")] = None,
+    scenario: Annotated[
+        str | None, typer.Option(help="scenario to inject (a fault name, latency_drift, error_spike, quiet)")
+    ] = None,
     at: Annotated[float, typer.Option("--at", help="inject the scenario this many seconds after start")] = 0.0,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: until Ctrl-C)")] = None,
     interval: Annotated[float, typer.Option(help="seconds between telemetry ticks")] = 1.0,
     seed: Annotated[int, typer.Option(help="noise seed")] = 0,
     ready_delay: Annotated[float, typer.Option(help="seconds a new instance takes to become ready")] = 5.0,
-    restart_seconds: Annotated[float, typer.Option(help="seconds a rolling restart keeps half the instances out")] = 4.0,
+    restart_seconds: Annotated[
+        float, typer.Option(help="seconds a rolling restart keeps half the instances out")
+    ] = 4.0,
     day_seconds: Annotated[float, typer.Option(help="length of the compressed daily load curve")] = 1800.0,
     day_amplitude: Annotated[float, typer.Option(help="relative swing of the daily load curve")] = 0.1,
-    services_out: Annotated[Path | None, typer.Option(help="write the services: config (admin URLs) to this YAML file")] = None,
+    services_out: Annotated[
+        Path | None, typer.Option(help="write the services: config (admin URLs) to this YAML file")
+    ] = None,
 ) -> None:
     """Run the simulated fleet: telemetry to <prefix>telemetry, admin APIs on localhost, probes, faults.
 
@@ -49,8 +55,11 @@ def simulate(
     if interval <= 0:
         typer.echo("error: --interval: must be > 0", err=True)
         raise typer.Exit(2)
-    for name, value in (("--ready-delay", ready_delay), ("--restart-seconds", restart_seconds),
-                        ("--day-seconds", day_seconds)):
+    for name, value in (
+        ("--ready-delay", ready_delay),
+        ("--restart-seconds", restart_seconds),
+        ("--day-seconds", day_seconds),
+    ):
         if value <= 0:
             typer.echo(f"error: {name}: must be > 0 (got {value})", err=True)
             raise typer.Exit(2)
@@ -58,9 +67,18 @@ def simulate(
         typer.echo(f"error: --day-amplitude: must be in [0, 1) (got {day_amplitude})", err=True)
         raise typer.Exit(2)
     ensure_topics(settings)
-    sim = Simulator(settings, seed=seed, interval=interval, scenario=scenario, at=at, duration=duration,
-                    ready_delay=ready_delay, restart_seconds=restart_seconds, day_seconds=day_seconds,
-                    day_amplitude=day_amplitude)
+    sim = Simulator(
+        settings,
+        seed=seed,
+        interval=interval,
+        scenario=scenario,
+        at=at,
+        duration=duration,
+        ready_delay=ready_delay,
+        restart_seconds=restart_seconds,
+        day_seconds=day_seconds,
+        day_amplitude=day_amplitude,
+    )
 
     async def main(stop: asyncio.Event) -> None:
         await sim.start()
@@ -78,8 +96,10 @@ def simulate(
 def up(
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
-    role: Annotated[list[str] | None, typer.Option(
-        "--role", help="all|broker|streams|advisors|meta|executor|simulator (repeat or comma-separate)")] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help="all|broker|streams|advisors|meta|executor|simulator (repeat or comma-separate)"),
+    ] = None,
     workdir: Annotated[Path, typer.Option(help="folder for generated files (child-process settings)")] = Path("."),
     port: Annotated[int, typer.Option(help="embedded broker port when no --bootstrap (0: a free one)")] = 9092,
     scenario: Annotated[str | None, typer.Option(help="with --role simulator: scenario to inject")] = None,
@@ -120,15 +140,18 @@ def up(
             raise typer.Exit(1) from None
         settings.kafka.bootstrap = broker.bootstrap
         log.info("broker started bootstrap=%s took_ms=%.0f", broker.bootstrap, took * 1000)
-        typer.echo(f"embedded broker on {broker.bootstrap}; start a fleet in another terminal: metaheal simulate "
-                   f"--bootstrap {broker.bootstrap}{f' --config {config}' if config else ''} "
-                   "--scenario db_slow_query --at 30")
+        typer.echo(
+            f"embedded broker on {broker.bootstrap}; start a fleet in another terminal: metaheal simulate "
+            f"--bootstrap {broker.bootstrap}{f' --config {config}' if config else ''} "
+            "--scenario db_slow_query --at 30"
+        )
     try:
         created = ensure_topics(settings)
         log.info("topics ensured prefix=%s created=%d", settings.topics.prefix, len(created))
         sim_opts = {"scenario": scenario, "at": at} if "simulator" in roles else None
-        runtime = Runtime(settings, roles, workdir=workdir.resolve(), explicit="all" not in asked,
-                          simulator_options=sim_opts)
+        runtime = Runtime(
+            settings, roles, workdir=workdir.resolve(), explicit="all" not in asked, simulator_options=sim_opts
+        )
 
         async def main(stop: asyncio.Event) -> None:
             if broker is not None and only_broker:
@@ -168,13 +191,18 @@ def _port_free(port: int) -> bool:
 def demo(
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
-    workdir: Annotated[Path, typer.Option(
-        help="where the demo writes metaheal.yaml, keys/ and logs; run `metaheal ledger verify` from there")]
-    = Path("metaheal-demo"),
+    workdir: Annotated[
+        Path,
+        typer.Option(
+            help="where the demo writes metaheal.yaml, keys/ and logs; run `metaheal ledger verify` from there"
+        ),
+    ] = Path("metaheal-demo"),
     seed: Annotated[int, typer.Option(help="simulator noise seed")] = 0,
     warmup: Annotated[float, typer.Option(help="seconds of quiet telemetry before the first flow")] = 20.0,
-    scenario: Annotated[list[str] | None, typer.Option(
-        help="instead of the three design flows, heal these simulator scenarios one after another")] = None,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(help="instead of the three design flows, heal these simulator scenarios one after another"),
+    ] = None,
     flow_timeout: Annotated[float, typer.Option(help="seconds a flow may take to heal")] = 90.0,
 ) -> None:
     """The self-healing demo: simulated fleet, every component, three flows, ledger replay and verify."""
@@ -205,8 +233,11 @@ def demo(
     settings = demo_settings(base, workdir, new_prefix())
     started = time.monotonic()
     try:
-        report = asyncio.run(run_demo(settings, workdir, typer.echo, seed=seed, warmup_seconds=warmup,
-                                      flow_timeout=flow_timeout, flows=flows))
+        report = asyncio.run(
+            run_demo(
+                settings, workdir, typer.echo, seed=seed, warmup_seconds=warmup, flow_timeout=flow_timeout, flows=flows
+            )
+        )
     except KafkaUnavailable as exc:
         typer.echo(f"error: kafka: {exc}", err=True)
         raise typer.Exit(1) from None

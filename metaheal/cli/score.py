@@ -15,7 +15,9 @@ from metaheal.streams.backtest import BacktestError, score_csv
 
 def score(
     file: Annotated[str, typer.Argument(help="CSV with timestamp,value rows (header optional); '-' reads stdin.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the scored CSV; '-' (default) is stdout.")] = "-",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Where to write the scored CSV; '-' (default) is stdout.")
+    ] = "-",
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Keep going on bad rows: write them with an empty score and warn on stderr."),

@@ -7,22 +7,29 @@ A deployment registers its services the way ``metaheal simulate`` does, so a run
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
 from pydantic import ValidationError
 
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, format_validation_error, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    format_validation_error,
+    require_bootstrap,
+    settings_from,
+)
 from metaheal.config import Settings
 from metaheal.kafka import KafkaUnavailable
 
 T = TypeVar("T")
 
-services_app = typer.Typer(help="The service registry: what `metaheal up` knows about services it may heal.",
-                           no_args_is_help=True)
+services_app = typer.Typer(
+    help="The service registry: what `metaheal up` knows about services it may heal.", no_args_is_help=True
+)
 
 Criticality = Annotated[str, typer.Option(help="low|medium|high|critical")]
 
@@ -51,8 +58,10 @@ def list_services(
     now = time.time()
     for reg in sorted(snap.services.values(), key=lambda r: r.name):
         deps = ",".join(reg.dependencies) or "-"
-        typer.echo(f"{reg.name:<16} {reg.admin_url or '-':<28} deps={deps:<24} {reg.criticality:<8} "
-                   f"owner={reg.owner or '-'} by={reg.registered_by} {now - reg.ts:.0f}s ago")
+        typer.echo(
+            f"{reg.name:<16} {reg.admin_url or '-':<28} deps={deps:<24} {reg.criticality:<8} "
+            f"owner={reg.owner or '-'} by={reg.registered_by} {now - reg.ts:.0f}s ago"
+        )
     for offset, key, error in snap.rejected:
         typer.echo(f"rejected offset {offset} key {key!r}: {error}")
 
@@ -64,7 +73,9 @@ def register(
     depends_on: Annotated[list[str] | None, typer.Option("--depends-on", help="a dependency (repeatable)")] = None,
     criticality: Criticality = "medium",
     owner: Annotated[str | None, typer.Option(help="owning team")] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="YAML with a `services:` list (same shape as in metaheal.yaml)")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="YAML with a `services:` list (same shape as in metaheal.yaml)")
+    ] = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
@@ -80,8 +91,18 @@ def register(
     if file is not None:
         entries = _entries_from_file(file)
     else:
-        entries = [("flags", {"name": name, "admin_url": admin_url, "dependencies": depends_on or [],
-                              "criticality": criticality, "owner": owner})]
+        entries = [
+            (
+                "flags",
+                {
+                    "name": name,
+                    "admin_url": admin_url,
+                    "dependencies": depends_on or [],
+                    "criticality": criticality,
+                    "owner": owner,
+                },
+            )
+        ]
     regs: list[ServiceRegistration] = []
     problems: list[str] = []
     for source, doc in entries:
@@ -135,7 +156,8 @@ def _entries_from_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
         raise typer.Exit(2) from None
     items = doc.get("services") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        typer.echo(f"error: {path}: expected a `services:` list of mappings (name, admin_url, dependencies, ...)",
-                   err=True)
+        typer.echo(
+            f"error: {path}: expected a `services:` list of mappings (name, admin_url, dependencies, ...)", err=True
+        )
         raise typer.Exit(2)
     return [(f"{path}: services.{i}", item) for i, item in enumerate(items)]

@@ -1,6 +1,6 @@
 """``metaheal status [--json]``: current cycle, guardrails, probes, pending approvals, last outcomes.
 
-Everything is read from the topics (``metaheal.agents.status``), so the command works
+Everything is read from the topics (``metaheal.agents.meta.status``), so the command works
 on any machine that reaches the brokers, with or without a running meta loop.
 """
 
@@ -14,7 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    err_console,
+    require_bootstrap,
+    settings_from,
+)
 from metaheal.kafka import KafkaUnavailable
 
 
@@ -29,7 +35,7 @@ def status(
     outcomes: Annotated[int, typer.Option("--outcomes", min=0, help="How many recent outcomes to show.")] = 10,
 ) -> None:
     """Show the current cycle, guardrail level, active probes, pending approvals and last outcomes."""
-    from metaheal.agents.status import StatusClient
+    from metaheal.agents.meta.status import StatusClient
 
     settings = require_bootstrap(settings_from(config, bootstrap))
     try:
@@ -43,7 +49,11 @@ def status(
     out = Console()
     cycle = snap["current_cycle"]
     leader = snap["leader"]
-    lead = f"{leader['holder']} (epoch {leader['epoch']}, {'alive' if leader['alive'] else 'lease expired'})" if leader else "none"
+    lead = (
+        f"{leader['holder']} (epoch {leader['epoch']}, {'alive' if leader['alive'] else 'lease expired'})"
+        if leader
+        else "none"
+    )
     out.print(f"[bold]Meta loop leader:[/bold] {lead}")
     out.print(f"[bold]Guardrail level:[/bold] {snap['guardrail_level']}")
     if cycle is None:
@@ -68,5 +78,7 @@ def status(
     out.print(table if snap["pending_approvals"] else "[bold]Pending approvals:[/bold] none")
     table = Table("time", "service", "playbook", "result", "duration", "cycle", title="Last outcomes")
     for o in snap["last_outcomes"]:
-        table.add_row(_when(o["ts"]), o["service"], o["playbook"], o["result"], f"{o['duration_seconds']:.0f}s", o["cycle_id"])
+        table.add_row(
+            _when(o["ts"]), o["service"], o["playbook"], o["result"], f"{o['duration_seconds']:.0f}s", o["cycle_id"]
+        )
     out.print(table if snap["last_outcomes"] else "[bold]Last outcomes:[/bold] none")

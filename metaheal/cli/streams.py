@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from metaheal.cli.options import BootstrapOpt, ConfigOpt, err_console, require_bootstrap, settings_from
+from metaheal.cli.options import (
+    BootstrapOpt,
+    ConfigOpt,
+    err_console,
+    require_bootstrap,
+    settings_from,
+)
 
 streams_app = typer.Typer(help="Run the telemetry streams worker.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks that print measured numbers.", no_args_is_help=True)
@@ -39,7 +45,9 @@ def bench_scorer(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per telemetry record.")] = 500,
     load: Annotated[float, typer.Option("--load", min=1, help="Offered samples/s in the latency phase.")] = 5000.0,
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="Length of the latency phase.")] = 10.0,
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="End-to-end phases per encoding (medians printed).")] = 3,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="End-to-end phases per encoding (medians printed).")
+    ] = 3,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """End-to-end vs model-only samples/s and produce->anomaly latency of one faust worker (embedded broker)."""
@@ -48,7 +56,8 @@ def bench_scorer(
     from metaheal.streams.bench import run_bench
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = run_bench(n=n, services=services, batch=batch, load=load, seconds=seconds, bootstrap=bootstrap,
-                       rounds=rounds)
+    result = run_bench(
+        n=n, services=services, batch=batch, load=load, seconds=seconds, bootstrap=bootstrap, rounds=rounds
+    )
     for line in result.lines():
         typer.echo(line)

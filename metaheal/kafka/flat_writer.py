@@ -75,6 +75,7 @@ def _value_writer(t: Any) -> Callable[[Any, list[bytes]], None]:
         index = {sym: _SMALL[i] if i < 64 else varint(i) for i, sym in enumerate(t["symbols"])}
         return lambda v, out: out.append(index[v])
     if isinstance(t, dict) and t.get("type") == "map" and t.get("values") == "string":
+
         def write_map(m: dict[str, str], out: list[bytes]) -> None:
             if m:
                 out.append(varint(len(m)))
@@ -82,6 +83,7 @@ def _value_writer(t: Any) -> Callable[[Any, list[bytes]], None]:
                     _string(k, out)
                     _string(v, out)
             out.append(b"\x00")
+
         return write_map
     raise TypeError(f"type {t!r} is not flat; use fastavro")
 
@@ -101,6 +103,7 @@ def _field_step(name: str, t: Any) -> Step:
             else:
                 out.append(tag_value)
                 other(v, out)
+
         return union
     try:
         write = _value_writer(t)

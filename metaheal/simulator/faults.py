@@ -195,8 +195,7 @@ class UpstreamOutage(Fault):
 
 
 FAULTS: dict[str, type[Fault]] = {
-    f.name: f
-    for f in (TrafficSurge, InstanceSlowdown, DbSlowQuery, BadDeployment, CacheEvictionStorm, UpstreamOutage)
+    f.name: f for f in (TrafficSurge, InstanceSlowdown, DbSlowQuery, BadDeployment, CacheEvictionStorm, UpstreamOutage)
 }
 
 #: scenario name -> faults (name, parameters); the demo's flows use latency_drift and error_spike.

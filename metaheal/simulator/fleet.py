@@ -72,17 +72,47 @@ class ServiceSpec:
 def default_topology() -> list[ServiceSpec]:
     """web -> api_cluster -> {db, cache, payments}; api_cluster is the designed bottleneck."""
     return [
-        ServiceSpec("web", instances=10, capacity_per_instance=60, base_latency_ms=20,
-                    calls={"api_cluster": 1.0}, criticality="critical", owner="frontend"),
-        ServiceSpec("api_cluster", instances=8, capacity_per_instance=45, base_latency_ms=30,
-                    calls={"cache": 1.0, "db": 1.5, "payments": 0.2}, cache_hit_rate=0.92,
-                    db_uncached=0.3, criticality="critical", owner="platform"),
-        ServiceSpec("db", instances=3, capacity_per_instance=80, base_latency_ms=25, standby=True,
-                    criticality="high", owner="dba"),
-        ServiceSpec("cache", instances=2, capacity_per_instance=400, base_latency_ms=1,
-                    criticality="medium", owner="platform"),
-        ServiceSpec("payments", instances=4, capacity_per_instance=30, base_latency_ms=60, standby=True,
-                    criticality="high", owner="payments"),
+        ServiceSpec(
+            "web",
+            instances=10,
+            capacity_per_instance=60,
+            base_latency_ms=20,
+            calls={"api_cluster": 1.0},
+            criticality="critical",
+            owner="frontend",
+        ),
+        ServiceSpec(
+            "api_cluster",
+            instances=8,
+            capacity_per_instance=45,
+            base_latency_ms=30,
+            calls={"cache": 1.0, "db": 1.5, "payments": 0.2},
+            cache_hit_rate=0.92,
+            db_uncached=0.3,
+            criticality="critical",
+            owner="platform",
+        ),
+        ServiceSpec(
+            "db",
+            instances=3,
+            capacity_per_instance=80,
+            base_latency_ms=25,
+            standby=True,
+            criticality="high",
+            owner="dba",
+        ),
+        ServiceSpec(
+            "cache", instances=2, capacity_per_instance=400, base_latency_ms=1, criticality="medium", owner="platform"
+        ),
+        ServiceSpec(
+            "payments",
+            instances=4,
+            capacity_per_instance=30,
+            base_latency_ms=60,
+            standby=True,
+            criticality="high",
+            owner="payments",
+        ),
     ]
 
 
@@ -547,8 +577,12 @@ class Fleet:
     def _baseline(self, service: str) -> ServiceView:
         """The service as designed: no faults, no actions, mean load."""
         if self._baselines is None:
-            clean = Fleet([s.spec for s in self.services.values()], clock=lambda: 0.0,
-                          ingress_rps=self.ingress_rps, day_amplitude=0.0)
+            clean = Fleet(
+                [s.spec for s in self.services.values()],
+                clock=lambda: 0.0,
+                ingress_rps=self.ingress_rps,
+                day_amplitude=0.0,
+            )
             self._baselines = clean.view(0.0)
         return self._baselines[service]
 

@@ -71,13 +71,22 @@ class ProbeListener:
                         logger.warning("probe rejected offset=%d error=%s", msg.offset(), exc)
                         dlq = dlq or Producer(self.settings.kafka)
                         dead = DeadLetter.of(msg, "undecodable ProbeCommand", str(exc))
-                        await asyncio.to_thread(dlq.send, self.settings.topics.name("deadletter"),
-                                                AvroSerializer(DeadLetter)(dead), msg.key())
+                        await asyncio.to_thread(
+                            dlq.send,
+                            self.settings.topics.name("deadletter"),
+                            AvroSerializer(DeadLetter)(dead),
+                            msg.key(),
+                        )
                         continue
                     if apply_probe(self.fleet, cmd):
                         self.applied += 1
-                        logger.info("probe applied probe=%s services=%s ttl=%d cycle_id=%s",
-                                    cmd.probe, ",".join(cmd.services) or "*", cmd.ttl_seconds, cmd.cycle_id)
+                        logger.info(
+                            "probe applied probe=%s services=%s ttl=%d cycle_id=%s",
+                            cmd.probe,
+                            ",".join(cmd.services) or "*",
+                            cmd.ttl_seconds,
+                            cmd.cycle_id,
+                        )
         finally:
             await asyncio.to_thread(consumer.close)
             if dlq is not None:

@@ -140,8 +140,13 @@ class Simulator:
         probe_task = asyncio.create_task(self.probes.run(probes_stop)) if self.probes else None
         started = time.monotonic()
         next_tick = started
-        logger.info("simulator started services=%d interval=%.2f scenario=%s at=%.1f",
-                    len(self.fleet.services), self.interval, self.pending_scenario, self.at)
+        logger.info(
+            "simulator started services=%d interval=%.2f scenario=%s at=%.1f",
+            len(self.fleet.services),
+            self.interval,
+            self.pending_scenario,
+            self.at,
+        )
         try:
             while not stop.is_set():
                 elapsed = time.monotonic() - started
@@ -163,5 +168,6 @@ class Simulator:
             await asyncio.to_thread(publisher.close)
             await self.withdraw()
             await self.admin.stop()
-            logger.info("simulator stopped ticks=%d batches=%d samples=%d",
-                        self.ticks, publisher.batches, publisher.samples)
+            logger.info(
+                "simulator stopped ticks=%d batches=%d samples=%d", self.ticks, publisher.batches, publisher.samples
+            )

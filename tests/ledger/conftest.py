@@ -42,14 +42,22 @@ def build_chain(settings: Settings, n: int, *, checkpoint_every: int = 10**9, cy
     init_system_keys(settings.keys)
     reg = KeyRegistry.load(settings.keys)
     signers = {a: reg.signing_key(a) for a, _ in ACTIONS}
-    seq = Sequencer(checkpoint_every_entries=checkpoint_every, checkpoint_every_seconds=1e9,
-                    origin=settings.ledger.origin)
+    seq = Sequencer(
+        checkpoint_every_entries=checkpoint_every, checkpoint_every_seconds=1e9, origin=settings.ledger.origin
+    )
     ledger = reg.signing_key("ledger")
     out: list[LedgerEntry] = []
     for i in range(n):
         actor, action = ACTIONS[i % len(ACTIONS)]
-        fields = dict(actor=actor, action=action, resource=f"svc{i % 7}", subsystem="api", cycle_id=f"cycle-{i // cycle_len}",
-                      payload=f'{{"i":{i},"score":0.5}}', result="ok")
+        fields = dict(
+            actor=actor,
+            action=action,
+            resource=f"svc{i % 7}",
+            subsystem="api",
+            cycle_id=f"cycle-{i // cycle_len}",
+            payload=f'{{"i":{i},"score":0.5}}',
+            result="ok",
+        )
         out += seq.add(fields, signers[actor], ledger)
     return out
 

@@ -46,8 +46,11 @@ def test_rfc8785_number_samples(value: int, text: str) -> None:
 
 
 def test_rfc8785_structure_sample() -> None:
-    doc = {"numbers": [333333333.33333329, 1e30, 4.50, 2e-3, 0.000000000000000000000000001],
-           "string": "\u20ac$\u000f\u000aA'\u0042\u0022\u005c\\\"/", "literals": [None, True, False]}
+    doc = {
+        "numbers": [333333333.33333329, 1e30, 4.50, 2e-3, 0.000000000000000000000000001],
+        "string": "\u20ac$\u000f\u000aA'\u0042\u0022\u005c\\\"/",
+        "literals": [None, True, False],
+    }
     assert canonical_json(doc) == (
         '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
         '"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}'
@@ -62,7 +65,9 @@ def test_keys_sort_by_utf16_code_units() -> None:
 def test_round_trips_and_is_stable() -> None:
     rnd = random.Random(7)
     for _ in range(2000):
-        x = rnd.choice([rnd.uniform(-1e6, 1e6), rnd.random() * 10 ** rnd.randint(-30, 30), rnd.randint(-10**20, 10**20)])
+        x = rnd.choice(
+            [rnd.uniform(-1e6, 1e6), rnd.random() * 10 ** rnd.randint(-30, 30), rnd.randint(-(10**20), 10**20)]
+        )
         text = canonical_json({"x": x})
         back = json.loads(text)["x"]
         assert (float(back) if isinstance(x, float) else back) == x  # JCS numbers are IEEE doubles
@@ -84,11 +89,11 @@ def test_rejects_with_the_path(value: object, message: str) -> None:
 
 
 def test_entry_message_fast_path_equals_general_canonical_form() -> None:
-    from metaheal.ledger.chain import BODY_FIELDS, DOMAIN, message
     from metaheal.ledger.canonical import canonical_bytes
+    from metaheal.ledger.chain import BODY_FIELDS, DOMAIN, message
 
     rnd = random.Random(3)
-    alphabet = ["a", "\u00e9", "\"", "\\", "\n", "\x01", "\u2028", "\U0001f600", "/", " "]
+    alphabet = ["a", "\u00e9", '"', "\\", "\n", "\x01", "\u2028", "\U0001f600", "/", " "]
     for i in range(500):
         body = {f: "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8))) for f in BODY_FIELDS}
         body["sequence"] = rnd.randint(0, 10**12)

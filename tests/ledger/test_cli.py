@@ -21,12 +21,16 @@ runner = CliRunner()
 @pytest.fixture
 def cfg(settings: Settings, tmp_path: Path) -> Path:
     path = tmp_path / "metaheal.yaml"
-    path.write_text(yaml.safe_dump({
-        "kafka": {"bootstrap": settings.kafka.bootstrap},
-        "topics": {"prefix": settings.topics.prefix},
-        "keys": str(settings.keys),
-        "ledger": {"checkpoint_every_entries": 4},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kafka": {"bootstrap": settings.kafka.bootstrap},
+                "topics": {"prefix": settings.topics.prefix},
+                "keys": str(settings.keys),
+                "ledger": {"checkpoint_every_entries": 4},
+            }
+        )
+    )
     return path
 
 
@@ -45,16 +49,40 @@ async def test_keys_and_ledger_commands(cfg: Path, settings: Settings) -> None:
 
     settings.ledger.checkpoint_every_entries = 4
     log = ImmutableLog(settings)
-    await log.append(actor="meta_loop", action="cycle_focus_decided", cycle_id="c1", resource="cycle:c1",
-                     payload={"focus_area": "latency_drift", "confidence": 0.9, "reasoning": ["p95 up"]})
-    await log.append(actor="ml_advisors", action="advice_provided", cycle_id="c1",
-                     payload={"root_cause_candidates": [{"cause": "cache_miss", "probability": 0.8}]})
-    await log.append(actor="agentic_planner", action="plan_created", cycle_id="c1",
-                     payload={"plan_id": "p1", "directive_id": "d1", "playbook": "warm_cache"})
-    await log.append(actor="operator:alice", action="approval_decided", cycle_id="c1",
-                     payload={"plan_id": "p1", "decision": "approve"}, result="approve")
-    await log.append(actor="executor", action="execution_outcome", cycle_id="c1", subsystem="agents",
-                     payload={"plan_id": "p1", "outcome_id": "o1", "result": "success"}, result="success")
+    await log.append(
+        actor="meta_loop",
+        action="cycle_focus_decided",
+        cycle_id="c1",
+        resource="cycle:c1",
+        payload={"focus_area": "latency_drift", "confidence": 0.9, "reasoning": ["p95 up"]},
+    )
+    await log.append(
+        actor="ml_advisors",
+        action="advice_provided",
+        cycle_id="c1",
+        payload={"root_cause_candidates": [{"cause": "cache_miss", "probability": 0.8}]},
+    )
+    await log.append(
+        actor="agentic_planner",
+        action="plan_created",
+        cycle_id="c1",
+        payload={"plan_id": "p1", "directive_id": "d1", "playbook": "warm_cache"},
+    )
+    await log.append(
+        actor="operator:alice",
+        action="approval_decided",
+        cycle_id="c1",
+        payload={"plan_id": "p1", "decision": "approve"},
+        result="approve",
+    )
+    await log.append(
+        actor="executor",
+        action="execution_outcome",
+        cycle_id="c1",
+        subsystem="agents",
+        payload={"plan_id": "p1", "outcome_id": "o1", "result": "success"},
+        result="success",
+    )
     await log.append(actor="meta_loop", action="cycle_focus_decided", cycle_id="c2", payload={})
     log.close()
 

@@ -28,5 +28,9 @@ def test_kcat_one_liner_replays_one_cycle(chain_settings: Settings) -> None:
     want = [e for e in chain if e.cycle_id == "cycle-1"]
     assert [r["key"] for r in records] == [f"cycle-1/{e.sequence}" for e in want]
     headers = dict(zip(records[0]["headers"][::2], records[0]["headers"][1::2], strict=True))
-    assert headers == {"cycle_id": "cycle-1", "actor": want[0].actor, "action": want[0].action,
-                       "signature": want[0].signature}
+    assert headers == {
+        "cycle_id": "cycle-1",
+        "actor": want[0].actor,
+        "action": want[0].action,
+        "signature": want[0].signature,
+    }

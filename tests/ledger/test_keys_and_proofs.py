@@ -112,16 +112,24 @@ def test_consistency_between_checkpoints(offline: Settings) -> None:
     other = build_chain(offline, 40, checkpoint_every=8)  # same keys, different timestamps = different history
     mixed = consistency_bundle(chain, sizes[0], sizes[-1])
     mixed["old_checkpoint"] = consistency_bundle(other, sizes[0], sizes[-1])["old_checkpoint"]
-    assert check_consistency(mixed, ledger_key) == [f"checkpoint {sizes[-1]} is not an extension of checkpoint {sizes[0]}"]
+    assert check_consistency(mixed, ledger_key) == [
+        f"checkpoint {sizes[-1]} is not an extension of checkpoint {sizes[0]}"
+    ]
 
 
 def test_verifier_offline_on_records(offline: Settings) -> None:
     chain = build_chain(offline, 25, checkpoint_every=6)
-    records = [RawRecord(i, r.key.encode(), r.value, {k: v.encode() for k, v in r.headers.items()})
-               for i, r in enumerate(rec(e) for e in chain)]
+    records = [
+        RawRecord(i, r.key.encode(), r.value, {k: v.encode() for k, v in r.headers.items()})
+        for i, r in enumerate(rec(e) for e in chain)
+    ]
     reg = KeyRegistry.load(offline.keys)
     assert verify_records(records, reg).clean
-    swapped = records[:3] + [RawRecord(3, records[3].key, records[3].value, {**records[3].headers, "actor": b"x"})] + records[4:]
+    swapped = (
+        records[:3]
+        + [RawRecord(3, records[3].key, records[3].value, {**records[3].headers, "actor": b"x"})]
+        + records[4:]
+    )
     assert [str(f) for f in verify_records(swapped, reg).findings] == [
         f"sequence 3: header mismatch: header actor=b'x' differs from the entry's '{chain[3].actor}'"
     ]
@@ -133,8 +141,15 @@ def test_strict_mode_flags_non_canonical_payload(offline: Settings) -> None:
     build_chain(offline, 1)
     reg = KeyRegistry.load(offline.keys)
     seq = Sequencer()
-    fields = dict(actor="executor", action="step_executed", resource="", subsystem="", cycle_id="c", result="ok",
-                  payload='{"b": 1, "a": 2.0}')  # signed as given, but not canonical
+    fields = dict(
+        actor="executor",
+        action="step_executed",
+        resource="",
+        subsystem="",
+        cycle_id="c",
+        result="ok",
+        payload='{"b": 1, "a": 2.0}',
+    )  # signed as given, but not canonical
     e = seq.add(fields, reg.signing_key("executor"))[0]
     r = rec(e)
     records = [RawRecord(0, r.key.encode(), r.value, {k: v.encode() for k, v in r.headers.items()})]
@@ -149,6 +164,7 @@ def _checkpoint_for_older_size(offline: Settings, *, wrong_root: bool) -> list[R
     from metaheal.ledger.chain import seal
     from metaheal.ledger.checkpoint import sign_note
     from metaheal.ledger.merkle import leaf_hash, root
+
     chain = build_chain(offline, 12)
     reg = KeyRegistry.load(offline.keys)
     key_id, sk = reg.signing_key("ledger")
@@ -156,11 +172,24 @@ def _checkpoint_for_older_size(offline: Settings, *, wrong_root: bool) -> list[R
     r = root(leaves[:4] if wrong_root else leaves[:5])
     origin = offline.ledger.origin
     payload = {"origin": origin, "size": 5, "root": base64.b64encode(r).decode(), "note": sign_note(origin, 5, r, sk)}
-    cp = seal(sequence=len(chain), timestamp=chain[-1].timestamp, cycle_id="checkpoints", actor="ledger",
-              action="checkpoint", resource="", subsystem="ledger", payload=payload, result="ok", key_id=key_id,
-              prev_hash=chain[-1].entry_hash, signing_key=sk)
-    return [RawRecord(i, x.key.encode(), x.value, {k: v.encode() for k, v in x.headers.items()})
-            for i, x in enumerate(rec(e) for e in [*chain, cp])]
+    cp = seal(
+        sequence=len(chain),
+        timestamp=chain[-1].timestamp,
+        cycle_id="checkpoints",
+        actor="ledger",
+        action="checkpoint",
+        resource="",
+        subsystem="ledger",
+        payload=payload,
+        result="ok",
+        key_id=key_id,
+        prev_hash=chain[-1].entry_hash,
+        signing_key=sk,
+    )
+    return [
+        RawRecord(i, x.key.encode(), x.value, {k: v.encode() for k, v in x.headers.items()})
+        for i, x in enumerate(rec(e) for e in [*chain, cp])
+    ]
 
 
 def test_checkpoint_of_an_older_size_is_checked_against_the_leaves(offline: Settings) -> None:
@@ -168,4 +197,6 @@ def test_checkpoint_of_an_older_size_is_checked_against_the_leaves(offline: Sett
     reg = KeyRegistry.load(offline.keys)
     assert verify_records(good, reg).clean
     bad = verify_records(_checkpoint_for_older_size(offline, wrong_root=True), reg)
-    assert [str(f) for f in bad.findings] == ["sequence 12: checkpoint: Merkle root of the first 5 entries does not match"]
+    assert [str(f) for f in bad.findings] == [
+        "sequence 12: checkpoint: Merkle root of the first 5 entries does not match"
+    ]

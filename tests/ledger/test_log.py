@@ -15,8 +15,8 @@ from metaheal.kafka import KafkaUnavailable
 from metaheal.ledger import ImmutableLog, LedgerUnavailable
 from metaheal.ledger.chain import GENESIS, entry_hash, message
 from metaheal.ledger.index import index_partition
-from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.keys import KeyRegistry, init_operator_key, init_system_keys
+from metaheal.ledger.reader import PartitionReader
 
 pytestmark = pytest.mark.broker
 
@@ -30,10 +30,24 @@ def log(settings: Settings):
 
 
 async def test_append_returns_signed_chained_entry(log: ImmutableLog, settings: Settings) -> None:
-    e0 = await log.append(actor="meta_loop", action="cycle_focus_decided", resource="api", subsystem="meta",
-                          payload={"focus": "latency_drift", "confidence": 0.87}, result="ok", cycle_id="c1")
-    e1 = await log.append(actor="ml_advisors", action="advice_provided", resource="api", subsystem="ml",
-                          payload={"root_cause": "cache_miss"}, result="ok", cycle_id="c1")
+    e0 = await log.append(
+        actor="meta_loop",
+        action="cycle_focus_decided",
+        resource="api",
+        subsystem="meta",
+        payload={"focus": "latency_drift", "confidence": 0.87},
+        result="ok",
+        cycle_id="c1",
+    )
+    e1 = await log.append(
+        actor="ml_advisors",
+        action="advice_provided",
+        resource="api",
+        subsystem="ml",
+        payload={"root_cause": "cache_miss"},
+        result="ok",
+        cycle_id="c1",
+    )
     assert isinstance(e0, LedgerEntry)
     assert (e0.sequence, e1.sequence) == (0, 1)
     assert e0.prev_hash == GENESIS and e1.prev_hash == e0.entry_hash
@@ -48,8 +62,15 @@ async def test_append_returns_signed_chained_entry(log: ImmutableLog, settings: 
 async def test_concurrent_appends_keep_one_chain_and_replay_by_cycle(log: ImmutableLog) -> None:
     async def agent(i: int) -> list[LedgerEntry]:
         return [
-            await log.append(actor="executor", action="step_executed", resource=f"svc{i}", subsystem="agents",
-                             payload={"step": j}, result="ok", cycle_id=f"cycle-{i % 3}")
+            await log.append(
+                actor="executor",
+                action="step_executed",
+                resource=f"svc{i}",
+                subsystem="agents",
+                payload={"step": j},
+                result="ok",
+                cycle_id=f"cycle-{i % 3}",
+            )
             for j in range(5)
         ]
 
@@ -94,10 +115,22 @@ async def test_resume_when_index_tail_is_stale(settings: Settings) -> None:
 
 
 async def test_signed_outcomes_are_verified_and_filtered(log: ImmutableLog, settings: Settings) -> None:
-    await log.append(actor="executor", action="execution_outcome", subsystem="api", cycle_id="c1",
-                     payload={"outcome_id": "o1", "result": "success"}, result="success")
-    await log.append(actor="executor", action="execution_outcome", subsystem="db", cycle_id="c2",
-                     payload={"outcome_id": "o2", "result": "failed"}, result="failed")
+    await log.append(
+        actor="executor",
+        action="execution_outcome",
+        subsystem="api",
+        cycle_id="c1",
+        payload={"outcome_id": "o1", "result": "success"},
+        result="success",
+    )
+    await log.append(
+        actor="executor",
+        action="execution_outcome",
+        subsystem="db",
+        cycle_id="c2",
+        payload={"outcome_id": "o2", "result": "failed"},
+        result="failed",
+    )
     await log.append(actor="executor", action="step_executed", subsystem="api", cycle_id="c2", payload={})
     all_ = await log.get_signed_outcomes()
     assert [json.loads(e.payload)["outcome_id"] for e in all_] == ["o1", "o2"]

@@ -40,9 +40,10 @@ def test_known_vectors() -> None:
     # Empty tree and the RFC 6962 prefixes, written out.
     assert EMPTY_ROOT.hex() == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert leaf_hash(b"").hex() == "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-    assert root([leaf_hash(b"a"), leaf_hash(b"b")]) == hashlib.sha256(
-        b"\x01" + hashlib.sha256(b"\x00a").digest() + hashlib.sha256(b"\x00b").digest()
-    ).digest()
+    assert (
+        root([leaf_hash(b"a"), leaf_hash(b"b")])
+        == hashlib.sha256(b"\x01" + hashlib.sha256(b"\x00a").digest() + hashlib.sha256(b"\x00b").digest()).digest()
+    )
 
 
 @pytest.mark.parametrize("n", range(0, 34))

@@ -79,8 +79,10 @@ async def test_second_process_appends_concurrently(settings: Settings) -> None:
     init_system_keys(settings.keys)
     settings.ledger.lease_idle_release_seconds = 0.05
     settings.ledger.append_timeout_seconds = 30
-    child = subprocess.Popen([sys.executable, "-c", CHILD, settings.kafka.bootstrap, settings.topics.prefix,
-                              str(settings.keys), "15"], stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, settings.kafka.bootstrap, settings.topics.prefix, str(settings.keys), "15"],
+        stderr=subprocess.PIPE,
+    )
     log = ImmutableLog(settings)
     try:
         for i in range(15):

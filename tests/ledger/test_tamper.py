@@ -133,9 +133,20 @@ def test_forked_history(chain_settings: Settings) -> None:
     chain = build_chain(chain_settings, 10)
     reg = KeyRegistry.load(chain_settings.keys)
     kid, sk = reg.signing_key("executor")
-    other = seal(sequence=8, timestamp=chain[8].timestamp, cycle_id=chain[8].cycle_id, actor="executor",
-                 action="execution_started", resource="svc-x", subsystem="api", payload={"forked": True},
-                 result="ok", key_id=kid, prev_hash=chain[7].entry_hash, signing_key=sk)
+    other = seal(
+        sequence=8,
+        timestamp=chain[8].timestamp,
+        cycle_id=chain[8].cycle_id,
+        actor="executor",
+        action="execution_started",
+        resource="svc-x",
+        subsystem="api",
+        payload={"forked": True},
+        result="ok",
+        key_id=kid,
+        prev_hash=chain[7].entry_hash,
+        signing_key=sk,
+    )
     write_raw(chain_settings, [rec(e) for e in chain] + [rec(other)])
     assert findings(chain_settings) == {(8, "fork")}
 
@@ -144,9 +155,20 @@ def test_action_by_actor_not_allowed(chain_settings: Settings) -> None:
     chain = build_chain(chain_settings, 10)
     reg = KeyRegistry.load(chain_settings.keys)
     kid, sk = reg.signing_key("ml_advisors")
-    bad = seal(sequence=10, timestamp=chain[9].timestamp, cycle_id="cycle-x", actor="ml_advisors",
-               action="execution_outcome", resource="api", subsystem="api", payload={"result": "success"},
-               result="success", key_id=kid, prev_hash=chain[9].entry_hash, signing_key=sk)
+    bad = seal(
+        sequence=10,
+        timestamp=chain[9].timestamp,
+        cycle_id="cycle-x",
+        actor="ml_advisors",
+        action="execution_outcome",
+        resource="api",
+        subsystem="api",
+        payload={"result": "success"},
+        result="success",
+        key_id=kid,
+        prev_hash=chain[9].entry_hash,
+        signing_key=sk,
+    )
     write_raw(chain_settings, [rec(e) for e in chain] + [rec(bad)])
     assert findings(chain_settings) == {(10, "unauthorised")}
 

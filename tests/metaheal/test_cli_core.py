@@ -127,8 +127,12 @@ def test_broker_command_port_in_use_fails_clearly(broker: EmbeddedBroker) -> Non
 def test_broker_command_stopped_while_starting_leaves_no_process(tmp_path: Path) -> None:
     install_s3rver()
     port, data = free_port(), tmp_path / "data"
-    proc = subprocess.Popen([METAHEAL, "broker", "--port", str(port), "--data-dir", str(data)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [METAHEAL, "broker", "--port", str(port), "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # Interrupt as soon as the S3 server exists, before the broker is ready.
         deadline = time.monotonic() + 30

@@ -62,7 +62,9 @@ def test_config_example_command_prints_it() -> None:
 
 
 def test_every_error_names_file_field_and_expectation(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 kafka:
   bootstrapp: localhost:9092
 cycle:
@@ -72,7 +74,8 @@ guardrails:
     tight: {auto_approve_confidence: 1.5, max_blast_radius: 1, max_impact: huge}
 services:
   - admin_url: http://x
-""")
+""",
+    )
     code, out, err = check(path)
     assert code == 1 and out == ""
     lines = err.splitlines()

@@ -23,28 +23,66 @@ pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
 
 
 def anomaly(value: float, ts: float) -> AnomalyScore:
-    return AnomalyScore(service="api_cluster", metric="latency_p95_ms", signal="latency", value=value, baseline=86.0,
-                        score=0.9995, threshold=0.99, crossed=True, model="test", ts=ts, window_start=ts - 2,
-                        window_end=ts)
+    return AnomalyScore(
+        service="api_cluster",
+        metric="latency_p95_ms",
+        signal="latency",
+        value=value,
+        baseline=86.0,
+        score=0.9995,
+        threshold=0.99,
+        crossed=True,
+        model="test",
+        ts=ts,
+        window_start=ts - 2,
+        window_end=ts,
+    )
 
 
 async def test_timeline_renders_one_line_per_event_from_the_topics(topics: Settings) -> None:
     from metaheal.demo import Timeline
 
     now = time.time()
-    cycle = CycleFocus(cycle_id="cycle_1", ts=now, focus_area="latency_drift", confidence=0.91,
-                       reasoning=["Latency drift: 86ms -> 210ms on api_cluster"], guardrail_adjustment="loosen",
-                       guardrail_level="loose", extra_probes=["latency_histograms"], time_budget_seconds=120,
-                       target_services=["api_cluster"])
-    directive = Directive(directive_id="d1", cycle_id="cycle_1", ts=now, service="api_cluster",
-                          focus_area="latency_drift", guardrail_level="loose",
-                          ml_advice=DirectiveAdvice(recommended_playbooks=["scale_up_instances"]), confidence=0.8,
-                          time_budget_seconds=120)
-    outcome = SignedOutcome(outcome_id="o1", plan_id="p1", directive_id="d1", cycle_id="cycle_1",
-                            service="api_cluster", playbook="scale_up_instances", result="success",
-                            duration_seconds=8.2, verification_passed=True, trust_decision="auto_approved",
-                            actor="executor", actor_signature="ab" * 32, learned_insights=["scaling works"], ts=now,
-                            ledger_sequence=7)
+    cycle = CycleFocus(
+        cycle_id="cycle_1",
+        ts=now,
+        focus_area="latency_drift",
+        confidence=0.91,
+        reasoning=["Latency drift: 86ms -> 210ms on api_cluster"],
+        guardrail_adjustment="loosen",
+        guardrail_level="loose",
+        extra_probes=["latency_histograms"],
+        time_budget_seconds=120,
+        target_services=["api_cluster"],
+    )
+    directive = Directive(
+        directive_id="d1",
+        cycle_id="cycle_1",
+        ts=now,
+        service="api_cluster",
+        focus_area="latency_drift",
+        guardrail_level="loose",
+        ml_advice=DirectiveAdvice(recommended_playbooks=["scale_up_instances"]),
+        confidence=0.8,
+        time_budget_seconds=120,
+    )
+    outcome = SignedOutcome(
+        outcome_id="o1",
+        plan_id="p1",
+        directive_id="d1",
+        cycle_id="cycle_1",
+        service="api_cluster",
+        playbook="scale_up_instances",
+        result="success",
+        duration_seconds=8.2,
+        verification_passed=True,
+        trust_decision="auto_approved",
+        actor="executor",
+        actor_signature="ab" * 32,
+        learned_insights=["scaling works"],
+        ts=now,
+        ledger_sequence=7,
+    )
     t = topics.topics.name
     with Producer(topics.kafka) as p:
         p.produce(t("anomalies"), AvroSerializer(AnomalyScore)(anomaly(210.0, now)), key="api_cluster")

@@ -27,8 +27,9 @@ def _settings(bootstrap: str) -> KafkaSettings:
 def _write(ks: KafkaSettings, events: set[tuple[bytes, bytes]]) -> None:
     # In a function of its own so the client is gone (connections closed) before the
     # broker stops: tansu waits a few seconds for connected clients on shutdown.
-    Admin(ks).ensure([TopicSpec("durable.events", 3, 1, {}),
-                      TopicSpec("durable.ledger", 1, 1, {"cleanup.policy": "compact"})])
+    Admin(ks).ensure(
+        [TopicSpec("durable.events", 3, 1, {}), TopicSpec("durable.ledger", 1, 1, {"cleanup.policy": "compact"})]
+    )
     with Producer(ks) as p:
         for key, value in sorted(events):
             p.produce("durable.events", value, key=key)

@@ -22,7 +22,7 @@ def fastavro_bytes(schema: dict, datum: dict) -> bytes:
 
 def random_text(rng: random.Random) -> str:
     n = rng.choice([0, 1, 5, 63, 64, 65, 200, 9000])  # around the one-byte length prefix, and long
-    return ("aZ9_./-é€😀" * 1000)[rng.randrange(10):][:n]
+    return ("aZ9_./-é€😀" * 1000)[rng.randrange(10) :][:n]
 
 
 def random_anomaly(rng: random.Random) -> dict:
@@ -30,11 +30,20 @@ def random_anomaly(rng: random.Random) -> dict:
         return rng.choice([0.0, -0.0, 1e-300, -5.5, 1e300, math.inf, -math.inf, rng.uniform(-1e6, 1e6)])
 
     return {
-        "service": random_text(rng) or "s", "metric": random_text(rng) or "m",
-        "signal": rng.choice([None, "latency", random_text(rng)]), "kind": rng.choice(["sample", "summary"]),
-        "value": num(), "baseline": num(), "score": rng.random(), "threshold": rng.random(),
-        "crossed": rng.random() < 0.5, "confidence": rng.random(), "model": random_text(rng), "ts": num(),
-        "window_start": num(), "window_end": num(),
+        "service": random_text(rng) or "s",
+        "metric": random_text(rng) or "m",
+        "signal": rng.choice([None, "latency", random_text(rng)]),
+        "kind": rng.choice(["sample", "summary"]),
+        "value": num(),
+        "baseline": num(),
+        "score": rng.random(),
+        "threshold": rng.random(),
+        "crossed": rng.random() < 0.5,
+        "confidence": rng.random(),
+        "model": random_text(rng),
+        "ts": num(),
+        "window_start": num(),
+        "window_end": num(),
         "labels": {random_text(rng): random_text(rng) for _ in range(rng.choice([0, 1, 3, 70]))},
     }
 

@@ -38,7 +38,10 @@ def test_kcat_reads_records_with_headers_as_json(kafka_settings: KafkaSettings, 
         p.flush()
     out = subprocess.run(
         kcat_argv(kafka_settings.bootstrap or "", "-C", "-t", topic, "-e", "-J", "-q"),
-        env=kcat_env(), capture_output=True, timeout=30, check=True,
+        env=kcat_env(),
+        capture_output=True,
+        timeout=30,
+        check=True,
     ).stdout
     records = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
     assert [r["key"] for r in records] == [f"k{i}" for i in range(5)]

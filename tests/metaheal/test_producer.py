@@ -25,12 +25,14 @@ def _read(settings: Settings) -> list[tuple[str, list[Metric]]]:
 def test_single_and_batched_samples_arrive_keyed_by_service(topics: Settings, fmt: str) -> None:
     with MetricsProducer(bootstrap=topics.kafka.bootstrap, prefix=topics.topics.prefix, fmt=fmt, max_batch=2) as mp:  # type: ignore[arg-type]
         mp.send("checkout", "latency_ms", 245.0, ts=1.0, labels={"host": "h1"})
-        queued = mp.send_batch([
-            ("checkout", "error_rate", 0.02, 2.0),
-            {"service": "payments", "metric": "latency_ms", "value": 80.0, "ts": 3.0},
-            Metric(service="checkout", metric="latency_ms", value=250.0, ts=4.0),
-            ("checkout", "latency_ms", 260.0, 5.0, {"host": "h2"}),
-        ])
+        queued = mp.send_batch(
+            [
+                ("checkout", "error_rate", 0.02, 2.0),
+                {"service": "payments", "metric": "latency_ms", "value": 80.0, "ts": 3.0},
+                Metric(service="checkout", metric="latency_ms", value=250.0, ts=4.0),
+                ("checkout", "latency_ms", 260.0, 5.0, {"host": "h2"}),
+            ]
+        )
         assert queued == 4
     assert mp.sent == 5
     records = _read(topics)
@@ -101,5 +103,7 @@ def test_a_series_arrives_as_columns_in_records_of_max_batch(topics: Settings, f
     records = _read(topics)
     assert [len(samples) for _, samples in records] == [2, 1]  # the bad series sent nothing
     assert [(s.ts, s.value, s.labels) for _, samples in records for s in samples] == [
-        (1.0, 10.0, {"host": "h1"}), (2.0, 20.0, {"host": "h1"}), (3.0, 30.0, {"host": "h1"}),
+        (1.0, 10.0, {"host": "h1"}),
+        (2.0, 20.0, {"host": "h1"}),
+        (3.0, 30.0, {"host": "h1"}),
     ]

@@ -48,8 +48,11 @@ async def test_running_control_plane_merges_registrations_live_and_configured_en
     await runtime.follow_registry()
     try:
         assert topics.service("early") is not None  # read to the end before any component is built
-        publish(topics, ServiceSettings(name="api", admin_url="http://127.0.0.1:2", dependencies=["db"]),
-                ServiceSettings(name="db", admin_url="http://127.0.0.1:3", criticality="low"))
+        publish(
+            topics,
+            ServiceSettings(name="api", admin_url="http://127.0.0.1:2", dependencies=["db"]),
+            ServiceSettings(name="db", admin_url="http://127.0.0.1:3", criticality="low"),
+        )
         await until(lambda: topics.service("api") is not None and topics.service("db").admin_url is not None)
         api, db = topics.service("api"), topics.service("db")
         assert api is not None and api.dependencies == ["db"] and api.admin_url == "http://127.0.0.1:2"
@@ -66,7 +69,9 @@ async def test_running_control_plane_merges_registrations_live_and_configured_en
 
 
 @ASYNC
-async def test_invalid_registration_goes_to_the_dead_letter_topic_with_the_field(topics: Settings, tmp_path: Path) -> None:
+async def test_invalid_registration_goes_to_the_dead_letter_topic_with_the_field(
+    topics: Settings, tmp_path: Path
+) -> None:
     runtime = Runtime(topics, ["executor"], workdir=tmp_path)
     await runtime.follow_registry()
     try:
@@ -97,8 +102,8 @@ def test_components_see_the_dependency_graph_of_later_registrations(topics: Sett
     """The meta loop and the advisors read the graph live, so a caller of a late-registered service counts as one."""
     from metaheal.agents.advisors.root_cause import RootCauseSuggester
     from metaheal.agents.advisors.service import AdvisorService
-    from metaheal.agents.learning import Learner
-    from metaheal.agents.meta_loop import Observations
+    from metaheal.agents.meta.learning import Learner
+    from metaheal.agents.meta.observations import Observations
 
     obs = Observations(topics, Learner(half_life=3600.0))
     advisors = AdvisorService(topics)
@@ -119,8 +124,10 @@ def test_services_cli_registers_lists_and_rejects_bad_input_naming_the_field(top
     r = run(app, ["services", "register", "db", "--admin-url", "localhost:9000"], env=env)
     assert r.exit_code == 2 and "admin_url: must be an http:// or https:// URL (got 'localhost:9000')" in r.output
     f = tmp_path / "svc.yaml"
-    f.write_text("services:\n  - name: api\n    admin_url: http://127.0.0.1:5\n    dependencies: [db]\n"
-                 "  - name: db\n    criticality: urgent\n")
+    f.write_text(
+        "services:\n  - name: api\n    admin_url: http://127.0.0.1:5\n    dependencies: [db]\n"
+        "  - name: db\n    criticality: urgent\n"
+    )
     r = run(app, ["services", "register", "--file", str(f)], env=env)
     assert r.exit_code == 2 and f"{f}: services.1: criticality:" in r.output, r.output
     assert read_registry(topics).services == {}  # nothing of a rejected file is published

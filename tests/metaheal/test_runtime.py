@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from metaheal.broker import EmbeddedBroker
-from metaheal.runtime import Component, ComponentFailed, SubprocessService, expand_roles, run_components
+from metaheal.runtime import (
+    Component,
+    ComponentFailed,
+    SubprocessService,
+    expand_roles,
+    run_components,
+)
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 
@@ -79,9 +85,23 @@ def test_up_starts_and_stops_cleanly_on_sigterm(broker: EmbeddedBroker, tmp_path
     env["METAHEAL_KEYS"] = str(tmp_path / "keys")
     env["METAHEAL_KAFKA__SESSION_TIMEOUT_MS"] = "6000"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from metaheal.cli import main; main()", "up", "--bootstrap", broker.bootstrap,
-         "--role", "meta,executor,simulator", "--workdir", str(tmp_path)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from metaheal.cli import main; main()",
+            "up",
+            "--bootstrap",
+            broker.bootstrap,
+            "--role",
+            "meta,executor,simulator",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     log: list[str] = []
     deadline = time.monotonic() + 60

@@ -25,8 +25,20 @@ from metaheal.registry import read_registry
 
 CLI = [sys.executable, "-c", "from metaheal.cli import main; main()"]
 #: the demo's fleet tunings (metaheal.demo.run_demo)
-SIM_ARGS = ["--interval", "0.5", "--ready-delay", "3", "--restart-seconds", "3", "--day-amplitude", "0.03",
-            "--day-seconds", "600", "--seed", "0"]
+SIM_ARGS = [
+    "--interval",
+    "0.5",
+    "--ready-delay",
+    "3",
+    "--restart-seconds",
+    "3",
+    "--day-amplitude",
+    "0.03",
+    "--day-seconds",
+    "600",
+    "--seed",
+    "0",
+]
 
 
 def outcomes(settings: Settings) -> list[SignedOutcome]:
@@ -69,15 +81,26 @@ def test_up_heals_a_fault_of_a_simulator_started_after_it(settings: Settings, tm
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
     up_log, sim_log = tmp_path / "up.log", tmp_path / "simulate.log"
     with open(up_log, "wb") as out:
-        up = subprocess.Popen([*CLI, "up", "--config", str(config), "--workdir", str(tmp_path)], cwd=tmp_path, env=env,
-                              stdout=out, stderr=out, start_new_session=True)
+        up = subprocess.Popen(
+            [*CLI, "up", "--config", str(config), "--workdir", str(tmp_path)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
     sim = None
     try:
         assert wait_for_text(up_log, "runtime starting", 60, up), up_log.read_text()[-3000:]
         with open(sim_log, "wb") as out:
-            sim = subprocess.Popen([*CLI, "simulate", "--config", str(config), "--scenario", "db_slow_query",
-                                    "--at", "25", *SIM_ARGS], cwd=tmp_path, env=env, stdout=out, stderr=out,
-                                   start_new_session=True)
+            sim = subprocess.Popen(
+                [*CLI, "simulate", "--config", str(config), "--scenario", "db_slow_query", "--at", "25", *SIM_ARGS],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         assert wait_for_text(sim_log, "scenario injected", 60, sim), sim_log.read_text()[-3000:]
         injected = time.time()
         healed: list[SignedOutcome] = []
@@ -85,19 +108,33 @@ def test_up_heals_a_fault_of_a_simulator_started_after_it(settings: Settings, tm
         while not healed and time.monotonic() < deadline and up.poll() is None:
             time.sleep(1.0)
             # db's fix: fail it over to the replica (the executor acts on db itself or on its caller)
-            healed = [o for o in outcomes(s) if o.ts >= injected - 1 and o.service in ("db", "api_cluster")
-                      and o.playbook == "failover_dependency" and o.result == "success" and o.verification_passed]
+            healed = [
+                o
+                for o in outcomes(s)
+                if o.ts >= injected - 1
+                and o.service in ("db", "api_cluster")
+                and o.playbook == "failover_dependency"
+                and o.result == "success"
+                and o.verification_passed
+            ]
         log = up_log.read_text(errors="replace")
-        assert healed, "no verified failover for db; outcomes: " + "; ".join(
-            f"{o.playbook}@{o.service}:{o.result}" for o in outcomes(s)) + "\n" + log[-4000:]
+        assert healed, (
+            "no verified failover for db; outcomes: "
+            + "; ".join(f"{o.playbook}@{o.service}:{o.result}" for o in outcomes(s))
+            + "\n"
+            + log[-4000:]
+        )
         # the executor knew the fleet only from the simulator's registrations
         assert f"service registered name={healed[0].service} admin_url=http://127.0.0.1:" in log
         assert healed[0].trust_decision == "auto_approved"
         # healed: every service's own /health (at the registered admin URL) is OK again
         registry = read_registry(s).services
         assert set(registry) == {"web", "api_cluster", "db", "cache", "payments"}
-        sick = {n: r.text for n, r in ((n, httpx.get(f"{reg.admin_url}/health", timeout=5))
-                                       for n, reg in registry.items()) if r.status_code != 200}
+        sick = {
+            n: r.text
+            for n, r in ((n, httpx.get(f"{reg.admin_url}/health", timeout=5)) for n, reg in registry.items())
+            if r.status_code != 200
+        }
         assert not sick, sick
         # a simulator that stops takes its admin URLs away: the running control plane forgets them
         assert stop(sim) == 0, sim_log.read_text()[-2000:]

@@ -21,7 +21,9 @@ def produce(settings: Settings) -> list[Record]:
     topic = settings.topics.name("telemetry")
     with Producer(settings.kafka) as p:
         for i in range(N):
-            samples = [{"service": "api", "metric": "latency_ms", "value": 100.0 + j, "ts": i + j / 8} for j in range(8)]
+            samples = [
+                {"service": "api", "metric": "latency_ms", "value": 100.0 + j, "ts": i + j / 8} for j in range(8)
+            ]
             p.produce(topic, json.dumps({"samples": samples}).encode(), key="api", partition=0)
         p.flush()
     with Consumer(settings.kafka) as c:
@@ -64,7 +66,7 @@ def test_catch_up_leaves_queued_records_to_the_stream(stream_topics: Settings) -
     async def scenario() -> list[int]:
         filled = []
         for chunk in range(0, N, 10):  # the stream delivers 10 records between ticks: progress every tick
-            for r in records[chunk:chunk + 10]:
+            for r in records[chunk : chunk + 10]:
                 await sync.process(r)
             filled.append(await sync.catch_up())
         filled.append(await sync.catch_up())  # no progress: the log is read, it has nothing new
@@ -85,8 +87,12 @@ def test_a_stalled_partition_is_left_to_a_busy_stream_for_a_while(stream_topics:
     topic = records[0].topic
     with Producer(s.kafka) as p:  # partition 1: what keeps the stream busy
         for i in range(N):
-            p.produce(topic, json.dumps({"service": "db", "metric": "latency_ms", "value": 5.0, "ts": i}).encode(),
-                      key="db", partition=1)
+            p.produce(
+                topic,
+                json.dumps({"service": "db", "metric": "latency_ms", "value": 5.0, "ts": i}).encode(),
+                key="db",
+                partition=1,
+            )
         p.flush()
     with Consumer(s.kafka) as c:
         other = [Record(topic, 1, m.offset(), m.key(), m.value()) for m in c.read_to_end(topic, partitions=[1])]
@@ -99,7 +105,7 @@ def test_a_stalled_partition_is_left_to_a_busy_stream_for_a_while(stream_topics:
         for r in records[:10]:
             await sync.process(r)
         for tick in range(N // 2):  # partition 1 gets two records a tick, partition 0 none
-            for r in other[2 * tick:2 * tick + 2]:
+            for r in other[2 * tick : 2 * tick + 2]:
                 await sync.process(r)
             advanced.append(await sync.catch_up())
             clock[0] += 1.0

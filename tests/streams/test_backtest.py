@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -54,7 +54,7 @@ def test_cli_scores_with_the_streaming_code_path(tmp_path: Path) -> None:
 def test_cli_stdin_to_stdout_without_header_and_iso_timestamps() -> None:
     ts, values = _series(200, 150)
     lines = [
-        f"{datetime.fromtimestamp(t, tz=timezone.utc).strftime('%Y-%m-%d %H:%M:%S')},{v}"
+        f"{datetime.fromtimestamp(t, tz=UTC).strftime('%Y-%m-%d %H:%M:%S')},{v}"
         for t, v in zip(ts, values, strict=True)
     ]
     result = runner.invoke(app, ["score", "-"], input="\n".join(lines) + "\n")

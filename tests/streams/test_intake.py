@@ -92,7 +92,12 @@ def test_bad_input_becomes_dead_letter_with_original_bytes(
     assert samples == []
     assert isinstance(dead, DeadLetter)
     assert (dead.reason, dead.source_topic, dead.partition, dead.offset, dead.key, dead.value) == (
-        reason, "p.telemetry", 2, 41, b"api", raw,
+        reason,
+        "p.telemetry",
+        2,
+        41,
+        b"api",
+        raw,
     )
     assert needle in dead.error
 
@@ -114,15 +119,19 @@ def _series_bytes(service: str, metric: str, ts: list[float], values: list[float
 
     ser = AvroSerializer(MetricSeries)
     buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(load(MetricSeries)),
-                               {"service": service, "metric": metric, "labels": labels or {}, "ts": ts, "values": values})
+    fastavro.schemaless_writer(
+        buf,
+        fastavro.parse_schema(load(MetricSeries)),
+        {"service": service, "metric": metric, "labels": labels or {}, "ts": ts, "values": values},
+    )
     return MAGIC + ser.fingerprint + buf.getvalue()
 
 
 def test_metric_series_decodes_like_the_same_samples_in_a_batch(intake: Intake) -> None:
     labels = {"dependency": "db"}
-    series = MetricSeries(service="api", metric="http.server.request.duration", labels=labels,
-                          ts=[3.0, 1.0, 2.0], values=[0.2, 0.1, 0.15])
+    series = MetricSeries(
+        service="api", metric="http.server.request.duration", labels=labels, ts=[3.0, 1.0, 2.0], values=[0.2, 0.1, 0.15]
+    )
     batch = MetricBatch(samples=series.samples())
     want = intake.decode_series(rec(AvroSerializer(MetricBatch)(batch)))
     for raw in (AvroSerializer(MetricSeries)(series), series.model_dump_json().encode()):
@@ -130,7 +139,13 @@ def test_metric_series_decodes_like_the_same_samples_in_a_batch(intake: Intake) 
         assert got[1] is None and len(got[0]) == 1
         g, w = got[0][0], want[0][0]
         assert (g.series, g.signal, g.dependency, g.values, g.ts, g.labels) == (
-            w.series, w.signal, w.dependency, w.values, w.ts, w.labels)
+            w.series,
+            w.signal,
+            w.dependency,
+            w.values,
+            w.ts,
+            w.labels,
+        )
         assert g.values == [200.0, 100.0, 150.0]  # seconds -> ms, order kept
         samples, dead = intake.decode(rec(raw))
         assert dead is None and [s.value for s in samples] == [200.0, 100.0, 150.0]

@@ -168,7 +168,9 @@ def test_state_flush_writes_only_new_values_and_restores_exactly() -> None:
                 s: {k: list(sw.values) for k, sw in b.items()} for s, b in live.open.items()
             }
             assert (restored.applied, restored.closed_until, restored.baselines) == (
-                live.applied, live.closed_until, live.baselines
+                live.applied,
+                live.closed_until,
+                live.baselines,
             )
     p.flush_state()
     # every value was written once (8 bytes + a small per-chunk overhead), not once per flush
@@ -206,8 +208,19 @@ def test_sample_events_equal_validated_models() -> None:
     from metaheal.streams.scorer import Score
     from metaheal.streams.scoring import sample_event
 
-    ev = sample_event("api", "latency_ms", "latency", 250.0, 12.5, Score(0.995, 100.0, 0.5), threshold=0.99,
-                      model="m/1", window_start=10.0, window_end=20.0, labels={"host": "h1"})
+    ev = sample_event(
+        "api",
+        "latency_ms",
+        "latency",
+        250.0,
+        12.5,
+        Score(0.995, 100.0, 0.5),
+        threshold=0.99,
+        model="m/1",
+        window_start=10.0,
+        window_end=20.0,
+        labels={"host": "h1"},
+    )
     assert ev == AnomalyScore.model_validate(ev.model_dump())
     assert (ev.crossed, ev.kind, ev.model_fields_set) == (True, "sample", set(AnomalyScore.model_fields))
 
@@ -248,8 +261,9 @@ def test_metric_series_records_give_the_same_windows_and_scores_as_batches():
     outputs = []
     for encode in (
         lambda r: as_batch(MetricBatch(samples=[Metric(**s) for s in r])),
-        lambda r: as_series(MetricSeries(service="api", metric="latency_ms", ts=[s["ts"] for s in r],
-                                         values=[s["value"] for s in r])),
+        lambda r: as_series(
+            MetricSeries(service="api", metric="latency_ms", ts=[s["ts"] for s in r], values=[s["value"] for s in r])
+        ),
     ):
         sink = ListSink()
         p = Pipeline(CFG, sink, DictStore(), DictStore())

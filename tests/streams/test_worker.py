@@ -32,8 +32,13 @@ def telemetry(rng: random.Random) -> dict[str, list[MetricBatch]]:
                 samples += [
                     Metric(service=svc, metric="latency_ms", value=100 + rng.gauss(0, 5), ts=ts),
                     Metric(service=svc, metric="error_rate", value=min(1.0, abs(rng.gauss(0.01, 0.003))), ts=ts),
-                    Metric(service=svc, metric="dependency_latency_ms", value=20 + rng.gauss(0, 1), ts=ts,
-                           labels={"dependency": "cache"}),
+                    Metric(
+                        service=svc,
+                        metric="dependency_latency_ms",
+                        value=20 + rng.gauss(0, 1),
+                        ts=ts,
+                        labels={"dependency": "cache"},
+                    ),
                 ]
             out[svc].append(MetricBatch(samples=samples))
     return out
@@ -57,8 +62,11 @@ async def test_worker_windows_scores_and_dead_letters(stream_topics: Settings) -
         p.produce(topic, garbage, key="api")
         p.produce(topic, invalid, key="api")
         # window 0 of api closed long ago: late
-        p.produce(topic, ser(MetricBatch(samples=[Metric(service="api", metric="latency_ms", value=1.0, ts=T0 + 0.1)])),
-                  key="api")
+        p.produce(
+            topic,
+            ser(MetricBatch(samples=[Metric(service="api", metric="latency_ms", value=1.0, ts=T0 + 0.1)])),
+            key="api",
+        )
         p.flush()
 
     stop = asyncio.Event()
@@ -111,8 +119,9 @@ async def test_worker_windows_scores_and_dead_letters(stream_topics: Settings) -
     crossed = [a for a in anomalies if a.kind == "sample" and a.crossed]
     assert any(a.value == 900.0 and a.service == "api" and a.signal == "latency" for a in crossed)
     spike_summary = next(
-        a for a in anomalies if a.kind == "summary" and a.service == "api" and a.metric == "latency_ms"
-        and a.window_start == T0 + 4
+        a
+        for a in anomalies
+        if a.kind == "summary" and a.service == "api" and a.metric == "latency_ms" and a.window_start == T0 + 4
     )
     assert spike_summary.crossed and spike_summary.score >= s.streams.anomaly_threshold
     assert stats.dead_letters == 3 and stats.late == 1

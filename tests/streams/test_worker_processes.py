@@ -31,7 +31,12 @@ class Telemetry(threading.Thread):
     """
 
     def __init__(
-        self, settings: Settings, services: list[str], windows: int, pace: float, seed: int = 0,
+        self,
+        settings: Settings,
+        services: list[str],
+        windows: int,
+        pace: float,
+        seed: int = 0,
         hold_at: int | None = None,
     ) -> None:
         super().__init__(daemon=True)
@@ -52,15 +57,19 @@ class Telemetry(threading.Thread):
                         raise TimeoutError("the test never released the producer")
                     for svc in self.services:
                         samples = [
-                            Metric(service=svc, metric="latency_ms", value=100 + self.rng.gauss(0, 5),
-                                   ts=T0 + half * 0.5 + i / PER_WINDOW)
+                            Metric(
+                                service=svc,
+                                metric="latency_ms",
+                                value=100 + self.rng.gauss(0, 5),
+                                ts=T0 + half * 0.5 + i / PER_WINDOW,
+                            )
                             for i in range(PER_WINDOW // 2)
                         ]
                         p.produce(topic, ser(MetricBatch(samples=samples)), key=svc)
                     p.flush()
                     self.produced_ts = T0 + half * 0.5 + 0.5
                     time.sleep(self.pace)
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+        except BaseException as exc:
             self.error = exc
 
 
@@ -123,8 +132,7 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         feed.start()
         # warm (50+ samples per series), some checkpoints written, then kill mid-stream
         wait_logged(lambda: closed_windows(s) >= 4 * len(services), 60, "the first worker's windows", first_log)
-        wait_logged(lambda: checkpointed(s) >= {f"{svc}/latency_ms" for svc in services}, 30, "checkpoints",
-                    first_log)
+        wait_logged(lambda: checkpointed(s) >= {f"{svc}/latency_ms" for svc in services}, 30, "checkpoints", first_log)
         first.kill()
         first.wait(10)
         killed_at = feed.produced_ts
@@ -133,8 +141,13 @@ def test_sigkill_restart_resumes_warm_without_double_counting(stream_topics: Set
         second, second_log = start(s, tmp_path, "second")
         feed.join(60)
         assert feed.error is None
-        wait_logged(lambda: closed_windows(s) >= (windows - 1) * len(services), 90, "all windows after the restart",
-                    first_log, second_log)
+        wait_logged(
+            lambda: closed_windows(s) >= (windows - 1) * len(services),
+            90,
+            "all windows after the restart",
+            first_log,
+            second_log,
+        )
     finally:
         for p in (first, second):
             if p is not None:

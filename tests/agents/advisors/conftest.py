@@ -10,8 +10,17 @@ import pytest
 from metaheal.agents.advisors.base import Symptom
 
 
-def sym(service: str, metric: str, signal: str | None, direction: int = 1, *, size: float = 1.5,
-        strength: float = 1.0, dependency: str | None = None, **labels: str) -> Symptom:
+def sym(
+    service: str,
+    metric: str,
+    signal: str | None,
+    direction: int = 1,
+    *,
+    size: float = 1.5,
+    strength: float = 1.0,
+    dependency: str | None = None,
+    **labels: str,
+) -> Symptom:
     if dependency:
         labels["dependency"] = dependency
     return Symptom(service, metric, signal, direction, size, strength, dependency, labels)
@@ -42,11 +51,23 @@ def patterns() -> dict[str, list[Symptom]]:
     return {k: list(v) for k, v in PATTERNS.items()}
 
 
-def playbook(name: str, causes: list[str], prior: float = 0.6, *, impact: str = "low", blast_radius: int = 1,
-             focus: tuple[str, ...] = ("latency_drift",)) -> SimpleNamespace:
+def playbook(
+    name: str,
+    causes: list[str],
+    prior: float = 0.6,
+    *,
+    impact: str = "low",
+    blast_radius: int = 1,
+    focus: tuple[str, ...] = ("latency_drift",),
+) -> SimpleNamespace:
     """Only the fields the ranker reads (contract §3)."""
-    return SimpleNamespace(name=name, impact=impact, blast_radius=blast_radius, prior_success=prior,
-                           applies_to=SimpleNamespace(focus_areas=list(focus), root_causes=causes))
+    return SimpleNamespace(
+        name=name,
+        impact=impact,
+        blast_radius=blast_radius,
+        prior_success=prior,
+        applies_to=SimpleNamespace(focus_areas=list(focus), root_causes=causes),
+    )
 
 
 @pytest.fixture

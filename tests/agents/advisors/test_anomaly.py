@@ -6,26 +6,54 @@ from metaheal.events import AnomalyScore, CycleFocus, HealthWindow, SignalStats
 
 
 def _focus(services):
-    return CycleFocus(cycle_id="c1", ts=100.0, focus_area="latency_drift", confidence=0.9, reasoning=[],
-                      guardrail_adjustment="maintain", guardrail_level="maintain", time_budget_seconds=60,
-                      target_services=services)
+    return CycleFocus(
+        cycle_id="c1",
+        ts=100.0,
+        focus_area="latency_drift",
+        confidence=0.9,
+        reasoning=[],
+        guardrail_adjustment="maintain",
+        guardrail_level="maintain",
+        time_budget_seconds=60,
+        target_services=services,
+    )
 
 
 def _score(service, metric, score, value, baseline=100.0, signal="latency", crossed=None, confidence=1.0, **labels):
-    return AnomalyScore(service=service, metric=metric, signal=signal, value=value, baseline=baseline, score=score,
-                        threshold=0.99, crossed=score >= 0.99 if crossed is None else crossed, model="m", ts=90.0,
-                        window_start=80.0, window_end=90.0, confidence=confidence, labels=labels)
+    return AnomalyScore(
+        service=service,
+        metric=metric,
+        signal=signal,
+        value=value,
+        baseline=baseline,
+        score=score,
+        threshold=0.99,
+        crossed=score >= 0.99 if crossed is None else crossed,
+        model="m",
+        ts=90.0,
+        window_start=80.0,
+        window_end=90.0,
+        confidence=confidence,
+        labels=labels,
+    )
 
 
 def test_strongest_score_per_series_becomes_one_finding() -> None:
-    ctx = CycleContext(focus=_focus(["api"]), services=["api"], anomalies=[
-        _score("api", "latency_ms", 0.995, 300.0), _score("api", "latency_ms", 0.99995, 900.0),
-        _score("api", "cache_hit_rate", 0.9995, 0.2, baseline=0.9, signal=None),
-        _score("api", "cpu_utilization", 0.5, 0.5, signal="saturation"),  # below the reporting floor
-    ])
+    ctx = CycleContext(
+        focus=_focus(["api"]),
+        services=["api"],
+        anomalies=[
+            _score("api", "latency_ms", 0.995, 300.0),
+            _score("api", "latency_ms", 0.99995, 900.0),
+            _score("api", "cache_hit_rate", 0.9995, 0.2, baseline=0.9, signal=None),
+            _score("api", "cpu_utilization", 0.5, 0.5, signal="saturation"),  # below the reporting floor
+        ],
+    )
     out = AnomalyAdvisor().advise(ctx)
     assert [(r.finding, r.severity) for r in out.recommendations] == [
-        ("latency_up:latency_ms", "critical"), ("unknown_down:cache_hit_rate", "high")]
+        ("latency_up:latency_ms", "critical"),
+        ("unknown_down:cache_hit_rate", "high"),
+    ]
     assert {(s.metric, s.direction) for s in ctx.symptoms} == {("latency_ms", 1), ("cache_hit_rate", -1)}
     assert out.confidence == 1.0
 
@@ -38,18 +66,26 @@ def test_dependency_services_give_symptoms_but_no_findings() -> None:
 
 
 def test_warm_up_scores_count_less() -> None:
-    ctx = CycleContext(focus=_focus(["api"]), services=["api"],
-                       anomalies=[_score("api", "latency_ms", 0.9999, 500.0, confidence=0.2)])
+    ctx = CycleContext(
+        focus=_focus(["api"]), services=["api"], anomalies=[_score("api", "latency_ms", 0.9999, 500.0, confidence=0.2)]
+    )
     out = AnomalyAdvisor().advise(ctx)
     assert ctx.symptoms[0].strength == 0.2 and out.confidence == 0.2
 
 
 def test_health_windows_carry_deployments_and_unscored_moves() -> None:
-    w = HealthWindow(service="api", window_start=80.0, window_end=90.0, sample_count=10, signals=[
-        SignalStats(signal="unknown", metric="deployments", count=1, mean=1, p50=1, p95=1, max=1),
-        SignalStats(signal="errors", metric="error_rate", count=5, mean=0.3, p50=0.3, p95=0.4, max=0.5,
-                    baseline_mean=0.01),
-    ])
+    w = HealthWindow(
+        service="api",
+        window_start=80.0,
+        window_end=90.0,
+        sample_count=10,
+        signals=[
+            SignalStats(signal="unknown", metric="deployments", count=1, mean=1, p50=1, p95=1, max=1),
+            SignalStats(
+                signal="errors", metric="error_rate", count=5, mean=0.3, p50=0.3, p95=0.4, max=0.5, baseline_mean=0.01
+            ),
+        ],
+    )
     ctx = CycleContext(focus=_focus(["api"]), services=["api"], health=[w])
     AnomalyAdvisor().advise(ctx)
     assert {(s.metric, s.signal) for s in ctx.symptoms} == {("deployments", "change"), ("error_rate", "errors")}
@@ -57,11 +93,18 @@ def test_health_windows_carry_deployments_and_unscored_moves() -> None:
 
 def test_a_deployment_already_there_when_the_last_fix_was_verified_is_no_news() -> None:
     def ctx_with(age: float, changed_at: float) -> CycleContext:
-        w = HealthWindow(service="api", window_start=980.0, window_end=1000.0, sample_count=10, signals=[
-            SignalStats(signal="unknown", metric="deployments", count=5, mean=1, p50=1, p95=1, max=1),
-            SignalStats(signal="unknown", metric="deployment_age_s", count=5, mean=age - 10, p50=age - 10, p95=age,
-                        max=age),
-        ])
+        w = HealthWindow(
+            service="api",
+            window_start=980.0,
+            window_end=1000.0,
+            sample_count=10,
+            signals=[
+                SignalStats(signal="unknown", metric="deployments", count=5, mean=1, p50=1, p95=1, max=1),
+                SignalStats(
+                    signal="unknown", metric="deployment_age_s", count=5, mean=age - 10, p50=age - 10, p95=age, max=age
+                ),
+            ],
+        )
         ctx = CycleContext(focus=_focus(["api"]), services=["api"], health=[w], changed_at={"api": changed_at})
         AnomalyAdvisor().advise(ctx)
         return ctx

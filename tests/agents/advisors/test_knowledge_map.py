@@ -7,8 +7,15 @@ import pytest
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
 from metaheal.agents.advisors.root_cause import RootCauseSuggester
 
-CAUSES = ["database_slow_query", "cache_miss_rate_high", "cpu_saturation", "traffic_surge", "bad_deployment",
-          "upstream_outage", "memory_leak"]
+CAUSES = [
+    "database_slow_query",
+    "cache_miss_rate_high",
+    "cpu_saturation",
+    "traffic_surge",
+    "bad_deployment",
+    "upstream_outage",
+    "memory_leak",
+]
 
 
 @pytest.mark.parametrize("cause", CAUSES)
@@ -29,8 +36,11 @@ def test_no_symptoms_means_unknown_not_a_confident_guess() -> None:
 
 def test_ambiguous_pattern_splits_probability(make_sym) -> None:
     # latency up with both CPU and the database slow: two explanations, neither certain
-    syms = [make_sym("api", "latency_p95_ms", "latency"), make_sym("api", "cpu_utilization", "saturation"),
-            make_sym("api", "dependency_latency_ms", "dependency", dependency="orders-db")]
+    syms = [
+        make_sym("api", "latency_p95_ms", "latency"),
+        make_sym("api", "cpu_utilization", "saturation"),
+        make_sym("api", "dependency_latency_ms", "dependency", dependency="orders-db"),
+    ]
     cands = RootCauseSuggester().candidates_for(["api"], syms)
     top2 = {c.cause for c in cands[:2]}
     assert top2 == {"cpu_saturation", "database_slow_query"}

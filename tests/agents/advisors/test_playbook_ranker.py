@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from metaheal.agents.advisors.base import Outcome
 from metaheal.agents.advisors.playbook_ranker import PlaybookRanker
-from metaheal.agents.trust import Policies
+from metaheal.agents.common.policy import Policies
 from metaheal.config import GuardrailSettings, Settings
 
 DAY = 86400.0
@@ -16,8 +16,15 @@ def _catalogue(make_playbook):
 
 
 def _outcome(i, service, playbook, ok, ts=0.0, cause="cache_miss_rate_high"):
-    return Outcome(f"{service}-{playbook}-{i}", service, playbook, "success" if ok else "failed", ts,
-                   root_cause=cause, verification_passed=ok)
+    return Outcome(
+        f"{service}-{playbook}-{i}",
+        service,
+        playbook,
+        "success" if ok else "failed",
+        ts,
+        root_cause=cause,
+        verification_passed=ok,
+    )
 
 
 def test_learns_which_playbook_fixes_a_cause_per_service(make_playbook) -> None:
@@ -69,15 +76,17 @@ def test_never_ranks_what_the_trust_check_would_certainly_refuse(make_playbook) 
         "denied": make_playbook("denied", ["x"], prior=0.99),
         "denied_all": make_playbook("denied_all", ["x"], prior=0.99),
     }
-    settings = Settings.model_validate({"executor": {"deny_playbooks": {"api": ["denied", "denied_all"],
-                                                                         "*": ["denied_all"]}}})
+    settings = Settings.model_validate(
+        {"executor": {"deny_playbooks": {"api": ["denied", "denied_all"], "*": ["denied_all"]}}}
+    )
     r = PlaybookRanker(pbs, GuardrailSettings(), policy=Policies(settings).playbook_denied, seed=0)
     for _ in range(100):
         assert [p.name for p in r.rank("api", "latency_drift", "x", now=0.0)] == ["ok"]
     assert "denied" in [p.name for p in r.rank("web", "latency_drift", "x", now=0.0)]
     # a looser configured level makes the high-impact playbook possible (it may need approval, not refusal)
     loose = GuardrailSettings.model_validate(
-        {"levels": {"loose": {"auto_approve_confidence": 0.5, "max_blast_radius": 3, "max_impact": "high"}}})
+        {"levels": {"loose": {"auto_approve_confidence": 0.5, "max_blast_radius": 3, "max_impact": "high"}}}
+    )
     assert "huge" in [p.name for p in PlaybookRanker(pbs, loose).rank("api", "latency_drift", "x", now=0.0)]
 
 

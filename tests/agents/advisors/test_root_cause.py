@@ -40,8 +40,18 @@ def test_weak_evidence_reports_unknown(make_sym) -> None:
 def _learn(rc: RootCauseSuggester, syms, cause: str, n: int, *, ok: bool = True, playbook: str = "pb") -> None:
     feats = rc.features_for(["api"], syms)
     for i in range(n):
-        rc.learn(Outcome(f"{cause}-{i}-{ok}", "api", playbook, "success" if ok else "failed", float(i),
-                         root_cause=cause, verification_passed=ok), feats)
+        rc.learn(
+            Outcome(
+                f"{cause}-{i}-{ok}",
+                "api",
+                playbook,
+                "success" if ok else "failed",
+                float(i),
+                root_cause=cause,
+                verification_passed=ok,
+            ),
+            feats,
+        )
 
 
 def test_learns_a_pattern_the_map_does_not_know(make_sym) -> None:
@@ -52,8 +62,9 @@ def test_learns_a_pattern_the_map_does_not_know(make_sym) -> None:
     _learn(rc, syms, "memory_leak", 10, ok=False)  # failed fixes confirm nothing
     assert rc.learned == 0
     # other causes confirmed on their own patterns, so the model has something to contrast with
-    _learn(rc, [make_sym("api", "error_rate", "errors"), make_sym("api", "deployments", "change")],
-           "bad_deployment", 20)
+    _learn(
+        rc, [make_sym("api", "error_rate", "errors"), make_sym("api", "deployments", "change")], "bad_deployment", 20
+    )
     _learn(rc, syms, "memory_leak", 20)
     top = rc.candidates_for(["api"], syms)[0]
     assert top.cause == "memory_leak" and top.probability > 0.4
@@ -62,14 +73,22 @@ def test_learns_a_pattern_the_map_does_not_know(make_sym) -> None:
 
 
 def test_fix_confirms_the_cause_its_playbook_treats(make_sym) -> None:
-    rc = RootCauseSuggester(playbook_causes={"warm_cache": ["cache_miss_rate_high"],
-                                             "scale_up_instances": ["cpu_saturation", "traffic_surge"]})
+    rc = RootCauseSuggester(
+        playbook_causes={
+            "warm_cache": ["cache_miss_rate_high"],
+            "scale_up_instances": ["cpu_saturation", "traffic_surge"],
+        }
+    )
     ok = dict(result="success", ts=0.0, verification_passed=True)
     # diagnosed cpu_saturation, but warm_cache fixed it: the cache was the cause
-    assert rc.confirmed_cause(Outcome("a", "api", "warm_cache", root_cause="cpu_saturation", **ok)) == \
-        "cache_miss_rate_high"
-    assert rc.confirmed_cause(Outcome("b", "api", "scale_up_instances", root_cause="traffic_surge", **ok)) == \
-        "traffic_surge"
+    assert (
+        rc.confirmed_cause(Outcome("a", "api", "warm_cache", root_cause="cpu_saturation", **ok))
+        == "cache_miss_rate_high"
+    )
+    assert (
+        rc.confirmed_cause(Outcome("b", "api", "scale_up_instances", root_cause="traffic_surge", **ok))
+        == "traffic_surge"
+    )
     # a fix that treats several causes, none of them the diagnosis, singles nothing out
     assert rc.confirmed_cause(Outcome("c", "api", "scale_up_instances", root_cause="memory_leak", **ok)) is None
     assert rc.confirmed_cause(Outcome("d", "api", "warm_cache", "failed", 0.0, root_cause="x")) is None
@@ -88,6 +107,7 @@ def test_probabilities_stay_a_distribution_after_learning(patterns) -> None:
 
 def test_change_counters_scored_by_the_streams_count_as_changes(make_sym) -> None:
     # the streams map `deployments`/`config_changes` to no signal kind; the name is what matters
-    f = RootCauseSuggester().features_for(["api"], [make_sym("api", "deployments", None),
-                                                    make_sym("api", "config_changes", None)])["api"]
+    f = RootCauseSuggester().features_for(
+        ["api"], [make_sym("api", "deployments", None), make_sym("api", "config_changes", None)]
+    )["api"]
     assert f["deploy_recent"] > 0 and f["config_change_recent"] > 0

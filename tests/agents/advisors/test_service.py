@@ -15,7 +15,11 @@ import pytest
 from metaheal.agents.advisors.base import Advisor, AdvisorOutput, CycleContext
 from metaheal.agents.advisors.playbook_ranker import PlaybookRanker
 from metaheal.agents.advisors.root_cause import RootCauseSuggester
-from metaheal.agents.advisors.service import AdvisorActionForbidden, AdvisorService, default_advisors
+from metaheal.agents.advisors.service import (
+    AdvisorActionForbidden,
+    AdvisorService,
+    default_advisors,
+)
 from metaheal.config import ServiceSettings, Settings
 from metaheal.events import AnomalyScore, CycleFocus, MLAdvice, SignedOutcome
 from metaheal.kafka import Consumer, Producer
@@ -29,11 +33,15 @@ pytestmark = pytest.mark.broker
 @pytest.fixture
 def cfg(topics: Settings) -> Settings:
     init_system_keys(topics.keys)
-    return topics.model_copy(update={"services": [
-        ServiceSettings(name="api", dependencies=["orders-db"]),
-        ServiceSettings(name="web", dependencies=["api"]),
-        ServiceSettings(name="orders-db"),
-    ]})
+    return topics.model_copy(
+        update={
+            "services": [
+                ServiceSettings(name="api", dependencies=["orders-db"]),
+                ServiceSettings(name="web", dependencies=["api"]),
+                ServiceSettings(name="orders-db"),
+            ]
+        }
+    )
 
 
 @pytest.fixture
@@ -68,26 +76,52 @@ def publish(settings: Settings, short: str, event, key: str) -> None:
 
 
 def focus(cycle_id: str, services: list[str], area: str = "latency_drift") -> CycleFocus:
-    return CycleFocus(cycle_id=cycle_id, ts=time.time(), focus_area=area, confidence=0.9, reasoning=["test"],
-                      guardrail_adjustment="maintain", guardrail_level="maintain", time_budget_seconds=60,
-                      target_services=services)
+    return CycleFocus(
+        cycle_id=cycle_id,
+        ts=time.time(),
+        focus_area=area,
+        confidence=0.9,
+        reasoning=["test"],
+        guardrail_adjustment="maintain",
+        guardrail_level="maintain",
+        time_budget_seconds=60,
+        target_services=services,
+    )
 
 
 def anomaly(service: str, metric: str, signal: str | None, value: float, baseline: float, **labels: str):
     now = time.time()
-    return AnomalyScore(service=service, metric=metric, signal=signal, value=value, baseline=baseline, score=0.9999,
-                        threshold=0.99, crossed=True, confidence=0.9, model="test", ts=now - 5,
-                        window_start=now - 15, window_end=now - 5, labels=labels)
+    return AnomalyScore(
+        service=service,
+        metric=metric,
+        signal=signal,
+        value=value,
+        baseline=baseline,
+        score=0.9999,
+        threshold=0.99,
+        crossed=True,
+        confidence=0.9,
+        model="test",
+        ts=now - 5,
+        window_start=now - 15,
+        window_end=now - 5,
+        labels=labels,
+    )
 
 
 async def read_advice(settings: Settings, cycle_id: str, timeout: float = 30.0):
     de = AvroDeserializer(MLAdvice)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+
         def scan():
             with Consumer(settings.kafka) as c:
-                return [(de(m.value()), m) for m in c.read_to_end(settings.topics.name("advice"))
-                        if m.key() == cycle_id.encode()]
+                return [
+                    (de(m.value()), m)
+                    for m in c.read_to_end(settings.topics.name("advice"))
+                    if m.key() == cycle_id.encode()
+                ]
+
         found = await asyncio.to_thread(scan)
         if found:
             return found[-1]
@@ -109,8 +143,12 @@ async def wait_for(pred, timeout: float = 30.0) -> None:
 
 async def test_advice_for_a_cycle_end_to_end(cfg: Settings, log: ImmutableLog) -> None:
     publish(cfg, "anomalies", anomaly("api", "latency_p95_ms", "latency", 900.0, 200.0), "api")
-    publish(cfg, "anomalies", anomaly("api", "dependency_latency_ms", "dependency", 400.0, 20.0,
-                                      dependency="orders-db"), "api")
+    publish(
+        cfg,
+        "anomalies",
+        anomaly("api", "dependency_latency_ms", "dependency", 400.0, 20.0, dependency="orders-db"),
+        "api",
+    )
     publish(cfg, "anomalies", anomaly("billing", "error_rate", "errors", 0.5, 0.01), "billing")  # not in scope
     async with Running(AdvisorService(cfg, log=log)) as svc:
         cycle = f"c-{uuid.uuid4().hex[:8]}"
@@ -133,8 +171,9 @@ async def test_advice_for_a_cycle_end_to_end(cfg: Settings, log: ImmutableLog) -
     assert any("latency_p95_ms" in r.sentence for r in advice.recommendations)
     names = [p.name for p in advice.ranked_playbooks]
     assert names and set(names) <= set(svc.playbooks)
-    assert [p.score for p in advice.ranked_playbooks] == sorted((p.score for p in advice.ranked_playbooks),
-                                                                reverse=True)
+    assert [p.score for p in advice.ranked_playbooks] == sorted(
+        (p.score for p in advice.ranked_playbooks), reverse=True
+    )
     assert advice.evidence
     # signed into the ledger before it was published
     [entry] = [e for e in await log.replay_cycle(cycle) if e.action == "advice_provided"]
@@ -149,8 +188,12 @@ async def test_advice_for_a_cycle_end_to_end(cfg: Settings, log: ImmutableLog) -
 async def _advised_cycle(cfg: Settings, svc: AdvisorService, service: str) -> str:
     cycle = f"c-{uuid.uuid4().hex[:8]}"
     publish(cfg, "anomalies", anomaly(service, "latency_p95_ms", "latency", 900.0, 200.0), service)
-    publish(cfg, "anomalies", anomaly(service, "dependency_latency_ms", "dependency", 400.0, 20.0,
-                                      dependency="orders-db"), service)
+    publish(
+        cfg,
+        "anomalies",
+        anomaly(service, "dependency_latency_ms", "dependency", 400.0, 20.0, dependency="orders-db"),
+        service,
+    )
     publish(cfg, "cycles", focus(cycle, [service]), cycle)
     await read_advice(cfg, cycle)
     return cycle
@@ -158,12 +201,25 @@ async def _advised_cycle(cfg: Settings, svc: AdvisorService, service: str) -> st
 
 async def _outcome(log: ImmutableLog, cycle: str, service: str, playbook: str, ok: bool) -> str:
     oid = f"o-{uuid.uuid4().hex[:8]}"
-    await log.append(actor="executor", action="execution_outcome", resource=service, subsystem="agents",
-                     payload={"plan_id": f"p-{oid}", "directive_id": f"d-{oid}", "outcome_id": oid,
-                              "service": service, "playbook": playbook, "root_cause": "database_slow_query",
-                              "result": "success" if ok else "failed", "verification_passed": ok,
-                              "ts": time.time()},
-                     result="success" if ok else "failed", cycle_id=cycle)
+    await log.append(
+        actor="executor",
+        action="execution_outcome",
+        resource=service,
+        subsystem="agents",
+        payload={
+            "plan_id": f"p-{oid}",
+            "directive_id": f"d-{oid}",
+            "outcome_id": oid,
+            "service": service,
+            "playbook": playbook,
+            "root_cause": "database_slow_query",
+            "result": "success" if ok else "failed",
+            "verification_passed": ok,
+            "ts": time.time(),
+        },
+        result="success" if ok else "failed",
+        cycle_id=cycle,
+    )
     return oid
 
 
@@ -197,10 +253,21 @@ async def test_state_survives_a_restart_by_replay_from_the_ledger(cfg: Settings,
 async def test_learns_online_only_from_outcomes_the_ledger_signed(cfg: Settings, log: ImmutableLog) -> None:
     async with Running(AdvisorService(cfg, log=log)) as svc:
         cycle = await _advised_cycle(cfg, svc, "api")
-        forged = SignedOutcome(outcome_id="forged", plan_id="p", directive_id="d", cycle_id=cycle, service="api",
-                               playbook="restart_service", result="success", duration_seconds=1.0,
-                               verification_passed=True, trust_decision="auto", actor="executor",
-                               actor_signature="00", ts=time.time())
+        forged = SignedOutcome(
+            outcome_id="forged",
+            plan_id="p",
+            directive_id="d",
+            cycle_id=cycle,
+            service="api",
+            playbook="restart_service",
+            result="success",
+            duration_seconds=1.0,
+            verification_passed=True,
+            trust_decision="auto",
+            actor="executor",
+            actor_signature="00",
+            ts=time.time(),
+        )
         publish(cfg, "outcomes", forged, "api")
         oid = await _outcome(log, cycle, "api", "warm_cache", ok=True)
         publish(cfg, "outcomes", forged.model_copy(update={"outcome_id": oid, "playbook": "warm_cache"}), "api")
@@ -217,8 +284,10 @@ class Garbage(Advisor):
     def advise(self, ctx: CycleContext) -> AdvisorOutput:
         return AdvisorOutput(
             confidence=float("inf"),
-            recommendations=["drop table", SimpleNamespace(service="api", severity="apocalyptic", finding="x",
-                                                           sentence="y")],
+            recommendations=[
+                "drop table",
+                SimpleNamespace(service="api", severity="apocalyptic", finding="x", sentence="y"),
+            ],
             candidates=[SimpleNamespace(cause="everything", probability=7.0, service="api", evidence=["trust me"])],
             ranked=[("nuke_cluster", float("nan"), 5.0), ("restart_everything", 1e300, -3.0), "oops"],
             evidence=["garbage advisor ran"],
@@ -251,7 +320,7 @@ class Crashing(Advisor):
 
 
 async def test_a_misbehaving_advisor_cannot_cause_an_action(cfg: Settings, log: ImmutableLog) -> None:
-    from metaheal.agents.playbooks import load_playbooks
+    from metaheal.agents.common.playbooks import load_playbooks
 
     ref: list[AdvisorService] = []
     rogue = Rogue(ref, cfg.topics.name("directives"))

@@ -14,14 +14,13 @@ import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from metaheal.agents.executor.service import Executor
 from metaheal.broker import free_port
-from pathlib import Path
-
-from metaheal.agents.executor import Executor
 from metaheal.config import OperatorSettings, ServiceSettings, Settings
 from metaheal.events import Metric
 from metaheal.kafka import Producer
@@ -95,10 +94,15 @@ class FakeService:
         while not stop.is_set():
             now = time.time()
             latency = self.latency_after_fix if self.fixed else self.latency_ms
-            for metric, value in (("instances", self.instances), ("ready_instances", self.instances),
-                                  ("latency_p95_ms", latency), ("error_rate", self.error_rate)):
-                producer.produce(topic, ser(Metric(service=self.name, metric=metric, value=float(value), ts=now)),
-                                 key=self.name)
+            for metric, value in (
+                ("instances", self.instances),
+                ("ready_instances", self.instances),
+                ("latency_p95_ms", latency),
+                ("error_rate", self.error_rate),
+            ):
+                producer.produce(
+                    topic, ser(Metric(service=self.name, metric=metric, value=float(value), ts=now)), key=self.name
+                )
             await asyncio.to_thread(producer.flush, 5.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
@@ -160,5 +164,3 @@ async def executor(env):
     await ex.start()
     yield ex
     await ex.close()
-
-

@@ -16,10 +16,16 @@ import pytest
 import yaml
 from nacl.signing import SigningKey
 
-from metaheal.agents.approvals import load_signing_key, sign_decision
-from metaheal.agents.executor import Executor
+from metaheal.agents.executor.approvals import load_signing_key, sign_decision
+from metaheal.agents.executor.service import Executor
 from metaheal.config import Settings
-from metaheal.events import ApprovalDecision, ApprovalRequest, Directive, DirectiveAdvice, SignedOutcome
+from metaheal.events import (
+    ApprovalDecision,
+    ApprovalRequest,
+    Directive,
+    DirectiveAdvice,
+    SignedOutcome,
+)
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer, EventDecoder
 
@@ -28,10 +34,15 @@ pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pyt
 
 def directive(**kw) -> Directive:
     base = dict(
-        directive_id=f"d-{uuid.uuid4().hex[:8]}", cycle_id=f"c-{uuid.uuid4().hex[:8]}", ts=time.time(),
-        service="api", focus_area="capacity_strain", guardrail_level="loose",
+        directive_id=f"d-{uuid.uuid4().hex[:8]}",
+        cycle_id=f"c-{uuid.uuid4().hex[:8]}",
+        ts=time.time(),
+        service="api",
+        focus_area="capacity_strain",
+        guardrail_level="loose",
         ml_advice=DirectiveAdvice(root_causes=["cpu_saturation"], recommended_playbooks=["scale_up_instances"]),
-        confidence=0.9, time_budget_seconds=60,
+        confidence=0.9,
+        time_budget_seconds=60,
     )
     base.update(kw)
     return Directive(**base)
@@ -97,19 +108,33 @@ async def test_auto_approved_success_is_signed_published_and_learnable(env, exec
     assert svc.calls["POST /scale"] == 1 and svc.instances == 5
     acts = [a for a, _ in await actions(executor, d.cycle_id)]
     assert acts == ["plan_created", "trust_checked", "execution_started"] + ["step_executed"] * 6 + [
-        "verification_result", "verification_result", "execution_outcome"]
+        "verification_result",
+        "verification_result",
+        "execution_outcome",
+    ]
     published = [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)]
     assert [o.outcome_id for o in published] == [outcome.outcome_id]
     assert published[0].actor_signature == outcome.actor_signature
     learned = await executor.log.get_signed_outcomes(hours_back=1)
     payload = json.loads(learned[-1].payload)
-    assert {k: payload[k] for k in ("plan_id", "directive_id", "service", "playbook", "root_cause", "result",
-                                    "verification_passed")} == {
-        "plan_id": outcome.plan_id, "directive_id": d.directive_id, "service": "api",
-        "playbook": "scale_up_instances", "root_cause": "cpu_saturation", "result": "success",
-        "verification_passed": True}
+    assert {
+        k: payload[k]
+        for k in ("plan_id", "directive_id", "service", "playbook", "root_cause", "result", "verification_passed")
+    } == {
+        "plan_id": outcome.plan_id,
+        "directive_id": d.directive_id,
+        "service": "api",
+        "playbook": "scale_up_instances",
+        "root_cause": "cpu_saturation",
+        "result": "success",
+        "verification_passed": True,
+    }
     verdicts = payload["verdicts"]
-    assert verdicts[0]["query"]["metric"] == "latency_p95_ms" and verdicts[0]["observed"] and verdicts[0]["threshold"] == 200
+    assert (
+        verdicts[0]["query"]["metric"] == "latency_p95_ms"
+        and verdicts[0]["observed"]
+        and verdicts[0]["threshold"] == 200
+    )
 
 
 # --- approvals -----------------------------------------------------------------------------------
@@ -122,8 +147,17 @@ async def test_approval_required_then_approved(env, executor: Executor):
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
     assert "impact medium exceeds tight limit low" in req.reason
     assert svc.calls["POST /flags/rollback"] == 0  # nothing happens before the approval
-    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
-                                          operator="alice", decision="approve", reason="go"))
+    send_decision(
+        settings,
+        sign_decision(
+            load_signing_key(alice_key),
+            plan_id=req.plan_id,
+            request_id=req.request_id,
+            operator="alice",
+            decision="approve",
+            reason="go",
+        ),
+    )
     outcome = await task
     assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"
     assert svc.calls["POST /flags/rollback"] == 1
@@ -136,8 +170,17 @@ async def test_approval_denied_runs_nothing(env, executor: Executor):
     d = flag_directive(guardrail_level="tight", confidence=0.97)
     task = await executor.submit(d)
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
-    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
-                                          operator="alice", decision="deny", reason="not now"))
+    send_decision(
+        settings,
+        sign_decision(
+            load_signing_key(alice_key),
+            plan_id=req.plan_id,
+            request_id=req.request_id,
+            operator="alice",
+            decision="deny",
+            reason="not now",
+        ),
+    )
     outcome = await task
     assert outcome.result == "denied" and outcome.trust_decision == "denied"
     assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
@@ -153,12 +196,27 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
         task = await ex.submit(d)
         req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
         mallory = SigningKey.generate()  # claims to be alice
-        send_decision(settings, sign_decision(mallory, plan_id=req.plan_id, request_id=req.request_id,
-                                              operator="alice", decision="approve"))
-        bob_key = next(p for p in settings.keys.glob("*.key") if p != alice_key and
-                       load_signing_key(p).verify_key.encode().hex() == settings.operators[1].public_key)
-        send_decision(settings, sign_decision(load_signing_key(bob_key), plan_id=req.plan_id,
-                                              request_id=req.request_id, operator="bob", decision="approve"))
+        send_decision(
+            settings,
+            sign_decision(
+                mallory, plan_id=req.plan_id, request_id=req.request_id, operator="alice", decision="approve"
+            ),
+        )
+        bob_key = next(
+            p
+            for p in settings.keys.glob("*.key")
+            if p != alice_key and load_signing_key(p).verify_key.encode().hex() == settings.operators[1].public_key
+        )
+        send_decision(
+            settings,
+            sign_decision(
+                load_signing_key(bob_key),
+                plan_id=req.plan_id,
+                request_id=req.request_id,
+                operator="bob",
+                decision="approve",
+            ),
+        )
         outcome = await task
         assert outcome.result == "expired" and outcome.trust_decision == "expired"
         assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
@@ -180,9 +238,17 @@ async def test_late_valid_approval_is_rejected_as_expired(env):
         d = flag_directive(guardrail_level="tight", confidence=0.97)
         task = await ex.submit(d)
         req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
-        send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id,
-                                              request_id=req.request_id, operator="alice", decision="approve",
-                                              decided_at=req.expires_at + 1))
+        send_decision(
+            settings,
+            sign_decision(
+                load_signing_key(alice_key),
+                plan_id=req.plan_id,
+                request_id=req.request_id,
+                operator="alice",
+                decision="approve",
+                decided_at=req.expires_at + 1,
+            ),
+        )
         outcome = await task
         assert outcome.result == "expired" and svc.calls["POST /flags/rollback"] == 0
     finally:
@@ -208,8 +274,10 @@ async def test_verification_failure_rolls_back(env, executor: Executor):
 async def test_missing_telemetry_is_inconclusive_never_a_pass(env, executor: Executor):
     # The service emits telemetry, but not the metric this verification asks for.
     executor.playbooks["warm_cache"].verifications[0].metric = "latency_nobody_sends"
-    d = directive(focus_area="latency_drift",
-                  ml_advice=DirectiveAdvice(root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
+    d = directive(
+        focus_area="latency_drift",
+        ml_advice=DirectiveAdvice(root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]),
+    )
     outcome = await (await executor.submit(d))
     assert outcome.verification_passed is None and outcome.result != "success"
     entries = await executor.log.replay_cycle(d.cycle_id)
@@ -271,8 +339,16 @@ async def test_lock_denies_a_second_plan_on_the_same_service(env, executor: Exec
     entries = await executor.log.replay_cycle(d2.cycle_id)
     violation = json.loads(next(e.payload for e in entries if e.action == "trust_violation"))
     assert violation["violations"] == ["lock"] and req.plan_id in violation["reasons"][0]
-    send_decision(settings, sign_decision(load_signing_key(alice_key), plan_id=req.plan_id, request_id=req.request_id,
-                                          operator="alice", decision="deny"))
+    send_decision(
+        settings,
+        sign_decision(
+            load_signing_key(alice_key),
+            plan_id=req.plan_id,
+            request_id=req.request_id,
+            operator="alice",
+            decision="deny",
+        ),
+    )
     assert (await task).result == "denied"
 
 
@@ -288,7 +364,9 @@ async def test_kill_switch_denies_everything(env, tmp_path: Path):
         outcome = await (await ex.submit(d))
         assert outcome.result == "denied" and sum(svc.calls.values()) == 0
         entries = await ex.log.replay_cycle(d.cycle_id)
-        assert "kill_switch" in json.loads(next(e.payload for e in entries if e.action == "trust_violation"))["violations"]
+        assert (
+            "kill_switch" in json.loads(next(e.payload for e in entries if e.action == "trust_violation"))["violations"]
+        )
         switch.unlink()
         assert (await (await ex.submit(directive()))).result == "success"
     finally:
@@ -301,8 +379,12 @@ async def test_deny_list_makes_planner_choose_another_playbook(env):
     ex = Executor(settings)
     await ex.start()
     try:
-        d = directive(focus_area="latency_drift", ml_advice=DirectiveAdvice(
-            root_causes=["database_slow_query"], recommended_playbooks=["scale_up_instances", "warm_cache"]))
+        d = directive(
+            focus_area="latency_drift",
+            ml_advice=DirectiveAdvice(
+                root_causes=["database_slow_query"], recommended_playbooks=["scale_up_instances", "warm_cache"]
+            ),
+        )
         outcome = await (await ex.submit(d))
         assert outcome.playbook == "warm_cache" and svc.calls["POST /scale"] == 0
     finally:
@@ -320,14 +402,17 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
     ex = Executor(settings)
     runner = asyncio.create_task(ex.run(stop))
     d = directive()
-    later = directive(focus_area="latency_drift", ml_advice=DirectiveAdvice(
-        root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]))
+    later = directive(
+        focus_area="latency_drift",
+        ml_advice=DirectiveAdvice(root_causes=["cache_miss_rate_high"], recommended_playbooks=["warm_cache"]),
+    )
     ser = AvroSerializer(Directive)
     topic = settings.topics.name("directives")
 
     def outcomes(directive_id: str) -> list[SignedOutcome]:
-        return [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)
-                and o.directive_id == directive_id]
+        return [
+            o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome) and o.directive_id == directive_id
+        ]
 
     try:
         with Producer(settings.kafka) as p:
@@ -366,8 +451,12 @@ async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(
     settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
-                            env=env_vars, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "executor.log", "w"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+        env=env_vars,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "executor.log", "w"),
+    )
     try:
         d = directive()
         with Producer(settings.kafka) as p:
@@ -380,8 +469,9 @@ async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(
     ex = Executor(settings)
     await ex.start()  # finds the mid-flight plan and recovers it
     try:
-        await wait_until(lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done",
-                         60, "recovery")
+        await wait_until(
+            lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done", 60, "recovery"
+        )
         entries = await ex.log.replay_cycle(d.cycle_id)
     finally:
         await ex.close()
@@ -389,9 +479,15 @@ async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(
     assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2, -2]  # step once, then its rollback
     story = [(e.action, e.result) for e in entries]
     assert story == [
-        ("plan_created", "planned"), ("trust_checked", "auto_approve"), ("execution_started", "started"),
-        ("step_executed", "started"), ("step_executed", "ok"), ("step_executed", "started"),
-        ("plan_recovered", "rollback"), ("rollback_executed", "started"), ("rollback_executed", "ok"),
+        ("plan_created", "planned"),
+        ("trust_checked", "auto_approve"),
+        ("execution_started", "started"),
+        ("step_executed", "started"),
+        ("step_executed", "ok"),
+        ("step_executed", "started"),
+        ("plan_recovered", "rollback"),
+        ("rollback_executed", "started"),
+        ("rollback_executed", "ok"),
         ("execution_outcome", "rolled_back"),
     ], story
     recovered = json.loads(entries[6].payload)
@@ -414,11 +510,25 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
     assert listed.exit_code == 0, listed.output
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["plan_id"], r["state"]) for r in rows] == [(plan_id, "pending")]
-    wrong = await asyncio.to_thread(runner.invoke, app, ["approvals", "approve", "plan-nope", "--key", str(alice_key),
-                                                          "--config", str(cfg)])
+    wrong = await asyncio.to_thread(
+        runner.invoke, app, ["approvals", "approve", "plan-nope", "--key", str(alice_key), "--config", str(cfg)]
+    )
     assert wrong.exit_code == 1 and "no approval request for plan plan-nope" in wrong.output
-    ok = await asyncio.to_thread(runner.invoke, app, ["approvals", "approve", plan_id, "--key", str(alice_key),
-                                                       "--reason", "checked dashboards", "--config", str(cfg)])
+    ok = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        [
+            "approvals",
+            "approve",
+            plan_id,
+            "--key",
+            str(alice_key),
+            "--reason",
+            "checked dashboards",
+            "--config",
+            str(cfg),
+        ],
+    )
     assert ok.exit_code == 0 and f"approve {plan_id} by alice" in ok.stdout
     outcome = await task
     assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"
@@ -431,8 +541,12 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     settings.ledger.writer_lease_seconds = 1.5  # and its ledger lease lapses sooner
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "metaheal.agents.executor", "--config", str(cfg)],
-                            env=env_vars, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "executor.log", "w"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+        env=env_vars,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "executor.log", "w"),
+    )
     try:
         d = directive()
         with Producer(settings.kafka) as p:
@@ -447,16 +561,21 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     ex = Executor(settings)
     runner = asyncio.create_task(ex.run(stop))
     try:
-        await wait_until(lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done",
-                         60, "recovery")
+        await wait_until(
+            lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done", 60, "recovery"
+        )
         entries = await ex.log.replay_cycle(d.cycle_id)
     finally:
         stop.set()
         await asyncio.wait_for(runner, 5)
     assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2]  # no step again, no rollback
     story = [(e.action, e.result) for e in entries]
-    assert story[-4:] == [("plan_recovered", "resume_verification"), ("verification_result", "pass"),
-                          ("verification_result", "pass"), ("execution_outcome", "success")], story
+    assert story[-4:] == [
+        ("plan_recovered", "resume_verification"),
+        ("verification_result", "pass"),
+        ("verification_result", "pass"),
+        ("execution_outcome", "success"),
+    ], story
     assert [a for a, _ in story].count("step_executed") == 6
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from metaheal.agents.meta_loop import MetaLoop
+from metaheal.agents.meta.leader import fast_reader, read_to_end
+from metaheal.agents.meta.loop import MetaLoop
 from metaheal.config import Settings
 from metaheal.events import Event, HealthWindow, SignalStats, SignedOutcome
-from metaheal.agents.leader import fast_reader, read_to_end
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
 from metaheal.ledger.keys import init_system_keys
@@ -46,21 +46,63 @@ class Bus:
 
 def window(service: str, *signals: SignalStats, end: float | None = None, seconds: float = 300.0) -> HealthWindow:
     end = time.time() if end is None else end
-    return HealthWindow(service=service, window_start=end - seconds, window_end=end, sample_count=sum(s.count for s in signals), signals=list(signals))
+    return HealthWindow(
+        service=service,
+        window_start=end - seconds,
+        window_end=end,
+        sample_count=sum(s.count for s in signals),
+        signals=list(signals),
+    )
 
 
-def stats(signal: str, metric: str, *, mean: float, base: float, p95: float | None = None, base_p95: float | None = None,
-          count: int = 30, dependency: str | None = None) -> SignalStats:
-    return SignalStats(signal=signal, metric=metric, count=count, mean=mean, p50=mean, p95=p95 if p95 is not None else mean,
-                       max=max(mean, p95 or mean), baseline_mean=base, baseline_p95=base_p95, dependency=dependency)
+def stats(
+    signal: str,
+    metric: str,
+    *,
+    mean: float,
+    base: float,
+    p95: float | None = None,
+    base_p95: float | None = None,
+    count: int = 30,
+    dependency: str | None = None,
+) -> SignalStats:
+    return SignalStats(
+        signal=signal,
+        metric=metric,
+        count=count,
+        mean=mean,
+        p50=mean,
+        p95=p95 if p95 is not None else mean,
+        max=max(mean, p95 or mean),
+        baseline_mean=base,
+        baseline_p95=base_p95,
+        dependency=dependency,
+    )
 
 
-def outcome(i: int | str, service: str, result: str, playbook: str = "scale_up_instances", cycle_id: str = "c0",
-            directive_id: str | None = None, ts: float | None = None) -> SignedOutcome:
-    return SignedOutcome(outcome_id=f"out{i}", plan_id=f"plan{i}", directive_id=directive_id or f"d{i}", cycle_id=cycle_id,
-                         service=service, playbook=playbook, result=result, duration_seconds=42.0,
-                         trust_decision="auto_approved" if result != "denied" else "denied: blast radius 3 > 1",
-                         actor="executor", actor_signature="00", ts=time.time() if ts is None else ts)
+def outcome(
+    i: int | str,
+    service: str,
+    result: str,
+    playbook: str = "scale_up_instances",
+    cycle_id: str = "c0",
+    directive_id: str | None = None,
+    ts: float | None = None,
+) -> SignedOutcome:
+    return SignedOutcome(
+        outcome_id=f"out{i}",
+        plan_id=f"plan{i}",
+        directive_id=directive_id or f"d{i}",
+        cycle_id=cycle_id,
+        service=service,
+        playbook=playbook,
+        result=result,
+        duration_seconds=42.0,
+        trust_decision="auto_approved" if result != "denied" else "denied: blast radius 3 > 1",
+        actor="executor",
+        actor_signature="00",
+        ts=time.time() if ts is None else ts,
+    )
 
 
 async def until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:

@@ -12,9 +12,9 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from metaheal.agents.leader import ControlTopic
-from metaheal.agents.meta_loop import MetaLoop
-from metaheal.agents.status import StatusClient, current_cycle, outcome_history
+from metaheal.agents.meta.leader import ControlTopic
+from metaheal.agents.meta.loop import MetaLoop
+from metaheal.agents.meta.status import StatusClient, current_cycle, outcome_history
 from metaheal.cli import app
 from metaheal.config import Settings
 from metaheal.events import ApprovalDecision, ApprovalRequest, CycleFocus, Directive
@@ -27,18 +27,23 @@ def latency(h: Any, service: str = "api") -> Any:
 REPLICA_SCRIPT = """
 import asyncio, json, logging, sys
 from metaheal.config import Settings
-from metaheal.agents.meta_loop import MetaLoop
+from metaheal.agents.meta.loop import MetaLoop
 logging.basicConfig(level=logging.INFO)
 asyncio.run(MetaLoop(Settings(**json.loads(sys.argv[1])), replica_id="replica-a").run(asyncio.Event()))
 """
 
 
-async def test_second_replica_takes_over_after_kill_9_without_a_duplicate_directive(h: Any, meta: Settings, bus: Any) -> None:
+async def test_second_replica_takes_over_after_kill_9_without_a_duplicate_directive(
+    h: Any, meta: Settings, bus: Any
+) -> None:
     meta.cycle.lease_seconds = 3.0
     meta.cycle.cycle_seconds = 2.0
     bus.publish("health", latency(h), "api")
-    proc = subprocess.Popen([sys.executable, "-c", REPLICA_SCRIPT, meta.model_dump_json()],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", REPLICA_SCRIPT, meta.model_dump_json()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         [d] = await h.until(lambda: bus.aread("directives", Directive), timeout=30)
         b = MetaLoop(meta, replica_id="replica-b")
@@ -50,9 +55,15 @@ async def test_second_replica_takes_over_after_kill_9_without_a_duplicate_direct
             killed = time.time()
             await h.until(lambda: b._leading, timeout=15)
             took_over = time.time() - killed
-            cycles = await h.until(lambda: [c for c in bus.read("cycles", CycleFocus) if c.cycle_id in b.obs.cycle_focus
-                                            and int(c.cycle_id.rsplit("_", 1)[1]) > int(d.cycle_id.rsplit("_", 1)[1])
-                                            and c.ts >= killed])
+            cycles = await h.until(
+                lambda: [
+                    c
+                    for c in bus.read("cycles", CycleFocus)
+                    if c.cycle_id in b.obs.cycle_focus
+                    and int(c.cycle_id.rsplit("_", 1)[1]) > int(d.cycle_id.rsplit("_", 1)[1])
+                    and c.ts >= killed
+                ]
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -103,11 +114,35 @@ async def test_status_client_and_cli_read_everything_from_the_topics(h: Any, met
     bus.publish("health", latency(h), "api")
     now = time.time()
     for rid in ("req-open", "req-done", "req-old"):
-        bus.publish("approvals", ApprovalRequest(request_id=rid, plan_id=f"p-{rid}", cycle_id="c", service="api", playbook="restart_service",
-                                                 reason="impact high", plan_summary="restart api", requested_at=now,
-                                                 expires_at=now + (600 if rid != "req-old" else -1)), f"p-{rid}")
-    bus.publish("approvals", ApprovalDecision(decision_id="x", request_id="req-done", plan_id="p-req-done", operator="alice",
-                                              decision="approve", decided_at=now, key_id="k", signature="00"), "p-req-done")
+        bus.publish(
+            "approvals",
+            ApprovalRequest(
+                request_id=rid,
+                plan_id=f"p-{rid}",
+                cycle_id="c",
+                service="api",
+                playbook="restart_service",
+                reason="impact high",
+                plan_summary="restart api",
+                requested_at=now,
+                expires_at=now + (600 if rid != "req-old" else -1),
+            ),
+            f"p-{rid}",
+        )
+    bus.publish(
+        "approvals",
+        ApprovalDecision(
+            decision_id="x",
+            request_id="req-done",
+            plan_id="p-req-done",
+            operator="alice",
+            decision="approve",
+            decided_at=now,
+            key_id="k",
+            signature="00",
+        ),
+        "p-req-done",
+    )
     for i in range(3):
         bus.publish("outcomes", h.outcome(i, "search", "success", ts=now - 100 + i), "search")
     async with h.running(MetaLoop(meta, replica_id="r1")):

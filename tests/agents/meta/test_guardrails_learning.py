@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metaheal.agents.meta_loop import MetaLoop
-from metaheal.agents.status import StatusClient
+from metaheal.agents.meta.loop import MetaLoop
+from metaheal.agents.meta.status import StatusClient
 from metaheal.config import Settings
 from metaheal.events import CycleFocus, Directive, LedgerEntry
 
@@ -16,7 +16,9 @@ def ledger_entries(bus: Any, action: str) -> list[LedgerEntry]:
 
 
 async def test_error_spike_tightens_at_once_and_the_level_survives_a_restart(h: Any, meta: Settings, bus: Any) -> None:
-    bus.publish("health", h.window("checkout", h.stats("errors", "error_count", mean=0.5, base=0.01, count=30)), "checkout")
+    bus.publish(
+        "health", h.window("checkout", h.stats("errors", "error_count", mean=0.5, base=0.01, count=30)), "checkout"
+    )
     async with h.running(MetaLoop(meta, replica_id="r1")):
         [c1] = await h.until(lambda: bus.aread("cycles", CycleFocus))
         await h.until(lambda: bus.aread("directives", Directive))
@@ -36,7 +38,9 @@ async def test_error_spike_tightens_at_once_and_the_level_survives_a_restart(h: 
     c2 = cycles[0]
     assert c2.focus_area == "routine_maintenance"
     assert (c2.guardrail_adjustment, c2.guardrail_level) == ("maintain", "tight")
-    assert int(c2.cycle_id.rsplit("_", 1)[1]) == int(c1.cycle_id.rsplit("_", 1)[1]) + 1  # counter continues across restarts
+    assert (
+        int(c2.cycle_id.rsplit("_", 1)[1]) == int(c1.cycle_id.rsplit("_", 1)[1]) + 1
+    )  # counter continues across restarts
     assert len(ledger_entries(bus, "learning_update")) == 1
 
 
@@ -48,13 +52,19 @@ async def test_failures_tighten_and_a_run_of_successes_loosens_one_level(h: Any,
         await h.until(lambda: loop.cycles_run >= 1)
         for i in range(3):
             bus.publish("outcomes", h.outcome(f"f{i}", "api", "failed"), "api")
-        tightened = await h.until(lambda: [c for c in bus.read("cycles", CycleFocus) if c.guardrail_adjustment == "tighten"])
+        tightened = await h.until(
+            lambda: [c for c in bus.read("cycles", CycleFocus) if c.guardrail_adjustment == "tighten"]
+        )
         for i in range(10):
             bus.publish("outcomes", h.outcome(f"s{i}", "api", "success"), "api")
-        loosened = await h.until(lambda: [c for c in bus.read("cycles", CycleFocus) if c.guardrail_adjustment == "loosen"])
+        loosened = await h.until(
+            lambda: [c for c in bus.read("cycles", CycleFocus) if c.guardrail_adjustment == "loosen"]
+        )
         n = loop.cycles_run
         await h.until(lambda: loop.cycles_run >= n + 2)  # two more cycles: no further loosening without new outcomes
-        learned = await h.until(lambda: len(ledger_entries(bus, "learning_update")) >= 13 and ledger_entries(bus, "learning_update"))
+        learned = await h.until(
+            lambda: len(ledger_entries(bus, "learning_update")) >= 13 and ledger_entries(bus, "learning_update")
+        )
     cycles = bus.read("cycles", CycleFocus)
     assert tightened[0].guardrail_level == "tight"
     assert any("success rate 0.00 < 0.50" in r for r in tightened[0].reasoning)
@@ -78,8 +88,21 @@ async def test_strong_anomaly_starts_an_early_cycle_debounced(h: Any, meta: Sett
 
     def strong(value: float) -> AnomalyScore:
         now = time.time()
-        return AnomalyScore(service="api", metric="latency_p95_ms", signal="latency", value=value, baseline=150.0, score=0.999999,
-                            threshold=0.99, crossed=True, confidence=1.0, model="t", ts=now, window_start=now - 10, window_end=now)
+        return AnomalyScore(
+            service="api",
+            metric="latency_p95_ms",
+            signal="latency",
+            value=value,
+            baseline=150.0,
+            score=0.999999,
+            threshold=0.99,
+            crossed=True,
+            confidence=1.0,
+            model="t",
+            ts=now,
+            window_start=now - 10,
+            window_end=now,
+        )
 
     async with h.running(loop):
         await h.until(lambda: loop.cycles_run >= 1)
@@ -87,8 +110,13 @@ async def test_strong_anomaly_starts_an_early_cycle_debounced(h: Any, meta: Sett
         assert first.focus_area == "routine_maintenance"
         sent = time.time()
         # the anomaly is corroborated by the service's own health window (anomaly scores alone are only a hint)
-        bus.publish("health", h.window("api", h.stats("latency", "latency_p95_ms", mean=400, base=150, p95=400, base_p95=150),
-                                       seconds=10), "api")
+        bus.publish(
+            "health",
+            h.window(
+                "api", h.stats("latency", "latency_p95_ms", mean=400, base=150, p95=400, base_p95=150), seconds=10
+            ),
+            "api",
+        )
         bus.publish("anomalies", strong(400.0), "api")
         [d] = await h.until(lambda: bus.aread("directives", Directive))
         took = time.time() - sent
@@ -96,7 +124,10 @@ async def test_strong_anomaly_starts_an_early_cycle_debounced(h: Any, meta: Sett
         cycles = await h.until(lambda: (cs := bus.read("cycles", CycleFocus)) and len(cs) >= 3 and cs)
     second, third = cycles[1], cycles[2]
     assert (second.trigger, second.focus_area) == ("strong_anomaly", "latency_drift")
-    assert any(r.startswith("Anomaly score 1 on api latency_p95_ms: 400 vs baseline 150 (crossed in 1 of 1") for r in second.reasoning), second.reasoning
+    assert any(
+        r.startswith("Anomaly score 1 on api latency_p95_ms: 400 vs baseline 150 (crossed in 1 of 1")
+        for r in second.reasoning
+    ), second.reasoning
     assert d.cycle_id == second.cycle_id
     assert took < meta.cycle.cycle_seconds / 4, f"early cycle took {took:.1f}s"
     assert third.trigger == "strong_anomaly" and third.ts - second.ts >= meta.cycle.min_cycle_gap_seconds

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-
-import pytest
 from typing import Any
 
-from metaheal.agents.meta_loop import MetaLoop
+import pytest
+
+from metaheal.agents.meta.loop import MetaLoop
 from metaheal.config import Settings
 from metaheal.events import (
     AnomalyScore,
@@ -24,10 +24,29 @@ from metaheal.events import (
 from metaheal.ledger import ImmutableLog
 
 EVIDENCE = {
-    "latency_drift": ("api_cluster", lambda h: h.window("api_cluster", h.stats("latency", "latency_p95_ms", mean=240, base=150, p95=245, base_p95=150))),
-    "error_spike": ("checkout", lambda h: h.window("checkout", h.stats("errors", "error_count", mean=0.5, base=0.01, count=30))),
-    "capacity_strain": ("search", lambda h: h.window("search", h.stats("saturation", "cpu_utilization", mean=0.96, base=0.45))),
-    "dependency_health": ("orders", lambda h: h.window("orders", h.stats("dependency", "dependency_latency_ms", mean=380, base=40, p95=420, base_p95=50, dependency="payments_db"))),
+    "latency_drift": (
+        "api_cluster",
+        lambda h: h.window(
+            "api_cluster", h.stats("latency", "latency_p95_ms", mean=240, base=150, p95=245, base_p95=150)
+        ),
+    ),
+    "error_spike": (
+        "checkout",
+        lambda h: h.window("checkout", h.stats("errors", "error_count", mean=0.5, base=0.01, count=30)),
+    ),
+    "capacity_strain": (
+        "search",
+        lambda h: h.window("search", h.stats("saturation", "cpu_utilization", mean=0.96, base=0.45)),
+    ),
+    "dependency_health": (
+        "orders",
+        lambda h: h.window(
+            "orders",
+            h.stats(
+                "dependency", "dependency_latency_ms", mean=380, base=40, p95=420, base_p95=50, dependency="payments_db"
+            ),
+        ),
+    ),
 }
 
 
@@ -56,12 +75,33 @@ async def test_each_focus_area_is_chosen_for_its_evidence(h: Any, meta: Settings
 
 async def test_trust_violation_focus_from_denied_outcome_and_operator_denial(h: Any, meta: Settings, bus: Any) -> None:
     bus.publish("outcomes", h.outcome(1, "billing", "denied"), "billing")
-    req = ApprovalRequest(request_id="req1", plan_id="plan9", cycle_id="c0", service="billing", playbook="restart_service",
-                          reason="high impact", plan_summary="restart billing", requested_at=time.time(), expires_at=time.time() + 600)
+    req = ApprovalRequest(
+        request_id="req1",
+        plan_id="plan9",
+        cycle_id="c0",
+        service="billing",
+        playbook="restart_service",
+        reason="high impact",
+        plan_summary="restart billing",
+        requested_at=time.time(),
+        expires_at=time.time() + 600,
+    )
     bus.publish("approvals", req, "plan9")
-    bus.publish("approvals", ApprovalDecision(decision_id="dec1", request_id="req1", plan_id="plan9", operator="alice",
-                                              decision="deny", reason="not during peak", decided_at=time.time(),
-                                              key_id="k", signature="00"), "plan9")
+    bus.publish(
+        "approvals",
+        ApprovalDecision(
+            decision_id="dec1",
+            request_id="req1",
+            plan_id="plan9",
+            operator="alice",
+            decision="deny",
+            reason="not during peak",
+            decided_at=time.time(),
+            key_id="k",
+            signature="00",
+        ),
+        "plan9",
+    )
     loop = MetaLoop(meta, replica_id="r1")
     async with h.running(loop):
         cycle = await first_cycle(h, bus)
@@ -73,12 +113,32 @@ async def test_trust_violation_focus_from_denied_outcome_and_operator_denial(h: 
 
 
 async def test_quiet_system_is_routine_maintenance_without_directive(h: Any, meta: Settings, bus: Any) -> None:
-    bus.publish("health", h.window("api", h.stats("latency", "latency_p95_ms", mean=152, base=150, p95=153, base_p95=150)), "api")
+    bus.publish(
+        "health",
+        h.window("api", h.stats("latency", "latency_p95_ms", mean=152, base=150, p95=153, base_p95=150)),
+        "api",
+    )
     # an anomaly the service's own health window does not corroborate is a hint, stated as the reason
     now = time.time()
-    bus.publish("anomalies", AnomalyScore(service="api", metric="latency_p95_ms", signal="latency", value=170, baseline=150,
-                                          score=0.99999, threshold=0.99, crossed=True, confidence=0.6, model="t", ts=now,
-                                          window_start=now - 10, window_end=now), "api")
+    bus.publish(
+        "anomalies",
+        AnomalyScore(
+            service="api",
+            metric="latency_p95_ms",
+            signal="latency",
+            value=170,
+            baseline=150,
+            score=0.99999,
+            threshold=0.99,
+            crossed=True,
+            confidence=0.6,
+            model="t",
+            ts=now,
+            window_start=now - 10,
+            window_end=now,
+        ),
+        "api",
+    )
     loop = MetaLoop(meta, replica_id="r1")
     async with h.running(loop):
         cycle = await first_cycle(h, bus)
@@ -96,17 +156,29 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
     async with h.running(MetaLoop(meta, replica_id="r1")):
         cycle = await first_cycle(h, bus)
         # advice from an advisor arrives within the wait: the directive combines it
-        bus.publish("advice", MLAdvice(cycle_id=cycle.cycle_id, ts=time.time(),
-                                       root_cause_candidates=[RootCauseCandidate(cause="traffic_surge", probability=0.9, service=service),
-                                                              RootCauseCandidate(cause="noise", probability=0.2)],
-                                       ranked_playbooks=[RankedPlaybook(name="scale_up_instances", score=0.9, confidence=0.85),
-                                                         RankedPlaybook(name="restart_service", score=0.3, confidence=0.4)]), cycle.cycle_id)
+        bus.publish(
+            "advice",
+            MLAdvice(
+                cycle_id=cycle.cycle_id,
+                ts=time.time(),
+                root_cause_candidates=[
+                    RootCauseCandidate(cause="traffic_surge", probability=0.9, service=service),
+                    RootCauseCandidate(cause="noise", probability=0.2),
+                ],
+                ranked_playbooks=[
+                    RankedPlaybook(name="scale_up_instances", score=0.9, confidence=0.85),
+                    RankedPlaybook(name="restart_service", score=0.3, confidence=0.4),
+                ],
+            ),
+            cycle.cycle_id,
+        )
         [d] = await h.until(lambda: bus.aread("directives", Directive))
     ml = meta.ml
     # the playbook term: the ranker's score, trusted as far as its confidence goes, the declared prior (0.7) the rest
     playbook = 0.85 * 0.9 + 0.15 * 0.7
-    expected = (ml.ml_anomaly_weight * cycle.confidence + ml.ml_root_cause_weight * 0.9 + ml.ml_playbook_weight * playbook) / (
-        ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight)
+    expected = (
+        ml.ml_anomaly_weight * cycle.confidence + ml.ml_root_cause_weight * 0.9 + ml.ml_playbook_weight * playbook
+    ) / (ml.ml_anomaly_weight + ml.ml_root_cause_weight + ml.ml_playbook_weight)
     assert d.confidence == pytest.approx(expected, abs=1e-3)
     assert d.ml_advice.root_causes == ["traffic_surge"]  # below ml_min_confidence is dropped
     assert d.ml_advice.recommended_playbooks == ["scale_up_instances"]
@@ -122,11 +194,14 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
     # signed (and acknowledged) before published: each record's create time is after its entry's signing time
     from datetime import datetime
 
-    from metaheal.agents.leader import fast_reader, read_to_end
+    from metaheal.agents.meta.leader import fast_reader, read_to_end
 
     signed = {e.action: datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp() for e in entries}
     with fast_reader(meta.kafka) as c:
-        created = {short: read_to_end(c, meta.topics.name(short))[0].timestamp()[1] / 1000 for short in ("cycles", "probes", "directives")}
+        created = {
+            short: read_to_end(c, meta.topics.name(short))[0].timestamp()[1] / 1000
+            for short in ("cycles", "probes", "directives")
+        }
     assert signed["cycle_focus_decided"] <= created["cycles"] + 0.001
     assert signed["probes_enabled"] <= created["probes"] + 0.001
     assert signed["directive_issued"] <= created["directives"] + 0.001
@@ -152,11 +227,25 @@ async def test_a_service_with_a_plan_still_running_gets_no_second_directive(h: A
     meta.cycle.cycle_seconds = 1.0
     meta.cycle.advice_wait_seconds = 0.0  # no advisor here; keeps each cycle's view of the topics atomic
     service, make = EVIDENCE["latency_drift"]
-    bus.publish("plans", AgenticPlan(plan_id="plan-running", directive_id="dir-old", cycle_id="cycle_20250101_000000_1",
-                                     ts=time.time(), service=service, selected_playbook="warm_cache", steps=[], verifications=[],
-                                     rollback_plan=[], trust_approval_required=False, estimated_duration=60.0,
-                                     risk_assessment=RiskAssessment(impact="low", blast_radius=1, risk_score=0.1),
-                                     confidence=0.9), service)
+    bus.publish(
+        "plans",
+        AgenticPlan(
+            plan_id="plan-running",
+            directive_id="dir-old",
+            cycle_id="cycle_20250101_000000_1",
+            ts=time.time(),
+            service=service,
+            selected_playbook="warm_cache",
+            steps=[],
+            verifications=[],
+            rollback_plan=[],
+            trust_approval_required=False,
+            estimated_duration=60.0,
+            risk_assessment=RiskAssessment(impact="low", blast_radius=1, risk_score=0.1),
+            confidence=0.9,
+        ),
+        service,
+    )
     bus.publish("health", make(h), service)
     loop = MetaLoop(meta, replica_id="r1")
     async with h.running(loop):
@@ -170,7 +259,9 @@ async def test_a_service_with_a_plan_still_running_gets_no_second_directive(h: A
         bus.publish("outcomes", out, service)
         await h.until(lambda: loop.obs.busy(service, time.time()) is None)
         # a window that began after the outcome (one that straddles it mixes in the system before the change)
-        bus.publish("health", h.window(service, *make(h).signals, end=max(time.time(), out.ts + 0.2), seconds=0.1), service)
+        bus.publish(
+            "health", h.window(service, *make(h).signals, end=max(time.time(), out.ts + 0.2), seconds=0.1), service
+        )
         [d] = await h.until(lambda: bus.aread("directives", Directive))
     assert d.service == service and d.focus_area == "latency_drift"
     # learning fed the directive: warm_cache failed once, so it is not first any more, and the playbook term is learned

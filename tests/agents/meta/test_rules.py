@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from metaheal.agents.cycle_ids import CycleIds, format_cycle_id, parse_counter
-from metaheal.agents.guardrails import GuardrailState, time_budget
-from metaheal.agents.leader import ControlView
-from metaheal.agents.learning import Learner
-from metaheal.agents.probes import probe_commands
+from metaheal.agents.meta.cycle_ids import CycleIds, format_cycle_id, parse_counter
+from metaheal.agents.meta.guardrails import GuardrailState, time_budget
+from metaheal.agents.meta.leader import ControlView
+from metaheal.agents.meta.learning import Learner
+from metaheal.agents.meta.probes import probe_commands
 from metaheal.config import GuardrailSettings
 
 
@@ -42,7 +42,10 @@ def test_error_spike_beats_a_good_success_rate() -> None:
 
 def test_stable_cycles_loosen_gradually_and_any_incident_resets_the_count() -> None:
     g = state("tight")
-    levels = [g.decide(f, None, 0).level for f in ["routine_maintenance"] * 2 + ["latency_drift"] + ["routine_maintenance"] * 6]
+    levels = [
+        g.decide(f, None, 0).level
+        for f in ["routine_maintenance"] * 2 + ["latency_drift"] + ["routine_maintenance"] * 6
+    ]
     assert levels == ["tight", "tight", "tight", "tight", "tight", "maintain", "maintain", "maintain", "loose"]
 
 
@@ -75,7 +78,10 @@ def test_learning_weights_recent_outcomes_more(h: Any) -> None:
     assert lr.success_rate(focus_area="latency_drift", now=t0) is None
     lr.observe(h.outcome("denied", "api", "denied", ts=t0), "capacity_strain", now=t0 + 300)
     assert len(lr) == 5  # denied says nothing about the playbook
-    assert lr.playbook_ranking(["restart_service", "scale_up_instances"], now=t0 + 300) == ["scale_up_instances", "restart_service"]
+    assert lr.playbook_ranking(["restart_service", "scale_up_instances"], now=t0 + 300) == [
+        "scale_up_instances",
+        "restart_service",
+    ]
     assert lr.typical_duration("capacity_strain", now=t0 + 300) == pytest.approx(42.0)
     assert (lr.count_since(t0), lr.count_since(t0 - 1)) == (1, 5)
 
@@ -92,7 +98,13 @@ def test_cycle_ids_are_utc_and_monotonic() -> None:
 
 def test_probe_commands_carry_ttl_and_targets() -> None:
     [a, b] = probe_commands("cycle_x_1", "error_spike", ["checkout"], 150, 5.0)
-    assert (a.probe, b.probe, a.ttl_seconds, a.services, a.probe_id) == ("error_tracking", "stack_traces", 150, ["checkout"], "cycle_x_1:error_tracking")
+    assert (a.probe, b.probe, a.ttl_seconds, a.services, a.probe_id) == (
+        "error_tracking",
+        "stack_traces",
+        150,
+        ["checkout"],
+        "cycle_x_1:error_tracking",
+    )
 
 
 def test_control_fold_ignores_stale_and_malformed_records() -> None:

@@ -29,8 +29,15 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def fleet(clock: ManualClock) -> Fleet:
-    return Fleet(seed=7, clock=clock, day_amplitude=0.0, ready_delay=5.0, restart_seconds=4.0,
-                 warm_seconds=2.0, switch_seconds=1.0)
+    return Fleet(
+        seed=7,
+        clock=clock,
+        day_amplitude=0.0,
+        ready_delay=5.0,
+        restart_seconds=4.0,
+        warm_seconds=2.0,
+        switch_seconds=1.0,
+    )
 
 
 @pytest.fixture

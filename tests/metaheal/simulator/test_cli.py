@@ -24,8 +24,21 @@ def test_simulate_needs_a_bootstrap() -> None:
 @pytest.mark.broker
 def test_simulate_writes_the_services_config(broker: EmbeddedBroker, tmp_path: Path) -> None:
     out = tmp_path / "services.yaml"
-    r = CliRunner().invoke(app, ["simulate", "--bootstrap", broker.bootstrap, "--duration", "0.5", "--interval", "0.1",
-                                 "--services-out", str(out)], env={"METAHEAL_TOPICS__PREFIX": "simcli."})
+    r = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--bootstrap",
+            broker.bootstrap,
+            "--duration",
+            "0.5",
+            "--interval",
+            "0.1",
+            "--services-out",
+            str(out),
+        ],
+        env={"METAHEAL_TOPICS__PREFIX": "simcli."},
+    )
     assert r.exit_code == 0, r.output
     doc = yaml.safe_load(out.read_text())
     names = [s["name"] for s in doc["services"]]

@@ -18,8 +18,18 @@ def test_quiet_telemetry_is_plausible(fleet: Fleet) -> None:
     assert set(sample) == {"web", "api_cluster", "db", "cache", "payments"}
     api = sample["api_cluster"]
     names = {s.metric for s in api}
-    assert {"latency_p50_ms", "latency_p95_ms", "error_rate", "cpu_utilization", "requests_per_s", "instances",
-            "cache_hit_rate", "dependency_latency_ms", "dependency_error_rate", "deployments"} <= names
+    assert {
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "error_rate",
+        "cpu_utilization",
+        "requests_per_s",
+        "instances",
+        "cache_hit_rate",
+        "dependency_latency_ms",
+        "dependency_error_rate",
+        "deployments",
+    } <= names
     assert {s.labels["dependency"] for s in by_metric(api, "dependency_latency_ms")} == {"db", "cache", "payments"}
     for service, samples in sample.items():
         v = {s.metric: s.value for s in samples if not s.labels or s.metric == "deployments"}

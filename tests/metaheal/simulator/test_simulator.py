@@ -11,7 +11,11 @@ import pytest
 from metaheal.config import Settings
 from metaheal.events import DeadLetter, Metric, ProbeCommand
 from metaheal.kafka import Consumer, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, TelemetryDeserializer
+from metaheal.kafka.serializers import (
+    AvroDeserializer,
+    AvroSerializer,
+    TelemetryDeserializer,
+)
 from metaheal.simulator.runner import Simulator
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
@@ -42,8 +46,9 @@ async def test_publishes_avro_batches_keyed_by_service_with_fault_signature(topi
     for key, samples in records:
         assert {s.service for s in samples} == {key}
         assert len({s.ts for s in samples}) == 1  # a batch is one tick
-    api = sorted((s.ts, s.value) for key, batch in records if key == "api_cluster"
-                 for s in batch if s.metric == "error_rate")
+    api = sorted(
+        (s.ts, s.value) for key, batch in records if key == "api_cluster" for s in batch if s.metric == "error_rate"
+    )
     injected_at = sim.injected[0].started_at
     before = [v for ts, v in api if ts < injected_at]
     after = [v for ts, v in api if ts >= injected_at]
@@ -60,12 +65,25 @@ async def test_probe_commands_change_what_is_emitted(topics: Settings) -> None:
     now = time.time()
     ser = AvroSerializer(ProbeCommand)
     cmds = [
-        ProbeCommand(probe_id="p1", cycle_id="c1", probe="latency_histograms", services=["api_cluster"],
-                     ttl_seconds=60, issued_at=now),
-        ProbeCommand(probe_id="p2", cycle_id="c1", probe="error_tracking", services=["api_cluster"],
-                     ttl_seconds=60, issued_at=now),
-        ProbeCommand(probe_id="p0", cycle_id="c0", probe="dependency_traces", services=["*"],
-                     ttl_seconds=5, issued_at=now - 3600),  # long expired: changes nothing
+        ProbeCommand(
+            probe_id="p1",
+            cycle_id="c1",
+            probe="latency_histograms",
+            services=["api_cluster"],
+            ttl_seconds=60,
+            issued_at=now,
+        ),
+        ProbeCommand(
+            probe_id="p2",
+            cycle_id="c1",
+            probe="error_tracking",
+            services=["api_cluster"],
+            ttl_seconds=60,
+            issued_at=now,
+        ),
+        ProbeCommand(
+            probe_id="p0", cycle_id="c0", probe="dependency_traces", services=["*"], ttl_seconds=5, issued_at=now - 3600
+        ),  # long expired: changes nothing
     ]
     with Producer(topics.kafka) as p:
         for c in cmds:

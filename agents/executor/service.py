@@ -1,0 +1,795 @@
+"""The executor: directive -> plan -> trust check -> (approval) -> steps -> verify -> rollback -> outcome.
+
+This is where metaheal touches real systems, so every effect is bounded and
+written down before it happens:
+
+* **write-ahead**: a step's start is a signed ledger entry and a durable
+  executor-state record *before* the actuator runs; if either write fails the
+  step does not run (``LedgerUnavailable`` / ``KafkaUnavailable`` stop the plan,
+  and the state left behind is picked up on the next start);
+* **bounded**: each step has its own timeout, and all of them share the
+  directive's time budget; rollback steps keep their own timeouts (undoing must
+  stay possible after the budget is spent);
+* **exactly-once effects**: a directive id seen in the durable state is never
+  executed again; on start, plans that were mid-flight are resumed (waiting for
+  approval, verification) or rolled back — a step that started without a recorded
+  result is never repeated, because it may have run;
+* **evidence**: verification verdicts carry the query, observed values and
+  threshold; missing telemetry is inconclusive and leads to rollback, never to a
+  success.
+
+Run one with ``python -m metaheal.agents.executor.service --config metaheal.yaml``.
+
+>>> mutates([PlanStep(action="http.get"), PlanStep(action="wait_for")], upto=2)
+False
+>>> mutates([PlanStep(action="http.get"), PlanStep(action="http.post")], upto=2)
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from confluent_kafka import Message
+
+from metaheal.agents.common.playbooks import Playbook, load_playbooks
+from metaheal.agents.common.policy import Policies, TrustDecision
+from metaheal.agents.executor.actuators import (
+    ActuatorError,
+    StepContext,
+    StepResult,
+    get_actuator,
+)
+from metaheal.agents.executor.approvals import (
+    ApprovalInbox,
+    build_request,
+    rejection_reason,
+)
+from metaheal.agents.executor.planner import (
+    NoApplicablePlaybook,
+    PlanContext,
+    plan_id_for,
+)
+from metaheal.agents.executor.planner import plan as make_plan
+from metaheal.agents.executor.state import PlanRecord, StateStore
+from metaheal.agents.executor.templating import TemplateError, render
+from metaheal.agents.executor.verification import (
+    LiveTelemetry,
+    Verdict,
+    overall,
+    run_verification,
+)
+from metaheal.config import ServiceSettings, Settings, load_settings
+from metaheal.events import (
+    AgenticPlan,
+    ApprovalRequest,
+    DeadLetter,
+    Directive,
+    LedgerEntry,
+    PlanStep,
+    SignedOutcome,
+)
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.ledger import ImmutableLog
+
+logger = logging.getLogger(__name__)
+
+SUBSYSTEM = "agents"
+MUTATING = frozenset({"http.post", "command"})
+#: Extra grace for an actuator to return after its own timeout before it is cancelled.
+CANCEL_GRACE = 1.0
+
+
+def mutates(steps: list[PlanStep], upto: int) -> bool:
+    """Whether any of the first ``upto`` steps may have changed the service."""
+    return any(s.action in MUTATING for s in steps[:upto])
+
+
+@dataclass
+class Run:
+    """One directive's journey; ``record`` is what survives a crash."""
+
+    directive: Directive
+    record: PlanRecord
+    plan: AgenticPlan | None = None
+    trust_decision: str = "denied"
+    started: float = field(default_factory=time.monotonic)
+    verdicts: list[Verdict] = field(default_factory=list)
+    insights: list[str] = field(default_factory=list)
+
+    @property
+    def rationale(self) -> list[str]:
+        return self.record.rationale
+
+    def note(self, line: str) -> None:
+        self.record.rationale.append(line)
+
+
+class Executor:
+    """A long-running executor: a consumer-group member on ``<prefix>directives``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log: ImmutableLog | None = None,
+        playbooks: dict[str, Playbook] | None = None,
+        executor_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.id = executor_id or f"executor-{uuid.uuid4().hex[:8]}"
+        self.playbooks = playbooks if playbooks is not None else load_playbooks(settings.playbooks)
+        self.log = log or ImmutableLog(settings)
+        self._own_log = log is None
+        self.policies = Policies(settings)
+        self.state = StateStore(settings)
+        self.telemetry = LiveTelemetry(settings)
+        self.inbox = ApprovalInbox(settings)
+        self.producer = Producer(settings.kafka)
+        self._tasks: dict[str, asyncio.Task[SignedOutcome | None]] = {}
+        self._sem = asyncio.Semaphore(settings.executor.max_concurrent_plans)
+        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seen_decisions: set[str] = set()
+        self._ser_plan = AvroSerializer(AgenticPlan)
+        self._ser_outcome = AvroSerializer(SignedOutcome)
+        self._ser_request = AvroSerializer(ApprovalRequest)
+        self._ser_dead = AvroSerializer(DeadLetter)
+        self._de_directive = AvroDeserializer(Directive)
+        self.ready = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, *, recover: bool = True) -> None:
+        """Load durable state, start the telemetry and approval readers, recover mid-flight plans.
+
+        ``recover=False`` (what :meth:`run` uses) recovers only plans that did not come
+        through the consumer group; the others are recovered by whichever executor is
+        assigned their directive partition, so a scaled-out group recovers each plan once.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.state.load)
+        for rec in self.state.recent_actions(time.time() - 3600):
+            self.policies.record_action(rec.service, rec.execution_started_at or 0.0)
+        await asyncio.to_thread(self.telemetry.start)
+        await asyncio.to_thread(self.inbox.start)
+        for rec in self.state.in_flight():
+            if recover or rec.partition is None:
+                self._spawn(rec.directive_id, self._recover(rec))
+
+    def _recover_partitions(self, partitions: set[int]) -> None:
+        for rec in self.state.in_flight():
+            if rec.partition in partitions and rec.directive_id not in self._tasks:
+                self._spawn(rec.directive_id, self._recover(rec))
+
+    async def close(self) -> None:
+        for t in list(self._tasks.values()):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=1.5)
+        t0 = time.monotonic()
+        self.telemetry.stop()
+        self.inbox.stop()
+        self.producer.close(2.0)
+        self.state.close()
+        if self._own_log:
+            self.log.close()
+        logger.debug("executor_closed id=%s seconds=%.2f", self.id, time.monotonic() - t0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start(recover=False)
+        group = f"{self.settings.topics.prefix}{self.settings.executor.group_id}"
+        consumer = Consumer(self.settings.kafka, group_id=group)
+        consumer.subscribe([self.settings.topics.name("directives")], on_assign=self._on_assign)
+        logger.info("executor_started id=%s group=%s dry_run=%s", self.id, group, self.settings.executor.dry_run)
+        try:
+            while not stop.is_set():
+                msgs = await asyncio.to_thread(consumer.poll_batch, 20, 0.1)
+                for msg in msgs:
+                    await self._accept(msg)
+                    await asyncio.to_thread(consumer.commit, msg)
+        finally:
+            await asyncio.to_thread(consumer.close)
+            await self.close()
+
+    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        # Another executor may have owned these partitions: take over its durable state
+        # and recover its mid-flight plans (on the event loop; this runs in the poll thread).
+        self.state.load()
+        assigned = {p.partition for p in partitions}
+        self._loop.call_soon_threadsafe(self._recover_partitions, assigned)
+        self.ready.set()
+        logger.info("executor_assigned id=%s partitions=%s", self.id, [p.partition for p in partitions])
+
+    async def _accept(self, msg: Message) -> None:
+        try:
+            directive = self._de_directive(msg.value() or b"")
+        except DecodeError as exc:
+            await self._dead_letter(msg, "invalid directive", str(exc))
+            return
+        await self.submit(directive, partition=msg.partition())
+
+    async def submit(
+        self, directive: Directive, *, partition: int | None = None
+    ) -> asyncio.Task[SignedOutcome | None] | None:
+        """Take a directive unless it was seen before; returns its task (None for a duplicate)."""
+        if directive.directive_id in self._tasks or self.state.get(directive.directive_id) is not None:
+            logger.info(
+                "directive_duplicate directive=%s service=%s (not executed again)",
+                directive.directive_id,
+                directive.service,
+            )
+            return None
+        rec = PlanRecord(
+            directive_id=directive.directive_id,
+            service=directive.service,
+            status="accepted",
+            plan_id=plan_id_for(directive.directive_id),
+            directive_json=directive.model_dump_json(),
+            owner=self.id,
+            partition=partition,
+        )
+        await self.state.put(rec)
+        return self._spawn(directive.directive_id, self._process(Run(directive, rec)))
+
+    def _spawn(self, key: str, coro: Any) -> asyncio.Task[SignedOutcome | None]:
+        async def guarded() -> SignedOutcome | None:
+            async with self._sem:
+                try:
+                    return await coro
+                except KafkaUnavailable as exc:
+                    # Ledger or state down: stop here; the durable state resumes this plan on restart.
+                    logger.error("plan_halted directive=%s error=%s", key, exc)
+                    return None
+                finally:
+                    self._tasks.pop(key, None)
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=f"plan-{key}")
+        self._tasks[key] = task
+        return task
+
+    async def _dead_letter(self, msg: Message, reason: str, error: str) -> None:
+        dl = DeadLetter.of(msg, reason, error)
+        logger.warning("directive_dead_letter offset=%s error=%s", msg.offset(), error)
+        await asyncio.to_thread(self.producer.send, self.settings.topics.name("deadletter"), self._ser_dead(dl))
+
+    # --- ledger and publishing -------------------------------------------------------------------
+
+    async def _ledger(self, run: Run, actor: str, action: str, payload: dict[str, Any], result: str) -> LedgerEntry:
+        pid = run.plan.plan_id if run.plan else run.record.plan_id
+        payload = {
+            "plan_id": pid,
+            "directive_id": run.directive.directive_id,
+            "service": run.directive.service,
+            **payload,
+        }
+        return await self.log.append(
+            actor=actor,
+            action=action,
+            resource=f"plan/{pid}",
+            subsystem=SUBSYSTEM,
+            payload=json.loads(json.dumps(payload, default=str)),
+            result=result,
+            cycle_id=run.directive.cycle_id,
+        )
+
+    async def _save(self, run: Run, **changes: Any) -> None:
+        run.record = await self.state.put(run.record.model_copy(update=changes))
+
+    async def _publish(self, topic: str, key: str, value: bytes) -> None:
+        await asyncio.to_thread(self.producer.send, self.settings.topics.name(topic), value, key=key)
+
+    # --- the pipeline ----------------------------------------------------------------------------
+
+    def _service(self, name: str) -> ServiceSettings | None:
+        return self.settings.service(name)
+
+    async def _process(self, run: Run) -> SignedOutcome | None:
+        d = run.directive
+        causes = d.ml_advice.root_causes
+        run.note(
+            f"directive {d.directive_id}: {d.focus_area} on {d.service} (cycle {d.cycle_id}, "
+            f"{d.guardrail_level} guardrails, confidence {d.confidence:.2f}, budget {d.time_budget_seconds}s)"
+        )
+        run.note(
+            f"root causes: {', '.join(causes) or 'none given'}; "
+            f"advised playbooks: {', '.join(d.ml_advice.recommended_playbooks) or 'none'}"
+        )
+        svc = self._service(d.service)
+        if svc is None:
+            return await self._deny(run, [f"service {d.service} is not configured"], ["unknown_service"])
+        extra = self._plan_variables(svc)
+        run.record = run.record.model_copy(update={"outputs": {**run.record.outputs, **extra}})
+        try:
+            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra)
+        except NoApplicablePlaybook as exc:
+            return await self._deny(run, exc.reasons, ["no_playbook"])
+        run.plan = plan
+        if "dependency" in extra:
+            run.note(f"suspect dependency {extra['dependency']} (worst error rate/latency from {d.service})")
+        for s in skipped:
+            run.note(f"skipped {s}")
+        run.note(f"planned {plan.selected_playbook} ({len(plan.steps)} steps, risk {plan.risk_assessment.risk_score})")
+        await self._ledger(
+            run,
+            "agentic_planner",
+            "plan_created",
+            {
+                "playbook": plan.selected_playbook,
+                "steps": [s.action for s in plan.steps],
+                "skipped": skipped,
+                "risk": plan.risk_assessment.model_dump(),
+                "estimated_duration": plan.estimated_duration,
+            },
+            "planned",
+        )
+        decision = self.policies.check(plan, d.guardrail_level)
+        try:  # from here on the service's lock may be held: release it whatever happens
+            plan.trust_approval_required = decision.verdict == "needs_approval"
+            await self._save(run, plan_json=plan.model_dump_json())
+            await self._publish("plans", plan.service, self._ser_plan(plan))
+            if decision.verdict == "deny":
+                return await self._deny(run, decision.reasons, decision.violations, decision)
+            await self._ledger(run, "agentic_planner", "trust_checked", decision.model_dump(), decision.verdict)
+            run.note(f"trust check ({decision.level}): {decision.verdict}: {'; '.join(decision.reasons)}")
+            if decision.verdict == "needs_approval":
+                request = build_request(plan, decision.reasons, self.settings.executor.approval_expiry_seconds)
+                await self._save(run, status="awaiting_approval", approval_request_json=request.model_dump_json())
+                await self._ledger(run, "agentic_planner", "approval_requested", request.model_dump(), "pending")
+                await self._publish("approvals", plan.plan_id, self._ser_request(request))
+                outcome = await self._await_approval(run, request)
+                if outcome is not None:
+                    return outcome
+            else:
+                run.trust_decision = "auto_approved"
+            return await self._execute(run)
+        finally:
+            self.policies.unlock(plan.service, plan.plan_id)
+
+    def _plan_variables(self, svc: ServiceSettings) -> dict[str, Any]:
+        """Values from live telemetry that playbooks may use (absent ones stay undefined)."""
+        dep = self.telemetry.worst_dependency(svc.name, svc.dependencies, since=time.time() - 300)
+        if dep is None and len(svc.dependencies) == 1:
+            dep = svc.dependencies[0]
+        return {"dependency": dep} if dep else {}
+
+    async def _deny(
+        self, run: Run, reasons: list[str], violations: list[str], decision: TrustDecision | None = None
+    ) -> SignedOutcome:
+        run.trust_decision = "denied"
+        payload = {"reasons": reasons, "violations": violations}
+        if decision is not None:
+            payload["level"] = decision.level
+        actor = "agentic_planner"
+        await self._ledger(
+            run, actor, "trust_violation" if decision is not None else "trust_checked", payload, "denied"
+        )
+        run.note(f"denied: {'; '.join(reasons)}")
+        run.insights.append(f"denied by policy: {', '.join(violations)}")
+        return await self._finish(run, "denied", None)
+
+    async def _await_approval(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
+        """Wait for a valid decision; returns an outcome for deny/expiry, None to go on executing."""
+        assert run.plan is not None
+        used = 0
+        while True:
+            remaining = request.expires_at - time.time()
+            batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, remaining))
+            if not batch:
+                if time.time() >= request.expires_at:
+                    await self._ledger(
+                        run,
+                        "executor",
+                        "approval_received",
+                        {"request_id": request.request_id, "expired_at": request.expires_at},
+                        "expired",
+                    )
+                    run.note(f"approval request {request.request_id} expired unanswered")
+                    run.trust_decision = "expired"
+                    return await self._finish(run, "expired", None)
+                continue
+            used += len(batch)
+            for received_at, dec in batch:
+                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                if why is not None:
+                    await self._ledger(
+                        run,
+                        "executor",
+                        "trust_violation",
+                        {
+                            "reason": why,
+                            "decision": dec.model_dump(),
+                        },
+                        "rejected",
+                    )
+                    run.note(f"rejected approval decision {dec.decision_id}: {why}")
+                    self._seen_decisions.add(dec.decision_id)
+                    if why.startswith("expired"):
+                        run.trust_decision = "expired"
+                        return await self._finish(run, "expired", None)
+                    continue
+                self._seen_decisions.add(dec.decision_id)
+                await self._ledger(run, "executor", "approval_received", dec.model_dump(), dec.decision)
+                if dec.decision == "approve":
+                    run.trust_decision = f"approved_by:{dec.operator}"
+                    run.note(f"approved by {dec.operator}: {dec.reason or 'no reason given'}")
+                    return None
+                run.trust_decision = "denied"
+                run.note(f"denied by {dec.operator}: {dec.reason or 'no reason given'}")
+                run.insights.append(f"operator {dec.operator} denied {run.plan.selected_playbook}")
+                return await self._finish(run, "denied", None)
+
+    # --- execution -----------------------------------------------------------------------------
+
+    def _variables(self, run: Run) -> dict[str, Any]:
+        svc = self._service(run.directive.service) or ServiceSettings(name=run.directive.service)
+        return {**PlanContext(service=svc, directive=run.directive).variables(), **run.record.outputs}
+
+    def _step_context(self, run: Run) -> StepContext:
+        svc = self._service(run.directive.service)
+        hosts: frozenset[str] = frozenset()
+        if svc is not None and svc.admin_url:
+            hosts = frozenset({httpx.URL(svc.admin_url).host})
+        return StepContext(
+            service=run.directive.service, telemetry=self.telemetry, allowed_hosts=hosts, started_at=time.time()
+        )
+
+    async def _run_step(self, step: PlanStep, params: dict[str, Any], run: Run, timeout: float) -> StepResult:
+        actuator = get_actuator(step.action)
+        try:
+            return await asyncio.wait_for(
+                actuator.run(params, self._step_context(run), timeout), timeout + CANCEL_GRACE
+            )
+        except TimeoutError:
+            return StepResult(ok=False, error=f"step timed out after {timeout:.1f}s", duration_seconds=timeout)
+        except ActuatorError as exc:
+            return StepResult(ok=False, error=str(exc))
+
+    async def _execute(self, run: Run) -> SignedOutcome | None:
+        assert run.plan is not None
+        plan, d = run.plan, run.directive
+        if self.settings.executor.dry_run:
+            return await self._dry_run(run)
+        await self._ledger(
+            run,
+            "executor",
+            "execution_started",
+            {
+                "playbook": plan.selected_playbook,
+                "trust_decision": run.trust_decision,
+                "time_budget_seconds": d.time_budget_seconds,
+            },
+            "started",
+        )
+        now = time.time()
+        self.policies.record_action(plan.service, now)
+        await self._save(run, status="executing", execution_started_at=now, trust_decision=run.trust_decision)
+        deadline = time.monotonic() + d.time_budget_seconds
+        failure = None
+        for i in range(run.record.steps_done, len(plan.steps)):
+            step = plan.steps[i]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                failure = f"time budget of {d.time_budget_seconds}s exceeded before step {i} ({step.action})"
+                break
+            try:
+                params = render(json.loads(step.params_json), self._variables(run))
+            except TemplateError as exc:
+                failure = f"step {i} ({step.action}) cannot be rendered: {exc}"
+                break
+            timeout = min(step.timeout, remaining)
+            budget_bound = timeout < step.timeout
+            # Write-ahead: the start is durable before the actuator is called.
+            await self._ledger(
+                run,
+                "executor",
+                "step_executed",
+                {"step": i, "phase": "start", "action": step.action, "params": params, "timeout": timeout},
+                "started",
+            )
+            await self._save(run, step_started=i)
+            res = await self._run_step(step, params, run, timeout)
+            await self._ledger(
+                run,
+                "executor",
+                "step_executed",
+                {
+                    "step": i,
+                    "phase": "result",
+                    "action": step.action,
+                    "ok": res.ok,
+                    "error": res.error,
+                    "detail": res.detail,
+                    "duration_seconds": res.duration_seconds,
+                },
+                "ok" if res.ok else "failed",
+            )
+            outputs = dict(run.record.outputs)
+            if step.save_as:
+                outputs[step.save_as] = res.value
+            await self._save(run, steps_done=i + 1, outputs=outputs)
+            run.note(
+                f"step {i} {step.action}: {'ok' if res.ok else 'failed: ' + str(res.error)}"
+                f" ({res.duration_seconds:.2f}s)"
+            )
+            if not res.ok:
+                if budget_bound and time.monotonic() >= deadline - 0.05:
+                    failure = f"time budget of {d.time_budget_seconds}s exceeded during step {i} ({step.action})"
+                else:
+                    failure = f"step {i} ({step.action}) failed: {res.error}"
+                break
+        if failure is not None:
+            run.insights.append(failure)
+            return await self._undo(run, failure, verification_passed=None)
+        return await self._verify(run, deadline)
+
+    async def _verify(self, run: Run, deadline: float | None) -> SignedOutcome:
+        assert run.plan is not None
+        plan = run.plan
+        await self._save(run, status="verifying")
+        since = time.time()
+        verdicts = []
+        for v in plan.verifications:
+            try:
+                spec = render(json.loads(v.spec_json), self._variables(run))
+            except TemplateError as exc:
+                verdict = Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")
+            else:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        verdicts.append(
+                            Verdict(
+                                check=v.type, status="inconclusive", reason="time budget exhausted before verification"
+                            )
+                        )
+                        break
+                    spec["within"] = min(float(spec.get("within", 60.0)), remaining)
+                verdict = await run_verification(spec, service=plan.service, since=since, telemetry=self.telemetry)
+            verdicts.append(verdict)
+            await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
+            run.note(f"verify {verdict.check}: {verdict.status} ({verdict.reason or 'ok'})")
+            if verdict.status != "pass":
+                break  # one failing check decides; the rest would only delay the rollback
+        run.verdicts = verdicts
+        passed = overall(verdicts) if plan.verifications else True
+        if len(verdicts) < len(plan.verifications) and passed is True:
+            passed = None
+        if passed:
+            run.insights.append(f"{plan.selected_playbook} resolved {run.directive.focus_area} on {plan.service}")
+            return await self._finish(run, "success", True)
+        why = (
+            "verification failed"
+            if passed is False
+            else "verification inconclusive (missing telemetry is never a pass)"
+        )
+        run.insights.append(f"{plan.selected_playbook} on {plan.service}: {why}")
+        return await self._undo(run, why, verification_passed=passed)
+
+    async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None) -> SignedOutcome:
+        assert run.plan is not None
+        plan = run.plan
+        started = run.record.step_started
+        touched = mutates(plan.steps, (started + 1) if started is not None else 0)
+        if not touched:
+            run.note(f"no step changed the service ({reason}); nothing to roll back")
+            return await self._finish(run, "failed", verification_passed)
+        if not plan.rollback_plan:
+            run.note(f"{reason}; playbook has no rollback steps: escalate")
+            run.insights.append(f"{plan.selected_playbook} cannot be undone automatically")
+            return await self._finish(run, "failed", verification_passed)
+        run.note(f"rolling back: {reason}")
+        ok = await self._rollback(run, reason)
+        return await self._finish(run, "rolled_back" if ok else "failed", verification_passed)
+
+    async def _rollback(self, run: Run, reason: str) -> bool:
+        assert run.plan is not None
+        await self._save(run, status="rolling_back")
+        for j in range(run.record.rollback_done, len(run.plan.rollback_plan)):
+            step = run.plan.rollback_plan[j]
+            try:
+                params = render(json.loads(step.params_json), self._variables(run))
+            except TemplateError as exc:
+                run.note(f"rollback step {j} cannot be rendered: {exc}")
+                return False
+            await self._ledger(
+                run,
+                "executor",
+                "rollback_executed",
+                {"step": j, "phase": "start", "action": step.action, "params": params, "reason": reason},
+                "started",
+            )
+            await self._save(run, rollback_started=j)
+            res = await self._run_step(step, params, run, step.timeout)
+            await self._ledger(
+                run,
+                "executor",
+                "rollback_executed",
+                {
+                    "step": j,
+                    "phase": "result",
+                    "action": step.action,
+                    "ok": res.ok,
+                    "error": res.error,
+                    "detail": res.detail,
+                    "duration_seconds": res.duration_seconds,
+                },
+                "ok" if res.ok else "failed",
+            )
+            await self._save(run, rollback_done=j + 1)
+            run.note(f"rollback step {j} {step.action}: {'ok' if res.ok else 'failed: ' + str(res.error)}")
+            if not res.ok:
+                run.insights.append(f"rollback of {run.plan.selected_playbook} failed at step {j}: escalate")
+                return False
+        return True
+
+    async def _dry_run(self, run: Run) -> None:
+        assert run.plan is not None
+        problems = []
+        for i, step in enumerate(run.plan.steps):
+            params = json.loads(step.params_json)
+            if "{{" in step.params_json:
+                continue  # needs a value an earlier step would produce
+            try:
+                get_actuator(step.action).check(params)
+            except ActuatorError as exc:
+                problems.append(f"step {i}: {exc}")
+        logger.info(
+            "dry_run plan=%s playbook=%s trust=%s problems=%s",
+            run.plan.plan_id,
+            run.plan.selected_playbook,
+            run.trust_decision,
+            problems,
+        )
+        run.note(f"dry run: not executed ({'; '.join(problems) or 'all steps check out'})")
+        await self._save(run, status="done", result="dry_run")
+        return None
+
+    async def _finish(self, run: Run, result: str, verification_passed: bool | None) -> SignedOutcome:
+        d, plan = run.directive, run.plan
+        duration = time.monotonic() - run.started
+        outcome_id = f"out-{uuid.uuid5(uuid.NAMESPACE_URL, run.record.plan_id or d.directive_id).hex[:16]}"
+        body = {
+            "outcome_id": outcome_id,
+            "plan_id": plan.plan_id if plan else run.record.plan_id,
+            "directive_id": d.directive_id,
+            "cycle_id": d.cycle_id,
+            "service": d.service,
+            "playbook": plan.selected_playbook if plan else "none",
+            "focus_area": d.focus_area,
+            "root_cause": d.ml_advice.root_causes[0] if d.ml_advice.root_causes else None,
+            "result": result,
+            "duration_seconds": round(duration, 3),
+            "verification_passed": verification_passed,
+            "trust_decision": run.trust_decision,
+            "rationale": [*run.rationale, f"result: {result}"],
+            "learned_insights": run.insights,
+            "verdicts": [v.model_dump() for v in run.verdicts],
+        }
+        entry = await self._ledger(run, "executor", "execution_outcome", body, result)
+        outcome = SignedOutcome(
+            **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area")},
+            actor="executor",
+            actor_signature=entry.signature,
+            ts=time.time(),
+            ledger_sequence=entry.sequence,
+        )
+        await self._save(run, status="done", result=result)
+        await self._publish("outcomes", d.service, self._ser_outcome(outcome))
+        logger.info(
+            "outcome directive=%s plan=%s playbook=%s result=%s trust=%s duration=%.2f",
+            d.directive_id,
+            outcome.plan_id,
+            outcome.playbook,
+            result,
+            run.trust_decision,
+            duration,
+        )
+        return outcome
+
+    # --- recovery ------------------------------------------------------------------------------
+
+    async def _recover(self, rec: PlanRecord) -> SignedOutcome | None:
+        directive = Directive.model_validate_json(rec.directive_json or "{}")
+        run = Run(directive, rec)
+        run.trust_decision = rec.trust_decision or "auto_approved"
+        if rec.plan_json:
+            run.plan = AgenticPlan.model_validate_json(rec.plan_json)
+            self.policies.try_lock(run.plan.service, run.plan.plan_id)
+        try:
+            return await self._recover_run(run, rec)
+        finally:
+            if run.plan is not None:
+                self.policies.unlock(run.plan.service, run.plan.plan_id)
+
+    async def _recover_run(self, run: Run, rec: PlanRecord) -> SignedOutcome | None:
+        async def recovered(action: str, why: str) -> None:
+            run.note(f"recovered by {self.id} after restart: {action} ({why})")
+            await self._ledger(
+                run,
+                "executor",
+                "plan_recovered",
+                {
+                    "recovery": action,
+                    "reason": why,
+                    "status": rec.status,
+                    "steps_done": rec.steps_done,
+                    "step_started": rec.step_started,
+                    "executor": self.id,
+                },
+                action,
+            )
+
+        if rec.status == "accepted" or run.plan is None:
+            await recovered("replan", "no step had started")
+            run.record = rec.model_copy(update={"rationale": []})
+            return await self._process(run)
+        plan = run.plan
+        if rec.status == "awaiting_approval" and rec.approval_request_json:
+            await recovered("await_approval", "approval was pending")
+            request = ApprovalRequest.model_validate_json(rec.approval_request_json)
+            out = await self._await_approval(run, request)
+            return out if out is not None else await self._execute(run)
+        if rec.status == "rolling_back":
+            if rec.rollback_started is not None and rec.rollback_started >= rec.rollback_done:
+                await recovered("escalate", f"rollback step {rec.rollback_started} was interrupted; not repeated")
+                run.insights.append("rollback interrupted by a crash: manual check needed")
+                return await self._finish(run, "failed", None)
+            await recovered("rollback", "continuing an interrupted rollback")
+            ok = await self._rollback(run, "continuing after restart")
+            return await self._finish(run, "rolled_back" if ok else "failed", None)
+        if rec.status == "verifying" or (
+            rec.status == "executing" and rec.interrupted_step() is None and rec.steps_done >= len(plan.steps)
+        ):
+            await recovered("resume_verification", "every step had completed")
+            return await self._verify(run, deadline=None)
+        interrupted = rec.interrupted_step()
+        why = (
+            f"step {interrupted} started without a recorded result (it may have run; not repeated)"
+            if interrupted is not None
+            else f"stopped after {rec.steps_done} of {len(plan.steps)} steps"
+        )
+        await recovered("rollback", why)
+        run.insights.append(f"executor crashed mid-plan: {why}")
+        return await self._undo(run, f"recovery: {why}", verification_passed=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m metaheal.agents.executor.service --config FILE``: run one executor until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings(args.config)
+    if args.dry_run:
+        settings.executor.dry_run = True
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await Executor(settings).run(stop)
+
+    asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    main()

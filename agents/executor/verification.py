@@ -1,0 +1,331 @@
+"""Verification on live telemetry and HTTP checks.
+
+A fix is only a fix if the service says so afterwards. Each check returns a
+:class:`Verdict` that records the query, every observed value and the
+threshold, so the ledger shows *why* an action was judged. Missing telemetry is
+``inconclusive`` — never a pass: silence from a broken service must not look
+like health.
+
+>>> v = evaluate_samples([(10.0, 250.0), (11.0, 180.0)], op="<=", threshold=200, min_samples=1)
+>>> v
+'pass'
+>>> evaluate_samples([], op="<=", threshold=200, min_samples=1)
+'inconclusive'
+>>> overall([Verdict(check="a", status="pass"), Verdict(check="b", status="inconclusive")]) is None
+True
+>>> tel = LiveTelemetry(Settings())
+>>> for dep, err in (("cache", 0.0), ("payments", 0.4)):
+...     tel.add_metric(Metric(service="api", metric="dependency_error_rate", value=err, ts=5.0,
+...                           labels={"dependency": dep}))
+>>> tel.worst_dependency("api", ["cache", "payments", "db"], since=0.0)
+'payments'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from typing import Any, Literal
+
+import httpx
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message, TopicPartition
+from pydantic import BaseModel, Field
+
+from metaheal.agents.executor.actuators.base import compare
+from metaheal.agents.executor.actuators.http import tls_context
+from metaheal.config import Settings
+from metaheal.events import HealthWindow, Metric
+from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka.serializers import (
+    AvroDeserializer,
+    DecodeError,
+    TelemetryDeserializer,
+)
+from metaheal.kafka.tail import TopicTail
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pass", "fail", "inconclusive"]
+POLL_SECONDS = 0.1
+MAX_RECORDED = 50
+#: dependency error rate below which a dependency is not "failing" for ``worst_dependency``
+DEPENDENCY_ERROR_FLOOR = 0.02
+
+
+class Verdict(BaseModel):
+    check: str
+    status: Status
+    query: dict[str, Any] = Field(default_factory=dict)
+    observed: list[float] = Field(default_factory=list)
+    threshold: float | int | None = None
+    op: str | None = None
+    reason: str = ""
+
+
+def evaluate_samples(samples: list[tuple[float, float]], *, op: str, threshold: float, min_samples: int) -> Status:
+    """``pass`` when the last ``min_samples`` samples all satisfy ``value op threshold``."""
+    if len(samples) < min_samples:
+        return "inconclusive"
+    recent = samples[-min_samples:]
+    return "pass" if all(compare(op, v, threshold) for _, v in recent) else "fail"
+
+
+def clearly_failing(
+    samples: list[tuple[float, float]], *, op: str, threshold: float, fresh_after: float, consecutive: int
+) -> bool:
+    """True once the last ``consecutive`` samples, all taken after ``fresh_after``, violate the
+    threshold and show no real progress towards it.
+
+    Waiting out the whole ``within`` for a fix that plainly did not work keeps a
+    broken service broken (and its rollback and the next attempt waiting); but a
+    fix that takes effect gradually must not be cut short, so a window that is
+    still closing the gap by more than a tenth is left to run.
+
+    >>> bad = [(t, 400.0) for t in range(20, 26)]
+    >>> clearly_failing(bad, op="<=", threshold=200, fresh_after=15, consecutive=5)
+    True
+    >>> clearly_failing(bad, op="<=", threshold=200, fresh_after=22, consecutive=5)
+    False
+    >>> improving = [(20 + i, 400.0 - 30 * i) for i in range(6)]
+    >>> clearly_failing(improving, op="<=", threshold=200, fresh_after=15, consecutive=5)
+    False
+    """
+    if consecutive < 1 or len(samples) < consecutive:
+        return False
+    window = samples[-consecutive:]
+    if window[0][0] < fresh_after or any(compare(op, v, threshold) for _, v in window):
+        return False
+    first_gap = abs(window[0][1] - threshold)
+    last_gap = abs(window[-1][1] - threshold)
+    return last_gap > first_gap * 0.9
+
+
+def overall(verdicts: list[Verdict]) -> bool | None:
+    """True if every check passed, False if any failed, None (inconclusive) otherwise."""
+    if any(v.status == "fail" for v in verdicts):
+        return False
+    if all(v.status == "pass" for v in verdicts):
+        return True
+    return None
+
+
+class LiveTelemetry(TopicTail):
+    """A rolling in-memory view of ``<prefix>telemetry`` and ``<prefix>health``.
+
+    A background thread tails both topics with a group-less reader (no group
+    join delay) and keeps the last ``max_per_series`` samples per
+    (service, metric). Checks then only look at samples stamped after their
+    start, so it does not matter where reading began.
+    """
+
+    name = "live-telemetry"
+    fetch_wait_ms = 50
+    poll_timeout = 0.1
+
+    def __init__(
+        self, settings: Settings, *, max_per_series: int = 2000, start_at: Literal["end", "beginning"] = "end"
+    ):
+        super().__init__(settings.kafka)
+        self._settings = settings
+        self._start = OFFSET_END if start_at == "end" else OFFSET_BEGINNING
+        self._series: dict[tuple[str, str, str], deque[tuple[float, float]]] = defaultdict(
+            lambda: deque(maxlen=max_per_series)
+        )
+        self._lock = threading.Lock()
+        self._telemetry = TelemetryDeserializer()
+        self._health = AvroDeserializer(HealthWindow)
+
+    # --- feeding -------------------------------------------------------------------------------
+
+    def add_metric(self, m: Metric) -> None:
+        with self._lock:
+            self._series[("telemetry", m.service, m.metric)].append((m.ts, m.value))
+            dep = m.labels.get("dependency")
+            if dep:
+                # Per-edge series too: "dependency_error_rate@payments" is one dependency's view.
+                self._series[("telemetry", m.service, f"{m.metric}@{dep}")].append((m.ts, m.value))
+
+    def add_health(self, w: HealthWindow) -> None:
+        with self._lock:
+            for s in w.signals:
+                for stat in ("mean", "p50", "p95", "max"):
+                    self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat)))
+
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        parts = []
+        for topic in (self._settings.topics.name("telemetry"), self._settings.topics.name("health")):
+            try:
+                parts += [TopicPartition(topic, p, self._start) for p in consumer.partitions(topic)]
+            except KafkaUnavailable as exc:
+                logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
+        return parts
+
+    def handle(self, msg: Message) -> None:
+        self._ingest(msg.topic() == self._settings.topics.name("health"), msg.value())
+
+    def _ingest(self, is_health: bool, data: bytes | None) -> None:
+        try:
+            if is_health:
+                self.add_health(self._health(data or b""))
+            else:
+                for m in self._telemetry(data):
+                    self.add_metric(m)
+        except DecodeError as exc:
+            # The streams worker dead-letters bad telemetry; here it simply does not count.
+            logger.debug("live_telemetry_skip error=%s", exc)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def samples(
+        self, service: str, metric: str, *, since: float, source: str = "telemetry", stat: str = "p95"
+    ) -> list[tuple[float, float]]:
+        key = ("telemetry" if source == "telemetry" else f"health.{stat}", service, metric)
+        with self._lock:
+            return sorted((ts, v) for ts, v in self._series.get(key, ()) if ts >= since)
+
+    def worst_dependency(self, service: str, dependencies: list[str], *, since: float) -> str | None:
+        """The dependency that looks worst from ``service`` (error rate first, then latency), if any data.
+
+        Used to aim ``failover_dependency`` at the failing upstream rather than at the
+        first one listed.
+        """
+        scored = []
+        for dep in dependencies:
+            err = self.samples(service, f"dependency_error_rate@{dep}", since=since)
+            lat = self.samples(service, f"dependency_latency_ms@{dep}", since=since)
+            if err or lat:
+                # errors count once they matter (noise on a healthy upstream must not win over a slow one);
+                # latency counts relative to the dependency's own usual level, not in absolute ms
+                e = err[-1][1] if err and err[-1][1] > DEPENDENCY_ERROR_FLOOR else 0.0
+                typical = sorted(v for _, v in lat)[len(lat) // 2] if lat else 0.0
+                ratio = lat[-1][1] / typical if lat and typical > 0 else 0.0
+                scored.append((e, ratio, dep))
+        return max(scored)[2] if scored else None
+
+    async def wait_for(
+        self,
+        *,
+        service: str,
+        metric: str,
+        op: str,
+        threshold: float,
+        within: float,
+        since: float,
+        source: str = "telemetry",
+        stat: str = "p95",
+        min_samples: int = 1,
+        check: str = "metric_threshold",
+        settle: float | None = None,
+        fail_after: int | None = None,
+    ) -> Verdict:
+        """Wait up to ``within`` seconds for the condition; decide as soon as it holds, or as soon as
+        ``fail_after`` fresh samples (taken ``settle`` seconds after ``since``) clearly violate it."""
+        deadline = time.monotonic() + within
+        settle = min(20.0, within / 2) if settle is None else settle
+        fail_after = max(min_samples, 5) if fail_after is None else fail_after
+        query = {
+            "source": source,
+            "service": service,
+            "metric": metric,
+            "since": since,
+            "within": within,
+            "min_samples": min_samples,
+            "settle": settle,
+            "fail_after": fail_after,
+        }
+        if source == "health":
+            query["stat"] = stat
+        early = False
+        while True:
+            got = self.samples(service, metric, since=since, source=source, stat=stat)
+            status = evaluate_samples(got, op=op, threshold=threshold, min_samples=min_samples)
+            if status == "pass" or time.monotonic() >= deadline:
+                break
+            if fail_after > 0 and clearly_failing(
+                got, op=op, threshold=threshold, fresh_after=since + settle, consecutive=fail_after
+            ):
+                status, early = "fail", True
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        observed = [v for _, v in got][-MAX_RECORDED:]
+        reason = {
+            "pass": f"last {min_samples} sample(s) satisfy {metric} {op} {threshold}",
+            "fail": (
+                f"{metric} {op} {threshold} violated by the last {fail_after} fresh samples "
+                f"({settle:g}s after the change) without progress (last {observed[-1] if observed else None})"
+            )
+            if early
+            else f"{metric} {op} {threshold} not met within {within}s (last {observed[-1] if observed else None})",
+            "inconclusive": f"fewer than {min_samples} sample(s) of {metric} for {service} within {within}s",
+        }[status]
+        return Verdict(
+            check=check, status=status, query=query, observed=observed, threshold=threshold, op=op, reason=reason
+        )
+
+
+async def http_check(url: str, *, expect_status: int, within: float, timeout: float) -> Verdict:
+    """Poll ``url`` until it answers ``expect_status`` or ``within`` runs out."""
+    deadline = time.monotonic() + within
+    statuses: list[float] = []
+    last_error = ""
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=tls_context()) as client:
+        while True:
+            try:
+                resp = await client.get(url)
+                statuses.append(resp.status_code)
+                if resp.status_code == expect_status:
+                    break
+                last_error = f"status {resp.status_code}: {resp.text[:200]}"
+            except httpx.HTTPError as exc:
+                last_error = f"{exc!r}"
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    ok = bool(statuses) and statuses[-1] == expect_status
+    if ok:
+        status: Status = "pass"
+    else:
+        status = "fail" if statuses else "inconclusive"
+    return Verdict(
+        check="http_check",
+        status=status,
+        query={"url": url, "within": within},
+        observed=statuses[-MAX_RECORDED:],
+        threshold=expect_status,
+        op="==",
+        reason="" if ok else f"expected {expect_status}: {last_error}",
+    )
+
+
+async def run_verification(
+    spec: dict[str, Any], *, service: str, since: float, telemetry: LiveTelemetry | None
+) -> Verdict:
+    """Run one rendered verification spec (a ``PlanVerification`` body)."""
+    kind = spec.get("type")
+    if kind == "http_check":
+        return await http_check(
+            spec["url"],
+            expect_status=int(spec.get("expect_status", 200)),
+            within=float(spec.get("within", 10.0)),
+            timeout=float(spec.get("timeout", 5.0)),
+        )
+    if kind == "metric_threshold":
+        if telemetry is None:
+            return Verdict(check=kind, status="inconclusive", reason="no live telemetry reader", query=spec)
+        return await telemetry.wait_for(
+            service=spec.get("service", service),
+            metric=spec["metric"],
+            op=spec["op"],
+            threshold=float(spec["value"]),
+            within=float(spec.get("within", 60.0)),
+            since=since,
+            source=spec.get("source", "telemetry"),
+            stat=spec.get("stat", "p95"),
+            min_samples=int(spec.get("min_samples", 1)),
+            settle=float(spec["settle"]) if spec.get("settle") is not None else None,
+            fail_after=int(spec["fail_after"]) if spec.get("fail_after") is not None else None,
+        )
+    return Verdict(check=str(kind), status="inconclusive", reason=f"unknown verification type {kind!r}")

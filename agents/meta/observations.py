@@ -1,0 +1,367 @@
+"""What the meta loop has read: every input topic replayed from its start into the state decisions need.
+
+All replicas build the same state from the same topics, which is what lets a standby take over warm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+from metaheal.agents.common.baselines import against_reference
+from metaheal.agents.common.graph import ServiceGraph, related
+from metaheal.agents.meta.focus import Evidence, TrustViolation
+from metaheal.agents.meta.learning import Insight, Learner
+from metaheal.config import Settings
+from metaheal.events import (
+    AgenticPlan,
+    AnomalyScore,
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    Directive,
+    Event,
+    HealthWindow,
+    LedgerEntry,
+    MLAdvice,
+    SignedOutcome,
+)
+from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka.serializers import (
+    AvroDeserializer,
+    DecodeError,
+    EventDecoder,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "meta_loop"
+
+#: input topics (short names) and what they carry
+INPUTS: dict[str, tuple[type[Event], ...]] = {
+    "health": (HealthWindow,),
+    "anomalies": (AnomalyScore,),
+    "outcomes": (SignedOutcome,),
+    "approvals": (ApprovalRequest, ApprovalDecision),
+    "plans": (AgenticPlan,),
+    "directives": (Directive,),
+    "advice": (MLAdvice,),
+    "cycles": (CycleFocus,),
+    "ledger": (LedgerEntry,),
+}
+OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
+MAX_REMEMBERED = 10_000  # cycles, advice and directives remembered for lookups (oldest dropped first)
+
+
+def _bounded_put(d: dict[Any, Any], key: Any, value: Any) -> None:
+    d[key] = value
+    while len(d) > MAX_REMEMBERED:
+        d.pop(next(iter(d)))
+
+
+@dataclass
+class _Open:
+    service: str
+    directive_id: str | None
+    plan_id: str | None
+    since: float
+    until: float
+
+
+class Observations:
+    """Everything read from the topics, pruned to what decisions need.
+
+    All replicas build the same state from the same topics, which is what lets a
+    standby take over without duplicating work.
+    """
+
+    def __init__(self, settings: Settings, learner: Learner) -> None:
+        self.window = settings.cycle.evidence_window_seconds
+        self._services = ServiceGraph(settings)
+        self.strong = settings.cycle.strong_anomaly_score
+        self.learner = learner
+        self.health: dict[tuple[str, str, str, str], HealthWindow] = {}
+        #: per signal: (baseline_mean, baseline_p95) of its last window that did not deviate
+        self.reference: dict[tuple[str, str, str, str], tuple[float | None, float | None]] = {}
+        self.anomalies: deque[AnomalyScore] = deque(maxlen=20_000)
+        self.violations: dict[str, TrustViolation] = {}
+        self.last_outcome_ts: dict[str, float] = {}
+        self.outcome_read_at: dict[str, float] = {}  # service -> when we read its latest outcome (our clock)
+        self.advice: dict[str, MLAdvice] = {}
+        self.cycle_focus: dict[str, str] = {}
+        self.directive_focus: dict[str, str] = {}
+        self.directed: set[tuple[str, str]] = set()  # (cycle_id, service)
+        self.open: dict[str, _Open] = {}  # directive_id or plan_id -> open work
+        self.closed: set[str] = set()  # directive/plan ids with an outcome
+        self.requests: dict[str, ApprovalRequest] = {}
+        self.decided: set[str] = set()
+        self.cycle_ids: deque[str] = deque(maxlen=MAX_REMEMBERED)
+        self.learned_in_ledger: set[str] = set()
+        self.last_cycle: CycleFocus | None = None
+
+    @property
+    def dependencies(self) -> dict[str, list[str]]:
+        """Read from ``settings.services`` as it is now: services registered after start join the graph."""
+        return self._services.graph
+
+    # evidence -------------------------------------------------------------------------------
+
+    def evidence(self, now: float) -> Evidence:
+        start = now - self.window
+        changed: dict[str, float] = {}  # service -> last_change, once per call (thousands of anomalies)
+
+        def fresh(service: str, ts: float, dependency: str | None = None, began: float | None = None) -> bool:
+            # evidence older than the last outcome on a service, on the dependency it speaks about, on
+            # anything it calls (a fixed dependency changes its callers too) or on anything that calls it
+            # (a caller's failover or cache warm changes what reaches it) describes a system that has since changed
+            if service not in changed:
+                changed[service] = self.last_change(service)
+            since = max(changed[service], self.last_outcome_ts.get(dependency or "", 0.0))
+            return ts >= start and (ts if began is None else began) >= since
+
+        health = []
+        # a window (or a summary's max) that started before a change mixes the old system into the new one
+        for w in {id(w): w for w in self.health.values()}.values():
+            if not fresh(w.service, w.window_end, began=w.window_start):
+                continue
+            signals = [s for s in w.signals if fresh(w.service, w.window_end, s.dependency, w.window_start)]
+            health.append(w if len(signals) == len(w.signals) else w.model_copy(update={"signals": signals}))
+        anomalies = [
+            a for a in self.anomalies if fresh(a.service, a.ts, a.labels.get("dependency"), min(a.ts, a.window_start))
+        ]
+        violations = [v for v in self.violations.values() if v.ts >= start]
+        return Evidence(
+            health=health,
+            anomalies=anomalies,
+            trust_violations=violations,
+            window_seconds=self.window,
+            dependencies=dict(self.dependencies),
+        )
+
+    def related(self, service: str) -> set[str]:
+        """The services whose remediation changes ``service``: itself, what it calls, what calls it."""
+        return related(service, self.dependencies)
+
+    def last_change(self, service: str, *, read: bool = False) -> float:
+        """When the last outcome on a related service happened (``read``: or was read, on our clock).
+
+        A fix on a caller is a fix of its dependency too (a failover of db's callers is db's
+        remediation), so evidence about ``service`` from before it is stale.
+        """
+        near = self.related(service)
+        times = [self.last_outcome_ts.get(s, 0.0) for s in near]
+        if read:
+            times += [self.outcome_read_at.get(s, 0.0) for s in near]
+        return max(times, default=0.0)
+
+    def busy(self, service: str, now: float) -> _Open | None:
+        """Open work (directive or plan without an outcome, within its budget) on ``service``."""
+        for key, o in list(self.open.items()):
+            if key in self.closed or (o.directive_id and o.directive_id in self.closed):
+                del self.open[key]
+                continue
+            if now > o.until:
+                continue
+            if o.service == service:
+                return o
+        return None
+
+    def pending_approvals(self, now: float) -> list[ApprovalRequest]:
+        return [r for r in self.requests.values() if r.request_id not in self.decided and r.expires_at > now]
+
+    # ingest ---------------------------------------------------------------------------------
+
+    def ingest(self, short: str, event: Event, now: float) -> tuple[str | None, Insight | None]:
+        """Apply one event; returns (early-cycle trigger reason or None, learning insight or None)."""
+        trigger: str | None = None
+        insight: Insight | None = None
+        if isinstance(event, HealthWindow):
+            event = self._against_reference(event)
+            for s in event.signals:
+                self.health[(event.service, s.signal, s.metric, s.dependency or "")] = event
+        elif isinstance(event, AnomalyScore):
+            self.anomalies.append(event)
+            if event.score >= self.strong and event.ts >= now - self.window:
+                trigger = f"strong_anomaly: score {event.score:.4f} on {event.service} {event.metric}"
+        elif isinstance(event, SignedOutcome):
+            insight, trigger = self._outcome(event, now)
+        elif isinstance(event, ApprovalRequest):
+            self.requests[event.request_id] = event
+        elif isinstance(event, ApprovalDecision):
+            self.decided.add(event.request_id)
+            if event.decision == "deny":
+                req = self.requests.get(event.request_id)
+                service = req.service if req else "unknown"
+                trigger = self._violation(
+                    event.plan_id,
+                    TrustViolation(
+                        service,
+                        "approval",
+                        f"operator {event.operator} denied plan {event.plan_id}: {event.reason or 'no reason'}",
+                        event.decided_at,
+                    ),
+                    now,
+                )
+        elif isinstance(event, AgenticPlan):
+            if event.plan_id not in self.closed:
+                budget = max(event.estimated_duration * 3, 600.0)
+                self.open[event.plan_id] = _Open(
+                    event.service,
+                    event.directive_id,
+                    event.plan_id,
+                    event.ts,
+                    event.ts + min(budget, OPEN_WORK_MAX_SECONDS),
+                )
+        elif isinstance(event, Directive):
+            self._directive(
+                event.directive_id, event.cycle_id, event.service, event.focus_area, event.ts, event.time_budget_seconds
+            )
+        elif isinstance(event, MLAdvice):
+            _bounded_put(self.advice, event.cycle_id, event)
+        elif isinstance(event, CycleFocus):
+            _bounded_put(self.cycle_focus, event.cycle_id, event.focus_area)
+            self.cycle_ids.append(event.cycle_id)
+            self.last_cycle = event
+        elif isinstance(event, LedgerEntry):
+            trigger = self._ledger(event, now)
+        return trigger, insight
+
+    def _against_reference(self, w: HealthWindow) -> HealthWindow:
+        """Judge each signal against the baseline it had while it was last healthy
+        (:func:`~metaheal.agents.meta.focus.against_reference`)."""
+        return against_reference(self.reference, w, self.window)
+
+    def _directive(self, directive_id: str, cycle_id: str, service: str, focus: str, ts: float, budget: float) -> None:
+        _bounded_put(self.directive_focus, directive_id, focus)
+        self.directed.add((cycle_id, service))
+        if directive_id not in self.closed:
+            self.open[directive_id] = _Open(
+                service, directive_id, None, ts, ts + min(max(budget, 60.0), OPEN_WORK_MAX_SECONDS)
+            )
+
+    def _outcome(self, o: SignedOutcome, now: float) -> tuple[Insight | None, str | None]:
+        self.closed.update({o.plan_id, o.directive_id})
+        self.open.pop(o.plan_id, None)
+        self.open.pop(o.directive_id, None)
+        self.last_outcome_ts[o.service] = max(self.last_outcome_ts.get(o.service, 0.0), o.ts)
+        self.outcome_read_at[o.service] = now
+        trigger = None
+        if o.result == "denied":
+            trigger = self._violation(
+                o.plan_id,
+                TrustViolation(
+                    o.service, "outcome", f"plan {o.plan_id} ({o.playbook}) denied: {o.trust_decision}", o.ts
+                ),
+                now,
+            )
+        focus = self.directive_focus.get(o.directive_id) or self.cycle_focus.get(o.cycle_id)
+        return self.learner.observe(o, focus, now), trigger
+
+    def _violation(self, key: str, v: TrustViolation, now: float) -> str | None:
+        new = key not in self.violations
+        self.violations[key] = v
+        if new and v.ts >= now - self.window:
+            return f"trust_violation: {v.detail}"
+        return None
+
+    def _ledger(self, e: LedgerEntry, now: float) -> str | None:
+        try:
+            payload = json.loads(e.payload) if e.payload else {}
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if e.action == "trust_violation":
+            service = str(payload.get("service") or e.resource)
+            key = str(payload.get("plan_id") or f"ledger:{e.sequence}")
+            detail = str(
+                payload.get("reason")
+                or payload.get("detail")
+                or f"{e.actor} recorded a trust violation on {e.resource}"
+            )
+            ts = _iso_ts(e.timestamp) or now
+            return self._violation(key, TrustViolation(service, "ledger", detail, ts), now)
+        if e.action == "learning_update" and e.actor == ACTOR and payload.get("outcome_id"):
+            # recorded by us or a previous leader: a restart or takeover must not record it again
+            self.learned_in_ledger.add(str(payload["outcome_id"]))
+        if e.action == "directive_issued" and e.actor == ACTOR:
+            # a directive recorded in the ledger counts even if its publisher died before publishing it
+            d = payload
+            if d.get("directive_id") and d.get("service"):
+                self._directive(
+                    str(d["directive_id"]),
+                    e.cycle_id,
+                    str(d["service"]),
+                    str(d.get("focus_area", "")),
+                    float(d.get("ts", now)),
+                    float(d.get("time_budget_seconds", 600)),
+                )
+        return None
+
+
+def _iso_ts(text: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Inputs:
+    """One group-less reader over every input topic (no group join delay, replays from the start)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # short fetch waits: advice and strong anomalies should reach a decision in tens of ms, not 0.5 s
+        self.consumer = Consumer(settings.kafka, group_id=None, **{"fetch.wait.max.ms": 50})
+        self.names = {settings.topics.name(short): short for short in INPUTS}
+        self.decoders: dict[str, Callable[[bytes], Event]] = {}
+        for short, models in INPUTS.items():
+            if len(models) == 1:
+                self.decoders[short] = AvroDeserializer(models[0])
+            else:
+                self.decoders[short] = EventDecoder(models)
+        parts = []
+        for topic in self.names:
+            for p in self.consumer.partitions(topic):
+                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        self.pending_eof = {(tp.topic, tp.partition) for tp in parts}
+        self.consumer.raw.assign(parts)
+
+    @property
+    def caught_up(self) -> bool:
+        return not self.pending_eof
+
+    def poll(self, timeout: float) -> list[tuple[str, Event]]:
+        out: list[tuple[str, Event]] = []
+        for m in self.consumer.raw.consume(500, timeout):
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.pending_eof.discard((m.topic(), m.partition()))
+                    continue
+                if err.fatal():
+                    raise KafkaUnavailable(f"consume error on {m.topic()}: {err}")
+                logger.warning("meta_loop transient consume error topic=%s error=%s", m.topic(), err)
+                continue
+            short = self.names.get(m.topic() or "")
+            if short is None or m.value() is None:
+                continue
+            try:
+                out.append((short, self.decoders[short](m.value())))
+            except DecodeError as exc:
+                # the record stays on its topic (nothing lost); its producer owns the dead-letter path
+                logger.warning(
+                    "meta_loop skipped undecodable record topic=%s offset=%d error=%s", m.topic(), m.offset(), exc
+                )
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()

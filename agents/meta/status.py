@@ -1,0 +1,142 @@
+"""What the control plane is doing right now, read from the topics (never from a process's memory).
+
+Any replica, any operator laptop, any auditor gets the same answer, and the answer
+survives the meta loop's death: the current cycle is the last CycleFocus on
+``<prefix>cycles``, the guardrail level and the leader come from the control topic,
+pending approvals are requests on ``<prefix>approvals`` without a decision that have not
+expired, and outcomes come from ``<prefix>outcomes``.
+
+Usage::
+
+    client = StatusClient(settings)
+    cycle = client.current_cycle()          # CycleFocus | None
+    last = client.outcome_history(limit=5)  # list[SignedOutcome], newest last
+    doc = client.snapshot()                 # everything, JSON-ready
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from metaheal.agents.meta.leader import ControlView, fast_reader, read_to_end
+from metaheal.config import Settings
+from metaheal.events import (
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    ProbeCommand,
+    SignedOutcome,
+)
+from metaheal.kafka.serializers import AvroDeserializer, DecodeError, EventDecoder
+
+
+class StatusClient:
+    def __init__(self, settings: Settings, *, timeout: float = 15.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+
+    def _read(self, short: str) -> list[bytes]:
+        topic = self.settings.topics.name(short)
+        with fast_reader(self.settings.kafka) as c:
+            return [m.value() for m in read_to_end(c, topic, timeout=self.timeout) if m.value()]
+
+    def _decode_all(self, short: str, model: type) -> list[Any]:
+        de = AvroDeserializer(model)
+        out = []
+        for raw in self._read(short):
+            try:
+                out.append(de(raw))
+            except DecodeError:
+                continue  # status shows what it can read; producers own their dead letters
+        return out
+
+    def current_cycle(self) -> CycleFocus | None:
+        cycles: list[CycleFocus] = self._decode_all("cycles", CycleFocus)
+        return max(cycles, key=lambda c: c.ts) if cycles else None
+
+    def outcome_history(self, limit: int = 10, service: str | None = None) -> list[SignedOutcome]:
+        outs: list[SignedOutcome] = self._decode_all("outcomes", SignedOutcome)
+        if service is not None:
+            outs = [o for o in outs if o.service == service]
+        return sorted(outs, key=lambda o: o.ts)[-limit:] if limit > 0 else []
+
+    def control(self) -> ControlView:
+        view = ControlView()
+        topic = self.settings.topics.name("control")
+        with fast_reader(self.settings.kafka) as c:
+            for m in read_to_end(c, topic, timeout=self.timeout):
+                try:
+                    doc = json.loads(m.value()) if m.value() else None
+                except ValueError:
+                    continue
+                view.apply((m.key() or b"").decode("utf-8", "replace"), doc)
+        return view
+
+    def guardrail_level(self) -> str:
+        doc = self.control().guardrails
+        return str(doc["level"]) if doc and "level" in doc else self.settings.guardrails.initial_level
+
+    def pending_approvals(self, now: float | None = None) -> list[ApprovalRequest]:
+        now = time.time() if now is None else now
+        decode = EventDecoder((ApprovalRequest, ApprovalDecision))
+        requests: dict[str, ApprovalRequest] = {}
+        decided: set[str] = set()
+        for raw in self._read("approvals"):
+            try:
+                ev = decode(raw)
+            except DecodeError:
+                continue
+            if isinstance(ev, ApprovalRequest):
+                requests[ev.request_id] = ev
+            elif isinstance(ev, ApprovalDecision):
+                decided.add(ev.request_id)
+        return [r for r in requests.values() if r.request_id not in decided and r.expires_at > now]
+
+    def active_probes(self, now: float | None = None) -> list[ProbeCommand]:
+        now = time.time() if now is None else now
+        probes: list[ProbeCommand] = self._decode_all("probes", ProbeCommand)
+        return [p for p in probes if p.enabled and p.issued_at + p.ttl_seconds > now]
+
+    def snapshot(self, outcomes: int = 10) -> dict[str, Any]:
+        """Everything ``metaheal status --json`` prints."""
+        now = time.time()
+        view = self.control()
+        cycle = self.current_cycle()
+        level = (
+            str(view.guardrails["level"])
+            if view.guardrails and "level" in view.guardrails
+            else self.settings.guardrails.initial_level
+        )
+        lease = view.leader
+        return {
+            "current_cycle": cycle.model_dump(mode="json") if cycle else None,
+            "guardrail_level": level,
+            "leader": (
+                {
+                    "holder": lease.holder,
+                    "epoch": lease.epoch,
+                    "alive": not lease.expired(now),
+                    "expires_at": lease.expires_at,
+                }
+                if lease
+                else None
+            ),
+            "active_probes": [p.model_dump(mode="json") for p in self.active_probes(now)],
+            "pending_approvals": [r.model_dump(mode="json") for r in self.pending_approvals(now)],
+            "last_outcomes": [o.model_dump(mode="json") for o in self.outcome_history(outcomes)],
+        }
+
+
+def current_cycle(settings: Settings) -> CycleFocus | None:
+    """The latest cycle decision, from ``<prefix>cycles``."""
+    return StatusClient(settings).current_cycle()
+
+
+def outcome_history(settings: Settings, limit: int = 10) -> list[SignedOutcome]:
+    """The last ``limit`` signed outcomes, oldest first, from ``<prefix>outcomes``."""
+    return StatusClient(settings).outcome_history(limit)
+
+
+__all__ = ["StatusClient", "current_cycle", "outcome_history"]
