@@ -114,7 +114,8 @@ def bench_verify(settings: Settings, rounds: int = 5) -> None:
         best_raw = max(best_raw, len(msgs) / (time.perf_counter() - t0))
     print(f"verify (all checks, n={len(records)}):    {best_v:10.0f} entries/s   (best of {rounds})")
     print(
-        f"raw PyNaCl Ed25519 verify:          {best_raw:10.0f} verifications/s   -> verify at {best_v / best_raw:.0%} of raw"
+        f"raw PyNaCl Ed25519 verify:          {best_raw:10.0f} verifications/s   "
+        f"-> verify at {best_v / best_raw:.0%} of raw"
     )
 
 
@@ -139,7 +140,7 @@ def build_large(settings: Settings, n: int) -> str:
             resource=f"svc{i % 13}",
             subsystem="bench",
             cycle_id=f"cycle-{i // 20}",
-            payload='{"i":%d,"score":0.5}' % i,
+            payload=f'{{"i":{i},"score":0.5}}',
             result="ok",
         )
         for e in seq.add(fields, signers[a], ledger, timestamp=ts):

@@ -170,7 +170,8 @@ async def main() -> None:
             for cycle_seconds, label in ((120.0, "strong anomaly, early cycle"), (5.0, "drift, next scheduled cycle")):
                 took = [await one_run(base, keys, cycle_seconds, advisor, rng) for _ in range(args.runs)]
                 print(
-                    f"cycle_seconds={cycle_seconds:>5g} ({label}): anomaly -> directive median {statistics.median(took):.2f}s "
+                    f"cycle_seconds={cycle_seconds:>5g} ({label}): "
+                    f"anomaly -> directive median {statistics.median(took):.2f}s "
                     f"min {min(took):.2f}s max {max(took):.2f}s  [{', '.join(f'{t:.2f}' for t in took)}]"
                 )
     finally:

@@ -187,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     corpus = synthetic.make_corpus(args.seed, args.per_family, args.length)
     print(
         f"corpus: {len(corpus)} series, {sum(len(s.values) for s in corpus)} samples, "
-        f"{sum(len(s.anomalies) for s in corpus)} labelled anomalies, {len(synthetic.FAMILIES)} families, seed {args.seed}"
+        f"{sum(len(s.anomalies) for s in corpus)} labelled anomalies, {len(synthetic.FAMILIES)} families, "
+        f"seed {args.seed}"
     )
     reports = [evaluate(name, corpus) for name in args.detectors.split(",")]
     print()
@@ -200,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         tl, sl = r.best("reward_low_FP")
         ev = r.events[0.99]
         print(
-            f"{r.detector:10} {r.nab['standard'][0.99].normalized:11.1f} {r.nab['reward_low_FP'][0.99].normalized:9.1f} "
+            f"{r.detector:10} {r.nab['standard'][0.99].normalized:11.1f} "
+            f"{r.nab['reward_low_FP'][0.99].normalized:9.1f} "
             f"{sb:9.1f} ({tb:<6}) {sl:8.1f} ({tl:<6}) {ev.precision:6.2f} {ev.recall:6.2f} {ev.f1:6.2f} "
             f"{r.negatives_rate[0.99]:9.4f} {r.negatives_rate[0.999]:9.4f} {r.samples / r.seconds:10.0f}"
         )

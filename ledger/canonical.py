@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any
 
 # The stdlib's C string encoder (ensure_ascii=False flavour) escapes exactly the

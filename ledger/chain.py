@@ -122,7 +122,7 @@ def seal(
         if not isinstance(payload, dict):
             raise TypeError(f"payload: must be a JSON object (dict), got {type(payload).__name__}")
         payload_text = canonical_json(payload)
-    body = {
+    body: dict[str, Any] = {
         "sequence": sequence,
         "timestamp": timestamp,
         "cycle_id": cycle_id,

@@ -5,10 +5,11 @@ the JSON list of rows ``[offset, sequence, action, subsystem, timestamp]``) in
 partition ``index_partition(cycle_id, partitions)`` (1 + CRC-32 of the id modulo
 the other partitions), so a process that starts on a large ledger reads only the
 one small partition of the cycle it replays; partition 0 holds the ``__lease__``
-records (:mod:`metaheal.ledger.lease`) and one ``__tail__`` record the sequencer writes after each batch: the last offset,
-sequence, entry hash and Merkle frontier, so a restarted sequencer reads only the
-ledger records after it. The index is derived data: if it is lost or stale, the
-missing part is rebuilt from the ledger (which stays the source of truth).
+records (:mod:`metaheal.ledger.lease`) and one ``__tail__`` record the sequencer
+writes after each batch: the last offset, sequence, entry hash and Merkle
+frontier, so a restarted sequencer reads only the ledger records after it. The
+index is derived data: if it is lost or stale, the missing part is rebuilt from
+the ledger (which stays the source of truth).
 
 >>> [index_partition("cycle-7", 17), index_partition("cycle-7", 17), index_partition("cycle-7", 1)]
 [3, 3, 0]

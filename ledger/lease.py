@@ -1,8 +1,9 @@
 """The writer lease: at most one process assigns sequences at a time.
 
 Lease records live in partition 0 of the index topic under key ``__lease__``
-(cycle records are on the other partitions, so lease reads stay small). Every process evaluates the same records in the same log order
-with the same rule, so all agree on the holder without any compare-and-set:
+(cycle records are on the other partitions, so lease reads stay small). Every
+process evaluates the same records in the same log order with the same rule, so
+all agree on the holder without any compare-and-set:
 
 * ``claim`` by X (written at X's wall-clock ``ts``) wins if there is no holder,
   the holder is X (a renewal), or the holder's lease expired before ``ts``;

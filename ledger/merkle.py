@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -61,8 +62,8 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
         return []
     k = _split(n)
     if index < k:
-        return inclusion_proof(index, leaves[:k]) + [root(leaves[k:])]
-    return inclusion_proof(index - k, leaves[k:]) + [root(leaves[:k])]
+        return [*inclusion_proof(index, leaves[:k]), root(leaves[k:])]
+    return [*inclusion_proof(index - k, leaves[k:]), root(leaves[:k])]
 
 
 def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], expected_root: bytes) -> bool:
@@ -102,8 +103,8 @@ def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
         return [] if complete else [root(leaves)]
     k = _split(n)
     if m <= k:
-        return _subproof(m, leaves[:k], complete) + [root(leaves[k:])]
-    return _subproof(m - k, leaves[k:], False) + [root(leaves[:k])]
+        return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
 
 
 def verify_consistency(m: int, n: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
@@ -173,9 +174,9 @@ class Frontier:
     def copy(self) -> Frontier:
         return Frontier(self.size, list(self.hashes))
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self) -> dict[str, Any]:
         return {"size": self.size, "hashes": [h.hex() for h in self.hashes]}
 
     @classmethod
-    def from_json(cls, doc: dict[str, object]) -> Frontier:
-        return cls(int(doc["size"]), [bytes.fromhex(h) for h in doc["hashes"]])  # type: ignore[union-attr,arg-type,call-overload]
+    def from_json(cls, doc: dict[str, Any]) -> Frontier:
+        return cls(int(doc["size"]), [bytes.fromhex(h) for h in doc["hashes"]])

@@ -10,10 +10,12 @@ the ledger sequence that proves it.
 >>> entries = [
 ...     e(0, "meta_loop", "cycle_focus_decided", {"focus_area": "latency_drift", "confidence": 0.9,
 ...                                               "reasoning": ["p95 up 40%"]}),
-...     e(1, "ml_advisors", "advice_provided", {"root_cause_candidates": [{"cause": "cache_miss", "probability": 0.8}],
-...                                             "ranked_playbooks": [{"name": "warm_cache", "score": 0.7, "confidence": 0.9}]}),
+...     e(1, "ml_advisors", "advice_provided", {
+...         "root_cause_candidates": [{"cause": "cache_miss", "probability": 0.8}],
+...         "ranked_playbooks": [{"name": "warm_cache", "score": 0.7, "confidence": 0.9}]}),
 ...     e(2, "agentic_planner", "plan_created", {"plan_id": "p1", "directive_id": "d1", "playbook": "warm_cache"}),
-...     e(3, "agentic_planner", "trust_checked", {"plan_id": "p1", "verdict": "auto_approve", "reasons": ["low impact"]}),
+...     e(3, "agentic_planner", "trust_checked",
+...       {"plan_id": "p1", "verdict": "auto_approve", "reasons": ["low impact"]}),
 ...     e(4, "executor", "execution_outcome", {"plan_id": "p1", "outcome_id": "o1", "result": "success"}),
 ...     e(5, "executor", "execution_outcome", {"plan_id": "p2", "outcome_id": "o2", "result": "failed"}),
 ... ]

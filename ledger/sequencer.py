@@ -10,7 +10,8 @@ batch that only replaces the real one after the broker acknowledged the batch.
 >>> out = [x for i in range(4) for x in s.add(dict(actor="executor", action="step_executed", cycle_id="c",
 ...        resource="", subsystem="", payload={"i": i}, result="ok"), ("k", sk), ("lk", sk))]
 >>> [(e.sequence, e.action) for e in out]
-[(0, 'step_executed'), (1, 'step_executed'), (2, 'checkpoint'), (3, 'step_executed'), (4, 'step_executed'), (5, 'checkpoint')]
+[(0, 'step_executed'), (1, 'step_executed'), (2, 'checkpoint'),
+ (3, 'step_executed'), (4, 'step_executed'), (5, 'checkpoint')]
 >>> import json; json.loads(out[5].payload)["size"]
 5
 """

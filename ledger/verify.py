@@ -304,7 +304,10 @@ def verify_records(
     cycle: str | None = None,
     strict: bool = False,
 ) -> Report:
-    """Verify every record; with ``cycle`` only that cycle's findings are reported (the chain is always checked whole)."""
+    """Verify every record; with ``cycle`` only that cycle's findings are reported.
+
+    The chain is always checked whole.
+    """
     v = Verifier(registry, since=since, strict=strict)
     cycle_seqs: set[int] = set()
     for r in records:

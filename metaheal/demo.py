@@ -16,6 +16,7 @@ service), so a flow that did not heal fails the demo with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -517,10 +518,8 @@ class Driver:
                         self.answered[s.event.request_id] = "error"
                         self.say(f"the demo operator could not answer {s.event.request_id}: {exc}")
             index = len(events)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
-            except TimeoutError:
-                pass
 
     async def _answer(self, req: ApprovalRequest) -> str:
         from metaheal.agents.executor.approvals import load_signing_key, sign_decision

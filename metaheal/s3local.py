@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 
@@ -88,7 +89,7 @@ class LocalS3:
     bucket: str = "tansu"
     log_path: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _lock: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _lock: int | None = field(default=None, init=False, repr=False)  # the lock file's descriptor while held
 
     @property
     def endpoint(self) -> str:
@@ -106,18 +107,18 @@ class LocalS3:
 
     def _acquire_lock(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(self.data_dir / LOCK_NAME, "wb")
+        fd = os.open(self.data_dir / LOCK_NAME, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.close()
+            os.close(fd)
             raise BrokerError(f"data dir {self.data_dir} is in use by another metaheal broker") from None
-        self._lock = lock
+        self._lock = fd
 
     def _release_lock(self) -> None:
-        lock, self._lock = self._lock, None
-        if lock is not None:
-            lock.close()
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            os.close(fd)
 
     def start(self, timeout: float = 20.0) -> float:
         """Start s3rver and return the seconds until the bucket answered."""
@@ -130,34 +131,32 @@ class LocalS3:
         self._acquire_lock()
         if self.port == 0:
             self.port = free_port(self.host)
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         t0 = time.monotonic()
-        try:
-            self._proc = subprocess.Popen(
-                [
-                    node,
-                    str(script),
-                    "--directory",
-                    str(self.data_dir),
-                    "--address",
-                    self.host,
-                    "--port",
-                    str(self.port),
-                    "--configure-bucket",
-                    self.bucket,
-                    "--silent",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            )
-        except OSError as exc:
-            self._release_lock()
-            raise BrokerError(f"cannot start s3rver: {exc}") from exc
-        finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
+        # the child gets its own copy of the log's descriptor, so ours is closed once it started
+        with open(self.log_path, "ab") if self.log_path else nullcontext(subprocess.DEVNULL) as log:
+            try:
+                self._proc = subprocess.Popen(
+                    [
+                        node,
+                        str(script),
+                        "--directory",
+                        str(self.data_dir),
+                        "--address",
+                        self.host,
+                        "--port",
+                        str(self.port),
+                        "--configure-bucket",
+                        self.bucket,
+                        "--silent",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
+                )
+            except OSError as exc:
+                self._release_lock()
+                raise BrokerError(f"cannot start s3rver: {exc}") from exc
         deadline = t0 + timeout
         with httpx.Client(timeout=1.0) as client:
             while True:

@@ -113,7 +113,8 @@ class BenchResult:
                 f"cpu_us_per_sample[{enc}] model_only={self.model_cpu_us:.1f} end_to_end={cpu:.1f} "
                 f"(cpu ratio {self.model_cpu_us / cpu if cpu else 0.0:.2f})",
             ]
-        return out + [
+        return [
+            *out,
             f"latency_offered_load_samples_per_s={self.latency_load:,.0f} events_measured={self.latency_events}",
             f"latency_p50_ms={self.latency_p50_ms:.1f} latency_p99_ms={self.latency_p99_ms:.1f} "
             f"latency_max_ms={self.latency_max_ms:.1f} (target p99 <= 250)",

@@ -6,7 +6,8 @@ carrying the original bytes, where it came from and why it was refused (the mess
 names the field, as :class:`~metaheal.kafka.serializers.DecodeError` does).
 
 >>> intake = Intake(SignalMap())
->>> rec = Record("t", 0, 7, b"api", b'{"service": "api", "metric": "http.server.request.duration", "value": 0.2, "ts": 10}')
+>>> body = b'{"service": "api", "metric": "http.server.request.duration", "value": 0.2, "ts": 10}'
+>>> rec = Record("t", 0, 7, b"api", body)
 >>> samples, dead = intake.decode(rec)
 >>> samples[0].value, samples[0].signal, dead
 (200.0, 'latency', None)

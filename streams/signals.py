@@ -20,7 +20,8 @@ True
 >>> SignalMap({"x": "latncy"})
 Traceback (most recent call last):
 ...
-ValueError: streams.signal_map.x: unknown signal kind 'latncy' (expected one of capacity, dependency, errors, latency, saturation, traffic, or 'none')
+ValueError: streams.signal_map.x: unknown signal kind 'latncy'
+    (expected one of capacity, dependency, errors, latency, saturation, traffic, or 'none')
 """
 
 from __future__ import annotations

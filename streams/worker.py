@@ -122,12 +122,9 @@ def spawn_worker(
     args = [sys.executable, "-m", "metaheal.streams.worker"]
     if config is not None:
         args += ["--config", str(config)]
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
-    try:
+    # the child gets its own copy of the log's descriptor, so ours is closed once it started
+    with open(log_path, "ab") if log_path is not None else contextlib.nullcontext(subprocess.DEVNULL) as out:
         return subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
-    finally:
-        if log_path is not None:
-            out.close()  # type: ignore[union-attr]
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

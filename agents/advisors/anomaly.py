@@ -178,7 +178,7 @@ class AnomalyAdvisor(Advisor):
                 if key not in latest or latest[key][0].window_end < w.window_end:
                     latest[key] = (w, st)
         ages: dict[str, float] = {}
-        for (service, metric, _), (w, st) in latest.items():
+        for (service, metric, _), (_, st) in latest.items():
             if CHANGE_METRICS.search(metric) and CHANGE_AGE.search(metric) and st.count > 0:
                 ages[service] = min(ages.get(service, math.inf), st.max)
         for (service, metric, dependency), (w, st) in latest.items():

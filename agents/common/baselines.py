@@ -244,7 +244,8 @@ def against_reference(reference: Reference, w: HealthWindow, default_window: flo
     ...     return HealthWindow(service="api", window_start=0, window_end=2, sample_count=4, signals=[SignalStats(
     ...         signal="latency", metric="latency_ms", count=4, mean=mean, p50=mean, p95=mean, max=mean,
     ...         baseline_mean=base)])
-    >>> [against_reference(ref, win(m, b), 2.0).signals[0].baseline_mean for m, b in [(100, 100), (240, 150), (240, 230)]]
+    >>> pairs = [(100, 100), (240, 150), (240, 230)]
+    >>> [against_reference(ref, win(m, b), 2.0).signals[0].baseline_mean for m, b in pairs]
     [100.0, 100.0, 100.0]
     """
     signals = []

@@ -20,6 +20,7 @@ ValueError: not a cycle id: 'nonsense' (expected cycle_YYYYMMDD_HHMMSS_N)
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import UTC, datetime
 
@@ -44,10 +45,8 @@ class CycleIds:
         self.last_counter = last_counter
 
     def observe(self, cycle_id: str) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self.last_counter = max(self.last_counter, parse_counter(cycle_id))
-        except ValueError:
-            pass
 
     def next(self, ts: float) -> str:
         self.last_counter += 1

@@ -186,7 +186,8 @@ def _anomaly_findings(
                 Finding(
                     conf,
                     f"Anomaly score {a.score:.4g} on {where}: {a.value:.4g} vs baseline {a.baseline:.4g} "
-                    f"(crossed in {len(sr.crossed)} of {len(sr.windows)} window(s), fleet-wide p={p:.1e} over {m} series)",
+                    f"(crossed in {len(sr.crossed)} of {len(sr.windows)} window(s), "
+                    f"fleet-wide p={p:.1e} over {m} series)",
                     dep or None,
                 ),
             )

@@ -25,6 +25,7 @@ Loosening is always one level at a time; tightening on an error spike is not.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from metaheal.config import GuardrailSettings
 
@@ -71,38 +72,40 @@ class GuardrailState:
             "outcomes_since_change": self.outcomes_since_change,
         }
 
-    def restore(self, doc: dict[str, object]) -> None:
+    def restore(self, doc: dict[str, Any]) -> None:
         level = doc.get("level")
         if level in LEVELS:
             self.level = str(level)
-        self.stable_cycles = int(doc.get("stable_cycles", 0) or 0)  # type: ignore[call-overload]
-        self.outcomes_since_change = int(doc.get("outcomes_since_change", 0) or 0)  # type: ignore[call-overload]
+        self.stable_cycles = int(doc.get("stable_cycles", 0) or 0)
+        self.outcomes_since_change = int(doc.get("outcomes_since_change", 0) or 0)
 
     def decide(self, focus_area: str, success_rate: float | None, new_outcomes: int) -> GuardrailChange:
         """Apply the rules for one cycle; ``new_outcomes`` = outcomes seen since the last cycle."""
         prev = self.level
         self.outcomes_since_change += new_outcomes
         self.stable_cycles = self.stable_cycles + 1 if focus_area == "routine_maintenance" else 0
-        enough = self.outcomes_since_change >= self.min_outcomes and success_rate is not None
+        # the success rate counts once enough outcomes were seen since the last change
+        rate = success_rate if self.outcomes_since_change >= self.min_outcomes else None
         if focus_area == "error_spike" and prev != "tight":
             return self._move("tighten", "tight", "error spike: tighten at once to tight")
-        if enough and success_rate < self.rules.tighten_success_rate and prev != "tight":  # type: ignore[operator]
+        if rate is not None and rate < self.rules.tighten_success_rate and prev != "tight":
             return self._move(
                 "tighten",
                 tighter(prev),
-                f"recent success rate {success_rate:.2f} < {self.rules.tighten_success_rate:.2f}: tighten to {tighter(prev)}",
+                f"recent success rate {rate:.2f} < {self.rules.tighten_success_rate:.2f}: tighten to {tighter(prev)}",
             )
-        if enough and success_rate > self.rules.loosen_success_rate and prev != "loose":  # type: ignore[operator]
+        if rate is not None and rate > self.rules.loosen_success_rate and prev != "loose":
             return self._move(
                 "loosen",
                 looser(prev),
-                f"recent success rate {success_rate:.2f} > {self.rules.loosen_success_rate:.2f}: loosen one level to {looser(prev)}",
+                f"recent success rate {rate:.2f} > {self.rules.loosen_success_rate:.2f}: "
+                f"loosen one level to {looser(prev)}",
             )
         if self.stable_cycles >= self.stable_cycles_to_loosen and prev != "loose":
             n = self.stable_cycles
             return self._move("loosen", looser(prev), f"{n} stable cycles in a row: loosen one level to {looser(prev)}")
-        rate = "n/a" if success_rate is None else f"{success_rate:.2f}"
-        return GuardrailChange("maintain", prev, prev, f"maintain {prev} (recent success rate {rate})")
+        shown = "n/a" if success_rate is None else f"{success_rate:.2f}"
+        return GuardrailChange("maintain", prev, prev, f"maintain {prev} (recent success rate {shown})")
 
     def _move(self, adjustment: str, level: str, reason: str) -> GuardrailChange:
         prev, self.level = self.level, level
@@ -133,4 +136,4 @@ def time_budget(focus_area: str, level: str, learned_seconds: float | None = Non
     base = BASE_BUDGET.get(focus_area, 300) * BUDGET_FACTOR.get(level, 1.0)
     if learned_seconds is not None and learned_seconds > 0:
         base = min(max(2 * learned_seconds, base * 0.5), base * 2)
-    return int(round(base))
+    return round(base)

@@ -12,6 +12,7 @@ Everything is seeded: ``make_corpus(seed)`` returns the same series every time.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -63,7 +64,7 @@ def _onsets(rng: random.Random, n: int, k: int, gap: int = 400) -> list[int]:
     lo = int(0.2 * n)  # after the probationary period
     for _ in range(1000):
         picks = sorted(rng.randrange(lo, n - 150) for _ in range(k))
-        if all(b - a >= gap for a, b in zip(picks, picks[1:], strict=False)):
+        if all(b - a >= gap for a, b in itertools.pairwise(picks)):
             return picks
     return [lo + (n - lo) // 2]
 

@@ -29,7 +29,8 @@ def score(
 ) -> None:
     """Score a timestamp,value CSV with the streaming anomaly scorer; writes the rows plus anomaly_score.
 
-    Timestamps are epoch seconds (milliseconds if > 1e11) or ISO-8601. Same scorer as the streams worker, so thresholds tuned here hold live.
+    Timestamps are epoch seconds (milliseconds if > 1e11) or ISO-8601. Same scorer as the streams worker,
+    so thresholds tuned here hold live.
     """
     with ExitStack() as stack:
         try:

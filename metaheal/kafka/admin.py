@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -87,7 +88,5 @@ class Admin:
 
     def delete(self, names: list[str]) -> None:
         for fut in self._client.delete_topics(names, operation_timeout=self._timeout).values():
-            try:
+            with contextlib.suppress(KafkaException):
                 fut.result(timeout=self._timeout)
-            except KafkaException:
-                pass

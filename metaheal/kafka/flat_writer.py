@@ -13,14 +13,16 @@ schema into a list of per-field steps once, with runs of doubles packed by one
 >>> import fastavro, io
 >>> schema = {"type": "record", "name": "R", "fields": [
 ...     {"name": "s", "type": "string"}, {"name": "a", "type": "double"}, {"name": "b", "type": "double"},
-...     {"name": "o", "type": ["null", "string"]}, {"name": "k", "type": {"type": "enum", "name": "K", "symbols": ["x", "y"]}},
+...     {"name": "o", "type": ["null", "string"]},
+...     {"name": "k", "type": {"type": "enum", "name": "K", "symbols": ["x", "y"]}},
 ...     {"name": "f", "type": "boolean"}, {"name": "n", "type": "long"},
 ...     {"name": "m", "type": {"type": "map", "values": "string"}}]}
 >>> datum = {"s": "api", "a": 1.5, "b": -2.0, "o": None, "k": "y", "f": True, "n": -300, "m": {"dependency": "db"}}
 >>> buf = io.BytesIO(); fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), datum)
 >>> FlatRecordWriter(schema)(datum) == buf.getvalue()
 True
->>> FlatRecordWriter({"type": "record", "name": "N", "fields": [{"name": "x", "type": {"type": "array", "items": "int"}}]})
+>>> FlatRecordWriter({"type": "record", "name": "N",
+...                   "fields": [{"name": "x", "type": {"type": "array", "items": "int"}}]})
 Traceback (most recent call last):
 ...
 TypeError: field x: type {'type': 'array', 'items': 'int'} is not flat; use fastavro

@@ -94,7 +94,7 @@ def test_entry_message_fast_path_equals_general_canonical_form() -> None:
 
     rnd = random.Random(3)
     alphabet = ["a", "\u00e9", '"', "\\", "\n", "\x01", "\u2028", "\U0001f600", "/", " "]
-    for i in range(500):
+    for _i in range(500):
         body = {f: "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 8))) for f in BODY_FIELDS}
         body["sequence"] = rnd.randint(0, 10**12)
         assert message(body) == DOMAIN + canonical_bytes(body)

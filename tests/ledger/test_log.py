@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -77,7 +78,7 @@ async def test_concurrent_appends_keep_one_chain_and_replay_by_cycle(log: Immuta
     results = await asyncio.gather(*(agent(i) for i in range(12)))
     entries = sorted((e for r in results for e in r), key=lambda e: e.sequence)
     assert [e.sequence for e in entries] == list(range(60))
-    for a, b in zip(entries, entries[1:]):
+    for a, b in itertools.pairwise(entries):
         assert b.prev_hash == a.entry_hash
     replayed = await log.replay_cycle("cycle-1")
     assert [e.sequence for e in replayed] == [e.sequence for e in entries if e.cycle_id == "cycle-1"]

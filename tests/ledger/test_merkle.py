@@ -62,14 +62,14 @@ def test_every_inclusion_proof_verifies_and_wrong_ones_do_not() -> None:
             assert verify_inclusion(i, n, LEAVES[i], proof, r)
             assert not verify_inclusion(i, n, leaf_hash(b"other"), proof, r)
             if proof:
-                bad = [bytes(32)] + proof[1:]
+                bad = [bytes(32), *proof[1:]]
                 assert not verify_inclusion(i, n, LEAVES[i], bad, r)
             if n > 1:
                 assert not verify_inclusion((i + 1) % n, n, LEAVES[i], proof, r)
 
 
 def test_every_consistency_proof_verifies_and_forks_do_not() -> None:
-    forked = LEAVES[:5] + [leaf_hash(b"evil")] + LEAVES[6:]
+    forked = [*LEAVES[:5], leaf_hash(b"evil"), *LEAVES[6:]]
     for n in range(1, 34):
         for m in range(1, n + 1):
             proof = consistency_proof(m, LEAVES[:n])

@@ -180,7 +180,7 @@ def test_tampered_checkpoint_root(chain_settings: Settings) -> None:
     payload = json.loads(cp.payload)
     payload["size"] = 9
     reg = KeyRegistry.load(chain_settings.keys)
-    kid, sk = reg.signing_key("ledger")  # even the ledger key cannot make a wrong root pass
+    _kid, sk = reg.signing_key("ledger")  # even the ledger key cannot make a wrong root pass
     chain[10] = resign(cp, sk, payload=json.dumps(payload, sort_keys=True, separators=(",", ":")))
     write_raw(chain_settings, [rec(e) for e in chain])
     got = findings(chain_settings)

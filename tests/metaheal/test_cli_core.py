@@ -141,7 +141,7 @@ def test_broker_command_stopped_while_starting_leaves_no_process(tmp_path: Path)
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=20)
+        _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert _processes_mentioning("s3rver", str(data)) == []

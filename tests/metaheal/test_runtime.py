@@ -116,7 +116,7 @@ def test_up_starts_and_stops_cleanly_on_sigterm(broker: EmbeddedBroker, tmp_path
     assert any("runtime starting roles=simulator,meta,executor" in line for line in log), "".join(log)
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     text = "".join(log) + err
     assert proc.returncode == 0, text
     assert "signal received signal=SIGTERM" in text

@@ -130,7 +130,7 @@ def test_unknown_fingerprint_is_named() -> None:
     data = AvroSerializer(LedgerEntry)(sample(LedgerEntry))
     with pytest.raises(DecodeError, match=r"unknown schema fingerprint [0-9a-f]{16}.*expected Metric"):
         AvroDeserializer(Metric)(data)
-    with pytest.raises(DecodeError, match="unknown schema fingerprint .* on telemetry"):
+    with pytest.raises(DecodeError, match=r"unknown schema fingerprint .* on telemetry"):
         TelemetryDeserializer()(data)
     forged = MAGIC + b"\x00" * 8 + data[HEADER_LEN:]
     with pytest.raises(DecodeError, match="unknown schema fingerprint 0000000000000000"):
@@ -140,7 +140,7 @@ def test_unknown_fingerprint_is_named() -> None:
 @pytest.mark.parametrize("cut", [0, 1, 9, 10, 11, 20, -1])
 def test_truncated_bytes(cut: int) -> None:
     data = AvroSerializer(Metric)(METRIC)
-    with pytest.raises(DecodeError, match="truncated|empty record|neither Avro single-object nor JSON"):
+    with pytest.raises(DecodeError, match=r"truncated|empty record|neither Avro single-object nor JSON"):
         TelemetryDeserializer()(data[:cut] if cut >= 0 else data[:-3])
 
 
@@ -190,7 +190,7 @@ def test_json_wrong_types_and_missing_service_are_named() -> None:
         de(b'{"service": "", "metric": "m", "value": 1, "ts": 0}')
     with pytest.raises(DecodeError, match="value: Input should be a valid number"):
         de(b'{"service": "api", "metric": "m", "value": "fast", "ts": 0}')
-    with pytest.raises(DecodeError, match="labels.host: Input should be a valid string"):
+    with pytest.raises(DecodeError, match=r"labels\.host: Input should be a valid string"):
         de(b'{"service": "api", "metric": "m", "value": 1, "ts": 0, "labels": {"host": 1}}')
     with pytest.raises(DecodeError, match=r"samples\.1\.service: Field required"):
         de(b'{"samples": [{"service": "a", "metric": "m", "value": 1, "ts": 0}, {"metric": "m", "value": 1, "ts": 0}]}')

@@ -67,7 +67,7 @@ def test_signal_map_overrides() -> None:
     m = SignalMap({"gc_pause_count": "saturation", "instances": "none"})
     assert m.signal_of("gc_pause_count", {}) == "saturation"
     assert m.signal_of("instances", {}) is None
-    with pytest.raises(ValueError, match="streams.signal_map.foo"):
+    with pytest.raises(ValueError, match=r"streams\.signal_map\.foo"):
         SignalMap({"foo": "bogus"})
 
 

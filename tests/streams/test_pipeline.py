@@ -69,7 +69,10 @@ def test_health_window_statistics_are_exact_and_baseline_is_ewma_of_previous_win
 def test_out_of_order_within_lateness_counts_and_late_samples_are_dead_lettered() -> None:
     sink = ListSink()
     p = Pipeline(CFG, sink, {}, {})
-    s = lambda v, ts: {"service": "api", "metric": "error_rate", "value": v, "ts": ts}  # noqa: E731
+
+    def s(v: float, ts: float) -> dict[str, object]:
+        return {"service": "api", "metric": "error_rate", "value": v, "ts": ts}
+
     p.process(record(0, [s(0.1, 0.2), s(0.3, 1.2)]))
     p.process(record(1, [s(0.2, 0.9)]))  # out of order, window [0,1) still open (lateness 0.5)
     p.process(record(2, [s(0.1, 1.6)]))  # event time 1.6 closes [0,1)

@@ -29,7 +29,10 @@ def _outcome(i, service, playbook, ok, ts=0.0, cause="cache_miss_rate_high"):
 
 def test_learns_which_playbook_fixes_a_cause_per_service(make_playbook) -> None:
     r = PlaybookRanker(_catalogue(make_playbook), explore=False)
-    rank = lambda svc: [p.name for p in r.rank(svc, "latency_drift", "cache_miss_rate_high", now=0.0)]  # noqa: E731
+
+    def rank(svc: str) -> list[str]:
+        return [p.name for p in r.rank(svc, "latency_drift", "cache_miss_rate_high", now=0.0)]
+
     assert rank("api") == ["b", "a"]  # declared priors, day one
     for i in range(6):
         r.learn(_outcome(i, "api", "a", True))
@@ -54,7 +57,10 @@ def test_thin_evidence_explores(make_playbook) -> None:
     firsts = {r.rank("api", "latency_drift", "cache_miss_rate_high", now=0.0)[0].name for _ in range(200)}
     assert firsts == {"a", "b"}
     again = PlaybookRanker(_catalogue(make_playbook), explore=True, seed=1)
-    seq = lambda x: [x.rank("api", "latency_drift", "x", now=0.0)[0].name for _ in range(20)]  # noqa: E731
+
+    def seq(x: PlaybookRanker) -> list[str]:
+        return [x.rank("api", "latency_drift", "x", now=0.0)[0].name for _ in range(20)]
+
     assert seq(PlaybookRanker(_catalogue(make_playbook), explore=True, seed=1)) == seq(again), "seeded"
 
 

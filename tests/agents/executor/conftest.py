@@ -1,4 +1,4 @@
-"""Executor test fixtures. FakeService: a real HTTP service under control (contract §4) that also emits its own telemetry.
+"""Executor test fixtures. FakeService: a real HTTP service under control that also emits its own telemetry.
 
 Used by the executor tests and benchmarks/bench_executor.py: it listens on a free
 port (aiohttp), counts every request, can hang or fail named endpoints, and

@@ -451,12 +451,13 @@ async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(
     settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-        env=env_vars,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "executor.log", "w"),
-    )
+    with open(tmp_path / "executor.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+            env=env_vars,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         d = directive()
         with Producer(settings.kafka) as p:
@@ -499,7 +500,7 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
 
     from metaheal.cli import app
 
-    settings, svc, alice_key = env
+    settings, _svc, alice_key = env
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     d = flag_directive(guardrail_level="tight", confidence=0.97)
     task = await executor.submit(d)
@@ -541,12 +542,13 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     settings.ledger.writer_lease_seconds = 1.5  # and its ledger lease lapses sooner
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-        env=env_vars,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "executor.log", "w"),
-    )
+    with open(tmp_path / "executor.log", "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+            env=env_vars,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         d = directive()
         with Producer(settings.kafka) as p:

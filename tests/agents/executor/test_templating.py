@@ -34,5 +34,5 @@ def test_python_internals_are_refused(attack):
 def test_undefined_is_an_error_not_an_empty_string():
     with pytest.raises(TemplateError, match="'servcie' is undefined"):
         render("{{ servcie.admin_url }}/scale", CTX)
-    with pytest.raises(TemplateError, match="no element 5|index"):
+    with pytest.raises(TemplateError, match=r"no element 5|index"):
         render("{{ service.dependencies[5] }}", CTX)

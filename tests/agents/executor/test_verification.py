@@ -21,7 +21,10 @@ def test_evaluate_and_overall():
     assert evaluate_samples([(1, 300.0), (2, 150.0)], op="<=", threshold=200, min_samples=2) == "fail"
     assert evaluate_samples([(1, 150.0), (2, 150.0)], op="<=", threshold=200, min_samples=2) == "pass"
     assert evaluate_samples([(1, 150.0)], op="<=", threshold=200, min_samples=2) == "inconclusive"
-    v = lambda s: Verdict(check="x", status=s)  # noqa: E731
+
+    def v(status: str) -> Verdict:
+        return Verdict(check="x", status=status)
+
     assert overall([v("pass"), v("pass")]) is True
     assert overall([v("pass"), v("fail")]) is False
     assert overall([v("inconclusive"), v("pass")]) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -34,10 +34,8 @@ class Bus:
         out = []
         with fast_reader(self.settings.kafka) as c:
             for m in read_to_end(c, self.settings.topics.name(short), timeout=20):
-                try:
+                with suppress(DecodeError):
                     out.append(de(m.value()))
-                except DecodeError:
-                    pass
         return out
 
     async def aread(self, short: str, model: type) -> list[Any]:

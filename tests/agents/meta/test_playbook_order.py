@@ -44,7 +44,7 @@ def _combine(loop: MetaLoop, focus: str, causes: dict[str, float], ranked_confid
             for n in loop.playbooks[focus]
         ],
     )
-    _, advice_out, note = loop._combine("api_cluster", cf, decision, advice)
+    _, advice_out, _note = loop._combine("api_cluster", cf, decision, advice)
     return advice_out.recommended_playbooks
 
 

@@ -35,7 +35,7 @@ async def test_timeout_kills_the_process():
 
 
 async def test_bad_params_and_missing_program():
-    with pytest.raises(ActuatorError, match="params.argv"):
+    with pytest.raises(ActuatorError, match=r"params\.argv"):
         get_actuator("command").check({"argv": "ls -l"})
     with pytest.raises(ActuatorError, match="unknown field"):
         get_actuator("command").check({"argv": ["ls"], "shell": True})

@@ -44,7 +44,7 @@ async def test_times_out_as_failed_or_inconclusive():
 
 
 async def test_params_are_checked():
-    with pytest.raises(ActuatorError, match="params.value"):
+    with pytest.raises(ActuatorError, match=r"params\.value"):
         get_actuator("wait_for").check({"metric": "instances", "op": ">=", "value": "{{ x }}"})
     res = await get_actuator("wait_for").run({"metric": "m", "op": ">", "value": 1}, StepContext(service="api"), 1)
     assert not res.ok and "no live telemetry" in res.error
