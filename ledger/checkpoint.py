@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from metaheal.errors import NoteError
+
 DASH = "\u2014"
 
 
@@ -53,10 +55,6 @@ class Checkpoint:
     @property
     def body(self) -> str:
         return body(self.origin, self.size, self.root)
-
-
-class NoteError(ValueError):
-    """A checkpoint text that does not follow the format (the message says where)."""
 
 
 def body(origin: str, size: int, root: bytes) -> str:

@@ -39,15 +39,12 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from metaheal.errors import LedgerKeyError
 from metaheal.ledger.authz import SYSTEM_ACTORS, valid_actor
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_FILE = "registry.json"
-
-
-class KeyError_(LookupError):
-    """A key that should exist does not (or may not be used); the message names the actor."""
 
 
 def utc_now() -> str:
@@ -101,7 +98,7 @@ class KeyRegistry:
             doc = json.loads(path.read_text())
             records = [KeyRecord(**r) for r in doc["keys"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise KeyError_(f"{path}: invalid key registry: {exc}") from None
+            raise LedgerKeyError(f"{path}: invalid key registry: {exc}") from None
         return cls(folder, {r.key_id: r for r in records})
 
     def with_operators(self, operators: Iterable[object]) -> KeyRegistry:
@@ -129,21 +126,23 @@ class KeyRegistry:
         at = at or utc_now()
         usable = [r for r in self.for_actor(actor) if not r.revoked and r.valid_at(at)]
         if not usable:
-            raise KeyError_(f"no valid signing key for actor {actor!r} in {self.folder}")
+            raise LedgerKeyError(f"no valid signing key for actor {actor!r} in {self.folder}")
         return usable[-1]
 
     def signing_key(self, actor: str) -> tuple[str, SigningKey]:
-        """``(key_id, SigningKey)`` for ``actor``; raises :class:`KeyError_` if absent."""
+        """``(key_id, SigningKey)`` for ``actor``; raises :class:`LedgerKeyError` if absent."""
         rec = self.current(actor)
         path = self.folder / f"{rec.key_id}.key"
         try:
             sk = SigningKey(bytes.fromhex(path.read_text().strip()))
         except FileNotFoundError:
-            raise KeyError_(f"private key for actor {actor!r} (key {rec.key_id}) missing from {self.folder}") from None
+            raise LedgerKeyError(
+                f"private key for actor {actor!r} (key {rec.key_id}) missing from {self.folder}"
+            ) from None
         except ValueError:
-            raise KeyError_(f"private key file for actor {actor!r} (key {rec.key_id}) is corrupt") from None
+            raise LedgerKeyError(f"private key file for actor {actor!r} (key {rec.key_id}) is corrupt") from None
         if sk.verify_key.encode().hex() != rec.public_key:
-            raise KeyError_(f"private key file {rec.key_id}.key does not match the registry")
+            raise LedgerKeyError(f"private key file {rec.key_id}.key does not match the registry")
         return rec.key_id, sk
 
 
@@ -171,7 +170,7 @@ def _write_private(path: Path, seed_hex: str) -> None:
 
 def _issue(reg: KeyRegistry, actor: str, valid_from: str | None = None) -> KeyRecord:
     if not valid_actor(actor):
-        raise KeyError_(f"actor {actor!r} is not a known actor (see metaheal.ledger.authz)")
+        raise LedgerKeyError(f"actor {actor!r} is not a known actor (see metaheal.ledger.authz)")
     sk = SigningKey.generate()
     pub = sk.verify_key.encode()
     rec = KeyRecord(key_id_of(pub), actor, pub.hex(), valid_from or utc_now())
@@ -186,7 +185,7 @@ def _ensure(reg: KeyRegistry, actor: str) -> KeyRecord:
         rec = reg.current(actor)
         if (reg.folder / f"{rec.key_id}.key").is_file():
             return rec
-    except KeyError_:
+    except LedgerKeyError:
         pass
     return _issue(reg, actor)
 
@@ -219,7 +218,7 @@ def revoke_key(folder: str | Path, key_id: str) -> KeyRecord:
     with _locked(Path(folder)) as reg:
         rec = reg.get(key_id)
         if rec is None:
-            raise KeyError_(f"unknown key id {key_id!r}")
+            raise LedgerKeyError(f"unknown key id {key_id!r}")
         rec = replace(rec, revoked=True, revoked_at=utc_now())
         reg.records[key_id] = rec
         logger.info("key_revoked actor=%s key_id=%s", rec.actor, key_id)

@@ -42,6 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka import Producer as _Producer
 
 from metaheal.config import Settings
+from metaheal.errors import LedgerUnavailable
 from metaheal.events import LedgerEntry
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.config import producer_config
@@ -57,7 +58,7 @@ from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
 from metaheal.ledger.index import TAIL_KEY, CycleIndex, index_partition
-from metaheal.ledger.keys import KeyError_, KeyRegistry
+from metaheal.ledger.keys import KeyRegistry, LedgerKeyError
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.reader import PartitionReader
 from metaheal.ledger.sequencer import Sequencer
@@ -66,10 +67,6 @@ from metaheal.topics import declared_topics
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-
-
-class LedgerUnavailable(KafkaUnavailable):
-    """The entry was not durably appended; the caller must not act on it."""
 
 
 @dataclass
@@ -256,14 +253,14 @@ class ImmutableLog:
         """Sign and produce a batch; a request whose key is missing fails alone (without a sequence)."""
         try:
             registry = KeyRegistry.load(self.settings.keys)
-        except KeyError_ as exc:
+        except LedgerKeyError as exc:
             raise LedgerUnavailable(str(exc)) from None
         signers: dict[str, tuple[str, Any] | LedgerUnavailable] = {}
         for actor in [f["actor"] for f in requests] + ["ledger"]:
             if actor not in signers:
                 try:
                     signers[actor] = registry.signing_key(actor)
-                except KeyError_ as exc:
+                except LedgerKeyError as exc:
                     signers[actor] = LedgerUnavailable(str(exc))
         ledger_signer = signers["ledger"]
         if isinstance(ledger_signer, LedgerUnavailable):

@@ -18,6 +18,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from metaheal.config import Settings
+from metaheal.errors import ProofError
 from metaheal.events import LedgerEntry
 from metaheal.kafka.serializers import AvroDeserializer, DecodeError
 from metaheal.ledger.chain import entry_hash, message
@@ -31,10 +32,6 @@ from metaheal.ledger.merkle import (
     verify_inclusion,
 )
 from metaheal.ledger.verify import RawRecord, read_raw
-
-
-class ProofError(LookupError):
-    """No proof can be made (sequence unknown, no checkpoint covers it yet)."""
 
 
 def chain_entries(records: Iterable[RawRecord]) -> list[LedgerEntry]:

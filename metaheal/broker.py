@@ -18,19 +18,17 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metaheal.config import KafkaSettings
+from metaheal.errors import BrokerError
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.errors import KafkaUnavailable
 
 TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 TANSU_VERSION = "0.6.0"
-
-
-class BrokerError(RuntimeError):
-    pass
 
 
 def tansu_binary() -> Path:
@@ -126,26 +124,27 @@ class EmbeddedBroker:
         if not _port_free(self.host, self.port):
             raise BrokerError(f"cannot listen on {self.bootstrap}: the port is in use")
         url = f"tcp://{self.host}:{self.port}"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         t0 = time.monotonic()
-        self._proc = subprocess.Popen(
-            [
-                str(binary),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                self.storage,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-            # PDEATHSIG fires when the creating *thread* exits, so only from the main thread.
-            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
-        )
+        # the child gets its own copy of the log's descriptor, so ours is closed once it started
+        with open(self.log_path, "ab") if self.log_path else nullcontext(subprocess.DEVNULL) as log:
+            self._proc = subprocess.Popen(
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    self.storage,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                # PDEATHSIG fires when the creating *thread* exits, so only from the main thread.
+                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
+            )
         deadline = t0 + timeout
         # Wait for the TCP listener first so librdkafka does not log refused connections.
         while not _port_open(self.host, self.port):

@@ -27,6 +27,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from metaheal.errors import ConfigError
+
 CONFIG_ENV = "METAHEAL_CONFIG"
 DEFAULT_CONFIG_FILE = "metaheal.yaml"
 
@@ -263,10 +265,6 @@ def _config_path() -> Path | None:
         return Path(env)
     default = Path(DEFAULT_CONFIG_FILE)
     return default if default.exists() else None
-
-
-class ConfigError(ValueError):
-    """A config file that is not valid YAML or not a mapping; names file, line and problem."""
 
 
 def _check_yaml(path: Path) -> None:

@@ -22,15 +22,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from metaheal.errors import KcatUnavailable
 from metaheal.s3local import tools_dir
 
 logger = logging.getLogger(__name__)
 
 SONAME = "librdkafka.so.1"
-
-
-class KcatUnavailable(RuntimeError):
-    """kcat or the bundled librdkafka is missing; the message says how to get it."""
 
 
 def bundled_librdkafka() -> Path:

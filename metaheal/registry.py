@@ -21,7 +21,7 @@ itself, except a missing ``admin_url``, which a registration fills in.
 >>> decode_registration(b'{"name": "db", "admin_url": "tcp://h", "registered_by": "x", "ts": 1}')
 Traceback (most recent call last):
 ...
-metaheal.kafka.serializers.DecodeError: invalid ServiceRegistration: admin_url: must be an http:// or https:// URL (got 'tcp://h')
+metaheal.errors.DecodeError: invalid ServiceRegistration: admin_url: must be an http:// or https:// URL (got 'tcp://h')
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import yaml
 
 from metaheal.config import Settings
+from metaheal.errors import ComponentFailed, RoleUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +71,6 @@ ROLES = ("all", "broker", "streams", "advisors", "meta", "executor", "simulator"
 ALL_ROLES = ("streams", "advisors", "meta", "executor")
 
 
-class RoleUnavailable(RuntimeError):
-    """A role whose component is not installed or cannot start; the message says why."""
-
-
-class ComponentFailed(RuntimeError):
-    """A component stopped by itself (crash or exit) while the others were meant to run."""
-
-
 class Service(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
@@ -108,14 +101,11 @@ class SubprocessService:
         self.returncode: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        out = open(self.log_path, "ab") if self.log_path is not None else None  # noqa: SIM115
-        try:
+        # the child gets its own copy of the log's descriptor, so ours is closed once it started
+        with open(self.log_path, "ab") if self.log_path is not None else contextlib.nullcontext() as out:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, start_new_session=True, stdout=out, stderr=out
             )
-        finally:
-            if out is not None:
-                out.close()
         logger.info("component subprocess started role=%s pid=%d", self.role, proc.pid)
         waiter = asyncio.create_task(proc.wait())
         stopper = asyncio.create_task(stop.wait())

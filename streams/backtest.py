@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
+from metaheal.errors import BacktestError
 from metaheal.streams.scorer import AnomalyScorer, Score
 
 __all__ = [
@@ -51,10 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MS_THRESHOLD = 1e11  # epoch numbers above this are milliseconds (1e11 s is the year 5138)
-
-
-class BacktestError(ValueError):
-    """A row of the input could not be used; the message names the line and the field."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ def nab_windows(length: int, anomalies: Sequence[int], fraction: float = 0.1) ->
     if not anomalies:
         return []
     width = max(2, int(fraction * length / len(anomalies)))
-    windows = []
+    windows: list[tuple[int, int]] = []
     for a in sorted(anomalies):
         start = max(0, a - width // 2)
         end = min(length - 1, start + width - 1)
@@ -230,10 +227,14 @@ class NabResult:
     fn: int
 
     def __add__(self, other: NabResult) -> NabResult:
-        return NabResult(*(a + b for a, b in zip(self._tuple(), other._tuple(), strict=True)))
-
-    def _tuple(self) -> tuple[float, float, float, int, int, int]:
-        return (self.raw, self.null, self.perfect, self.tp, self.fp, self.fn)
+        return NabResult(
+            self.raw + other.raw,
+            self.null + other.null,
+            self.perfect + other.perfect,
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.fn + other.fn,
+        )
 
     @property
     def normalized(self) -> float:

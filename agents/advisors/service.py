@@ -24,6 +24,7 @@ other topic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from metaheal.agents.common.graph import ServiceGraph, related
 from metaheal.agents.common.playbooks import load_playbooks
 from metaheal.agents.common.policy import Policies
 from metaheal.config import Settings
+from metaheal.errors import AdvisorActionForbidden
 from metaheal.events import (
     AnomalyScore,
     CycleFocus,
@@ -73,10 +75,6 @@ MAX_CYCLES = 2000
 MAX_EVENTS_PER_SERVICE = 5000
 #: How long an outcome seen on the topic may wait for its signed ledger entry before it is dropped.
 OUTCOME_WAIT_SECONDS = 30.0
-
-
-class AdvisorActionForbidden(PermissionError):
-    """An advisor tried to write somewhere other than the advice topic."""
 
 
 class AdviceProducer:
@@ -489,10 +487,8 @@ class AdvisorService:
                     break
                 except KafkaUnavailable as exc:  # the ledger is the training data: wait for it
                     logger.warning("advisor rebuild_failed error=%s; retrying", exc)
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=2.0)
-                    except TimeoutError:
-                        pass
             if stop.is_set():
                 return
             self.ready.set()

@@ -32,7 +32,7 @@ never half-way through an incident. Line numbers come from the YAML node tree
 ... ''', source="bad.yaml")
 Traceback (most recent call last):
 ...
-metaheal.agents.common.playbooks.PlaybookError: bad.yaml:5: impact: Input should be 'low', 'medium' or 'high' (got 'huge')
+metaheal.errors.PlaybookError: bad.yaml:5: impact: Input should be 'low', 'medium' or 'high' (got 'huge')
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from metaheal.errors import PlaybookError
 from metaheal.events import FOCUS_AREAS
 
 logger = logging.getLogger(__name__)
@@ -134,10 +135,6 @@ class Playbook(_Model):
 
     def matches_root_cause(self, root_causes: list[str]) -> bool:
         return any(rc in self.applies_to.root_causes for rc in root_causes)
-
-
-class PlaybookError(ValueError):
-    """A playbook that cannot be loaded; one line per problem, ``file:line: field: message``."""
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

@@ -34,6 +34,7 @@ from metaheal.agents.common.playbooks import IMPACT_ORDER, Playbook, Step
 from metaheal.agents.executor.actuators import ActuatorError, get_actuator
 from metaheal.agents.executor.templating import _ENV, TemplateError, render
 from metaheal.config import ServiceSettings
+from metaheal.errors import NoApplicablePlaybook
 from metaheal.events import (
     AgenticPlan,
     Directive,
@@ -59,17 +60,6 @@ def risk_score(impact: str, blast_radius: int, confidence: float) -> float:
     """A 0..1 summary for humans: impact dominates, blast radius and doubt add."""
     score = _IMPACT_WEIGHT[impact] + 0.1 * min(blast_radius, 3) + 0.2 * (1 - confidence)
     return round(min(1.0, score), 2)
-
-
-class NoApplicablePlaybook(ValueError):
-    """No playbook can be planned; ``reasons`` says why each candidate was skipped."""
-
-    def __init__(self, directive: Directive, reasons: list[str]):
-        self.reasons = reasons
-        super().__init__(
-            f"no applicable playbook for directive {directive.directive_id} "
-            f"({directive.service}, {directive.focus_area}): " + "; ".join(reasons)
-        )
 
 
 @dataclass

@@ -16,11 +16,12 @@ native value, so ``"{{ capacity.instances + 2 }}"`` is the integer the
 >>> render("{{ ''.__class__.__mro__ }}", {})
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.templating.TemplateError: template "{{ ''.__class__.__mro__ }}" refused: access to attribute '__class__' of 'str' object is unsafe.
+metaheal.errors.TemplateError: template "{{ ''.__class__.__mro__ }}" refused:
+    access to attribute '__class__' of 'str' object is unsafe.
 >>> render("{{ nope }}", {})
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.templating.TemplateError: template '{{ nope }}' failed: 'nope' is undefined
+metaheal.errors.TemplateError: template '{{ nope }}' failed: 'nope' is undefined
 """
 
 from __future__ import annotations
@@ -33,11 +34,9 @@ from jinja2 import TemplateError as _JinjaError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from metaheal.errors import TemplateError
+
 _WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
-
-
-class TemplateError(ValueError):
-    """A template that cannot be rendered; the message quotes the template."""
 
 
 def _environment() -> SandboxedEnvironment:

@@ -24,6 +24,7 @@ for the focus area nor recommended by the advisors, e.g. trust violations) direc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -40,6 +41,7 @@ from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.agents.meta.observations import ACTOR, Inputs, Observations
 from metaheal.agents.meta.probes import probe_commands, probes_for
 from metaheal.config import Settings
+from metaheal.errors import LedgerFailed
 from metaheal.events import (
     CycleFocus,
     Directive,
@@ -60,19 +62,6 @@ UNKNOWN_CAUSE = "unknown"  # the advisors' "no idea" candidate: never a root cau
 
 class Ledger(Protocol):
     async def append(self, **kwargs: Any) -> Any: ...
-
-
-class LedgerFailed(RuntimeError):
-    """The write-ahead ledger append failed: the decision must not be published."""
-
-
-def _ledger_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from metaheal.ledger import LedgerUnavailable
-
-        return (LedgerUnavailable, KafkaUnavailable)
-    except ImportError:  # pragma: no cover - the ledger package is being written in parallel
-        return (KafkaUnavailable,)
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -105,7 +94,6 @@ class MetaLoop:
         self.playbooks, self.priors, self.fixes = focus_playbooks(settings)
         self._ledger = ledger
         self._owns_ledger = ledger is None
-        self._ledger_errors = _ledger_errors()
         self._leading = False
         self._last_cycle_at: float | None = None
         self._early: str | None = None
@@ -139,10 +127,8 @@ class MetaLoop:
             graceful = True
         finally:
             leadership.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await leadership
-            except asyncio.CancelledError:
-                pass
             await asyncio.to_thread(self._close, graceful)
 
     async def _leadership(self, stop: asyncio.Event) -> None:
@@ -150,10 +136,8 @@ class MetaLoop:
         while not stop.is_set():
             if self._inputs.caught_up:
                 await self._lease_step()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cfg.lease_seconds / 3)
-            except TimeoutError:
-                pass
 
     def _close(self, graceful: bool) -> None:
         try:
@@ -253,7 +237,7 @@ class MetaLoop:
                 result=result,
                 cycle_id=cycle_id,
             )
-        except self._ledger_errors as exc:
+        except KafkaUnavailable as exc:  # LedgerUnavailable included
             logger.error(
                 "meta_loop ledger append failed action=%s cycle_id=%s error=%s: not publishing", action, cycle_id, exc
             )
@@ -442,7 +426,8 @@ class MetaLoop:
             top = max(weights.items(), key=lambda kv: kv[1], default=None)
             note = (
                 f"Playbook ranker below ml_min_confidence {ml.ml_min_confidence:.2f}: playbooks ordered by diagnosis "
-                f"({top[0] if top else 'none'} {top[1] if top else 0.0:.2f}) then learned order, confidence {combined:.2f}"
+                f"({top[0] if top else 'none'} {top[1] if top else 0.0:.2f}) then learned order, "
+                f"confidence {combined:.2f}"
             )
         elif rc_weight == 0.0:
             note = (
@@ -506,7 +491,8 @@ class MetaLoop:
                 continue
             confidence, ml_advice, note = self._combine(service, cf, decision, advice)
             if not ml_advice.recommended_playbooks:
-                # e.g. trust violations: nothing declarative applies, so the cycle informs (status, probes) but directs nobody
+                # e.g. trust violations: nothing declarative applies, so the cycle informs (status, probes)
+                # but directs nobody
                 logger.info(
                     "meta_loop no directive service=%s cycle_id=%s reason=no_applicable_playbook", service, cf.cycle_id
                 )

@@ -242,7 +242,7 @@ def keys_init(
     keys: KeysOpt = None,
 ) -> None:
     """Create keys for the system actors (idempotent), or for one operator."""
-    from metaheal.ledger.keys import KeyError_, init_operator_key, init_system_keys
+    from metaheal.ledger.keys import LedgerKeyError, init_operator_key, init_system_keys
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
@@ -252,7 +252,7 @@ def keys_init(
         else:
             for actor, kid in init_system_keys(s.keys).items():
                 typer.echo(f"{actor} key_id={kid}")
-    except (KeyError_, OSError) as exc:
+    except (LedgerKeyError, OSError) as exc:
         raise _fail(str(exc)) from None
 
 
@@ -277,12 +277,12 @@ def keys_rotate(
     keys: KeysOpt = None,
 ) -> None:
     """Retire the actor's key now and issue a new one (old entries stay verifiable)."""
-    from metaheal.ledger.keys import KeyError_, rotate_key
+    from metaheal.ledger.keys import LedgerKeyError, rotate_key
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
         rec = rotate_key(s.keys, actor)
-    except KeyError_ as exc:
+    except LedgerKeyError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"{actor} new key_id={rec.key_id}")
 
@@ -295,12 +295,12 @@ def keys_revoke(
     keys: KeysOpt = None,
 ) -> None:
     """Mark a key compromised: `ledger verify` then reports every entry it signed."""
-    from metaheal.ledger.keys import KeyError_, revoke_key
+    from metaheal.ledger.keys import LedgerKeyError, revoke_key
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
         rec = revoke_key(s.keys, key_id)
-    except KeyError_ as exc:
+    except LedgerKeyError as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"revoked {rec.key_id} of {rec.actor}")
 

@@ -14,7 +14,7 @@ b'\\xc3\\x01'
 >>> de(data[:5])
 Traceback (most recent call last):
 ...
-metaheal.kafka.serializers.DecodeError: truncated: 5 bytes is shorter than the 10-byte single-object header
+metaheal.errors.DecodeError: truncated: 5 bytes is shorter than the 10-byte single-object header
 >>> TelemetryDeserializer()(b'{"service": "api", "metric": "cpu_utilization", "value": 0.5, "ts": 1}')[0].metric
 'cpu_utilization'
 """
@@ -30,6 +30,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import ValidationError
 
+from metaheal.errors import DecodeError
 from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.flat_writer import FlatRecordWriter
 from metaheal.schemas import load
@@ -37,10 +38,6 @@ from metaheal.schemas import load
 E = TypeVar("E", bound=Event)
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
-
-
-class DecodeError(ValueError):
-    """Input that cannot become an event; the message names the problem and field."""
 
 
 def _fingerprint(schema: dict[str, Any]) -> bytes:

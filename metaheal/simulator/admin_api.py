@@ -19,13 +19,10 @@ from typing import Any
 from aiohttp import web
 
 from metaheal.broker import free_port
+from metaheal.errors import BadRequest
 from metaheal.simulator.fleet import Fleet
 
 logger = logging.getLogger(__name__)
-
-
-class BadRequest(ValueError):
-    """A request body that does not fit the endpoint; the message names the field."""
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

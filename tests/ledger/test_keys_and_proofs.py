@@ -10,8 +10,8 @@ import pytest
 from metaheal.config import OperatorSettings, Settings
 from metaheal.ledger.authz import ACTIONS, SYSTEM_ACTORS, allowed
 from metaheal.ledger.keys import (
-    KeyError_,
     KeyRegistry,
+    LedgerKeyError,
     init_operator_key,
     init_system_keys,
     revoke_key,
@@ -43,7 +43,7 @@ def test_operator_key_and_unknown_actor(tmp_path: Path) -> None:
     path, pub = init_operator_key(tmp_path, "alice")
     assert path.stat().st_mode & 0o777 == 0o600 and len(pub) == 64
     assert init_operator_key(tmp_path, "alice") == (path, pub)
-    with pytest.raises(KeyError_, match="not a known actor"):
+    with pytest.raises(LedgerKeyError, match="not a known actor"):
         init_operator_key(tmp_path, "bad name")
 
 
@@ -60,7 +60,7 @@ def test_rotation_keeps_old_key_valid_for_old_timestamps(tmp_path: Path) -> None
 def test_revoked_key_cannot_sign(tmp_path: Path) -> None:
     kid = init_system_keys(tmp_path)["executor"]
     revoke_key(tmp_path, kid)
-    with pytest.raises(KeyError_, match="no valid signing key for actor 'executor'"):
+    with pytest.raises(LedgerKeyError, match="no valid signing key for actor 'executor'"):
         KeyRegistry.load(tmp_path).signing_key("executor")
 
 
@@ -125,11 +125,11 @@ def test_verifier_offline_on_records(offline: Settings) -> None:
     ]
     reg = KeyRegistry.load(offline.keys)
     assert verify_records(records, reg).clean
-    swapped = (
-        records[:3]
-        + [RawRecord(3, records[3].key, records[3].value, {**records[3].headers, "actor": b"x"})]
-        + records[4:]
-    )
+    swapped = [
+        *records[:3],
+        RawRecord(3, records[3].key, records[3].value, {**records[3].headers, "actor": b"x"}),
+        *records[4:],
+    ]
     assert [str(f) for f in verify_records(swapped, reg).findings] == [
         f"sequence 3: header mismatch: header actor=b'x' differs from the entry's '{chain[3].actor}'"
     ]

@@ -5,7 +5,8 @@
 >>> get_actuator("ssh")
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.actuators.base.ActuatorError: action: unknown action 'ssh'; expected one of ['command', 'http.get', 'http.post', 'wait_for']
+metaheal.errors.ActuatorError: action: unknown action 'ssh';
+    expected one of ['command', 'http.get', 'http.post', 'wait_for']
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
+from metaheal.errors import ActuatorError as ActuatorError  # re-exported: actuators import it from here
+
 if TYPE_CHECKING:
     from metaheal.agents.executor.verification import LiveTelemetry
 
@@ -34,10 +36,6 @@ def compare(op: str, observed: float, threshold: float) -> bool:
         return bool(_OPS[op](observed, threshold))
     except KeyError:
         raise ValueError(f"unknown comparison operator {op!r}; expected one of {list(OPS)}") from None
-
-
-class ActuatorError(ValueError):
-    """Parameters an actuator cannot accept; raised by ``check`` with the field named."""
 
 
 class StepResult(BaseModel):

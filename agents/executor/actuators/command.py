@@ -8,7 +8,7 @@ argument. The process is killed at the timeout; stdout/stderr are captured
 >>> Command().check({"argv": "rm -rf /"})
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.actuators.base.ActuatorError: params.argv: must be a non-empty list of strings (no shell), got 'rm -rf /'
+metaheal.errors.ActuatorError: params.argv: must be a non-empty list of strings (no shell), got 'rm -rf /'
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ step, not a request to an unknown party), responses are captured for the ledger
 >>> HttpGet().check({"url": "file:///etc/passwd"})
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.actuators.base.ActuatorError: params.url: scheme must be http or https, got 'file'
+metaheal.errors.ActuatorError: params.url: scheme must be http or https, got 'file'
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ after the step started count, so a stale "good" value cannot satisfy it.
 >>> WaitFor().check({"metric": "instances", "op": "=>", "value": 5})
 Traceback (most recent call last):
 ...
-metaheal.agents.executor.actuators.base.ActuatorError: params.op: unknown operator '=>'; expected one of ['<', '<=', '>', '>=', '==', '!=']
+metaheal.errors.ActuatorError: params.op: unknown operator '=>'; expected one of ['<', '<=', '>', '>=', '==', '!=']
 """
 
 from __future__ import annotations
