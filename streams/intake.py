@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -211,9 +211,11 @@ class Intake:
             out.append(sample(service, metric, value, ts, m["labels"]))
         return out or None
 
-    def _fast(self, value: bytes | None, paths: dict[bytes, Callable[[bytes], T | None]]) -> T | None:
+    def _fast(self, value: bytes | None, paths: Mapping[bytes, Callable[[bytes], T | None]]) -> T | None:
         """An Avro record through the fast path for its header; ``None`` = let the validating path judge it."""
-        decode = paths.get(value[:HEADER_LEN]) if value is not None else None
+        if value is None:
+            return None
+        decode = paths.get(value[:HEADER_LEN])
         if decode is None:
             return None
         try:

@@ -295,9 +295,9 @@ class Pipeline:
         floor_fn = math.floor
         cur_start: float | None = None
         sw: SeriesWindow | None = None
-        append = None
+        append: Callable[[float], None]  # sw.values.append, bound with sw at the first sample
         max_score, crossed = 0.0, 0
-        last_sc = None
+        last_sc: Score  # the score of the last sample in sw, set whenever sw is
         last_i = 0
         n_ok = 0
         for i, ts in enumerate(g.ts):
@@ -319,7 +319,7 @@ class Pipeline:
                     sw = bucket[series] = SeriesWindow(g.metric, g.signal, g.dependency)
                 append = sw.values.append
                 max_score, crossed = sw.max_score, sw.crossed
-            append(value)  # type: ignore[misc]
+            append(value)
             last_i, last_sc = i, sc
             score = sc[0]
             if score > max_score:

@@ -358,7 +358,7 @@ class AnomalyScorer:
         self._tracks = tuple(_Track(self.window, self.tail, alpha) for _ in range(4))
         # a fast level (half-life 2 samples): the better one-step predictor for random-walk-like
         # series (temperatures, CPU), where a spike is relative to the last values
-        self._fast: float | None = None
+        self._fast = 0.0  # set with _level by the first sample
         self._fast_scale = 0.0
         self._err_fast = stats.EWMean(0.01)
         self._profiles: tuple[_Profile, _Profile] | tuple[()] = ()  # daily, weekly

@@ -74,7 +74,8 @@ class TableStore:
         self.table = table
 
     def get(self, key: bytes) -> bytes | None:
-        return self.table.data.get(key)
+        value: bytes | None = self.table.data.get(key)
+        return value
 
     def put(self, key: bytes, value: bytes, partition: int) -> None:
         self.table.data[key] = value

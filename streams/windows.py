@@ -68,7 +68,7 @@ class SeriesWindow:
     metric: str
     signal: str | None
     dependency: str | None
-    values: array = field(default_factory=lambda: array("d"))
+    values: array[float] = field(default_factory=lambda: array("d"))
     max_score: float = 0.0
     crossed: int = 0
     last_value: float = 0.0
@@ -279,7 +279,7 @@ def load_state(service: str, get: Callable[[bytes], bytes | None]) -> ServiceSta
         applied=obj["applied"],
     )
     for start, (n_chunks, series_meta) in obj["open"].items():
-        values: dict[str, array] = {series: array("d") for series in series_meta}
+        values: dict[str, array[float]] = {series: array("d") for series in series_meta}
         for k in range(n_chunks):
             chunk = get(chunk_key(service, start, k))
             if chunk is None:
