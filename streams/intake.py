@@ -27,12 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
+from metaheal.errors import DecodeError
 from metaheal.events import DeadLetter, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.serializers import (
     HEADER_LEN,
     MAGIC,
     AvroDeserializer,
-    DecodeError,
     TelemetryDeserializer,
 )
 from metaheal.streams.signals import DEPENDENCY_LABEL, UNIT_SCALE, SignalMap, series_id

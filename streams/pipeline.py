@@ -297,7 +297,7 @@ class Pipeline:
         sw: SeriesWindow | None = None
         append: Callable[[float], None]  # sw.values.append, bound with sw at the first sample
         max_score, crossed = 0.0, 0
-        last_sc: Score  # the score of the last sample in sw, set whenever sw is
+        last_sc: Score | None = None  # the score of the last sample in sw, set whenever sw is
         last_i = 0
         n_ok = 0
         for i, ts in enumerate(g.ts):
@@ -309,6 +309,7 @@ class Pipeline:
             start = floor_fn(ts / window) * window
             if start != cur_start:
                 if sw is not None:
+                    assert last_sc is not None
                     _close_segment(sw, max_score, crossed, values[last_i], g.ts[last_i], last_sc)
                 cur_start = start
                 bucket = open_windows.get(start)
@@ -346,6 +347,7 @@ class Pipeline:
                     )
                 )
         if sw is not None:
+            assert last_sc is not None
             _close_segment(sw, max_score, crossed, values[last_i], g.ts[last_i], last_sc)
         st.max_ts = max_ts
         self.stats.samples += n_ok
