@@ -116,7 +116,7 @@ class EmbeddedBroker:
         return not self.storage.startswith("memory://")
 
     def kafka_settings(self, **kw: object) -> KafkaSettings:
-        return KafkaSettings(bootstrap=self.bootstrap, **kw)  # type: ignore[arg-type]
+        return KafkaSettings(bootstrap=self.bootstrap, **kw)
 
     def start(self, timeout: float = 20.0) -> float:
         """Start the broker and return the seconds until it answered metadata."""

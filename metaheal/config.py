@@ -84,7 +84,7 @@ class GuardrailLevelSettings(_Section):
     max_impact: Impact
 
 
-def _default_levels() -> dict[str, GuardrailLevelSettings]:
+def _default_levels() -> dict[GuardrailLevel, GuardrailLevelSettings]:
     return {
         "tight": GuardrailLevelSettings(auto_approve_confidence=0.95, max_blast_radius=1, max_impact="low"),
         "maintain": GuardrailLevelSettings(auto_approve_confidence=0.80, max_blast_radius=2, max_impact="medium"),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
@@ -54,6 +54,12 @@ SampleLike = Metric | Mapping[str, Any] | tuple[Any, ...]
 E = TypeVar("E", bound=Event)
 
 __all__ = ["KafkaUnavailable", "MetricsProducer", "batches", "make_metric"]
+
+
+def _serializer(model: type[E], fmt: str) -> Callable[[E], bytes]:
+    if fmt == "avro":
+        return AvroSerializer(model)
+    return JsonSerializer[E]()
 
 
 def make_metric(
@@ -151,9 +157,9 @@ class MetricsProducer:
             raise ValueError(f"fmt must be 'avro' or 'json', got {fmt!r}")
         self.topic = settings.topics.name("telemetry")
         self.max_batch = max_batch
-        self._one = AvroSerializer(Metric) if fmt == "avro" else JsonSerializer()
-        self._many = AvroSerializer(MetricBatch) if fmt == "avro" else JsonSerializer()
-        self._series = AvroSerializer(MetricSeries) if fmt == "avro" else JsonSerializer()
+        self._one = _serializer(Metric, fmt)
+        self._many = _serializer(MetricBatch, fmt)
+        self._series = _serializer(MetricSeries, fmt)
         self._producer = Producer(settings.kafka)
         self.sent = 0
 

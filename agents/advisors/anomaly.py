@@ -153,7 +153,7 @@ class AnomalyAdvisor(Advisor):
                 out.recommendations.append(
                     Recommendation(
                         service=service,
-                        severity=severity(a.score, a.threshold or self.threshold),  # type: ignore[arg-type]
+                        severity=severity(a.score, a.threshold or self.threshold),
                         finding=f"{a.signal or 'unknown'}_{'up' if direction > 0 else 'down'}:{a.metric}",
                         sentence=(
                             f"{service} {a.metric} is {a.value:.4g} against a baseline of {a.baseline:.4g} "

@@ -150,7 +150,7 @@ class Advisor(ABC):
         return None
 
 
-def clamp01(x: float) -> float:
+def clamp01(x: object) -> float:
     """Clamp into [0, 1]; non-finite becomes 0 so a broken model cannot claim certainty.
 
     >>> clamp01(1.7), clamp01(float("nan")), clamp01(-2)

@@ -73,13 +73,18 @@ CONTEXT_WEIGHT = 0.2
 
 
 class PlaybookLike(Protocol):
-    """What the ranker needs from ``metaheal.agents.common.playbooks.Playbook``."""
+    """What the ranker needs from ``metaheal.agents.common.playbooks.Playbook`` (read-only)."""
 
-    name: str
-    impact: str
-    blast_radius: int
-    prior_success: float
-    applies_to: Any
+    @property
+    def name(self) -> str: ...
+    @property
+    def impact(self) -> str: ...
+    @property
+    def blast_radius(self) -> int: ...
+    @property
+    def prior_success(self) -> float: ...
+    @property
+    def applies_to(self) -> Any: ...
 
 
 @dataclass

@@ -257,8 +257,8 @@ def decide_focus(evidence: Evidence, min_confidence: float = 0.70) -> FocusDecis
     anomaly: dict[str, dict[str, list[Finding]]] = defaultdict(lambda: defaultdict(list))
     samples_per_window: dict[tuple[str, str, str], int] = {}
     for w in evidence.health:
-        for s in w.signals:
-            samples_per_window[(w.service, s.metric, s.dependency or "")] = s.count
+        for st in w.signals:
+            samples_per_window[(w.service, st.metric, st.dependency or "")] = st.count
         for area, f in health_findings(w, evidence.window_seconds):
             health[area][w.service].append(f)
     max_anomaly = max((a.score for a in evidence.anomalies), default=0.0)

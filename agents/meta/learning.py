@@ -127,7 +127,7 @@ class Learner:
     def playbook_ranking(self, playbooks: list[str], now: float) -> list[str]:
         """Order candidate playbooks by learned success (unknown ones keep their place, neutral 0.5)."""
         rate = {p: self.success_rate(playbook=p, now=now) for p in playbooks}
-        return sorted(playbooks, key=lambda p: -(rate[p] if rate[p] is not None else 0.5))
+        return sorted(playbooks, key=lambda p: -(r if (r := rate[p]) is not None else 0.5))
 
     def observe(self, outcome: SignedOutcome, focus_area: str | None, now: float) -> Insight | None:
         """Learn from one outcome; ``None`` for duplicates and outcomes that say nothing about playbooks."""

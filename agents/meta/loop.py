@@ -61,7 +61,19 @@ UNKNOWN_CAUSE = "unknown"  # the advisors' "no idea" candidate: never a root cau
 
 
 class Ledger(Protocol):
-    async def append(self, **kwargs: Any) -> Any: ...
+    """What the meta loop needs of :class:`~metaheal.ledger.ImmutableLog`."""
+
+    async def append(
+        self,
+        *,
+        actor: str,
+        action: str,
+        resource: str = ...,
+        subsystem: str = ...,
+        payload: dict[str, Any] | None = ...,
+        result: str = ...,
+        cycle_id: str = ...,
+    ) -> Any: ...
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -308,7 +320,7 @@ class MetaLoop:
             confidence=min(1.0, decision.confidence),
             reasoning=reasoning,
             guardrail_adjustment=change.adjustment,
-            guardrail_level=self.guardrails.level,  # type: ignore[arg-type]
+            guardrail_level=self.guardrails.level,
             extra_probes=probes_for(focus),
             playbook_priorities=priorities,
             time_budget_seconds=budget,

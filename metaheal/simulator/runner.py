@@ -80,7 +80,7 @@ class Simulator:
                 name=name,
                 admin_url=self.admin.urls.get(name),
                 dependencies=sorted(st.spec.calls),
-                criticality=st.spec.criticality,  # type: ignore[arg-type]
+                criticality=st.spec.criticality,
                 owner=st.spec.owner,
             )
             for name, st in self.fleet.services.items()

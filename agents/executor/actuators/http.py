@@ -87,8 +87,9 @@ class _Http(Actuator):
                 for _ in range(MAX_REDIRECTS):
                     if not resp.is_redirect:
                         break
-                    target = resp.next_request.url if resp.next_request else None
-                    if target is None or target.host != url.host or target.port != url.port:
+                    follow = resp.next_request
+                    target = follow.url if follow is not None else None
+                    if follow is None or follow.url.host != url.host or follow.url.port != url.port:
                         detail["status"] = resp.status_code
                         return StepResult(
                             ok=False,
@@ -96,7 +97,7 @@ class _Http(Actuator):
                             duration_seconds=time.monotonic() - t0,
                             error=f"redirect to another host refused: {target}",
                         )
-                    resp = await client.send(resp.next_request)
+                    resp = await client.send(follow)
         except httpx.TimeoutException as exc:
             return StepResult(
                 ok=False,
