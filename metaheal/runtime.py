@@ -201,11 +201,13 @@ async def run_components(components: list[Component], stop: asyncio.Event, *, gr
     Components get ``grace`` seconds after ``stop`` to return (contract: < 2 s) before
     they are cancelled, so shutdown always completes.
     """
-    tasks = {asyncio.create_task(c.service.run(stop), name=c.role): c for c in components}
+    tasks: dict[asyncio.Task[Any], Component] = {
+        asyncio.create_task(c.service.run(stop), name=c.role): c for c in components
+    }
     stopper = asyncio.create_task(stop.wait())
     early: list[str] = []
     try:
-        pending: set[asyncio.Task[None]] = set(tasks)
+        pending = set(tasks)
         while pending and not stop.is_set():
             done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(stopper)
