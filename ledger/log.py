@@ -31,37 +31,32 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import fastavro
-from confluent_kafka import KafkaError, KafkaException, Message
-from confluent_kafka import Producer as _Producer
 
 from metaheal.config import Settings
-from metaheal.errors import LedgerUnavailable
+from metaheal.errors import DecodeError, LedgerKeyError, LedgerUnavailable
 from metaheal.events import LedgerEntry
+from metaheal.kafka import KafkaError, KafkaException, KafkaUnavailable, Message, PartitionReader, Producer, RawProducer
 from metaheal.kafka.admin import Admin
-from metaheal.kafka.config import producer_config
-from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.serializers import (
     HEADER_LEN,
     AvroDeserializer,
     AvroSerializer,
-    DecodeError,
     check_header,
 )
 from metaheal.ledger.authz import allowed, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
 from metaheal.ledger.index import TAIL_KEY, CycleIndex, index_partition
-from metaheal.ledger.keys import KeyRegistry, LedgerKeyError
+from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
-from metaheal.ledger.reader import PartitionReader
-from metaheal.ledger.sequencer import Sequencer
+from metaheal.ledger.sequencer import Sequencer, Signer
 from metaheal.topics import declared_topics
 
 logger = logging.getLogger(__name__)
@@ -91,7 +86,7 @@ class ImmutableLog:
         self._decode = AvroDeserializer(LedgerEntry)
         self._encode = AvroSerializer(LedgerEntry)
         self._io = threading.Lock()  # one thread at a time touches clients, tail and index
-        self._producer: _Producer | None = None
+        self._producer: RawProducer | None = None
         self._reader: PartitionReader | None = None
         self._tail: Sequencer | None = None
         self._index = CycleIndex()
@@ -255,16 +250,16 @@ class ImmutableLog:
             registry = KeyRegistry.load(self.settings.keys)
         except LedgerKeyError as exc:
             raise LedgerUnavailable(str(exc)) from None
-        signers: dict[str, tuple[str, Any] | LedgerUnavailable] = {}
+        signers: dict[str, Signer | LedgerUnavailable] = {}
         for actor in [f["actor"] for f in requests] + ["ledger"]:
             if actor not in signers:
                 try:
                     signers[actor] = registry.signing_key(actor)
                 except LedgerKeyError as exc:
                     signers[actor] = LedgerUnavailable(str(exc))
-        ledger_signer = signers["ledger"]
-        if isinstance(ledger_signer, LedgerUnavailable):
-            ledger_signer = None  # no checkpoints without the ledger key; entries still go out
+        ledger_key = signers["ledger"]
+        ledger_signer = None if isinstance(ledger_key, LedgerUnavailable) else ledger_key
+        if ledger_signer is None:  # no checkpoints without the ledger key; entries still go out
             logger.warning("ledger_checkpoint_skipped reason=no_ledger_key")
         self._hold_lease()
         if self._tail is None:
@@ -299,7 +294,7 @@ class ImmutableLog:
         offsets: list[int | None] = [None] * len(entries)
         errors: list[str] = []
 
-        def report(i: int):
+        def report(i: int) -> Callable[[KafkaError | None, Message], None]:
             def cb(err: KafkaError | None, msg: Message) -> None:
                 if err is not None:
                     errors.append(str(err))
@@ -326,11 +321,12 @@ class ImmutableLog:
             remaining = producer.flush(self.timeout)
         except KafkaException as exc:
             raise LedgerUnavailable(f"cannot produce to {self.topic}: {exc}") from exc
-        if remaining or errors or any(o is None for o in offsets):
+        acked = [o for o in offsets if o is not None]
+        if remaining or errors or len(acked) < len(offsets):
             self._producer = None  # its queue may hold records: never reuse it
             why = errors[0] if errors else f"{remaining} record(s) unacknowledged after {self.timeout}s"
             raise LedgerUnavailable(f"ledger append not acknowledged by the broker: {why}")
-        return offsets  # type: ignore[return-value]
+        return acked
 
     def _write_index(self) -> None:
         """Best effort: the index is derived data, rebuilt from the ledger if stale."""
@@ -428,11 +424,10 @@ class ImmutableLog:
         if self._tail.next_sequence != before:
             logger.info("ledger_lease_handover resumed_from=%d next_sequence=%d", before, self._tail.next_sequence)
 
-    def _get_producer(self) -> _Producer:
+    def _get_producer(self) -> RawProducer:
         if self._producer is None:
-            cfg = producer_config(self.settings.kafka, idempotent=True)
-            cfg.update({"linger.ms": 2, "message.timeout.ms": int(self.timeout * 1000)})
-            producer = _Producer(cfg)
+            overrides = {"linger.ms": 2, "message.timeout.ms": int(self.timeout * 1000)}
+            producer = Producer(self.settings.kafka, idempotent=True, **overrides).raw
             try:  # metadata first: an unknown topic would wait for librdkafka's 1 s refresh timer
                 for topic in (self.topic, self.index_topic):
                     producer.list_topics(topic, timeout=self.timeout)
@@ -563,7 +558,7 @@ class ImmutableLog:
         costs more than the Avro decode on a large rebuild."""
         check_header(value, self._decode.fingerprint, "LedgerEntry")
         try:
-            d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode._parsed, None)
+            d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode.parsed_schema, None)
         except Exception as exc:
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
         return SimpleNamespace(**d)

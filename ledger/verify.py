@@ -30,22 +30,21 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from metaheal.config import Settings
+from metaheal.errors import DecodeError, NoteError
 from metaheal.events import LedgerEntry
-from metaheal.kafka import KafkaUnavailable
+from metaheal.kafka import KafkaUnavailable, PartitionReader
 from metaheal.kafka.serializers import (
     HEADER_LEN,
     AvroDeserializer,
-    DecodeError,
     check_header,
 )
 from metaheal.ledger.authz import allowed
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import GENESIS, message
-from metaheal.ledger.checkpoint import NoteError, parse_note, verify_note
+from metaheal.ledger.checkpoint import parse_note, verify_note
 from metaheal.ledger.index import TAIL_KEY
 from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.merkle import Frontier, leaf_hash
-from metaheal.ledger.reader import PartitionReader
 
 _HEADERS = ("cycle_id", "actor", "action", "signature")
 
@@ -102,7 +101,7 @@ class Verifier:
         self.since = since
         self.origin = origin
         de = AvroDeserializer(LedgerEntry)
-        self._schema, self._fp = de._parsed, de.fingerprint
+        self._schema, self._fp = de.parsed_schema, de.fingerprint
         self._vk: dict[str, VerifyKey] = {}
         self.findings: list[Finding] = []
         self.hashes: dict[int, str] = {}  # sequence -> entry_hash of the first entry seen with it

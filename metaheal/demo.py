@@ -26,12 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from metaheal.config import OperatorSettings, Settings
+from metaheal.errors import DecodeError
 from metaheal.events import (
     AgenticPlan,
     AnomalyScore,
@@ -45,11 +45,10 @@ from metaheal.events import (
     ProbeCommand,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka import Consumer, KafkaUnavailable, Message, Producer, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
     AvroSerializer,
-    DecodeError,
     EventDecoder,
 )
 from metaheal.kafka.tail import TopicTail
@@ -209,7 +208,7 @@ class Timeline(TopicTail):
         return self
 
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
-        return [TopicPartition(t, p, OFFSET_BEGINNING) for t in self._short for p in consumer.partitions(t)]
+        return consumer.topic_partitions(self._short)
 
     def handle(self, msg: Message) -> None:
         self._ingest(self._short[msg.topic()], msg.key(), msg.value())
@@ -525,7 +524,7 @@ class Driver:
         from metaheal.agents.executor.approvals import load_signing_key, sign_decision
 
         problem = await self._health(req.service)
-        decision = "approve" if problem is not None else "deny"
+        decision: Literal["approve", "deny"] = "approve" if problem is not None else "deny"
         verb = "APPROVES" if decision == "approve" else "DENIES"
         why = (
             f"{req.service} is degraded ({problem})"

@@ -35,16 +35,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import Message, TopicPartition
-
 from metaheal.config import ServiceSettings, Settings
+from metaheal.errors import DecodeError
 from metaheal.events import DeadLetter, ServiceRegistration
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka import Consumer, KafkaUnavailable, Message, Producer, TopicPartition
 from metaheal.kafka.serializers import (
     MAGIC,
     AvroDeserializer,
     AvroSerializer,
-    DecodeError,
     validate,
 )
 from metaheal.kafka.tail import TopicTail

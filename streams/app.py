@@ -49,12 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Producer as RawProducer
 
 from metaheal.config import Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
-from metaheal.kafka import Consumer
-from metaheal.kafka.config import producer_config
+from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
@@ -82,16 +80,13 @@ class KafkaSink:
     _POLL_EVERY = 64
 
     def __init__(self, settings: Settings) -> None:
-        cfg = producer_config(settings.kafka)
-        cfg.update(
-            {
-                "linger.ms": 2,
-                "queue.buffering.max.messages": 500_000,
-                "delivery.report.only.error": True,
-                "on_delivery": self._on_delivery,
-            }
-        )
-        self._producer = RawProducer(cfg)
+        overrides = {
+            "linger.ms": 2,
+            "queue.buffering.max.messages": 500_000,
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+        }
+        self._producer = Producer(settings.kafka, **overrides).raw
         self._errors: list[Any] = []
         self._topics = {k: settings.topics.name(k) for k in ("health", "anomalies", "deadletter")}
         self._health = AvroSerializer(HealthWindow)

@@ -183,9 +183,7 @@ class AnomalyReader(threading.Thread):
         decode = AvroDeserializer(AnomalyScore)
         topic = self.settings.topics.name("anomalies")
         with Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 10}) as c:
-            from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-            c.raw.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in c.partitions(topic)])
+            c.assign_topics([topic])
             while not self.stop.is_set():
                 for m in c.poll_batch(5000, 0.05):
                     now = time.time()

@@ -33,7 +33,6 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from pydantic import ValidationError
 
 from metaheal.agents.advisors.anomaly import AnomalyAdvisor
@@ -52,7 +51,7 @@ from metaheal.agents.common.graph import ServiceGraph, related
 from metaheal.agents.common.playbooks import load_playbooks
 from metaheal.agents.common.policy import Policies
 from metaheal.config import Settings
-from metaheal.errors import AdvisorActionForbidden
+from metaheal.errors import AdvisorActionForbidden, DecodeError
 from metaheal.events import (
     AnomalyScore,
     CycleFocus,
@@ -64,7 +63,7 @@ from metaheal.events import (
     SignedOutcome,
 )
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 
 logger = logging.getLogger(__name__)
@@ -433,12 +432,6 @@ class AdvisorService:
 
     # -- loop -------------------------------------------------------------------------------------
 
-    def _assign(self, consumer: Consumer) -> None:
-        tps = []
-        for topic in self.topics.values():
-            tps += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in consumer.partitions(topic)]
-        consumer.raw.assign(tps)
-
     def _dispatch(self, msg: Any, started_ms: int, cycles: list[CycleFocus]) -> None:
         topic, value = msg.topic(), msg.value()
         try:
@@ -480,7 +473,7 @@ class AdvisorService:
         started_ms = int(time.time() * 1000) - 1000
         consumer = Consumer(self.settings.kafka)
         try:
-            await asyncio.to_thread(self._assign, consumer)
+            await asyncio.to_thread(consumer.assign_topics, self.topics.values())
             while not stop.is_set():
                 try:
                     await self.rebuild()

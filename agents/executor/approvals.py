@@ -29,14 +29,14 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from metaheal.config import OperatorSettings, Settings
+from metaheal.errors import DecodeError
 from metaheal.events import AgenticPlan, ApprovalDecision, ApprovalRequest
-from metaheal.kafka import Consumer
-from metaheal.kafka.serializers import DecodeError, EventDecoder
+from metaheal.kafka import Consumer, Message, TopicPartition
+from metaheal.kafka.serializers import EventDecoder
 from metaheal.kafka.tail import TopicTail
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.keys import key_id_of
@@ -159,7 +159,7 @@ class ApprovalInbox(TopicTail):
 
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         topic = self._settings.topics.name("approvals")
-        return [TopicPartition(topic, p, OFFSET_BEGINNING) for p in consumer.partitions(topic)]
+        return consumer.topic_partitions([topic])
 
     def handle(self, msg: Message) -> None:
         try:

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from confluent_kafka import Message
 
 from metaheal.agents.common.playbooks import Playbook, load_playbooks
 from metaheal.agents.common.policy import Policies, TrustDecision
@@ -71,6 +70,7 @@ from metaheal.agents.executor.verification import (
     run_verification,
 )
 from metaheal.config import ServiceSettings, Settings, load_settings
+from metaheal.errors import DecodeError
 from metaheal.events import (
     AgenticPlan,
     ApprovalRequest,
@@ -80,8 +80,8 @@ from metaheal.events import (
     PlanStep,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.kafka import Consumer, KafkaUnavailable, Message, Producer
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 
 logger = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class Executor:
         # and recover its mid-flight plans (on the event loop; this runs in the poll thread).
         self.state.load()
         assigned = {p.partition for p in partitions}
+        assert self._loop is not None  # set by start(), before the consumer subscribes
         self._loop.call_soon_threadsafe(self._recover_partitions, assigned)
         self.ready.set()
         logger.info("executor_assigned id=%s partitions=%s", self.id, [p.partition for p in partitions])
@@ -372,7 +373,7 @@ class Executor:
         self, run: Run, reasons: list[str], violations: list[str], decision: TrustDecision | None = None
     ) -> SignedOutcome:
         run.trust_decision = "denied"
-        payload = {"reasons": reasons, "violations": violations}
+        payload: dict[str, Any] = {"reasons": reasons, "violations": violations}
         if decision is not None:
             payload["level"] = decision.level
         actor = "agentic_planner"
@@ -464,7 +465,8 @@ class Executor:
         assert run.plan is not None
         plan, d = run.plan, run.directive
         if self.settings.executor.dry_run:
-            return await self._dry_run(run)
+            await self._dry_run(run)
+            return None
         await self._ledger(
             run,
             "executor",

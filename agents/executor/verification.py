@@ -31,17 +31,16 @@ from collections import defaultdict, deque
 from typing import Any, Literal
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message, TopicPartition
 from pydantic import BaseModel, Field
 
 from metaheal.agents.executor.actuators.base import compare
 from metaheal.agents.executor.actuators.http import tls_context
 from metaheal.config import Settings
+from metaheal.errors import DecodeError
 from metaheal.events import HealthWindow, Metric
-from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaUnavailable, Message, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
-    DecodeError,
     TelemetryDeserializer,
 )
 from metaheal.kafka.tail import TopicTail
@@ -158,7 +157,7 @@ class LiveTelemetry(TopicTail):
         parts = []
         for topic in (self._settings.topics.name("telemetry"), self._settings.topics.name("health")):
             try:
-                parts += [TopicPartition(topic, p, self._start) for p in consumer.partitions(topic)]
+                parts += consumer.topic_partitions([topic], self._start)
             except KafkaUnavailable as exc:
                 logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
         return parts

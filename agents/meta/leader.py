@@ -44,10 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
-
 from metaheal.config import KafkaSettings, Settings
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.kafka import Consumer, Message, Producer
 
 logger = logging.getLogger(__name__)
 
@@ -70,32 +68,10 @@ def read_to_end(
 ) -> list[Message]:
     """Every record from ``start_offsets`` (default: the beginning) to the partition EOF of each partition.
 
-    Like ``Consumer.read_to_end`` but polls one message at a time, so it returns as soon
-    as the last EOF arrives (milliseconds) instead of after a batch timeout (0.5 s).
+    One record per ``consume`` call, so it returns as soon as the last EOF arrives
+    (milliseconds) instead of after a batch timeout (0.5 s).
     """
-    parts = consumer.partitions(topic)
-    start_offsets = start_offsets or {}
-    consumer.raw.assign([TopicPartition(topic, p, start_offsets.get(p, OFFSET_BEGINNING)) for p in parts])
-    pending = set(parts)
-    out: list[Message] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while pending:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailable(f"timed out reading {topic} to its end (partitions {sorted(pending)})")
-            m = consumer.raw.poll(0.05)
-            if m is None:
-                continue
-            err = m.error()
-            if err is None:
-                out.append(m)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                pending.discard(m.partition())
-            else:
-                raise KafkaUnavailable(f"consume error on {topic}: {err}")
-    finally:
-        consumer.raw.unassign()
-    return out
+    return list(consumer.read_to_end(topic, start_offsets=start_offsets, timeout=timeout, batch=1, wait=0.05))
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from metaheal.agents.common.baselines import against_reference
 from metaheal.agents.common.graph import ServiceGraph, related
 from metaheal.agents.meta.focus import Evidence, TrustViolation
 from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.config import Settings
+from metaheal.errors import DecodeError
 from metaheal.events import (
     AgenticPlan,
     AnomalyScore,
@@ -32,10 +31,9 @@ from metaheal.events import (
     MLAdvice,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka import Consumer, KafkaError, KafkaUnavailable
 from metaheal.kafka.serializers import (
     AvroDeserializer,
-    DecodeError,
     EventDecoder,
 )
 
@@ -328,12 +326,8 @@ class Inputs:
                 self.decoders[short] = AvroDeserializer(models[0])
             else:
                 self.decoders[short] = EventDecoder(models)
-        parts = []
-        for topic in self.names:
-            for p in self.consumer.partitions(topic):
-                parts.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        parts = self.consumer.assign_topics(self.names)
         self.pending_eof = {(tp.topic, tp.partition) for tp in parts}
-        self.consumer.raw.assign(parts)
 
     @property
     def caught_up(self) -> bool:

@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import client_config
@@ -74,8 +74,6 @@ class Admin:
 
     def alter_config(self, name: str, config: dict[str, str]) -> None:
         """Set topic configs (incrementally); used by tests to simulate drift."""
-        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
-
         res = ConfigResource(
             ResourceType.TOPIC,
             name,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from confluent_kafka import (
@@ -55,6 +55,19 @@ class Consumer:
             raise KafkaUnavailable(f"topic {topic} does not exist")
         return sorted(t.partitions)
 
+    def topic_partitions(self, topics: Iterable[str], offset: int = OFFSET_BEGINNING) -> list[TopicPartition]:
+        """Every partition of ``topics``, each at ``offset`` (default: the beginning), ready to assign."""
+        return [TopicPartition(t, p, offset) for t in topics for p in self.partitions(t)]
+
+    def assign(self, parts: list[TopicPartition]) -> None:
+        self._consumer.assign(parts)
+
+    def assign_topics(self, topics: Iterable[str], offset: int = OFFSET_BEGINNING) -> list[TopicPartition]:
+        """Read every partition of ``topics`` from ``offset`` (replay from the start by default); the assignment."""
+        parts = self.topic_partitions(topics, offset)
+        self._consumer.assign(parts)
+        return parts
+
     def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
         """Data messages only; EOF events are dropped, real errors raised."""
         msgs = self._consumer.consume(max_messages, timeout)
@@ -80,7 +93,8 @@ class Consumer:
         """Yield every record from the start offsets to the current end of each partition.
 
         ``wait`` is how long one ``consume`` call may wait for a full batch: short waits
-        make a read that finds little data (or only EOF) return fast.
+        make a read that finds little data (or only EOF) return fast; ``batch=1`` returns
+        as soon as the last EOF arrives (milliseconds), for readers that must see the end often.
 
         The end is found by partition EOF (not watermarks, which tansu gets wrong).
         Metadata is read before ``assign`` even when ``partitions`` are given: assigned

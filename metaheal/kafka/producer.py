@@ -14,6 +14,8 @@ from metaheal.kafka.config import producer_config
 from metaheal.kafka.errors import KafkaUnavailable
 
 Headers = Mapping[str, str | bytes] | None
+#: The confluent-kafka client behind :attr:`Producer.raw`.
+RawProducer = _Producer
 
 
 def _headers(headers: Headers) -> list[tuple[str, bytes]] | None:
@@ -57,6 +59,11 @@ class Producer:
         cfg.update(overrides)
         self._producer = _Producer(cfg)
         self._errors: list[KafkaError] = []
+
+    @property
+    def raw(self) -> _Producer:
+        """The confluent-kafka producer, for callers that manage delivery callbacks themselves."""
+        return self._producer
 
     def produce(
         self,

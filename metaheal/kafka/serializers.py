@@ -95,6 +95,11 @@ class AvroDeserializer(Generic[E]):
         self._parsed = fastavro.parse_schema(load(model))
         self.fingerprint = _fingerprint(load(model))
 
+    @property
+    def parsed_schema(self) -> Any:
+        """The fastavro-parsed writer schema, for readers that decode the datum themselves."""
+        return self._parsed
+
     def decode_dict(self, data: bytes) -> dict[str, Any]:
         check_header(data, self.fingerprint, self.model.__name__)
         try:

@@ -66,7 +66,7 @@ class TopicTail:
             self._ready.set()
             return
         try:
-            consumer.raw.assign(self.assignment(consumer))
+            consumer.assign(self.assignment(consumer))
             self._ready.set()
             while not self._stop.is_set():
                 for msg in consumer.raw.consume(self.batch, self.poll_timeout):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
 from metaheal.config import Settings
+from metaheal.errors import DecodeError
 from metaheal.events import DeadLetter, ProbeCommand
 from metaheal.kafka import Consumer, Producer
-from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
+from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.simulator.fleet import Fleet
 
 logger = logging.getLogger(__name__)
@@ -60,8 +59,7 @@ class ProbeListener:
         consumer = Consumer(self.settings.kafka)
         dlq: Producer | None = None
         try:
-            parts = await asyncio.to_thread(consumer.partitions, self.topic)
-            consumer.raw.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
+            await asyncio.to_thread(consumer.assign_topics, [self.topic])
             while not stop.is_set():
                 msgs = await asyncio.to_thread(consumer.poll_batch, 100, 0.3)
                 for msg in msgs:

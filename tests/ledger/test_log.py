@@ -12,12 +12,11 @@ import pytest
 from metaheal.broker import free_port
 from metaheal.config import KafkaSettings, Settings
 from metaheal.events import LedgerEntry
-from metaheal.kafka import KafkaUnavailable
+from metaheal.kafka import KafkaUnavailable, PartitionReader
 from metaheal.ledger import ImmutableLog, LedgerUnavailable
 from metaheal.ledger.chain import GENESIS, entry_hash, message
 from metaheal.ledger.index import index_partition
 from metaheal.ledger.keys import KeyRegistry, init_operator_key, init_system_keys
-from metaheal.ledger.reader import PartitionReader
 
 pytestmark = pytest.mark.broker
 
