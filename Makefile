@@ -7,13 +7,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install tools demo test bench bench-faults clean schemas config-example
+.PHONY: install tools demo test lint mypy bench bench-faults clean schemas config-example
 
 $(STAMP): pyproject.toml constraints.txt requirements-broker.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --require-hashes --no-deps -r requirements-broker.txt
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,23 @@ demo: install
 
 test: install tools
 	$(PY) -m pytest
+
+# ruff (lint + format check) and mypy, configured in pyproject.toml; `.ci/run` runs this before the tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	@$(MAKE) --no-print-directory mypy
+
+# mypy checks the installed module names (metaheal.ledger, ...), but streams/, agents/, ledger/ and
+# schemas/ become sub-packages of metaheal only through setuptools' package-dir mapping, which mypy
+# cannot follow: link them, next to metaheal/'s own modules, into the tree [tool.mypy] mypy_path names.
+TYPECHECK := build/typecheck/metaheal
+
+mypy: install
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	@ln -s $(CURDIR)/metaheal/* $(TYPECHECK)/
+	@for d in streams agents ledger schemas; do ln -s $(CURDIR)/$$d $(TYPECHECK)/$$d; done
+	$(VENV)/bin/mypy
 
 # Helpers outside PyPI, each installed only when missing: kcat (Debian package; we
 # run it with the wheel's librdkafka, see metaheal/kcat.py) and s3rver (npm, the
@@ -53,4 +70,4 @@ config-example: install
 	$(VENV)/bin/metaheal config example > metaheal.yaml.example
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache build
