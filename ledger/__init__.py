@@ -6,6 +6,7 @@
 True
 """
 
-from metaheal.ledger.log import ImmutableLog, LedgerUnavailable
+from metaheal.errors import LedgerUnavailable
+from metaheal.ledger.log import ImmutableLog
 
 __all__ = ["ImmutableLog", "LedgerUnavailable"]

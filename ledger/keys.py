@@ -39,6 +39,7 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from metaheal.config import OperatorSettings
 from metaheal.errors import LedgerKeyError
 from metaheal.ledger.authz import SYSTEM_ACTORS, valid_actor
 
@@ -101,18 +102,18 @@ class KeyRegistry:
             raise LedgerKeyError(f"{path}: invalid key registry: {exc}") from None
         return cls(folder, {r.key_id: r for r in records})
 
-    def with_operators(self, operators: Iterable[object]) -> KeyRegistry:
-        """Add operators' public keys from settings (``OperatorSettings``) not issued here."""
+    def with_operators(self, operators: Iterable[OperatorSettings]) -> KeyRegistry:
+        """Add operators' public keys from settings not issued here."""
         records = dict(self.records)
         for op in operators:
             try:
-                pub = bytes.fromhex(op.public_key)  # type: ignore[attr-defined]
+                pub = bytes.fromhex(op.public_key)
                 VerifyKey(pub)
             except ValueError:
-                logger.warning("operator_key_ignored operator=%s reason=not a 32-byte hex Ed25519 key", op.name)  # type: ignore[attr-defined]
+                logger.warning("operator_key_ignored operator=%s reason=not a 32-byte hex Ed25519 key", op.name)
                 continue
             kid = key_id_of(pub)
-            records.setdefault(kid, KeyRecord(kid, f"operator:{op.name}", pub.hex(), ""))  # type: ignore[attr-defined]
+            records.setdefault(kid, KeyRecord(kid, f"operator:{op.name}", pub.hex(), ""))
         return KeyRegistry(self.folder, records)
 
     def get(self, key_id: str) -> KeyRecord | None:

@@ -35,14 +35,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
 from metaheal.config import Settings
 from metaheal.errors import DecodeError, LedgerKeyError, LedgerUnavailable
 from metaheal.events import LedgerEntry
-from metaheal.kafka import KafkaError, KafkaException, KafkaUnavailable, Message, PartitionReader, Producer, RawProducer
+from metaheal.kafka import (
+    KafkaError,
+    KafkaException,
+    KafkaUnavailable,
+    Message,
+    PartitionReader,
+    Producer,
+    RawProducer,
+    Record,
+)
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.serializers import (
     HEADER_LEN,
@@ -336,9 +345,10 @@ class ImmutableLog:
         failed: list[str] = []
 
         def acked(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                acked_at.setdefault(msg.partition(), []).append(msg.offset())
-            else:
+            partition, offset = msg.partition(), msg.offset()
+            if err is None and partition is not None and offset is not None:  # both set once delivered
+                acked_at.setdefault(partition, []).append(offset)
+            elif err is not None:
                 failed.append(str(err))
 
         try:
@@ -463,7 +473,7 @@ class ImmutableLog:
         Admin(self.settings.kafka, timeout=self.timeout).ensure(specs)
         self._topics_ok = True
 
-    def _read_to_end(self, topic: str, start: int) -> Iterable[Message]:
+    def _read_to_end(self, topic: str, start: int) -> Iterable[Record]:
         try:
             yield from self._get_reader().read(topic, start, timeout=self.timeout)
         except LedgerUnavailable:
@@ -520,10 +530,11 @@ class ImmutableLog:
         except KafkaUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
-    def _take_index_record(self, m: Message) -> None:
-        self._index_pos[m.partition()] = m.offset() + 1
+    def _take_index_record(self, m: Record) -> None:
+        offset, value = m.offset(), m.value()
+        self._index_pos[m.partition()] = offset + 1
         key = (m.key() or b"").decode()
-        if m.value() is None:  # a tombstone: forget what the record said
+        if value is None:  # a tombstone: forget what the record said
             if key == TAIL_KEY:
                 self._index.tail = None
             elif key != LEASE_KEY:
@@ -531,26 +542,27 @@ class ImmutableLog:
             return
         try:
             if key == LEASE_KEY:
-                self._lease.apply(json.loads(m.value()))
+                self._lease.apply(json.loads(value))
             elif key == TAIL_KEY:
-                self._index.tail = json.loads(m.value())
+                self._index.tail = json.loads(value)
             else:
-                self._index.put_raw(key, m.value())
+                self._index.put_raw(key, value)
         except ValueError as exc:
-            logger.warning("ledger_index_record_ignored offset=%d error=%s", m.offset(), exc)
+            logger.warning("ledger_index_record_ignored offset=%d error=%s", offset, exc)
 
-    def _take_ledger_record(self, m: Message, tail: Sequencer | None) -> None:
-        self._ledger_pos = max(self._ledger_pos, m.offset() + 1)
-        if m.value() is None:
+    def _take_ledger_record(self, m: Record, tail: Sequencer | None) -> None:
+        offset, value = m.offset(), m.value()
+        self._ledger_pos = max(self._ledger_pos, offset + 1)
+        if value is None:
             return
         try:
-            e = self._decode_fast(m.value())
+            e = self._decode_fast(value)
         except DecodeError as exc:
-            logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
+            logger.warning("ledger_record_undecodable offset=%d error=%s", offset, exc)
             return
-        self._index_entry(e, m.offset())
+        self._index_entry(e, offset)
         if tail is not None:
-            _advance(tail, e, m.offset())
+            _advance(tail, e, offset)
 
     def _decode_fast(self, value: bytes) -> Any:
         """Decode to a plain attribute object, for indexing and chaining only (never returned to
@@ -558,7 +570,8 @@ class ImmutableLog:
         costs more than the Avro decode on a large rebuild."""
         check_header(value, self._decode.fingerprint, "LedgerEntry")
         try:
-            d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode.parsed_schema, None)
+            datum = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._decode.parsed_schema, None)
+            d = cast(dict[str, Any], datum)  # a record schema decodes to a dict
         except Exception as exc:
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
         return SimpleNamespace(**d)
@@ -596,7 +609,7 @@ class ImmutableLog:
         ):
             self._dirty.add(e.cycle_id)
 
-    def _fetch(self, offsets: list[int]) -> list[Message]:
+    def _fetch(self, offsets: list[int]) -> list[Record]:
         """Read exactly the records at ``offsets`` (runs of nearby offsets in one fetch)."""
         wanted = sorted(set(offsets))
         if not wanted:
@@ -609,7 +622,7 @@ class ImmutableLog:
                 runs.append([o])
         reader = self._get_reader()
         consumer = reader.consumer
-        out: list[Message] = []
+        out: list[Record] = []
         try:
             for run in runs:
                 need = set(run)
@@ -621,28 +634,31 @@ class ImmutableLog:
                     for m in consumer.consume(500, 0.005):
                         err = m.error()
                         if err is None:
-                            if m.offset() in need:
-                                need.discard(m.offset())
-                                out.append(m)
+                            rec = cast(Record, m)
+                            offset = rec.offset()
+                            if offset in need:
+                                need.discard(offset)
+                                out.append(rec)
+                            if offset >= run[-1]:
+                                need.clear()
+                                break
                         elif err.code() == KafkaError._PARTITION_EOF:
                             need.clear()  # compacted away or not there: nothing more to read
                             break
                         else:
                             raise LedgerUnavailable(f"cannot read {self.topic}: {err}")
-                        if m.offset() >= run[-1]:
-                            need.clear()
-                            break
         finally:
             consumer.unassign()
         return out
 
-    def _decoded(self, msgs: Iterable[Message]) -> list[LedgerEntry]:
+    def _decoded(self, msgs: Iterable[Record]) -> list[LedgerEntry]:
         out = []
         for m in msgs:
-            if m.value() is None:
+            value = m.value()
+            if value is None:
                 continue
             try:
-                out.append(self._decode(m.value()))
+                out.append(self._decode(value))
             except DecodeError as exc:
                 logger.warning("ledger_record_undecodable offset=%d error=%s", m.offset(), exc)
         return sorted(out, key=lambda e: e.sequence)

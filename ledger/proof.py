@@ -18,11 +18,11 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from metaheal.config import Settings
-from metaheal.errors import ProofError
+from metaheal.errors import DecodeError, NoteError, ProofError
 from metaheal.events import LedgerEntry
-from metaheal.kafka.serializers import AvroDeserializer, DecodeError
+from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.ledger.chain import entry_hash, message
-from metaheal.ledger.checkpoint import NoteError, parse_note, verify_note
+from metaheal.ledger.checkpoint import parse_note, verify_note
 from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.merkle import (
     consistency_proof,
@@ -46,7 +46,7 @@ def chain_entries(records: Iterable[RawRecord]) -> list[LedgerEntry]:
         except DecodeError:
             continue
         by_seq.setdefault(e.sequence, e)
-    out = []
+    out: list[LedgerEntry] = []
     while len(out) in by_seq:
         out.append(by_seq[len(out)])
     return out

@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 from nacl.exceptions import BadSignatureError
@@ -54,7 +54,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, bytes | None] = field(default_factory=dict)  # a header may have a null value
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Verifier:
             d = fastavro.schemaless_reader(io.BytesIO(value[HEADER_LEN:]), self._schema, None)
         except Exception as exc:
             raise DecodeError(f"corrupt LedgerEntry datum: {exc!r}") from None
-        return d  # type: ignore[return-value]
+        return cast(dict[str, Any], d)  # a record schema decodes to a dict
 
     def feed(self, r: RawRecord) -> None:
         key = (r.key or b"").decode("utf-8", "replace")

@@ -45,7 +45,7 @@ from metaheal.events import (
     ProbeCommand,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable, Message, Producer, TopicPartition
+from metaheal.kafka import Consumer, KafkaUnavailable, Producer, Record, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
     AvroSerializer,
@@ -210,7 +210,7 @@ class Timeline(TopicTail):
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         return consumer.topic_partitions(self._short)
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Record) -> None:
         self._ingest(self._short[msg.topic()], msg.key(), msg.value())
 
     def _ingest(self, topic: str, key: bytes | None, value: bytes | None) -> None:

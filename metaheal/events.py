@@ -27,7 +27,7 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for MetricSerie
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,7 +39,7 @@ GuardrailLevel = Literal["tight", "maintain", "loose"]
 OutcomeResult = Literal["success", "failed", "rolled_back", "denied", "expired"]
 Decision = Literal["approve", "deny"]
 
-FOCUS_AREAS: tuple[str, ...] = FocusArea.__args__  # type: ignore[attr-defined]
+FOCUS_AREAS: tuple[str, ...] = get_args(FocusArea)
 
 
 class Event(BaseModel):

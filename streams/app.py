@@ -46,9 +46,12 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.tables.manager import TableManager
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
 
 from metaheal.config import Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
@@ -80,7 +83,7 @@ class KafkaSink:
     _POLL_EVERY = 64
 
     def __init__(self, settings: Settings) -> None:
-        overrides = {
+        overrides: dict[str, Any] = {
             "linger.ms": 2,
             "queue.buffering.max.messages": 500_000,
             "delivery.report.only.error": True,
@@ -186,13 +189,16 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         producer_linger_ms=5,
         **web,
     )
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
     windows = app.Table(
         "windows",
         default=None,
         partitions=partitions,
         changelog_topic=app.topic(
-            f"{app_id(settings)}-windows-changelog", partitions=partitions, compacting=True, **raw
+            f"{app_id(settings)}-windows-changelog",
+            partitions=partitions,
+            compacting=True,
+            key_serializer="raw",
+            value_serializer="raw",
         ),
         **_no_types(),
     )
@@ -200,24 +206,32 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         "scorers",
         default=None,
         partitions=partitions,
-        changelog_topic=app.topic(settings.topics.name("scorer-state"), partitions=partitions, compacting=True, **raw),
+        changelog_topic=app.topic(
+            settings.topics.name("scorer-state"),
+            partitions=partitions,
+            compacting=True,
+            key_serializer="raw",
+            value_serializer="raw",
+        ),
         **_no_types(),
     )
     pipeline = Pipeline(
         cfg, sink if sink is not None else KafkaSink(settings), TableStore(windows), TableStore(scorers), seed=cfg.seed
     )
-    telemetry = app.topic(settings.topics.name("telemetry"), partitions=partitions, **raw)
+    telemetry = app.topic(
+        settings.topics.name("telemetry"), partitions=partitions, key_serializer="raw", value_serializer="raw"
+    )
     sync = PartitionSync(
         settings,
         pipeline,
         telemetry.get_topic_name(),
         [windows, scorers],
         lambda: app.consumer.assignment(),
-        ready=lambda: app.tables.recovery.completed.is_set() and not app.in_recovery,
+        ready=lambda: cast(TableManager, app.tables).recovery.completed.is_set() and not app.in_recovery,
     )
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
-    async def process(stream: faust.StreamT) -> None:
+    async def process(stream: faust.StreamT[Any]) -> None:
         # state is written every max_batch_records records or flush_interval_seconds
         # (and by the timer below when the stream is idle), not per record; faust's
         # take_events() stalled here under load, so events are taken one by one
@@ -249,7 +263,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
             send()
         pipeline.flush_state()
 
-    async def on_revoked(_sender: Any, revoked: set, **_kw: Any) -> None:
+    async def on_revoked(_sender: Any, revoked: set[TP], **_kw: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()}
         pipeline.flush_state()
         pipeline.forget(gone)
@@ -258,14 +272,15 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         if flush is not None:
             flush()
 
-    async def on_assigned(_sender: Any, assigned: set, **_kw: Any) -> None:
+    async def on_assigned(_sender: Any, assigned: set[TP], **_kw: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == telemetry.get_topic_name())
         logger.info("partitions assigned app=%s telemetry=%s", app.conf.id, ",".join(map(str, mine)) or "-")
 
     _flush_fully(app)
     _short_fetch_wait(app, cfg.fetch_max_wait_ms)
-    app.on_partitions_revoked.connect(on_revoked, weak=False)
-    app.on_partitions_assigned.connect(on_assigned, weak=False)
+    # faust calls a receiver as (sender, partitions, signal=...); its types allow only (sender, *args, signal=...)
+    app.on_partitions_revoked.connect(on_revoked, weak=False)  # type: ignore[arg-type]
+    app.on_partitions_assigned.connect(on_assigned, weak=False)  # type: ignore[arg-type]
     app.metaheal_process = process  # type: ignore[attr-defined]
     return app, pipeline
 
@@ -291,7 +306,7 @@ def loop_time() -> float:
 
 def _flush_fully(app: faust.App, timeout: float = 30.0) -> None:
     """Make the producer buffer's ``flush`` (called before each offset commit) drain it all."""
-    buffer = app.producer.buffer
+    buffer = cast(ProducerBuffer, app.producer.buffer)
     flush_atmost = buffer.flush_atmost
 
     async def flush() -> None:
@@ -306,7 +321,8 @@ def _flush_fully(app: faust.App, timeout: float = 30.0) -> None:
 
 
 def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    thread = app.consumer._thread
+    consumer: Any = app.consumer  # faust's ThreadDelegateConsumer; its worker thread is private to faust
+    thread = consumer._thread
     create = thread._create_worker_consumer
 
     def create_worker_consumer(transport: Any) -> Any:
@@ -314,15 +330,15 @@ def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
         consumer._fetch_max_wait_ms = wait_ms
         return consumer
 
-    thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+    thread._create_worker_consumer = create_worker_consumer
 
 
 #: direct reads (changelogs at assignment, telemetry the stream missed) sit on the agent's
 #: path: short broker waits make an empty read ~50 ms instead of ~1 s (measured here)
-_DIRECT_READ = {"fetch.wait.max.ms": 20, "fetch.error.backoff.ms": 10}
+_DIRECT_READ: dict[str, Any] = {"fetch.wait.max.ms": 20, "fetch.error.backoff.ms": 10}
 
 
-def _read_changelog(settings: Settings, topic: str, partitions: list[int]) -> dict[bytes, bytes | None]:
+def _read_changelog(settings: Settings, topic: str, partitions: list[int]) -> dict[bytes | None, bytes | None]:
     with Consumer(settings.kafka, **_DIRECT_READ) as c:
         return {m.key(): m.value() for m in c.read_to_end(topic, partitions=partitions, timeout=120, wait=0.05)}
 

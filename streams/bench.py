@@ -42,6 +42,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,12 +183,15 @@ class AnomalyReader(threading.Thread):
     def run(self) -> None:
         decode = AvroDeserializer(AnomalyScore)
         topic = self.settings.topics.name("anomalies")
-        with Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 10}) as c:
+        fast: dict[str, Any] = {"fetch.wait.max.ms": 10}
+        with Consumer(self.settings.kafka, **fast) as c:
             c.assign_topics([topic])
             while not self.stop.is_set():
                 for m in c.poll_batch(5000, 0.05):
-                    now = time.time()
-                    ev = decode.decode_dict(m.value())  # no validation: keep the reader's CPU small
+                    now, value = time.time(), m.value()
+                    if value is None:
+                        continue
+                    ev = decode.decode_dict(value)  # no validation: keep the reader's CPU small
                     if ev["kind"] == "summary":
                         self.summaries += 1
                     elif ev["ts"] >= self.latency_from:
@@ -224,7 +228,7 @@ def _settings(bootstrap: str) -> Settings:
 
 def _start_worker(
     stack: ExitStack, settings: Settings, tmp: Path, name: str
-) -> tuple[subprocess.Popen, Path, AnomalyReader]:
+) -> tuple[subprocess.Popen[bytes], Path, AnomalyReader]:
     reader = AnomalyReader(settings)
     reader.start()
     stack.callback(reader.stop.set)
@@ -232,7 +236,12 @@ def _start_worker(
     env = worker_env(settings)
     env["METAHEAL_STREAMS__DATADIR"] = str(tmp / f"faust-{name}")
     proc = spawn_worker(env, log_path=log, cwd=tmp)
-    stack.callback(lambda: (proc.terminate(), proc.wait(20)))
+
+    def stop_worker() -> None:
+        proc.terminate()
+        proc.wait(20)
+
+    stack.callback(stop_worker)
     return proc, log, reader
 
 
@@ -244,7 +253,7 @@ def _throughput(
     n: int,
     expected: int,
     name: str,
-) -> tuple[float, float, Settings, AnomalyReader, subprocess.Popen]:
+) -> tuple[float, float, Settings, AnomalyReader, subprocess.Popen[bytes]]:
     """Samples/s and worker CPU us/sample of one worker over pre-produced ``records`` (value, key)."""
     settings = _settings(bootstrap)
     ensure_topics(settings)
@@ -373,7 +382,8 @@ def _latency(
     per_tick = max(1, round(load * tick / services))
     rng = random.Random(seed + 1)
     produced = 0
-    with Producer(settings.kafka, **{"linger.ms": 0}) as p:
+    no_linger: dict[str, Any] = {"linger.ms": 0}
+    with Producer(settings.kafka, **no_linger) as p:
         start = time.monotonic()
         k = 0
         while time.monotonic() - start < seconds:

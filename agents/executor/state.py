@@ -82,15 +82,16 @@ class StateStore:
         """Read the topic to its end (blocking) and keep the last record per directive."""
         records: dict[str, PlanRecord] = {}
         # Empty partitions answer after fetch.wait.max.ms: keep start-up (and takeover) quick.
-        consumer = Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 50})
+        fast: dict[str, Any] = {"fetch.wait.max.ms": 50}
+        consumer = Consumer(self.settings.kafka, **fast)
         try:
             for msg in consumer.read_to_end(self.topic, timeout=timeout):
-                key = (msg.key() or b"").decode()
-                if msg.value() is None:
+                key, value = (msg.key() or b"").decode(), msg.value()
+                if value is None:
                     records.pop(key, None)
                     continue
                 try:
-                    records[key] = PlanRecord.model_validate_json(msg.value())
+                    records[key] = PlanRecord.model_validate_json(value)
                 except ValueError as exc:
                     logger.error("executor_state_corrupt key=%s offset=%s error=%s", key, msg.offset(), exc)
         finally:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metaheal.config import KafkaSettings, Settings
-from metaheal.kafka import Consumer, Message, Producer
+from metaheal.kafka import Consumer, Producer, Record
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ CYCLE_KEY = "meta_loop.cycle"
 
 #: librdkafka waits up to fetch.wait.max.ms (500 ms) for data it will never get at the end of a
 #: partition; readers that must see "the end" often (fencing, status) ask for short waits instead.
-FAST_READ = {"fetch.wait.max.ms": 10}
+FAST_READ: dict[str, Any] = {"fetch.wait.max.ms": 10}
 
 
 def fast_reader(settings: KafkaSettings) -> Consumer:
@@ -65,7 +65,7 @@ def fast_reader(settings: KafkaSettings) -> Consumer:
 
 def read_to_end(
     consumer: Consumer, topic: str, start_offsets: dict[int, int] | None = None, timeout: float = 10.0
-) -> list[Message]:
+) -> list[Record]:
     """Every record from ``start_offsets`` (default: the beginning) to the partition EOF of each partition.
 
     One record per ``consume`` call, so it returns as soon as the last EOF arrives
@@ -139,8 +139,9 @@ class ControlTopic:
         for m in read_to_end(self._consumer, self.topic, {0: self._next_offset}, timeout):
             self._next_offset = m.offset() + 1
             key = (m.key() or b"").decode("utf-8", "replace")
+            value = m.value()
             try:
-                doc = json.loads(m.value()) if m.value() else None
+                doc = json.loads(value) if value else None
             except (ValueError, UnicodeDecodeError):
                 logger.warning("control ignored undecodable record offset=%d key=%s", m.offset(), key)
                 continue

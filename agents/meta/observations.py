@@ -318,7 +318,8 @@ class Inputs:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         # short fetch waits: advice and strong anomalies should reach a decision in tens of ms, not 0.5 s
-        self.consumer = Consumer(settings.kafka, group_id=None, **{"fetch.wait.max.ms": 50})
+        fast: dict[str, Any] = {"fetch.wait.max.ms": 50}
+        self.consumer = Consumer(settings.kafka, group_id=None, **fast)
         self.names = {settings.topics.name(short): short for short in INPUTS}
         self.decoders: dict[str, Callable[[bytes], Event]] = {}
         for short, models in INPUTS.items():
@@ -345,11 +346,11 @@ class Inputs:
                     raise KafkaUnavailable(f"consume error on {m.topic()}: {err}")
                 logger.warning("meta_loop transient consume error topic=%s error=%s", m.topic(), err)
                 continue
-            short = self.names.get(m.topic() or "")
-            if short is None or m.value() is None:
+            short, value = self.names.get(m.topic() or ""), m.value()
+            if short is None or value is None:
                 continue
             try:
-                out.append((short, self.decoders[short](m.value())))
+                out.append((short, self.decoders[short](value)))
             except DecodeError as exc:
                 # the record stays on its topic (nothing lost); its producer owns the dead-letter path
                 logger.warning(

@@ -22,14 +22,16 @@ from typing import Any
 
 from metaheal.agents.meta.leader import ControlView, fast_reader, read_to_end
 from metaheal.config import Settings
+from metaheal.errors import DecodeError
 from metaheal.events import (
     ApprovalDecision,
     ApprovalRequest,
     CycleFocus,
+    Event,
     ProbeCommand,
     SignedOutcome,
 )
-from metaheal.kafka.serializers import AvroDeserializer, DecodeError, EventDecoder
+from metaheal.kafka.serializers import AvroDeserializer, EventDecoder
 
 
 class StatusClient:
@@ -40,9 +42,9 @@ class StatusClient:
     def _read(self, short: str) -> list[bytes]:
         topic = self.settings.topics.name(short)
         with fast_reader(self.settings.kafka) as c:
-            return [m.value() for m in read_to_end(c, topic, timeout=self.timeout) if m.value()]
+            return [value for m in read_to_end(c, topic, timeout=self.timeout) if (value := m.value())]
 
-    def _decode_all(self, short: str, model: type) -> list[Any]:
+    def _decode_all(self, short: str, model: type[Event]) -> list[Any]:
         de = AvroDeserializer(model)
         out = []
         for raw in self._read(short):
@@ -67,8 +69,9 @@ class StatusClient:
         topic = self.settings.topics.name("control")
         with fast_reader(self.settings.kafka) as c:
             for m in read_to_end(c, topic, timeout=self.timeout):
+                value = m.value()
                 try:
-                    doc = json.loads(m.value()) if m.value() else None
+                    doc = json.loads(value) if value else None
                 except ValueError:
                     continue
                 view.apply((m.key() or b"").decode("utf-8", "replace"), doc)

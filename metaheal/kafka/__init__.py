@@ -17,6 +17,7 @@ from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.producer import Producer, RawProducer
 from metaheal.kafka.reader import PartitionReader
+from metaheal.kafka.record import Record
 
 __all__ = [
     "OFFSET_BEGINNING",
@@ -30,6 +31,7 @@ __all__ = [
     "PartitionReader",
     "Producer",
     "RawProducer",
+    "Record",
     "TopicPartition",
     "TopicSpec",
     "client_config",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -18,6 +18,7 @@ from confluent_kafka import Consumer as _Consumer
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.kafka.record import Record
 
 
 class Consumer:
@@ -68,14 +69,14 @@ class Consumer:
         self._consumer.assign(parts)
         return parts
 
-    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Message]:
+    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Record]:
         """Data messages only; EOF events are dropped, real errors raised."""
         msgs = self._consumer.consume(max_messages, timeout)
-        out = []
+        out: list[Record] = []
         for m in msgs:
             err = m.error()
             if err is None:
-                out.append(m)
+                out.append(cast(Record, m))
             elif err.code() != KafkaError._PARTITION_EOF:
                 raise KafkaUnavailable(f"consume error: {err}")
         return out
@@ -89,7 +90,7 @@ class Consumer:
         timeout: float = 30.0,
         batch: int = 1000,
         wait: float = 0.5,
-    ) -> Iterator[Message]:
+    ) -> Iterator[Record]:
         """Yield every record from the start offsets to the current end of each partition.
 
         ``wait`` is how long one ``consume`` call may wait for a full batch: short waits
@@ -114,19 +115,25 @@ class Consumer:
                 for m in self._consumer.consume(batch, wait):
                     err = m.error()
                     if err is None:
-                        yield m
+                        yield cast(Record, m)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(m.partition())
+                        pending.discard(cast(Record, m).partition())
                     else:
                         raise KafkaUnavailable(f"consume error on {topic}: {err}")
         finally:
             self._consumer.unassign()
 
-    def commit(self, message: Message | None = None, asynchronous: bool = False) -> None:
+    def commit(self, message: Record | None = None, asynchronous: bool = False) -> None:
+        """Commit the group's offsets: past ``message``, or of everything consumed when omitted."""
         if message is None:
-            self._consumer.commit(asynchronous=asynchronous)
+            if asynchronous:
+                self._consumer.commit(asynchronous=True)
+            else:
+                self._consumer.commit(asynchronous=False)
+        elif asynchronous:
+            self._consumer.commit(message=cast(Message, message), asynchronous=True)
         else:
-            self._consumer.commit(message=message, asynchronous=asynchronous)
+            self._consumer.commit(message=cast(Message, message), asynchronous=False)
 
     def close(self) -> None:
         self._consumer.close()

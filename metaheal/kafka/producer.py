@@ -100,10 +100,10 @@ class Producer:
         timeout: float = 10.0,
     ) -> Message:
         """Produce one record and block until the broker acknowledged it."""
-        result: dict[str, Any] = {}
+        acks: list[tuple[KafkaError | None, Message]] = []
 
         def done(err: KafkaError | None, msg: Message) -> None:
-            result["err"], result["msg"] = err, msg
+            acks.append((err, msg))
 
         kwargs = _record(value, key, headers, partition)
         try:
@@ -111,11 +111,12 @@ class Producer:
         except (BufferError, KafkaException) as exc:
             raise KafkaUnavailable(f"cannot produce to {topic}: {exc}") from exc
         self._producer.flush(timeout)
-        if "msg" not in result:
+        if not acks:
             raise KafkaUnavailable(f"no acknowledgement from the broker for {topic} within {timeout}s")
-        if result["err"] is not None:
-            raise KafkaUnavailable(f"produce to {topic} failed: {result['err']}")
-        return result["msg"]
+        err, msg = acks[0]
+        if err is not None:
+            raise KafkaUnavailable(f"produce to {topic} failed: {err}")
+        return msg
 
     async def send_async(self, *args: Any, **kwargs: Any) -> Message:
         return await asyncio.to_thread(self.send, *args, **kwargs)

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from confluent_kafka import Consumer as _Consumer
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.kafka.record import Record
 
 
 class PartitionReader:
@@ -54,11 +56,11 @@ class PartitionReader:
         self._prime(topic, timeout)
         self.consumer.assign([TopicPartition(topic, partition, max(offset, 0))])
 
-    def read(self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
+    def read(self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0) -> Iterator[Record]:
         """Records from ``start`` to the current end; raises ``KafkaUnavailable`` on errors or timeout."""
         return self.read_many({topic: start}, partition=partition, timeout=timeout)
 
-    def read_many(self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0) -> Iterator[Message]:
+    def read_many(self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0) -> Iterator[Record]:
         """Several topics at once (one fetch round trip for all), each from its start to its end.
 
         ``timeout`` bounds the time without progress, so a slow consumer of the
@@ -66,7 +68,7 @@ class PartitionReader:
         """
         return self.read_parts({(t, partition): o for t, o in starts.items()}, timeout=timeout)
 
-    def read_parts(self, starts: dict[tuple[str, int], int], *, timeout: float = 60.0) -> Iterator[Message]:
+    def read_parts(self, starts: dict[tuple[str, int], int], *, timeout: float = 60.0) -> Iterator[Record]:
         """Like :meth:`read_many`, for any ``(topic, partition)`` pairs: one fetch round trip for all."""
         for topic, _ in starts:
             self._prime(topic, timeout)
@@ -87,9 +89,10 @@ class PartitionReader:
                 for m in msgs:
                     err = m.error()
                     if err is None:
-                        yield m
+                        yield cast(Record, m)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard((m.topic(), m.partition()))
+                        at = cast(Record, m)  # an EOF event names its partition too
+                        pending.discard((at.topic(), at.partition()))
                     else:
                         raise KafkaUnavailable(f"cannot read {m.topic()}: {err}")
         finally:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from metaheal.config import KafkaSettings
 from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.kafka.record import Record
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class TopicTail:
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         raise NotImplementedError
 
-    def handle(self, msg: Message) -> None:
+    def handle(self, msg: Record) -> None:
         raise NotImplementedError
 
     def start(self, timeout: float = 15.0) -> TopicTail:
@@ -75,7 +76,7 @@ class TopicTail:
                         if err.code() != KafkaError._PARTITION_EOF:
                             logger.warning("%s consume_error error=%s", self.name, err)
                         continue
-                    self.handle(msg)
+                    self.handle(cast(Record, msg))
         except Exception as exc:
             self.error = exc
             logger.error("%s failed error=%s", self.name, exc)
