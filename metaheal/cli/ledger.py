@@ -16,6 +16,7 @@ from metaheal.cli.options import (
     settings_from,
 )
 from metaheal.config import Settings
+from metaheal.errors import LedgerKeyError, ProofError
 from metaheal.kafka.errors import KafkaUnavailable
 
 ledger_app = typer.Typer(help="Replay, verify and prove the signed ledger.", no_args_is_help=True)
@@ -154,7 +155,7 @@ def prove_cmd(
     keys: KeysOpt = None,
 ) -> None:
     """Inclusion proof of an entry against the latest checkpoint (JSON, checkable offline)."""
-    from metaheal.ledger.proof import ProofError, prove
+    from metaheal.ledger.proof import prove
 
     s = _settings(config, bootstrap, keys)
     try:
@@ -242,7 +243,7 @@ def keys_init(
     keys: KeysOpt = None,
 ) -> None:
     """Create keys for the system actors (idempotent), or for one operator."""
-    from metaheal.ledger.keys import LedgerKeyError, init_operator_key, init_system_keys
+    from metaheal.ledger.keys import init_operator_key, init_system_keys
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
@@ -277,7 +278,7 @@ def keys_rotate(
     keys: KeysOpt = None,
 ) -> None:
     """Retire the actor's key now and issue a new one (old entries stay verifiable)."""
-    from metaheal.ledger.keys import LedgerKeyError, rotate_key
+    from metaheal.ledger.keys import rotate_key
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
@@ -295,7 +296,7 @@ def keys_revoke(
     keys: KeysOpt = None,
 ) -> None:
     """Mark a key compromised: `ledger verify` then reports every entry it signed."""
-    from metaheal.ledger.keys import LedgerKeyError, revoke_key
+    from metaheal.ledger.keys import revoke_key
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     try:
