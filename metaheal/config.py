@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -268,8 +269,6 @@ def _config_path() -> Path | None:
 
 
 def _check_yaml(path: Path) -> None:
-    import yaml
-
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +32,9 @@ from typing import Any, Literal
 
 import httpx
 
+from metaheal.agents.common.graph import related
+from metaheal.agents.executor.approvals import load_signing_key, sign_decision
+from metaheal.agents.meta.focus import UNHEALTHY_DIRECTION
 from metaheal.config import OperatorSettings, Settings
 from metaheal.errors import DecodeError
 from metaheal.events import (
@@ -52,6 +57,20 @@ from metaheal.kafka.serializers import (
     EventDecoder,
 )
 from metaheal.kafka.tail import TopicTail
+from metaheal.ledger.keys import init_operator_key, init_system_keys
+from metaheal.runtime import (
+    ALL_ROLES,
+    Component,
+    ComponentFailed,
+    RoleUnavailable,
+    Runtime,
+    resolve_playbooks,
+    run_components,
+    write_settings,
+)
+from metaheal.simulator.faults import FAULTS, SCENARIOS
+from metaheal.simulator.runner import Simulator
+from metaheal.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +100,6 @@ def fault_flow(scenario: str) -> Flow:
     >>> fault_flow("upstream_outage").expect_playbook
     'failover_dependency'
     """
-    from metaheal.simulator.faults import FAULTS, SCENARIOS
-
     names = [name for name, _ in SCENARIOS[scenario]]
     fixed_by = FAULTS[names[0]].fixed_by if names else ()
     focus = {
@@ -109,16 +126,12 @@ def affected_services(faulty: list[str], dependencies: dict[str, list[str]]) -> 
     >>> sorted(affected_services(["db"], deps)), sorted(affected_services(["web"], deps))
     (['api', 'db', 'web'], ['api', 'cache', 'db', 'web'])
     """
-    from metaheal.agents.common.graph import related
-
     return related(faulty, dependencies)
 
 
 def _detects(a: AnomalyScore, since: float) -> bool:
     """A crossed anomaly on a sample taken after ``since``, in the unhealthy direction where there is one
     (more instances after a scale-out, or latency falling after a fix, detect nothing)."""
-    from metaheal.agents.meta.focus import UNHEALTHY_DIRECTION
-
     direction = UNHEALTHY_DIRECTION.get(a.signal or "", 0)
     return a.crossed and a.ts >= since and (not direction or (a.value - a.baseline) * direction > 0)
 
@@ -521,8 +534,6 @@ class Driver:
                 await asyncio.wait_for(stop.wait(), 0.2)
 
     async def _answer(self, req: ApprovalRequest) -> str:
-        from metaheal.agents.executor.approvals import load_signing_key, sign_decision
-
         problem = await self._health(req.service)
         decision: Literal["approve", "deny"] = "approve" if problem is not None else "deny"
         verb = "APPROVES" if decision == "approve" else "DENIES"
@@ -637,8 +648,6 @@ def demo_settings(base: Settings, workdir: Path, prefix: str) -> Settings:
 
 def add_demo_operator(settings: Settings) -> Path:
     """Create (once) the demo operator key and register its public key; returns the private key path."""
-    from metaheal.ledger.keys import init_operator_key
-
     path, public_hex = init_operator_key(settings.keys, DEMO_OPERATOR)
     others = [o for o in settings.operators if o.name != DEMO_OPERATOR]
     settings.operators = [*others, OperatorSettings(name=DEMO_OPERATOR, public_key=public_hex, services=["*"])]
@@ -671,18 +680,6 @@ async def run_demo(
     flows: tuple[Flow, ...] = FLOWS,
 ) -> DemoReport:
     """Everything after the broker exists: topics, keys, simulator, components, flows, audit, summary."""
-    from metaheal.ledger.keys import init_system_keys
-    from metaheal.runtime import (
-        ALL_ROLES,
-        ComponentFailed,
-        RoleUnavailable,
-        Runtime,
-        resolve_playbooks,
-        write_settings,
-    )
-    from metaheal.simulator.runner import Simulator
-    from metaheal.topics import ensure_topics
-
     report = DemoReport()
     workdir.mkdir(parents=True, exist_ok=True)
     settings.playbooks = resolve_playbooks(settings.playbooks).resolve()
@@ -709,7 +706,6 @@ async def run_demo(
     timeline = Timeline(settings, emit)
     await asyncio.to_thread(timeline.start)
     stop = asyncio.Event()
-    from metaheal.runtime import Component, run_components
 
     system = asyncio.create_task(run_components([Component("simulator", sim), *runtime.components], stop))
     driver = Driver(
@@ -787,9 +783,6 @@ async def audit(settings: Settings, workdir: Path, report: DemoReport, emit: Cal
 
 async def _cli(workdir: Path, *args: str, timeout: float = 120.0) -> tuple[int, str]:
     """Run ``metaheal ARGS`` in ``workdir`` with only what is there (no METAHEAL_* from this process)."""
-    import os
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -1,9 +1,8 @@
 """Process wiring for ``metaheal up``: which components run, and clean shutdown.
 
-Every component is an asyncio service with ``run(stop)`` (contract §6); this module
-starts the ones a role asks for, sets ``stop`` on SIGINT/SIGTERM and waits for all of
-them, so Ctrl-C leaves no orphan processes behind. Components built by other areas
-are imported lazily: a role whose module is not installed yet is reported, not faked.
+Every component is an asyncio service with ``run(stop)``; this module starts the ones
+a role asks for, sets ``stop`` on SIGINT/SIGTERM and waits for all of them, so Ctrl-C
+leaves no orphan processes behind.
 """
 
 from __future__ import annotations
@@ -23,6 +22,9 @@ import yaml
 
 from metaheal.config import Settings
 from metaheal.errors import ComponentFailed, RoleUnavailable
+from metaheal.ledger import ImmutableLog
+from metaheal.ledger.keys import init_system_keys
+from metaheal.registry import RegistryFollower, merged_services, read_registry, to_service
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +155,13 @@ def build_component(
     log_dir: Path | None = None,
     ledger: Any = None,
 ) -> Component:
-    """The component for ``role``, imported only now (other areas' modules may be absent).
+    """The component for ``role``.
 
     ``ledger`` is the one ``ImmutableLog`` every appending component of this process
     shares: the ledger allows a single writer, and two logs in one process would fork it.
     """
+    # Each role's service is imported here, when its role runs: a one-role process should not pay
+    # for the others (advisors: river and scipy, ~1 s; executor: ~0.1 s; simulator: aiohttp, ~0.2 s).
     try:
         if role == "advisors":
             from metaheal.agents.advisors.service import AdvisorService
@@ -174,10 +178,6 @@ def build_component(
         if role == "streams":
             log_path = log_dir / "streams-worker.log" if log_dir is not None else None
             return Component(role, streams_subprocess(settings, workdir or Path.cwd(), log_path))
-    except ImportError as exc:
-        raise RoleUnavailable(f"{role}: component not installed ({exc})") from None
-    except RoleUnavailable:
-        raise
     except Exception as exc:  # a component that exists but cannot start: say which and why
         raise ComponentFailed(f"{role}: cannot start: {exc}") from exc
     raise RoleUnavailable(f"{role}: no such component role; known: {', '.join(ROLES)}")
@@ -185,10 +185,6 @@ def build_component(
 
 def streams_subprocess(settings: Settings, workdir: Path, log_path: Path | None = None) -> SubprocessService:
     """The faust streams worker in its own process (faust owns its event loop and signals)."""
-    import importlib.util
-
-    if importlib.util.find_spec("metaheal.streams.worker") is None:
-        raise RoleUnavailable("streams: metaheal.streams.worker is not installed")
     config = workdir / "streams-settings.yaml"
     env = settings_env(settings, config)
     argv = [sys.executable, "-m", "metaheal.streams.worker", "--config", str(config)]
@@ -198,7 +194,7 @@ def streams_subprocess(settings: Settings, workdir: Path, log_path: Path | None 
 async def run_components(components: list[Component], stop: asyncio.Event, *, grace: float = 10.0) -> None:
     """Run every component until ``stop``; one stopping by itself stops all and raises.
 
-    Components get ``grace`` seconds after ``stop`` to return (contract: < 2 s) before
+    Components get ``grace`` seconds after ``stop`` to return (they should take < 2 s) before
     they are cancelled, so shutdown always completes.
     """
     tasks: dict[asyncio.Task[Any], Component] = {
@@ -314,14 +310,12 @@ class Runtime:
         """System signing keys must exist before any component signs (idempotent)."""
         if not {"advisors", "meta", "executor"} & set(self.roles):
             return
-        from metaheal.ledger.keys import init_system_keys
-
         init_system_keys(self.settings.keys)
 
     async def start(self) -> list[Component]:
         self.settings.playbooks = resolve_playbooks(self.settings.playbooks)
         if "simulator" in self.roles:
-            from metaheal.simulator.runner import Simulator
+            from metaheal.simulator.runner import Simulator  # only with the simulator role (see build_component)
 
             self.simulator = Simulator(self.settings, **self.simulator_options)
             await self.simulator.start()
@@ -333,10 +327,6 @@ class Runtime:
             await self.follow_registry()
         await asyncio.to_thread(self.prepare_keys)
         if self.ledger is None and {"advisors", "meta", "executor"} & set(self.roles):
-            try:
-                from metaheal.ledger import ImmutableLog
-            except ImportError as exc:
-                raise RoleUnavailable(f"ledger: not installed ({exc})") from None
             self.ledger = ImmutableLog(self.settings)
         for role in self.roles:
             if role == "simulator":
@@ -378,8 +368,6 @@ class Runtime:
 
     async def follow_registry(self) -> None:
         """Read the registry to its end before any component is built, then follow it."""
-        from metaheal.registry import RegistryFollower, read_registry, to_service
-
         snap = await asyncio.to_thread(read_registry, self.settings)
         for name, reg in snap.services.items():
             self.registered[name] = to_service(reg)
@@ -400,8 +388,6 @@ class Runtime:
 
     def registry_changed(self, name: str, reg: Any) -> None:
         """One registration (or ``None``: deregistration) read from the registry; runs on the event loop."""
-        from metaheal.registry import to_service
-
         configured = next((s for s in self.configured if s.name == name), None)
         if reg is None:
             if self.registered.pop(name, None) is not None:
@@ -420,8 +406,6 @@ class Runtime:
         self._apply_services()
 
     def _apply_services(self) -> None:
-        from metaheal.registry import merged_services
-
         self.settings.services = merged_services(self.configured, self.registered.values())
 
 

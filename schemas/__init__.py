@@ -23,6 +23,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from metaheal.events import EVENT_TYPES
+
 SCHEMA_DIR = Path(__file__).resolve().parent
 NAMESPACE = "metaheal"
 
@@ -98,8 +100,6 @@ def load(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def write_all() -> list[Path]:
-    from metaheal.events import EVENT_TYPES
-
     paths = []
     for model in EVENT_TYPES:
         path = schema_path(model)

@@ -2,7 +2,7 @@
 
 ``metaheal up`` and other launchers have two options:
 
-* ``await run_worker(settings, stop)`` inside an asyncio program (contract: returns
+* ``await run_worker(settings, stop)`` inside an asyncio program (it returns
   within a couple of seconds after ``stop`` is set); or
 * :func:`spawn_worker` (``python -m metaheal.streams.worker``, settings passed as
   ``METAHEAL_*`` environment variables plus an optional ``--config``), which keeps the

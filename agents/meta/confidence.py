@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Mapping
 
+from metaheal.agents.common.playbooks import load_playbooks
 from metaheal.config import Settings
-
-logger = logging.getLogger(__name__)
-
-#: applicable playbooks when ``playbooks/`` cannot be loaded
-DEFAULT_PLAYBOOKS: dict[str, list[str]] = {
-    "latency_drift": ["warm_cache", "scale_up_instances", "restart_service"],
-    "error_spike": ["rollback_flag", "restart_service"],
-    "capacity_strain": ["scale_up_instances"],
-    "dependency_health": ["failover_dependency"],
-    "trust_violations": [],
-    "routine_maintenance": [],
-}
 
 
 def focus_playbooks(settings: Settings) -> tuple[dict[str, list[str]], dict[str, float], dict[str, frozenset[str]]]:
     """Applicable playbooks per focus area (best prior first), each playbook's declared prior success
-    and the root causes each declares it fixes."""
-    try:
-        from metaheal.agents.common.playbooks import load_playbooks
+    and the root causes each declares it fixes.
 
-        books = load_playbooks(settings.playbooks)
-    except Exception as exc:
-        logger.warning("meta_loop playbooks unavailable folder=%s error=%s: using defaults", settings.playbooks, exc)
-        return DEFAULT_PLAYBOOKS, {}, {}
+    A folder that cannot be loaded raises :class:`~metaheal.errors.PlaybookError`, as it does for
+    the executor and the advisors: the meta loop never directs from playbooks it did not read.
+    """
+    books = load_playbooks(settings.playbooks)
     out: dict[str, list[str]] = defaultdict(list)
     for name, pb in sorted(books.items(), key=lambda kv: -kv[1].prior_success):
         for area in pb.applies_to.focus_areas:

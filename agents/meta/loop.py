@@ -53,6 +53,7 @@ from metaheal.kafka import KafkaUnavailable, Producer
 from metaheal.kafka.serializers import (
     AvroSerializer,
 )
+from metaheal.ledger import ImmutableLog
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +232,6 @@ class MetaLoop:
 
     def _get_ledger(self) -> Ledger:
         if self._ledger is None:
-            from metaheal.ledger import ImmutableLog
-
             self._ledger = ImmutableLog(self.settings)
         return self._ledger
 

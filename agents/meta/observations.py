@@ -10,6 +10,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from metaheal.agents.common.baselines import against_reference
@@ -304,8 +305,6 @@ class Observations:
 
 
 def _iso_ts(text: str) -> float | None:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -23,7 +23,9 @@ from metaheal.cli.options import (
     settings_from,
 )
 from metaheal.config import Settings
+from metaheal.events import ServiceRegistration
 from metaheal.kafka import KafkaUnavailable
+from metaheal.registry import RegistryPublisher, check, read_registry, registered_by
 
 T = TypeVar("T")
 
@@ -41,8 +43,6 @@ def list_services(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per registration")] = False,
 ) -> None:
     """Print the registry as of now (latest registration per service; rejected records last)."""
-    from metaheal.registry import read_registry
-
     settings = require_bootstrap(settings_from(config, bootstrap))
     try:
         snap = read_registry(settings)
@@ -80,9 +80,6 @@ def register(
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Register one service from flags, or every service of a YAML file; invalid input is rejected, naming the field."""
-    from metaheal.events import ServiceRegistration
-    from metaheal.registry import check, registered_by
-
     if (name is None) == (file is None):
         typer.echo("error: give a service NAME or --file FILE (not both)", err=True)
         raise typer.Exit(2)
@@ -135,8 +132,6 @@ def remove(
 
 def _publish(settings: Settings, act: Callable[[Any], T]) -> tuple[T, str]:
     """Run ``act`` on a registry publisher; a broker that cannot be reached exits 1 with the reason."""
-    from metaheal.registry import RegistryPublisher
-
     publisher = RegistryPublisher(settings)
     try:
         return act(publisher), publisher.topic

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metaheal.agents.meta.status import StatusClient
 from metaheal.cli.options import (
     BootstrapOpt,
     ConfigOpt,
@@ -35,8 +36,6 @@ def status(
     outcomes: Annotated[int, typer.Option("--outcomes", min=0, help="How many recent outcomes to show.")] = 10,
 ) -> None:
     """Show the current cycle, guardrail level, active probes, pending approvals and last outcomes."""
-    from metaheal.agents.meta.status import StatusClient
-
     settings = require_bootstrap(settings_from(config, bootstrap))
     try:
         snap = StatusClient(settings).snapshot(outcomes=outcomes)

@@ -1,4 +1,4 @@
-"""The admin HTTP API of one simulated service (cross-team contract §4).
+"""The admin HTTP API of one simulated service.
 
 The default playbooks act through these endpoints exactly as they would on a real
 deployment, so the executor's HTTP actuator is exercised end to end. Bad requests get

@@ -281,7 +281,7 @@ class Fleet:
     def clear_faults(self) -> None:
         self.faults.clear()
 
-    # --- admin actions (contract: the admin HTTP API calls these) -----------------------------
+    # --- admin actions (the admin HTTP API calls these) ---------------------------------------
 
     def ready_instances(self, service: str, now: float | None = None) -> int:
         t = self.now(now)

@@ -1,6 +1,6 @@
 """Telemetry out: one Avro ``MetricBatch`` per service per tick, one producer flush per tick.
 
-Batches are keyed by service (contract §5) so one service's samples stay in order on
+Batches are keyed by service so one service's samples stay in order on
 one partition, and a tick is flushed as a unit so a reader never sees half a tick
 for long.
 """

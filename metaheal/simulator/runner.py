@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 from metaheal.config import ServiceSettings, Settings
+from metaheal.kafka import KafkaUnavailable
+from metaheal.registry import RegistryPublisher, registered_by, registration
 from metaheal.simulator.admin_api import AdminServers
 from metaheal.simulator.faults import Fault, scenario_faults
 from metaheal.simulator.fleet import Fleet
@@ -88,8 +90,6 @@ class Simulator:
 
     async def announce(self) -> list[str]:
         """Register every service (admin URL, dependencies, criticality, owner); returns the names."""
-        from metaheal.registry import RegistryPublisher, registered_by, registration
-
         by = registered_by("metaheal simulate")
         regs = [registration(s, by) for s in self.services_config()]
         publisher = RegistryPublisher(self.settings)
@@ -103,9 +103,6 @@ class Simulator:
 
     async def withdraw(self) -> None:
         """Deregister what :meth:`announce` registered (a tombstone per name); errors are logged, not raised."""
-        from metaheal.kafka import KafkaUnavailable
-        from metaheal.registry import RegistryPublisher
-
         if not self.registered:
             return
         publisher = RegistryPublisher(self.settings)

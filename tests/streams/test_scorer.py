@@ -1,4 +1,4 @@
-"""Behaviour of the per-series scorer on the things real metrics do (contract §2)."""
+"""Behaviour of the per-series scorer on the things real metrics do."""
 
 from __future__ import annotations
 

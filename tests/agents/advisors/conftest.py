@@ -60,7 +60,7 @@ def playbook(
     blast_radius: int = 1,
     focus: tuple[str, ...] = ("latency_drift",),
 ) -> SimpleNamespace:
-    """Only the fields the ranker reads (contract §3)."""
+    """Only the fields the ranker reads."""
     return SimpleNamespace(
         name=name,
         impact=impact,

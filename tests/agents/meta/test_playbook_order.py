@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from metaheal.agents.meta.confidence import focus_playbooks
 from metaheal.agents.meta.focus import FocusDecision
 from metaheal.agents.meta.loop import MetaLoop
 from metaheal.config import Settings
+from metaheal.errors import PlaybookError
 from metaheal.events import CycleFocus, MLAdvice, RankedPlaybook, RootCauseCandidate
 
 PLAYBOOKS = Path(__file__).resolve().parents[3] / "playbooks"
@@ -72,3 +74,11 @@ def test_without_a_diagnosis_the_learned_order_stands_and_a_confident_ranker_win
     assert (
         _combine(loop, "latency_drift", {"cache_miss_rate_high": 0.9}, ranked_confidence=0.9)[0] == "scale_up_instances"
     )
+
+
+def test_a_playbook_folder_that_cannot_load_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PlaybookError, match="playbook folder not found"):
+        focus_playbooks(Settings(playbooks=tmp_path / "missing"))
+    (tmp_path / "bad.yaml").write_text("name: bad\n")
+    with pytest.raises(PlaybookError, match=r"bad\.yaml"):
+        focus_playbooks(Settings(playbooks=tmp_path))
