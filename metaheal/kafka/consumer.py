@@ -21,6 +21,18 @@ from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.record import Record
 
 
+def partitions_of(client: _Consumer, topic: str, timeout: float) -> list[int]:
+    """The partition ids of ``topic`` from a metadata request; ``KafkaUnavailable`` if it does not exist."""
+    try:
+        md = client.list_topics(topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot read metadata for {topic}: {exc}") from exc
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise KafkaUnavailable(f"topic {topic} does not exist")
+    return sorted(t.partitions)
+
+
 class Consumer:
     """Wraps ``confluent_kafka.Consumer``; partition-EOF events are always enabled."""
 
@@ -47,14 +59,7 @@ class Consumer:
         self._consumer.subscribe(topics, **kwargs)
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
-        try:
-            md = self._consumer.list_topics(topic, timeout=timeout)
-        except KafkaException as exc:
-            raise KafkaUnavailable(f"cannot read metadata for {topic}: {exc}") from exc
-        t = md.topics.get(topic)
-        if t is None or t.error is not None:
-            raise KafkaUnavailable(f"topic {topic} does not exist")
-        return sorted(t.partitions)
+        return partitions_of(self._consumer, topic, timeout)
 
     def topic_partitions(self, topics: Iterable[str], offset: int = OFFSET_BEGINNING) -> list[TopicPartition]:
         """Every partition of ``topics``, each at ``offset`` (default: the beginning), ready to assign."""

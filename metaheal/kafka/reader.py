@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config
+from metaheal.kafka.consumer import partitions_of
 from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.record import Record
 
@@ -43,14 +44,7 @@ class PartitionReader:
     def _prime(self, topic: str, timeout: float) -> None:
         if topic in self._known:
             return
-        try:
-            md = self.consumer.list_topics(topic, timeout=timeout)
-        except KafkaException as exc:
-            raise KafkaUnavailable(f"cannot read metadata of {topic}: {exc}") from exc
-        t = md.topics.get(topic)
-        if t is None or t.error is not None:
-            raise KafkaUnavailable(f"topic {topic} does not exist")
-        self._known[topic] = len(t.partitions)
+        self._known[topic] = len(partitions_of(self.consumer, topic, timeout))
 
     def assign(self, topic: str, offset: int, *, partition: int = 0, timeout: float = 10.0) -> None:
         self._prime(topic, timeout)
