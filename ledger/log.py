@@ -43,6 +43,7 @@ from metaheal.config import Settings
 from metaheal.errors import DecodeError, LedgerKeyError, LedgerUnavailable
 from metaheal.events import LedgerEntry
 from metaheal.kafka import (
+    ConsumedMessage,
     KafkaError,
     KafkaException,
     KafkaUnavailable,
@@ -50,7 +51,6 @@ from metaheal.kafka import (
     PartitionReader,
     Producer,
     RawProducer,
-    Record,
 )
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.serializers import (
@@ -473,7 +473,7 @@ class ImmutableLog:
         Admin(self.settings.kafka, timeout=self.timeout).ensure(specs)
         self._topics_ok = True
 
-    def _read_to_end(self, topic: str, start: int) -> Iterable[Record]:
+    def _read_to_end(self, topic: str, start: int) -> Iterable[ConsumedMessage]:
         try:
             yield from self._get_reader().read(topic, start, timeout=self.timeout)
         except LedgerUnavailable:
@@ -530,7 +530,7 @@ class ImmutableLog:
         except KafkaUnavailable as exc:
             raise LedgerUnavailable(str(exc)) from exc
 
-    def _take_index_record(self, m: Record) -> None:
+    def _take_index_record(self, m: ConsumedMessage) -> None:
         offset, value = m.offset(), m.value()
         self._index_pos[m.partition()] = offset + 1
         key = (m.key() or b"").decode()
@@ -550,7 +550,7 @@ class ImmutableLog:
         except ValueError as exc:
             logger.warning("ledger_index_record_ignored offset=%d error=%s", offset, exc)
 
-    def _take_ledger_record(self, m: Record, tail: Sequencer | None) -> None:
+    def _take_ledger_record(self, m: ConsumedMessage, tail: Sequencer | None) -> None:
         offset, value = m.offset(), m.value()
         self._ledger_pos = max(self._ledger_pos, offset + 1)
         if value is None:
@@ -609,7 +609,7 @@ class ImmutableLog:
         ):
             self._dirty.add(e.cycle_id)
 
-    def _fetch(self, offsets: list[int]) -> list[Record]:
+    def _fetch(self, offsets: list[int]) -> list[ConsumedMessage]:
         """Read exactly the records at ``offsets`` (runs of nearby offsets in one fetch)."""
         wanted = sorted(set(offsets))
         if not wanted:
@@ -622,7 +622,7 @@ class ImmutableLog:
                 runs.append([o])
         reader = self._get_reader()
         consumer = reader.consumer
-        out: list[Record] = []
+        out: list[ConsumedMessage] = []
         try:
             for run in runs:
                 need = set(run)
@@ -634,7 +634,7 @@ class ImmutableLog:
                     for m in consumer.consume(500, 0.005):
                         err = m.error()
                         if err is None:
-                            rec = cast(Record, m)
+                            rec = cast(ConsumedMessage, m)
                             offset = rec.offset()
                             if offset in need:
                                 need.discard(offset)
@@ -651,7 +651,7 @@ class ImmutableLog:
             consumer.unassign()
         return out
 
-    def _decoded(self, msgs: Iterable[Record]) -> list[LedgerEntry]:
+    def _decoded(self, msgs: Iterable[ConsumedMessage]) -> list[LedgerEntry]:
         out = []
         for m in msgs:
             value = m.value()

@@ -50,7 +50,7 @@ from metaheal.events import (
     ProbeCommand,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer, Record, TopicPartition
+from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
     AvroSerializer,
@@ -223,7 +223,7 @@ class Timeline(TopicTail):
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         return consumer.topic_partitions(self._short)
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         self._ingest(self._short[msg.topic()], msg.key(), msg.value())
 
     def _ingest(self, topic: str, key: bytes | None, value: bytes | None) -> None:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from metaheal.config import ServiceSettings, Settings
 from metaheal.errors import DecodeError
 from metaheal.events import DeadLetter, ServiceRegistration
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer, Record, TopicPartition
+from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
 from metaheal.kafka.serializers import (
     MAGIC,
     AvroDeserializer,
@@ -168,7 +168,7 @@ def read_registry(settings: Settings, timeout: float = 30.0) -> Snapshot:
     return snap
 
 
-def apply_record(snap: Snapshot, m: Record) -> ServiceRegistration | DecodeError | None:
+def apply_record(snap: Snapshot, m: ConsumedMessage) -> ServiceRegistration | DecodeError | None:
     """Fold one record into ``snap``; returns the registration, ``None`` for a tombstone, or the error."""
     key = (m.key() or b"").decode("utf-8", "replace")
     value = m.value()
@@ -221,7 +221,7 @@ class RegistryFollower(TopicTail):
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         return [TopicPartition(self._topic, 0, self._start)]
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         got = apply_record(self._snap, msg)
         key = (msg.key() or b"").decode("utf-8", "replace")
         if isinstance(got, DecodeError):
@@ -231,7 +231,7 @@ class RegistryFollower(TopicTail):
             return
         self._on_change(got.name if got is not None else key, got)
 
-    def _send_dead_letter(self, msg: Record, error: str) -> None:
+    def _send_dead_letter(self, msg: ConsumedMessage, error: str) -> None:
         if self._producer is None:
             self._producer = Producer(self._kafka)
         dl = DeadLetter.of(msg, "invalid service registration", error)

@@ -35,7 +35,7 @@ from nacl.signing import SigningKey, VerifyKey
 from metaheal.config import OperatorSettings, Settings
 from metaheal.errors import DecodeError
 from metaheal.events import AgenticPlan, ApprovalDecision, ApprovalRequest
-from metaheal.kafka import Consumer, Record, TopicPartition
+from metaheal.kafka import ConsumedMessage, Consumer, TopicPartition
 from metaheal.kafka.serializers import EventDecoder
 from metaheal.kafka.tail import TopicTail
 from metaheal.ledger.canonical import canonical_json
@@ -161,7 +161,7 @@ class ApprovalInbox(TopicTail):
         topic = self._settings.topics.name("approvals")
         return consumer.topic_partitions([topic])
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         try:
             event = DECODER(msg.value() or b"")
         except DecodeError as exc:

@@ -80,7 +80,7 @@ from metaheal.events import (
     PlanStep,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer, Record
+from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 
@@ -217,7 +217,7 @@ class Executor:
         self.ready.set()
         logger.info("executor_assigned id=%s partitions=%s", self.id, [p.partition for p in partitions])
 
-    async def _accept(self, msg: Record) -> None:
+    async def _accept(self, msg: ConsumedMessage) -> None:
         try:
             directive = self._de_directive(msg.value() or b"")
         except DecodeError as exc:
@@ -264,7 +264,7 @@ class Executor:
         self._tasks[key] = task
         return task
 
-    async def _dead_letter(self, msg: Record, reason: str, error: str) -> None:
+    async def _dead_letter(self, msg: ConsumedMessage, reason: str, error: str) -> None:
         dl = DeadLetter.of(msg, reason, error)
         logger.warning("directive_dead_letter offset=%s error=%s", msg.offset(), error)
         await asyncio.to_thread(self.producer.send, self.settings.topics.name("deadletter"), self._ser_dead(dl))

@@ -38,7 +38,7 @@ from metaheal.agents.executor.actuators.http import tls_context
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import HealthWindow, Metric
-from metaheal.kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaUnavailable, Record, TopicPartition
+from metaheal.kafka import OFFSET_BEGINNING, OFFSET_END, ConsumedMessage, Consumer, KafkaUnavailable, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
     TelemetryDeserializer,
@@ -162,7 +162,7 @@ class LiveTelemetry(TopicTail):
                 logger.warning("live_telemetry_topic_missing topic=%s error=%s", topic, exc)
         return parts
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         self._ingest(msg.topic() == self._settings.topics.name("health"), msg.value())
 
     def _ingest(self, is_health: bool, data: bytes | None) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metaheal.config import KafkaSettings, Settings
-from metaheal.kafka import Consumer, Producer, Record
+from metaheal.kafka import ConsumedMessage, Consumer, Producer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def fast_reader(settings: KafkaSettings) -> Consumer:
 
 def read_to_end(
     consumer: Consumer, topic: str, start_offsets: dict[int, int] | None = None, timeout: float = 10.0
-) -> list[Record]:
+) -> list[ConsumedMessage]:
     """Every record from ``start_offsets`` (default: the beginning) to the partition EOF of each partition.
 
     One record per ``consume`` call, so it returns as soon as the last EOF arrives

@@ -15,14 +15,15 @@ from metaheal.kafka.admin import Admin, TopicSpec
 from metaheal.kafka.config import client_config, consumer_config, producer_config
 from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.kafka.message import ConsumedMessage
 from metaheal.kafka.producer import Producer, RawProducer
 from metaheal.kafka.reader import PartitionReader
-from metaheal.kafka.record import Record
 
 __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
     "Admin",
+    "ConsumedMessage",
     "Consumer",
     "KafkaError",
     "KafkaException",
@@ -31,7 +32,6 @@ __all__ = [
     "PartitionReader",
     "Producer",
     "RawProducer",
-    "Record",
     "TopicPartition",
     "TopicSpec",
     "client_config",

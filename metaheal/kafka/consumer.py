@@ -18,7 +18,7 @@ from confluent_kafka import Consumer as _Consumer
 from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config
 from metaheal.kafka.errors import KafkaUnavailable
-from metaheal.kafka.record import Record
+from metaheal.kafka.message import ConsumedMessage
 
 
 def partitions_of(client: _Consumer, topic: str, timeout: float) -> list[int]:
@@ -74,14 +74,14 @@ class Consumer:
         self._consumer.assign(parts)
         return parts
 
-    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[Record]:
+    def poll_batch(self, max_messages: int = 500, timeout: float = 1.0) -> list[ConsumedMessage]:
         """Data messages only; EOF events are dropped, real errors raised."""
         msgs = self._consumer.consume(max_messages, timeout)
-        out: list[Record] = []
+        out: list[ConsumedMessage] = []
         for m in msgs:
             err = m.error()
             if err is None:
-                out.append(cast(Record, m))
+                out.append(cast(ConsumedMessage, m))
             elif err.code() != KafkaError._PARTITION_EOF:
                 raise KafkaUnavailable(f"consume error: {err}")
         return out
@@ -95,7 +95,7 @@ class Consumer:
         timeout: float = 30.0,
         batch: int = 1000,
         wait: float = 0.5,
-    ) -> Iterator[Record]:
+    ) -> Iterator[ConsumedMessage]:
         """Yield every record from the start offsets to the current end of each partition.
 
         ``wait`` is how long one ``consume`` call may wait for a full batch: short waits
@@ -120,15 +120,15 @@ class Consumer:
                 for m in self._consumer.consume(batch, wait):
                     err = m.error()
                     if err is None:
-                        yield cast(Record, m)
+                        yield cast(ConsumedMessage, m)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(cast(Record, m).partition())
+                        pending.discard(cast(ConsumedMessage, m).partition())
                     else:
                         raise KafkaUnavailable(f"consume error on {topic}: {err}")
         finally:
             self._consumer.unassign()
 
-    def commit(self, message: Record | None = None, asynchronous: bool = False) -> None:
+    def commit(self, message: ConsumedMessage | None = None, asynchronous: bool = False) -> None:
         """Commit the group's offsets: past ``message``, or of everything consumed when omitted."""
         if message is None:
             if asynchronous:

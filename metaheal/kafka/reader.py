@@ -21,7 +21,7 @@ from metaheal.config import KafkaSettings
 from metaheal.kafka.config import consumer_config
 from metaheal.kafka.consumer import partitions_of
 from metaheal.kafka.errors import KafkaUnavailable
-from metaheal.kafka.record import Record
+from metaheal.kafka.message import ConsumedMessage
 
 
 class PartitionReader:
@@ -50,11 +50,15 @@ class PartitionReader:
         self._prime(topic, timeout)
         self.consumer.assign([TopicPartition(topic, partition, max(offset, 0))])
 
-    def read(self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0) -> Iterator[Record]:
+    def read(
+        self, topic: str, start: int = 0, *, partition: int = 0, timeout: float = 60.0
+    ) -> Iterator[ConsumedMessage]:
         """Records from ``start`` to the current end; raises ``KafkaUnavailable`` on errors or timeout."""
         return self.read_many({topic: start}, partition=partition, timeout=timeout)
 
-    def read_many(self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0) -> Iterator[Record]:
+    def read_many(
+        self, starts: dict[str, int], *, partition: int = 0, timeout: float = 60.0
+    ) -> Iterator[ConsumedMessage]:
         """Several topics at once (one fetch round trip for all), each from its start to its end.
 
         ``timeout`` bounds the time without progress, so a slow consumer of the
@@ -62,7 +66,7 @@ class PartitionReader:
         """
         return self.read_parts({(t, partition): o for t, o in starts.items()}, timeout=timeout)
 
-    def read_parts(self, starts: dict[tuple[str, int], int], *, timeout: float = 60.0) -> Iterator[Record]:
+    def read_parts(self, starts: dict[tuple[str, int], int], *, timeout: float = 60.0) -> Iterator[ConsumedMessage]:
         """Like :meth:`read_many`, for any ``(topic, partition)`` pairs: one fetch round trip for all."""
         for topic, _ in starts:
             self._prime(topic, timeout)
@@ -83,9 +87,9 @@ class PartitionReader:
                 for m in msgs:
                     err = m.error()
                     if err is None:
-                        yield cast(Record, m)
+                        yield cast(ConsumedMessage, m)
                     elif err.code() == KafkaError._PARTITION_EOF:
-                        at = cast(Record, m)  # an EOF event names its partition too
+                        at = cast(ConsumedMessage, m)  # an EOF event names its partition too
                         pending.discard((at.topic(), at.partition()))
                     else:
                         raise KafkaUnavailable(f"cannot read {m.topic()}: {err}")

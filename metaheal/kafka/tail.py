@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from metaheal.config import KafkaSettings
 from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
-from metaheal.kafka.record import Record
+from metaheal.kafka.message import ConsumedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class TopicTail:
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         raise NotImplementedError
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         raise NotImplementedError
 
     def start(self, timeout: float = 15.0) -> TopicTail:
@@ -76,7 +76,7 @@ class TopicTail:
                         if err.code() != KafkaError._PARTITION_EOF:
                             logger.warning("%s consume_error error=%s", self.name, err)
                         continue
-                    self.handle(cast(Record, msg))
+                    self.handle(cast(ConsumedMessage, msg))
         except Exception as exc:
             self.error = exc
             logger.error("%s failed error=%s", self.name, exc)

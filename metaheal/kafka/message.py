@@ -1,11 +1,11 @@
-"""The consumed record, as every reader in this package hands it out."""
+"""The consumed message, as every reader in this package hands it out."""
 
 from __future__ import annotations
 
 from typing import Protocol
 
 
-class Record(Protocol):
+class ConsumedMessage(Protocol):
     """A consumed data message: a confluent-kafka ``Message`` that carries no error.
 
     librdkafka sets the topic, partition and offset of every consumed message; its type stubs
