@@ -11,7 +11,7 @@ later use shares it. A setting that is missing is an error naming it:
 >>> handle.configure(Settings())
 Traceback (most recent call last):
 ...
-metaheal.defaults.NotConfigured: example: kafka.bootstrap is not set: set it in metaheal.yaml ...
+metaheal.errors.NotConfigured: example: kafka.bootstrap is not set: set it in metaheal.yaml ...
 >>> handle.configure(Settings(kafka={"bootstrap": "localhost:9092"}))
 'metaheal.ledger'
 >>> handle.upper()
@@ -27,14 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from metaheal.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ConfigError, Settings, load_settings
+from metaheal.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, Settings, load_settings
+from metaheal.errors import NotConfigured
 
 T = TypeVar("T")
 BOOTSTRAP_ENV = "METAHEAL_BOOTSTRAP"  # the CLI's shorthand for METAHEAL_KAFKA__BOOTSTRAP
-
-
-class NotConfigured(ConfigError):
-    """A setting the handle needs is missing; the message names it and where to set it."""
 
 
 def environment_settings(what: str) -> Settings:
