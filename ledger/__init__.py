@@ -15,7 +15,8 @@ True
 """
 
 from metaheal.defaults import Configured
-from metaheal.ledger.log import ImmutableLog, LedgerUnavailable
+from metaheal.errors import LedgerUnavailable
+from metaheal.ledger.log import ImmutableLog
 from metaheal.ledger.outcomes import OutcomeEntry
 
 #: The process-wide ledger handle (built on first use; ``immutable_log.configure(settings)`` to choose).
