@@ -8,9 +8,24 @@ human operator.
 (True, False)
 >>> allowed("operator:alice", "approval_decided"), allowed("meta_loop", "approval_decided")
 (True, False)
+
+Subsystems and resources are descriptive, not authorising: the verifier checks actor and
+action only, so ledgers written in either vocabulary below verify alike.
+
+>>> subsystems("meta_coordinated_healing") == {"meta_coordinated_healing", "meta_loop", "advisors", "agents"}
+True
+>>> subsystems("api")
+{'api'}
 """
 
 from __future__ import annotations
+
+#: The subsystem the healing loop (meta loop, advisors, planner and executor) writes under: the design's name.
+SUBSYSTEM = "meta_coordinated_healing"
+#: The resource of the loop's decisions about itself (``cycle_focus_decided``, ``advice_provided``).
+SELF_HEAL = "self_heal"
+#: What the same components wrote before they used the design's name; still read as the loop's entries.
+LEGACY_SUBSYSTEMS: frozenset[str] = frozenset({"meta_loop", "advisors", "agents"})
 
 ACTIONS: dict[str, frozenset[str]] = {
     "meta_loop": frozenset(
@@ -55,3 +70,8 @@ def valid_actor(actor: str) -> bool:
 
 def allowed(actor: str, action: str) -> bool:
     return valid_actor(actor) and action in ACTIONS.get(role(actor), frozenset())
+
+
+def subsystems(name: str) -> set[str]:
+    """The subsystem names that select ``name``'s entries (the loop's include its earlier names)."""
+    return {name, *LEGACY_SUBSYSTEMS} if name == SUBSYSTEM else {name}

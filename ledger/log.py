@@ -59,12 +59,13 @@ from metaheal.kafka.serializers import (
     AvroSerializer,
     check_header,
 )
-from metaheal.ledger.authz import allowed, valid_actor
+from metaheal.ledger.authz import allowed, subsystems, valid_actor
 from metaheal.ledger.canonical import canonical_json
 from metaheal.ledger.chain import entry_hash, message, record_headers, record_key
 from metaheal.ledger.index import TAIL_KEY, CycleIndex, index_partition
 from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
+from metaheal.ledger.outcomes import OutcomeEntry
 from metaheal.ledger.sequencer import Sequencer, Signer
 from metaheal.topics import declared_topics
 
@@ -124,8 +125,20 @@ class ImmutableLog:
         payload: dict[str, Any] | None = None,
         result: str = "",
         cycle_id: str = "",
+        signature: str | None = None,
     ) -> LedgerEntry:
-        """Sign and durably append one entry; raises :class:`LedgerUnavailable` on any failure."""
+        """Sign and durably append one entry; raises :class:`LedgerUnavailable` on any failure.
+
+        The design's call shape works as written: without ``cycle_id`` the entry belongs to
+        ``payload["cycle_id"]``. ``signature`` is accepted for that shape and not used: the
+        entry is signed with the actor's registered key, and the returned entry carries it.
+        """
+        if not cycle_id and isinstance(payload, dict) and isinstance(payload.get("cycle_id"), str):
+            cycle_id = payload["cycle_id"]
+        if signature:
+            logger.warning(
+                "ledger_append_signature_ignored actor=%s action=%s (signed with the actor's key)", actor, action
+            )
         if self._closed:
             raise LedgerUnavailable("ledger is closed")
         if not valid_actor(actor):
@@ -135,7 +148,7 @@ class ImmutableLog:
         if actor == "ledger":
             raise LedgerUnavailable("actor: 'ledger' entries (checkpoints) are cut by the sequencer itself")
         if not cycle_id or not isinstance(cycle_id, str):
-            raise LedgerUnavailable("cycle_id: required (a non-empty string)")
+            raise LedgerUnavailable("cycle_id: required (a non-empty string, as cycle_id= or payload['cycle_id'])")
         for name, value in (("resource", resource), ("subsystem", subsystem), ("result", result)):
             if not isinstance(value, str):
                 raise LedgerUnavailable(f"{name}: must be a string, got {type(value).__name__}")
@@ -169,8 +182,12 @@ class ImmutableLog:
 
     async def get_signed_outcomes(
         self, subsystem: str | None = None, hours_back: float = 24, limit: int = 100
-    ) -> list[LedgerEntry]:
-        """The newest ``limit`` verified ``execution_outcome`` entries, oldest first."""
+    ) -> list[OutcomeEntry]:
+        """The newest ``limit`` verified ``execution_outcome`` entries, oldest first.
+
+        ``subsystem="meta_coordinated_healing"`` also selects the loop's entries written under
+        its earlier names (:func:`~metaheal.ledger.authz.subsystems`).
+        """
         return await asyncio.to_thread(self.get_signed_outcomes_sync, subsystem, hours_back, limit)
 
     def close(self) -> None:
@@ -682,14 +699,15 @@ class ImmutableLog:
 
     def get_signed_outcomes_sync(
         self, subsystem: str | None = None, hours_back: float = 24, limit: int = 100
-    ) -> list[LedgerEntry]:
+    ) -> list[OutcomeEntry]:
         cutoff = (datetime.now(UTC) - timedelta(hours=hours_back)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        names = None if subsystem is None else subsystems(subsystem)
         with self._io:
             self._catch_up()
             rows = [
                 r
                 for _, r in self._index.rows_with_action("execution_outcome")
-                if r[4] >= cutoff and (subsystem is None or r[3] == subsystem)
+                if r[4] >= cutoff and (names is None or r[3] in names)
             ]
             rows.sort(key=lambda r: r[1])
             msgs = self._fetch([r[0] for r in rows[-limit:]] if limit > 0 else [])
@@ -708,7 +726,7 @@ class ImmutableLog:
                 and rec.verify(message(e), e.signature)
             )
             if ok:
-                out.append(e)
+                out.append(OutcomeEntry.of(e))
             else:
                 logger.warning("ledger_outcome_unverified sequence=%d (excluded)", e.sequence)
         return out

@@ -12,6 +12,7 @@ The modules that raise these re-export them under their old names
 
     MetahealError
     ├── ConfigError                (ValueError)  settings or a config file
+    │   └── NotConfigured                            a setting a default handle needs is missing
     ├── DecodeError                (ValueError)  a record that cannot become an event
     ├── KafkaUnavailable           (RuntimeError) the broker did not answer in time
     │   └── LedgerUnavailable                    an entry was not durably appended
@@ -60,6 +61,7 @@ __all__ = [
     "LedgerUnavailable",
     "MetahealError",
     "NoApplicablePlaybook",
+    "NotConfigured",
     "NoteError",
     "PlaybookError",
     "ProofError",
@@ -77,6 +79,10 @@ class MetahealError(Exception):
 
 class ConfigError(MetahealError, ValueError):
     """A config file that is not valid YAML or not a mapping; names file, line and problem."""
+
+
+class NotConfigured(ConfigError):
+    """A setting a default handle (``metaheal.ledger.immutable_log``, ...) needs is missing; names it."""
 
 
 class DecodeError(MetahealError, ValueError):

@@ -26,20 +26,42 @@ pydantic_core._pydantic_core.ValidationError: 1 validation error for MetricSerie
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any, ClassVar, Literal, get_args
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FocusArea = Literal[
-    "latency_drift", "error_spike", "capacity_strain", "dependency_health", "trust_violations", "routine_maintenance"
-]
-GuardrailAdjustment = Literal["tighten", "loosen", "maintain"]
+
+class FocusArea(StrEnum):
+    """What a cycle focuses on. A ``str``: equal to, and on the wire as, its value.
+
+    >>> FocusArea.LATENCY_DRIFT.value, FocusArea("error_spike") == "error_spike", f"{FocusArea.ERROR_SPIKE}"
+    ('latency_drift', True, 'error_spike')
+    """
+
+    LATENCY_DRIFT = "latency_drift"
+    ERROR_SPIKE = "error_spike"
+    CAPACITY_STRAIN = "capacity_strain"
+    DEPENDENCY_HEALTH = "dependency_health"
+    TRUST_VIOLATIONS = "trust_violations"
+    ROUTINE_MAINTENANCE = "routine_maintenance"
+
+
+class GuardrailAdjustment(StrEnum):
+    """How a cycle moves the guardrails (``GuardrailAdjustment.LOOSEN.value == "loosen"``)."""
+
+    TIGHTEN = "tighten"
+    LOOSEN = "loosen"
+    MAINTAIN = "maintain"
+
+
 GuardrailLevel = Literal["tight", "maintain", "loose"]
 OutcomeResult = Literal["success", "failed", "rolled_back", "denied", "expired"]
 Decision = Literal["approve", "deny"]
 
-FOCUS_AREAS: tuple[str, ...] = get_args(FocusArea)
+FOCUS_AREAS: tuple[str, ...] = tuple(f.value for f in FocusArea)
 
 
 class Event(BaseModel):
@@ -350,6 +372,49 @@ class LedgerEntry(Event):
     prev_hash: str
     entry_hash: str
     signature: str
+
+    @property
+    def payload_dict(self) -> dict[str, Any]:
+        """The payload decoded (a new dict on every call; ``{}`` for a payload that is not a JSON object)."""
+        try:
+            doc = json.loads(self.payload)
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def keys(self) -> list[str]:
+        return list(type(self).model_fields)
+
+    def __getitem__(self, key: str) -> Any:
+        """The design's mapping view: ``entry["timestamp"]``, ``entry["actor"]``, ..., with
+        ``entry["payload"]`` the decoded payload (a dict); ``dict(entry)`` is the whole mapping.
+        (Examples live here: the class docstring is the Avro record's doc.)
+
+        >>> e = LedgerEntry(sequence=7, timestamp="2025-01-15T14:30:00.000000Z", cycle_id="c1", actor="meta_loop",
+        ...                 action="cycle_focus_decided", resource="self_heal", subsystem="meta_coordinated_healing",
+        ...                 payload='{"focus_area":"latency_drift"}', result="decided", key_id="k", prev_hash="",
+        ...                 entry_hash="", signature="f4a9")
+        >>> e["sequence"], e["result"], e["payload"], e.payload
+        (7, 'decided', {'focus_area': 'latency_drift'}, '{"focus_area":"latency_drift"}')
+        >>> e["playbook"]
+        Traceback (most recent call last):
+        ...
+        KeyError: 'playbook'
+        """
+        if key == "payload":
+            return self.payload_dict
+        if key in type(self).model_fields:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
 
 
 class DeadLetter(Event):

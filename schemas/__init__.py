@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,12 +52,14 @@ def _avro_type(tp: Any, field_name: str, defined: set[str]) -> Any:
         if args[0] is not str:
             raise TypeError(f"{field_name}: Avro maps need str keys")
         return {"type": "map", "values": _avro_type(args[1], field_name, defined)}
-    if origin is Literal:
+    if origin is Literal or (isinstance(tp, type) and issubclass(tp, Enum)):
+        # named after the field either way, so a Literal that became an Enum keeps its schema
         name = _camel(field_name)
         if name in defined:
             return name
         defined.add(name)
-        return {"type": "enum", "name": name, "symbols": list(args)}
+        symbols = list(args) if origin is Literal else [m.value for m in tp]
+        return {"type": "enum", "name": name, "symbols": symbols}
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return _record(tp, defined)
     raise TypeError(f"{field_name}: no Avro mapping for {tp!r}")

@@ -65,6 +65,7 @@ from metaheal.events import (
 from metaheal.kafka import Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
+from metaheal.ledger.authz import SELF_HEAL, SUBSYSTEM
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +398,9 @@ class AdvisorService:
         advice, ctx = await asyncio.to_thread(self.compose, focus)
         payload = {
             **advice.model_dump(mode="json", exclude={"evidence"}),
+            # the design's summary keys, next to the full lists they summarise
+            "root_causes": [c.cause for c in advice.root_cause_candidates],
+            "top_playbooks": [p.name for p in advice.ranked_playbooks[:3]],
             "primary_service": ctx.primary_service,
             "diagnosis": ctx.diagnosis,
             "features": ctx.features,
@@ -405,10 +409,10 @@ class AdvisorService:
             await self.log.append(
                 actor=ACTOR,
                 action="advice_provided",
-                resource=f"cycle/{focus.cycle_id}",
-                subsystem="advisors",
+                resource=SELF_HEAL,
+                subsystem=SUBSYSTEM,
                 payload=payload,
-                result="ok",
+                result="advised",
                 cycle_id=focus.cycle_id,
             )
         except KafkaUnavailable as exc:  # LedgerUnavailable is a subclass: unsigned advice is not advice

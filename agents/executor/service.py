@@ -83,10 +83,10 @@ from metaheal.events import (
 from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
+from metaheal.ledger.authz import SUBSYSTEM
 
 logger = logging.getLogger(__name__)
 
-SUBSYSTEM = "agents"
 MUTATING = frozenset({"http.post", "command"})
 #: Extra grace for an actuator to return after its own timeout before it is cancelled.
 CANCEL_GRACE = 1.0
@@ -282,7 +282,8 @@ class Executor:
         return await self.log.append(
             actor=actor,
             action=action,
-            resource=f"plan/{pid}",
+            # the design's execution_outcome is about the service; every other step about the plan
+            resource=run.directive.service if action == "execution_outcome" else f"plan/{pid}",
             subsystem=SUBSYSTEM,
             payload=json.loads(json.dumps(payload, default=str)),
             result=result,

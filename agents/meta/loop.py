@@ -54,6 +54,7 @@ from metaheal.kafka.serializers import (
     AvroSerializer,
 )
 from metaheal.ledger import ImmutableLog
+from metaheal.ledger.authz import SELF_HEAL, SUBSYSTEM
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class MetaLoop:
                 actor=ACTOR,
                 action=action,
                 resource=resource,
-                subsystem="meta_loop",
+                subsystem=SUBSYSTEM,
                 payload=payload,
                 result=result,
                 cycle_id=cycle_id,
@@ -350,7 +351,7 @@ class MetaLoop:
 
     async def _decide_and_publish(self, cf: CycleFocus, change: GuardrailChange, decision: FocusDecision) -> None:
         payload = cf.model_dump(mode="json") | {"scores": decision.scores, "epoch": self._control.epoch}
-        await self._append("cycle_focus_decided", f"cycle:{cf.cycle_id}", payload, cf.cycle_id)
+        await self._append("cycle_focus_decided", SELF_HEAL, payload, cf.cycle_id, result="decided")
         if change.changed:  # the CycleFocus shows the new level, so the change is recorded before it is published
             await self._append(
                 "guardrail_changed",

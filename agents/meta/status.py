@@ -58,11 +58,15 @@ class StatusClient:
         cycles: list[CycleFocus] = self._decode_all("cycles", CycleFocus)
         return max(cycles, key=lambda c: c.ts) if cycles else None
 
-    def outcome_history(self, limit: int = 10, service: str | None = None) -> list[SignedOutcome]:
+    def outcome_history(self, limit: int | None = 10, service: str | None = None) -> list[SignedOutcome]:
+        """The last ``limit`` outcomes (``None``: every one the topic retains), oldest first."""
         outs: list[SignedOutcome] = self._decode_all("outcomes", SignedOutcome)
         if service is not None:
             outs = [o for o in outs if o.service == service]
-        return sorted(outs, key=lambda o: o.ts)[-limit:] if limit > 0 else []
+        outs.sort(key=lambda o: o.ts)
+        if limit is None:
+            return outs
+        return outs[-limit:] if limit > 0 else []
 
     def control(self) -> ControlView:
         view = ControlView()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +16,7 @@ from metaheal.events import (
 )
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
+from tests.metaheal.conftest import DemoRun
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
 
@@ -109,18 +108,13 @@ async def test_timeline_renders_one_line_per_event_from_the_topics(topics: Setti
 
 @pytest.mark.slow
 @pytest.mark.timeout(280)
-async def test_demo_heals_all_three_flows_against_the_real_broker(settings: Settings, tmp_path: Path) -> None:
+async def test_demo_heals_all_three_flows_against_the_real_broker(demo_run: DemoRun) -> None:
     """The design's three flows end to end: simulator, streams worker, advisors, meta loop, executor, ledger.
 
     Fails (with the demo's own reasons and the tail of its timeline) when any flow does not heal."""
-    from metaheal.demo import FLOWS, demo_settings, run_demo
-
-    s = demo_settings(settings, tmp_path, settings.topics.prefix)
-    lines: list[str] = []
-    report = await asyncio.wait_for(run_demo(s, tmp_path, lines.append, flow_timeout=60.0, flows=FLOWS), 240)
-    text = "\n".join(lines)
+    report, text, workdir = demo_run.report, demo_run.text, demo_run.workdir
     assert not report.blocked, text
-    assert (tmp_path / "metaheal.yaml").is_file() and (tmp_path / "keys").is_dir()
+    assert (workdir / "metaheal.yaml").is_file() and (workdir / "keys").is_dir()
     assert [f.flow.name for f in report.flows] == ["latency", "errors", "quiet"], text[-3000:]
     for flow in report.flows:
         assert flow.ok, "\n".join([flow.flow.name, *flow.reasons, *flow.notes, text[-6000:]])

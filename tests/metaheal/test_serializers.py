@@ -9,6 +9,7 @@ import math
 import struct
 import types
 import typing
+from enum import Enum
 from typing import Any, Literal
 
 import avro.io
@@ -17,7 +18,16 @@ import pytest
 from avro.schemanormalization import Fingerprint, ToParsingCanonicalForm
 from pydantic import BaseModel
 
-from metaheal.events import EVENT_TYPES, Event, LedgerEntry, Metric, MetricBatch
+from metaheal.events import (
+    EVENT_TYPES,
+    CycleFocus,
+    Event,
+    FocusArea,
+    GuardrailAdjustment,
+    LedgerEntry,
+    Metric,
+    MetricBatch,
+)
 from metaheal.kafka.serializers import (
     HEADER_LEN,
     MAGIC,
@@ -39,6 +49,8 @@ def _value(tp: Any, name: str, i: int) -> Any:
         return _value(next(a for a in args if a is not type(None)), name, i)
     if origin is Literal:
         return args[i % len(args)]
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return list(tp)[i % len(tp)]
     if origin is list:
         return [_value(args[0], name, i), _value(args[0], name, i + 1)]
     if origin is dict:
@@ -70,6 +82,21 @@ def test_round_trip_of_every_event_type(model: type[Event]) -> None:
     assert data[:2] == MAGIC
     assert AvroDeserializer(model)(data) == event
     assert EventDecoder()(data) == event
+
+
+def test_str_enums_are_their_values_on_the_wire() -> None:
+    """FocusArea and GuardrailAdjustment are enums in Python and the same strings for consumers."""
+    cf = sample(CycleFocus)
+    assert isinstance(cf.focus_area, FocusArea) and cf.focus_area.value == "latency_drift"
+    assert isinstance(cf.guardrail_adjustment, GuardrailAdjustment)
+    assert (
+        CycleFocus.model_validate({**cf.model_dump(), "focus_area": "error_spike"}).focus_area is FocusArea.ERROR_SPIKE
+    )
+    assert json.loads(cf.model_dump_json())["focus_area"] == "latency_drift"
+    datum = AvroDeserializer(CycleFocus).decode_dict(AvroSerializer(CycleFocus)(cf))
+    assert type(datum["focus_area"]) is str and datum["focus_area"] == "latency_drift"
+    # what a consumer in another language reads: the enum symbols are the strings
+    assert load(CycleFocus)["fields"][2]["type"]["symbols"] == [f.value for f in FocusArea]
 
 
 @pytest.mark.parametrize("model", EVENT_TYPES, ids=IDS)

@@ -178,7 +178,10 @@ async def test_advice_for_a_cycle_end_to_end(cfg: Settings, log: ImmutableLog) -
     # signed into the ledger before it was published
     [entry] = [e for e in await log.replay_cycle(cycle) if e.action == "advice_provided"]
     assert entry.actor == "ml_advisors"
+    assert (entry.resource, entry.subsystem, entry.result) == ("self_heal", "meta_coordinated_healing", "advised")
     payload = json.loads(entry.payload)
+    assert payload["root_causes"] == [c.cause for c in advice.root_cause_candidates]
+    assert payload["top_playbooks"] == names[:3]
     assert payload["root_cause_candidates"][0]["cause"] == "database_slow_query"
     assert payload["features"]["api"]["db_latency_up"] > 0
     signed = datetime.strptime(entry.timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -115,8 +115,14 @@ async def test_auto_approved_success_is_signed_published_and_learnable(env, exec
     published = [o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome)]
     assert [o.outcome_id for o in published] == [outcome.outcome_id]
     assert published[0].actor_signature == outcome.actor_signature
-    learned = await executor.log.get_signed_outcomes(hours_back=1)
+    learned = await executor.log.get_signed_outcomes(subsystem="meta_coordinated_healing", hours_back=1)
     payload = json.loads(learned[-1].payload)
+    # the design's vocabulary: the outcome is about the service, its result is the outcome's
+    assert (learned[-1]["resource"], learned[-1]["result"], learned[-1]["playbook"]) == (
+        "api",
+        "success",
+        "scale_up_instances",
+    )
     assert {
         k: payload[k]
         for k in ("plan_id", "directive_id", "service", "playbook", "root_cause", "result", "verification_passed")

@@ -189,7 +189,9 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
         log.close()
     actions = [e.action for e in entries]
     assert actions[:3] == ["cycle_focus_decided", "probes_enabled", "directive_issued"]
-    assert all(e.actor == "meta_loop" for e in entries)
+    assert all(e.actor == "meta_loop" and e["subsystem"] == "meta_coordinated_healing" for e in entries)
+    assert (entries[0]["resource"], entries[0]["result"]) == ("self_heal", "decided")  # the design's vocabulary
+    assert entries[0]["payload"]["focus_area"] == cycle.focus_area.value
     assert json.loads(entries[2].payload)["directive_id"] == d.directive_id
     # signed (and acknowledged) before published: each record's create time is after its entry's signing time
     from datetime import datetime
