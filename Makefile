@@ -42,13 +42,15 @@ mypy: install
 	$(VENV)/bin/mypy
 
 # Helpers outside PyPI, each installed only when missing: kcat (Debian package; we
-# run it with the wheel's librdkafka, see metaheal/kcat.py) and s3rver (npm, the
-# local S3 server behind `metaheal broker --data-dir`), project-locally in .tools/.
+# run it with the wheel's librdkafka, see metaheal/kcat.py), chromium and its driver
+# (Debian packages; the console's browser tests drive them with selenium) and s3rver
+# (npm, the local S3 server behind `metaheal broker --data-dir`), project-locally in .tools/.
 S3RVER := .tools/node_modules/s3rver/bin/s3rver.js
 
 tools: $(S3RVER)
 	@command -v kcat >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kcat; }
 	@command -v jq >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq jq; }
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
 
 $(S3RVER):
 	mkdir -p .tools

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from metaheal.cli import agents, core, ledger, run, score, services, status, streams
+from metaheal.cli import agents, console, core, ledger, run, score, services, status, streams
 
 app = typer.Typer(
     help="metaheal: Kafka-native, meta-coordinated self-healing control plane.",
@@ -35,6 +35,9 @@ app.command("demo")(run.demo)  # the full self-healing demo (`make demo`)
 app.command("simulate")(run.simulate)
 app.command("up")(run.up)
 app.add_typer(services.services_app, name="services")  # the service registry `up` follows
+
+# the web console
+app.command("console")(console.console)
 
 
 def main() -> None:

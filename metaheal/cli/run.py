@@ -14,6 +14,7 @@ import yaml
 
 from metaheal.broker import BrokerError, EmbeddedBroker, free_port
 from metaheal.cli.options import BootstrapOpt, ConfigOpt, require_bootstrap, settings_from
+from metaheal.errors import MetahealError
 from metaheal.kafka import KafkaUnavailable
 from metaheal.topics import ensure_topics
 
@@ -107,6 +108,14 @@ def up(
     port: Annotated[int, typer.Option(help="embedded broker port when no --bootstrap (0: a free one)")] = 9092,
     scenario: Annotated[str | None, typer.Option(help="with --role simulator: scenario to inject")] = None,
     at: Annotated[float, typer.Option(help="with --role simulator: inject after this many seconds")] = 0.0,
+    console_port: Annotated[
+        int | None, typer.Option("--console-port", help="also serve the web console on this port (0: a free one)")
+    ] = None,
+    console_host: Annotated[str, typer.Option("--console-host", help="address the console listens on")] = "127.0.0.1",
+    console_token: Annotated[
+        str | None,
+        typer.Option("--console-token", envvar="METAHEAL_CONSOLE_TOKEN", help="bearer token the console requires"),
+    ] = None,
 ) -> None:
     """Start everything one machine needs (or one --role of it) until Ctrl-C/SIGTERM."""
     from metaheal.runtime import (
@@ -160,6 +169,16 @@ def up(
                 await stop.wait()
                 return
             await runtime.start()
+            if console_port is not None:
+                from metaheal.cli.console import warn_exposed
+                from metaheal.console import ConsoleServer
+                from metaheal.runtime import Component
+
+                warn_exposed(console_host, console_token)
+                web = ConsoleServer(settings, host=console_host, port=console_port, token=console_token)
+                await web.start()
+                typer.echo(f"metaheal console on {web.url}")
+                runtime.components.append(Component("console", web))
             await runtime.run(stop)
 
         run_until_signal(main)
@@ -171,6 +190,9 @@ def up(
         raise typer.Exit(1) from None
     except ComponentFailed as exc:
         typer.echo(f"error: component failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except MetahealError as exc:  # the console's port taken, ...
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
         if broker is not None:

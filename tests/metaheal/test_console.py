@@ -1,0 +1,205 @@
+"""The web console over HTTP against the embedded broker: pages built from the topics, decisions checked.
+
+The browser itself (WebCrypto signing, live updates) is driven in test_console_browser.py;
+here decisions are signed in Python exactly as ``metaheal approvals approve`` signs them,
+so the server's checks are exercised directly: a wrong key, an expired request, a changed
+plan and a cross-site request are refused, a valid decision is published on the topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nacl.signing import SigningKey
+
+from metaheal.agents.executor.approvals import DECODER, sign_decision
+from metaheal.config import OperatorSettings, Settings
+from metaheal.console import ConsoleServer, ConsoleUnavailable
+from metaheal.console.view import plan_digest
+from metaheal.events import (
+    AgenticPlan,
+    ApprovalDecision,
+    ApprovalRequest,
+    CycleFocus,
+    PlanStep,
+    RiskAssessment,
+    ServiceRegistration,
+)
+from metaheal.kafka import Consumer, Producer
+from metaheal.kafka.serializers import AvroSerializer
+
+pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
+
+ALICE = SigningKey(b"a" * 32)
+MALLORY = SigningKey(b"m" * 32)
+
+
+def plan(plan_id: str, *, ts: float = 100.0) -> AgenticPlan:
+    return AgenticPlan(
+        plan_id=plan_id,
+        directive_id="d1",
+        cycle_id="cyc-1",
+        ts=ts,
+        service="api",
+        selected_playbook="rollback_flag",
+        steps=[PlanStep(action="http_admin", params_json='{"path": "/flags/rollback"}')],
+        verifications=[],
+        rollback_plan=[],
+        trust_approval_required=True,
+        estimated_duration=12.0,
+        risk_assessment=RiskAssessment(impact="high", blast_radius=3, risk_score=0.7),
+        confidence=0.8,
+    )
+
+
+def request(plan_id: str, *, expires_in: float = 600.0) -> ApprovalRequest:
+    now = time.time()
+    return ApprovalRequest(
+        request_id=f"req-{plan_id}",
+        plan_id=plan_id,
+        cycle_id="cyc-1",
+        service="api",
+        playbook="rollback_flag",
+        reason="impact high exceeds maintain guardrails",
+        plan_summary="rollback_flag on api",
+        requested_at=now,
+        expires_at=now + expires_in,
+    )
+
+
+def publish(settings: Settings, short: str, event: object, key: str) -> None:
+    with Producer(settings.kafka) as p:
+        p.send(settings.topics.name(short), AvroSerializer(type(event))(event), key=key)
+
+
+async def until(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def console(topics: Settings) -> AsyncIterator[tuple[ConsoleServer, httpx.AsyncClient]]:
+    topics.operators = [OperatorSettings(name="alice", public_key=ALICE.verify_key.encode().hex(), services=["api"])]
+    cycle = CycleFocus(
+        cycle_id="cyc-1",
+        ts=time.time(),
+        focus_area="error_spike",
+        confidence=0.82,
+        reasoning=["api error rate 9% vs baseline 0.5%", "a deployment 40 s before the spike"],
+        guardrail_adjustment="tighten",
+        guardrail_level="tight",
+        time_budget_seconds=60,
+        target_services=["api"],
+    )
+    publish(topics, "cycles", cycle, "cyc-1")
+    reg = ServiceRegistration(name="api", admin_url="http://127.0.0.1:1", registered_by="test", ts=time.time())
+    publish(topics, "services", reg, "api")
+    for pid, expires in (("p-ok", 600.0), ("p-old", -1.0), ("p-changed", 600.0)):
+        publish(topics, "plans", plan(pid), "api")
+        publish(topics, "approvals", request(pid, expires_in=expires), pid)
+    server = ConsoleServer(topics, port=0)
+    stop = asyncio.Event()
+    await server.start()
+    task = asyncio.create_task(server.run(stop))
+    await until(lambda: len(server.view.requests) == 3 and len(server.view.plans) == 3)
+    base = server.url.rstrip("/")
+    async with httpx.AsyncClient(base_url=base, headers={"Origin": base}, timeout=10) as client:
+        yield server, client
+    stop.set()
+    await task
+
+
+def body(d: ApprovalDecision, digest: str | None) -> dict[str, object]:
+    return {"decision": d.model_dump(), "plan_digest": digest}
+
+
+async def test_pages_show_what_the_topics_hold(console: tuple[ConsoleServer, httpx.AsyncClient]) -> None:
+    _server, client = console
+    home = (await client.get("/")).text
+    assert "api error rate 9% vs baseline 0.5%" in home and "error_spike" in home
+    assert 'data-service="api"' in home and "registered" in home
+    approvals = (await client.get("/approvals")).text
+    assert 'id="approval-p-ok"' in approvals and "blast radius <b>3</b>" in approvals
+    assert "never leaves this browser" in approvals
+    assert 'id="approval-p-old"' not in approvals  # expired: listed under answered and expired only
+    fragment = await client.get("/approvals", headers={"X-Fragment": "1"})
+    assert fragment.headers["X-Pending"] == "2" and "<header>" not in fragment.text
+    assert (await client.get("/cycles?focus=error_spike")).text.count("/cycles/cyc-1") >= 1
+    assert "No cycles match" in (await client.get("/cycles?focus=latency_drift")).text
+    assert (await client.get("/cycles/nope")).status_code == 404
+    async with client.stream("GET", "/events") as events:
+        lines = events.aiter_lines()
+        assert await anext(lines) == "event: hello"
+
+
+async def test_a_valid_decision_is_published_and_bad_ones_refused(
+    console: tuple[ConsoleServer, httpx.AsyncClient],
+) -> None:
+    server, client = console
+    settings = server.settings
+    digest = plan_digest(server.view.plans["p-ok"])
+
+    def signed(key: SigningKey, plan_id: str, operator: str = "alice") -> ApprovalDecision:
+        return sign_decision(key, plan_id=plan_id, request_id=f"req-{plan_id}", operator=operator, decision="approve")
+
+    r = await client.post("/api/decisions", json=body(signed(MALLORY, "p-ok"), digest))
+    assert r.status_code == 403 and "wrong key" in r.json()["message"] and "not operator alice's" in r.json()["message"]
+    tampered = signed(ALICE, "p-ok").model_copy(update={"reason": "changed after signing"})
+    r = await client.post("/api/decisions", json=body(tampered, digest))
+    assert r.status_code == 403 and "signature does not verify" in r.json()["message"]
+    r = await client.post("/api/decisions", json=body(signed(ALICE, "p-old"), plan_digest(server.view.plans["p-old"])))
+    assert r.status_code == 410 and "expired" in r.json()["message"]
+    r = await client.post("/api/decisions", json=body(signed(ALICE, "p-changed"), "0" * 64))
+    assert r.status_code == 409 and "plan changed" in r.json()["message"]
+    r = await client.post(
+        "/api/decisions", json=body(signed(ALICE, "p-ok"), digest), headers={"Origin": "http://evil.example"}
+    )
+    assert r.status_code == 403 and r.json()["kind"] == "cross_site"
+    r = await client.post(
+        "/api/decisions", json=body(signed(ALICE, "p-ok"), digest), headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert r.status_code == 403 and r.json()["kind"] == "cross_site"
+    r = await client.post("/api/decisions", json={"decision": {"plan_id": "p-ok"}, "plan_digest": digest})
+    assert r.status_code == 400 and "decision.decision_id" in r.json()["message"]
+
+    good = signed(ALICE, "p-ok")
+    r = await client.post("/api/decisions", json=body(good, digest))
+    assert r.status_code == 200 and r.json()["ok"], r.text
+    with Consumer(settings.kafka) as c:
+        seen = [DECODER(m.value()) for m in c.read_to_end(settings.topics.name("approvals"))]
+    published = [e for e in seen if isinstance(e, ApprovalDecision)]
+    assert published == [good]  # exactly the signed decision, and nothing that was refused
+    await until(lambda: bool(server.view.decisions.get("p-ok")))
+    r = await client.post("/api/decisions", json=body(signed(ALICE, "p-ok"), digest))
+    assert r.status_code == 409 and "already answered" in r.json()["message"]
+
+
+async def test_token_and_host_checks(topics: Settings, tmp_path: Path) -> None:
+    server = ConsoleServer(topics, port=0, token="s3cret")
+    stop = asyncio.Event()
+    await server.start()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        base = server.url.rstrip("/")
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            assert (await client.get("/")).status_code == 401
+            assert (await client.get("/", headers={"Authorization": "Bearer nope"})).status_code == 401
+            assert (await client.get("/", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+            r = await client.get("/cycles?token=s3cret&focus=x")
+            assert r.status_code == 303 and r.headers["location"] == "/cycles?focus=x"
+            assert (await client.get("/cycles")).status_code == 200  # the cookie now carries the token
+            # DNS rebinding: a page on another name that resolves here is not served
+            assert (await client.get("/", headers={"Host": "evil.example"})).status_code == 400
+        other = ConsoleServer(topics, port=server.port)
+        with pytest.raises(ConsoleUnavailable, match="cannot listen"):
+            await other.start()
+    finally:
+        stop.set()
+        await task
