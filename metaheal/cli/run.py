@@ -168,16 +168,25 @@ def up(
             if broker is not None and only_broker:
                 await stop.wait()
                 return
-            await runtime.start()
-            if console_port is not None:
+            web = None
+            if console_port is not None:  # first: a taken port fails before anything else starts
                 from metaheal.cli.console import warn_exposed
                 from metaheal.console import ConsoleServer
-                from metaheal.runtime import Component
 
                 warn_exposed(console_host, console_token)
                 web = ConsoleServer(settings, host=console_host, port=console_port, token=console_token)
                 await web.start()
                 typer.echo(f"metaheal console on {web.url}")
+            try:
+                await runtime.start()
+            except BaseException:
+                if web is not None:  # shut the console down before reporting what failed
+                    stop.set()
+                    await web.run(stop)
+                raise
+            if web is not None:
+                from metaheal.runtime import Component
+
                 runtime.components.append(Component("console", web))
             await runtime.run(stop)
 

@@ -16,11 +16,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
-
 from metaheal.config import Settings
 from metaheal.console.view import TOPICS, FleetView
-from metaheal.kafka import Consumer, KafkaUnavailable
+from metaheal.kafka import Consumer, KafkaUnavailable, Record, TopicPartition
 from metaheal.kafka.tail import TopicTail
 
 logger = logging.getLogger(__name__)
@@ -43,13 +41,13 @@ class ConsoleFeed(TopicTail):
         parts = []
         for full in self._short:
             try:
-                parts += [TopicPartition(full, p, OFFSET_BEGINNING) for p in consumer.partitions(full)]
+                parts += consumer.topic_partitions([full])
             except KafkaUnavailable as exc:
                 logger.warning("console_topic_missing topic=%s error=%s", full, exc)
         return parts
 
-    def handle(self, msg: Message) -> None:
-        topic = self._short.get(msg.topic() or "")
+    def handle(self, msg: Record) -> None:
+        topic = self._short.get(msg.topic())
         if topic is not None and self.view.apply(topic, msg.key(), msg.value()) and self.on_change is not None:
             self.on_change(topic)
 

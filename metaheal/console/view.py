@@ -36,6 +36,7 @@ from typing import Any
 from metaheal.agents.executor.approvals import rejection_reason
 from metaheal.agents.meta.leader import ControlView
 from metaheal.config import ServiceSettings, Settings
+from metaheal.errors import DecodeError
 from metaheal.events import (
     AgenticPlan,
     AnomalyScore,
@@ -50,7 +51,7 @@ from metaheal.events import (
     ServiceRegistration,
     SignedOutcome,
 )
-from metaheal.kafka.serializers import AvroDeserializer, DecodeError, EventDecoder
+from metaheal.kafka.serializers import AvroDeserializer, EventDecoder
 from metaheal.ledger.canonical import canonical_json
 from metaheal.registry import decode_registration
 
@@ -144,7 +145,10 @@ class FleetView:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
-        self._de = {
+        # what the configuration says, as it was when the console started (``metaheal up`` merges the
+        # registry into ``settings.services`` as it runs; the console shows the two apart)
+        self.configured: list[ServiceSettings] = list(self.settings.services)
+        self._de: dict[str, AvroDeserializer[Any]] = {
             "health": AvroDeserializer(HealthWindow),
             "anomalies": AvroDeserializer(AnomalyScore),
             "cycles": AvroDeserializer(CycleFocus),
@@ -230,7 +234,7 @@ class FleetView:
 
     def services(self) -> list[ServiceRow]:
         with self.lock:
-            rows = {s.name: ServiceRow(s.name, configured=s) for s in self.settings.services}
+            rows = {s.name: ServiceRow(s.name, configured=s) for s in self.configured}
             for name, reg in self.registered.items():
                 rows.setdefault(name, ServiceRow(name)).registration = reg
             for name in self.health:
@@ -370,7 +374,7 @@ class FleetView:
     def chain(self) -> list[LedgerEntry]:
         """Ledger entries contiguous from sequence 0 (as ``ledger explain`` reads them)."""
         with self.lock:
-            out = []
+            out: list[LedgerEntry] = []
             while len(out) in self.ledger:
                 out.append(self.ledger[len(out)])
             return out

@@ -9,6 +9,12 @@ plan and a cross-site request are refused, a valid decision is published on the 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,17 +29,21 @@ from metaheal.console import ConsoleServer, ConsoleUnavailable
 from metaheal.console.view import plan_digest
 from metaheal.events import (
     AgenticPlan,
+    AnomalyScore,
     ApprovalDecision,
     ApprovalRequest,
     CycleFocus,
+    HealthWindow,
     PlanStep,
     RiskAssessment,
     ServiceRegistration,
+    SignalStats,
 )
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer
 
-pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
+pytestmark = pytest.mark.broker
+session_loop = pytest.mark.asyncio(loop_scope="session")  # the console fixture runs on the session loop
 
 ALICE = SigningKey(b"a" * 32)
 MALLORY = SigningKey(b"m" * 32)
@@ -101,6 +111,17 @@ async def console(topics: Settings) -> AsyncIterator[tuple[ConsoleServer, httpx.
     publish(topics, "cycles", cycle, "cyc-1")
     reg = ServiceRegistration(name="api", admin_url="http://127.0.0.1:1", registered_by="test", ts=time.time())
     publish(topics, "services", reg, "api")
+    now = time.time()
+    for i in range(5):
+        stats = SignalStats(signal="errors", metric="error_rate", count=20, mean=0.05 * i, p50=0.05 * i,
+                            p95=0.01 + 0.05 * i, max=0.3, baseline_mean=0.005, baseline_p95=0.01)  # fmt: skip
+        window = HealthWindow(service="api", window_start=now - 10 + 2 * i, window_end=now - 8 + 2 * i,
+                              sample_count=20, signals=[stats])  # fmt: skip
+        publish(topics, "health", window, "api")
+    anomaly = AnomalyScore(service="api", metric="error_rate", signal="errors", value=0.21, baseline=0.01,
+                           score=0.9999, threshold=0.99, crossed=True, model="hst", ts=now, window_start=now - 2,
+                           window_end=now)  # fmt: skip
+    publish(topics, "anomalies", anomaly, "api")
     for pid, expires in (("p-ok", 600.0), ("p-old", -1.0), ("p-changed", 600.0)):
         publish(topics, "plans", plan(pid), "api")
         publish(topics, "approvals", request(pid, expires_in=expires), pid)
@@ -108,7 +129,7 @@ async def console(topics: Settings) -> AsyncIterator[tuple[ConsoleServer, httpx.
     stop = asyncio.Event()
     await server.start()
     task = asyncio.create_task(server.run(stop))
-    await until(lambda: len(server.view.requests) == 3 and len(server.view.plans) == 3)
+    await until(lambda: len(server.view.requests) == 3 and len(server.view.plans) == 3 and server.view.anomalies)
     base = server.url.rstrip("/")
     async with httpx.AsyncClient(base_url=base, headers={"Origin": base}, timeout=10) as client:
         yield server, client
@@ -120,11 +141,14 @@ def body(d: ApprovalDecision, digest: str | None) -> dict[str, object]:
     return {"decision": d.model_dump(), "plan_digest": digest}
 
 
+@session_loop
 async def test_pages_show_what_the_topics_hold(console: tuple[ConsoleServer, httpx.AsyncClient]) -> None:
-    _server, client = console
+    server, client = console
     home = (await client.get("/")).text
     assert "api error rate 9% vs baseline 0.5%" in home and "error_spike" in home
     assert 'data-service="api"' in home and "registered" in home
+    assert '<span class="badge anomaly"' in home and "×21.00" in home  # p95 0.21 against baseline 0.01
+    assert re.search(r'<polyline points="0\.0,23\.0 [^"]+ 120\.0,1\.0"/>', home), "no sparkline of the 5 windows"
     approvals = (await client.get("/approvals")).text
     assert 'id="approval-p-ok"' in approvals and "blast radius <b>3</b>" in approvals
     assert "never leaves this browser" in approvals
@@ -137,8 +161,18 @@ async def test_pages_show_what_the_topics_hold(console: tuple[ConsoleServer, htt
     async with client.stream("GET", "/events") as events:
         lines = events.aiter_lines()
         assert await anext(lines) == "event: hello"
+        later = CycleFocus(cycle_id="cyc-2", ts=time.time(), focus_area="latency_drift", confidence=0.6,
+                           reasoning=["p95 up"], guardrail_adjustment="maintain", guardrail_level="maintain",
+                           time_budget_seconds=60)  # fmt: skip
+        await asyncio.to_thread(publish, server.settings, "cycles", later, "cyc-2")
+        async with asyncio.timeout(10):
+            while not (line := await anext(lines)).startswith('data: {"topics"'):
+                pass
+        assert json.loads(line[6:])["topics"] == ["cycles"]
+    assert 'data-cycle-id="cyc-2"' in (await client.get("/")).text
 
 
+@session_loop
 async def test_a_valid_decision_is_published_and_bad_ones_refused(
     console: tuple[ConsoleServer, httpx.AsyncClient],
 ) -> None:
@@ -181,6 +215,7 @@ async def test_a_valid_decision_is_published_and_bad_ones_refused(
     assert r.status_code == 409 and "already answered" in r.json()["message"]
 
 
+@session_loop
 async def test_token_and_host_checks(topics: Settings, tmp_path: Path) -> None:
     server = ConsoleServer(topics, port=0, token="s3cret")
     stop = asyncio.Event()
@@ -203,3 +238,28 @@ async def test_token_and_host_checks(topics: Settings, tmp_path: Path) -> None:
     finally:
         stop.set()
         await task
+
+
+def test_metaheal_console_command(topics: Settings, tmp_path: Path) -> None:
+    from metaheal.runtime import write_settings
+
+    config = write_settings(topics, tmp_path / "metaheal.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    cli = [sys.executable, "-c", "from metaheal.cli import main; main()", "console"]
+    missing = subprocess.run([*cli, "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no Kafka bootstrap" in missing.stderr
+    log = tmp_path / "console.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [*cli, "--config", str(config), "--port", "0"], env=env, stdout=out, stderr=out, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (m := re.search(r"metaheal console on (http://\S+)", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert httpx.get(m.group(1) + "healthz", timeout=5).text == "ok\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, log.read_text()

@@ -119,7 +119,7 @@ def fleet(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, str, P
                 )
             if log == up_log:
                 m = wait_for_text(up_log, r"metaheal console on (http://\S+)", 60, procs[0])
-                assert m, up_log.read_text()[-3000:]
+                assert m and wait_for_text(up_log, "runtime starting", 60, procs[0]), up_log.read_text()[-3000:]
                 url = m.group(1).rstrip("/")
         yield s, url, key_path, up_log
     finally:
