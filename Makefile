@@ -60,6 +60,7 @@ bench: install tools
 	$(PY) benchmarks/bench_broker.py
 	$(PY) benchmarks/bench_codec.py
 	$(PY) benchmarks/bench_streams.py
+	$(PY) benchmarks/bench_console.py
 
 # each fault healed by `metaheal up` + a separate `metaheal simulate --scenario` (about 5 minutes)
 bench-faults: install tools
