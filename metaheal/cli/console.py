@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from metaheal.cli.options import BootstrapOpt, ConfigOpt, require_bootstrap, settings_from
+from metaheal.kafka import KafkaUnavailable
 
 TokenOpt = Annotated[
     str | None,
@@ -29,8 +30,9 @@ def console(
     token: TokenOpt = None,
 ) -> None:
     """Serve the web console: fleet overview, cycles, approvals signed in the browser, outcomes."""
+    # imported here, as the runtime in run.py: starlette, uvicorn and the readers the console folds
+    # topics with cost about 0.4 s, which every other command would pay otherwise
     from metaheal.console import ConsoleServer, ConsoleUnavailable
-    from metaheal.kafka import KafkaUnavailable
     from metaheal.runtime import configure_logging, run_until_signal
 
     settings = require_bootstrap(settings_from(config, bootstrap))
