@@ -26,6 +26,10 @@ from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from metaheal.agents.executor.approvals import verify_signature
 from metaheal.config import OperatorSettings, Settings
@@ -70,11 +74,8 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait(5)
 
 
-def chrome():  # type: ignore[no-untyped-def]
+def chrome() -> webdriver.Chrome:
     """Headless Chromium from Debian's packages, the driver path given (Selenium Manager downloads nothing)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.skip("chromium and chromium-driver are not installed (`make tools` installs them)")
     os.environ["SE_OFFLINE"] = "true"
@@ -85,7 +86,7 @@ def chrome():  # type: ignore[no-untyped-def]
     return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=opts)
 
 
-def shot(driver, name: str) -> None:  # type: ignore[no-untyped-def]
+def shot(driver: webdriver.Chrome, name: str) -> None:
     if SCREENSHOTS is not None:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
@@ -129,9 +130,6 @@ def fleet(settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, str, P
 
 @pytest.mark.timeout(200)
 def test_console_in_chromium(fleet: tuple[Settings, str, Path, Path], tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
     s, url, alice_key, up_log = fleet
     wrong_key = tmp_path / "mallory.key"
     wrong_key.write_text(SigningKey(b"m" * 32).encode().hex() + "\n")
