@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from metaheal.config import Settings
 from metaheal.console.view import TOPICS, FleetView
-from metaheal.kafka import Consumer, KafkaUnavailable, Record, TopicPartition
+from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, TopicPartition
 from metaheal.kafka.tail import TopicTail
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class ConsoleFeed(TopicTail):
                 logger.warning("console_topic_missing topic=%s error=%s", full, exc)
         return parts
 
-    def handle(self, msg: Record) -> None:
+    def handle(self, msg: ConsumedMessage) -> None:
         topic = self._short.get(msg.topic())
         if topic is not None and self.view.apply(topic, msg.key(), msg.value()) and self.on_change is not None:
             self.on_change(topic)
