@@ -43,6 +43,9 @@ ACTIONS: dict[str, frozenset[str]] = {
             "trust_violation",
             "plan_recovered",
             "approval_received",
+            "verdict_requested",
+            "verdict_received",
+            "verdict_expired",
         }
     ),
     "operator": frozenset({"approval_decided"}),

@@ -128,9 +128,13 @@ def _line(e: LedgerEntry, p: dict[str, Any]) -> list[str]:
         return [f"trust decision: {verdict}" + (f": {'; '.join(map(str, reasons[:2]))}" if reasons else "")]
     if a in ("approval_requested", "approval_decided", "approval_received"):
         return [f"{a.replace('_', ' ')}: {p.get('decision', e.result)} by {p.get('operator', e.actor)}"]
+    if a == "verdict_requested":
+        return [f"verification inconclusive, change kept: {'; '.join(map(str, p.get('evidence') or []))}"]
+    if a in ("verdict_received", "verdict_expired"):
+        return [f"{a.replace('_', ' ')}: {p.get('verdict', e.result)} by {p.get('operator', 'expiry')}"]
     if a == "execution_outcome":
         return [
-            f"outcome {p.get('outcome_id', '?')}: {p.get('result', e.result)}",
+            f"outcome {p.get('outcome_id', '?')}: {e.result}",
             f"signature: {e.actor} key {e.key_id}, {e.signature[:20]}…",
         ]
     return [f"{a.replace('_', ' ')}: {e.result}"]

@@ -198,6 +198,12 @@ class ExecutorSettings(_Section):
         default_factory=dict, description="service ('*' = any) -> denied playbooks"
     )
     approval_expiry_seconds: float = Field(900.0, gt=0)
+    verdict_expiry_seconds: float = Field(
+        1800.0, gt=0, description="how long a kept change waits for a verdict after an inconclusive verification"
+    )
+    verdict_recheck_seconds: float = Field(
+        1.0, gt=0, description="while awaiting a verdict: how often late telemetry and decisions are looked at"
+    )
     max_concurrent_plans: int = Field(8, gt=0)
 
 

@@ -58,7 +58,7 @@ class GuardrailAdjustment(StrEnum):
 
 
 GuardrailLevel = Literal["tight", "maintain", "loose"]
-OutcomeResult = Literal["success", "failed", "rolled_back", "denied", "expired"]
+OutcomeResult = Literal["success", "failed", "rolled_back", "denied", "expired", "inconclusive"]
 Decision = Literal["approve", "deny"]
 
 FOCUS_AREAS: tuple[str, ...] = tuple(f.value for f in FocusArea)
@@ -312,6 +312,9 @@ class ApprovalDecision(Event):
 
 
 class SignedOutcome(Event):
+    """What became of a plan. An ``inconclusive`` one with ``verdict_request_id`` waits for a verdict (its
+    change stays in place); a second outcome for the same plan settles it."""
+
     outcome_id: str
     plan_id: str
     directive_id: str
@@ -329,6 +332,12 @@ class SignedOutcome(Event):
     learned_insights: list[str] = Field(default_factory=list)
     ts: float
     ledger_sequence: int | None = None
+    #: the operator who confirmed a change that telemetry could not (``result`` is then ``success``)
+    confirmed_by: str | None = None
+    #: seconds between an inconclusive verification and the verdict that settled it (late telemetry, operator)
+    settled_after_seconds: float | None = None
+    #: on an ``inconclusive`` outcome: the request that asks an operator to keep or roll back the change
+    verdict_request_id: str | None = None
 
 
 # --- service registry --------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from pydantic_core import PydanticUndefined
 from metaheal.events import EVENT_TYPES
 
 SCHEMA_DIR = Path(__file__).resolve().parent
+#: Earlier wire versions, ``history/<Name>.<n>.avsc``: kept so records written with them stay readable.
+HISTORY_DIR = SCHEMA_DIR / "history"
 NAMESPACE = "metaheal"
 
 _PRIMITIVES: dict[Any, str] = {str: "string", float: "double", int: "long", bool: "boolean", bytes: "bytes"}
@@ -100,6 +102,18 @@ def schema_path(model: type[BaseModel]) -> Path:
 def load(model: type[BaseModel]) -> dict[str, Any]:
     """The committed ``.avsc`` for ``model`` (what goes on the wire)."""
     return json.loads(schema_path(model).read_text())
+
+
+def history(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """Earlier versions of ``model``'s schema, oldest first (never rewritten: records on topics use them).
+
+    A reader resolves a record written with one of them to the current model (Avro schema
+    resolution: fields the old version lacks take their defaults); a writer uses the oldest
+    one that can hold an event, so readers that predate a change keep reading what they can.
+    """
+    name = getattr(model, "avro_name", None) or model.__name__
+    files = sorted(HISTORY_DIR.glob(f"{name}.*.avsc"), key=lambda p: int(p.name.split(".")[1]))
+    return [json.loads(p.read_text()) for p in files]
 
 
 def write_all() -> list[Path]:

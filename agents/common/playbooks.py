@@ -116,6 +116,10 @@ class HttpCheck(_Model):
 
 
 Verification = Annotated[MetricThreshold | HttpCheck, Field(discriminator="type")]
+#: What to do with a change whose verification could not decide (no fresh samples, health endpoint
+#: unreachable, telemetry reader down): ``ask`` an operator (keep or roll back; the change stays meanwhile),
+#: ``keep`` it without asking, or ``rollback`` at once. Late telemetry still settles ``ask`` and ``keep``.
+OnInconclusive = Literal["keep", "rollback", "ask"]
 
 
 class Playbook(_Model):
@@ -128,6 +132,11 @@ class Playbook(_Model):
     steps: list[Step] = Field(min_length=1)
     verifications: list[Verification] = Field(default_factory=list)
     rollback: list[Step] = Field(default_factory=list)
+    on_inconclusive: OnInconclusive = "ask"
+    #: what an unanswered verdict request ends with
+    verdict_expiry: Literal["keep", "rollback"] = "keep"
+    #: how long a verdict stays open (None: ``executor.verdict_expiry_seconds``)
+    verdict_expiry_seconds: float | None = Field(None, gt=0)
 
     def applies(self, focus_area: str, root_causes: list[str] | None = None) -> bool:
         """True when the focus area matches (root causes refine ranking, they do not gate)."""

@@ -6,6 +6,13 @@ the request expires, answers a pending request, and has not been seen before.
 Everything else is rejected with a reason that the executor records as a
 ``trust_violation`` — a forged approval is an attack, not noise.
 
+The same channel asks for *verdicts*: when verification could not decide whether a
+change worked, the change stays and a verdict request (``request_id``
+``verdict-<plan_id>``) asks an operator to keep it (``approve``) or roll it back
+(``deny``); ``metaheal approvals keep|rollback`` say so in words. A decision is bound
+to its request id by the signature, so an approval of the plan cannot be replayed as
+a verdict.
+
 The signature covers the canonical JSON (``metaheal.ledger.canonical``) of
 every field except ``signature``, so changing the decision, the plan or the
 operator breaks it.
@@ -138,6 +145,45 @@ def build_request(
         f"impact {plan.risk_assessment.impact}, blast radius {plan.risk_assessment.blast_radius}",
         requested_at=now,
         expires_at=now + expiry_seconds,
+    )
+
+
+VERDICT_PREFIX = "verdict-"
+#: what a decision means on a verdict request
+VERDICT_MEANING = {"approve": "keep", "deny": "rollback"}
+
+
+def is_verdict_request(request: ApprovalRequest) -> bool:
+    """Whether ``request`` asks for a verdict on a change already made (not for permission to make it)."""
+    return request.request_id.startswith(VERDICT_PREFIX)
+
+
+def build_verdict_request(
+    plan: AgenticPlan, evidence: list[str], *, expires_at: float, on_expiry: str, now: float | None = None
+) -> ApprovalRequest:
+    """Ask an operator to keep (``approve``) or roll back (``deny``) a change whose verification was inconclusive.
+
+    >>> from metaheal.events import RiskAssessment
+    >>> p = AgenticPlan(plan_id="p1", directive_id="d1", cycle_id="c1", ts=0.0, service="api",
+    ...     selected_playbook="rollback_flag", steps=[], verifications=[], rollback_plan=[],
+    ...     trust_approval_required=False, estimated_duration=1.0,
+    ...     risk_assessment=RiskAssessment(impact="low", blast_radius=1, risk_score=0.1), confidence=0.9)
+    >>> r = build_verdict_request(p, ["no samples of error_rate"], expires_at=100.0, on_expiry="keep", now=10.0)
+    >>> r.request_id, is_verdict_request(r), r.reason
+    ('verdict-p1', True, 'verification inconclusive: no samples of error_rate')
+    """
+    now = now if now is not None else time.time()
+    return ApprovalRequest(
+        request_id=f"{VERDICT_PREFIX}{plan.plan_id}",
+        plan_id=plan.plan_id,
+        cycle_id=plan.cycle_id,
+        service=plan.service,
+        playbook=plan.selected_playbook,
+        reason="verification inconclusive: " + "; ".join(evidence),
+        plan_summary=f"{plan.selected_playbook} on {plan.service} is in place and unverified: keep (approve) or "
+        f"roll back (deny); unanswered it ends as {on_expiry}",
+        requested_at=now,
+        expires_at=expires_at,
     )
 
 

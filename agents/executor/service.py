@@ -15,8 +15,13 @@ written down before it happens:
   approval, verification) or rolled back — a step that started without a recorded
   result is never repeated, because it may have run;
 * **evidence**: verification verdicts carry the query, observed values and
-  threshold; missing telemetry is inconclusive and leads to rollback, never to a
-  success.
+  threshold; missing telemetry is inconclusive, never a success — and never a
+  failure either: a change whose verification cannot decide stays in place
+  (``awaiting_verdict``, outcome ``inconclusive``) while a signed verdict request asks
+  an operator to keep or roll it back; telemetry that returns meanwhile settles it
+  (a pass: ``success``; a clear violation: rollback), and an unanswered request ends
+  as the playbook's ``verdict_expiry`` (``keep`` by default). ``on_inconclusive:
+  rollback`` in a playbook restores the old behaviour of rolling back at once.
 
 Run one with ``python -m metaheal.agents.executor.service --config metaheal.yaml``.
 
@@ -38,6 +43,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -51,8 +57,10 @@ from metaheal.agents.executor.actuators import (
     get_actuator,
 )
 from metaheal.agents.executor.approvals import (
+    VERDICT_MEANING,
     ApprovalInbox,
     build_request,
+    build_verdict_request,
     rejection_reason,
 )
 from metaheal.agents.executor.planner import (
@@ -90,6 +98,12 @@ logger = logging.getLogger(__name__)
 MUTATING = frozenset({"http.post", "command"})
 #: Extra grace for an actuator to return after its own timeout before it is cancelled.
 CANCEL_GRACE = 1.0
+#: While awaiting a verdict, how long each look at late telemetry (or the health endpoint) may take.
+RECHECK_WINDOW = 0.2
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S UTC")
 
 
 def mutates(steps: list[PlanStep], upto: int) -> bool:
@@ -576,29 +590,218 @@ class Executor:
         if passed:
             run.insights.append(f"{plan.selected_playbook} resolved {run.directive.focus_area} on {plan.service}")
             return await self._finish(run, "success", True)
-        why = (
-            "verification failed"
-            if passed is False
-            else "verification inconclusive (missing telemetry is never a pass)"
-        )
-        run.insights.append(f"{plan.selected_playbook} on {plan.service}: {why}")
-        return await self._undo(run, why, verification_passed=passed)
+        if passed is None:
+            run.insights.append(f"{plan.selected_playbook} on {plan.service}: verification inconclusive")
+            return await self._inconclusive(run, since, "verification inconclusive (missing telemetry is never a pass)")
+        run.insights.append(f"{plan.selected_playbook} on {plan.service}: verification failed")
+        return await self._undo(run, "verification failed", verification_passed=False)
 
-    async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None) -> SignedOutcome:
+    # --- inconclusive: keep the change, ask for a verdict ---------------------------------------
+
+    def _missing_evidence(self, run: Run, since: float) -> list[str]:
+        """What verification expected and what was missing since when, in words (for the operator)."""
+        assert run.plan is not None
+        lines = []
+        for v in run.verdicts:
+            if v.status != "inconclusive":
+                continue
+            q = v.query
+            if v.check == "metric_threshold" and "metric" in q:
+                service, metric = str(q.get("service", run.plan.service)), str(q["metric"])
+                last = self.telemetry.last_seen(
+                    service, metric, source=str(q.get("source", "telemetry")), stat=str(q.get("stat", "p95"))
+                )
+                seen = f"last sample at {_utc(last)}" if last is not None else "none seen since the reader started"
+                lines.append(
+                    f"expected {q.get('min_samples', 1)} sample(s) of {metric} {v.op} {v.threshold} from {service}; "
+                    f"none since {_utc(since)} ({seen})"
+                    + (f"; {self.telemetry.problem}" if self.telemetry.problem else "")
+                )
+            else:
+                lines.append(f"expected {v.check} {v.op or ''} {v.threshold}: {v.reason} (since {_utc(since)})")
+        return lines or ["verification could not decide (time budget or a check it could not run)"]
+
+    async def _inconclusive(self, run: Run, since: float, why: str) -> SignedOutcome:
+        assert run.plan is not None
+        plan = run.plan
+        started = run.record.step_started
+        if not mutates(plan.steps, (started + 1) if started is not None else 0):
+            run.note(f"{why}; no step changed the service: nothing to keep or roll back")
+            return await self._finish(run, "inconclusive", None)
+        pb = self.playbooks.get(plan.selected_playbook)
+        policy = pb.on_inconclusive if pb else "ask"
+        if policy == "rollback":
+            run.note(f"{why}; the playbook says on_inconclusive: rollback")
+            return await self._undo(run, why, verification_passed=None)
+        now = time.time()
+        expiry = (pb.verdict_expiry_seconds if pb else None) or self.settings.executor.verdict_expiry_seconds
+        on_expiry = pb.verdict_expiry if pb is not None and policy == "ask" else "keep"
+        evidence = self._missing_evidence(run, since)
+        request = None
+        if policy == "ask":
+            request = build_verdict_request(plan, evidence, expires_at=now + expiry, on_expiry=on_expiry, now=now)
+        run.note(
+            f"{why}: the change stays in place awaiting a verdict for {expiry:g}s "
+            f"({'an operator is asked' if request else 'on_inconclusive: keep'}; unanswered: {on_expiry})"
+        )
+        await self._save(
+            run,
+            status="awaiting_verdict",
+            verify_since=since,
+            inconclusive_at=now,
+            verdict_expires_at=now + expiry,
+            verdict_on_expiry=on_expiry,
+            verdict_request_json=request.model_dump_json() if request else None,
+        )
+        await self._ledger(
+            run,
+            "executor",
+            "verdict_requested",
+            {
+                "evidence": evidence,
+                "verdicts": [v.model_dump() for v in run.verdicts],
+                "since": since,
+                "policy": policy,
+                "expires_at": now + expiry,
+                "on_expiry": on_expiry,
+                "request": request.model_dump() if request else None,
+            },
+            "pending",
+        )
+        await self._finish(
+            run, "inconclusive", None, final=False, verdict_request_id=request.request_id if request else None
+        )
+        if request is not None:
+            await self._publish("approvals", plan.plan_id, self._ser_request(request))
+        return await self._await_verdict(run)
+
+    async def _await_verdict(self, run: Run) -> SignedOutcome:
+        """Until an operator answers, late telemetry decides, or the request expires."""
+        assert run.plan is not None
+        plan, rec = run.plan, run.record
+        request = ApprovalRequest.model_validate_json(rec.verdict_request_json) if rec.verdict_request_json else None
+        since = rec.verify_since or rec.inconclusive_at or time.time()
+        waiting_since = rec.inconclusive_at or time.time()
+        expires_at = rec.verdict_expires_at or time.time()
+        used = 0
+        while True:
+            every = min(self.settings.executor.verdict_recheck_seconds, max(0.0, expires_at - time.time()))
+            batch = await self.inbox.next_decisions(plan.plan_id, used, every) if request else []
+            if request is None:
+                await asyncio.sleep(every)
+            used += len(batch)
+            for received_at, dec in batch:
+                if request is None or dec.request_id != request.request_id:
+                    continue  # e.g. the approval that let the plan run
+                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                self._seen_decisions.add(dec.decision_id)
+                if why is not None:
+                    await self._ledger(
+                        run, "executor", "trust_violation", {"reason": why, "decision": dec.model_dump()}, "rejected"
+                    )
+                    run.note(f"rejected verdict decision {dec.decision_id}: {why}")
+                    continue
+                meaning = VERDICT_MEANING[dec.decision]
+                delay = round(time.time() - waiting_since, 3)
+                await self._ledger(
+                    run,
+                    "executor",
+                    "verdict_received",
+                    {**dec.model_dump(), "verdict": meaning, "delay": delay},
+                    meaning,
+                )
+                if meaning == "keep":
+                    run.note(f"kept by {dec.operator} after {delay:.1f}s: {dec.reason or 'no reason given'}")
+                    run.insights.append(f"{plan.selected_playbook} on {plan.service} confirmed by {dec.operator}")
+                    return await self._finish(
+                        run,
+                        "success",
+                        None,
+                        confirmed_by=dec.operator,
+                        settled_after=delay,
+                        ledger_result=f"success_confirmed_by:{dec.operator}",
+                    )
+                run.note(f"{dec.operator} asked for a rollback after {delay:.1f}s: {dec.reason or 'no reason given'}")
+                return await self._undo(
+                    run, f"operator {dec.operator} asked for a rollback", verification_passed=None, settled_after=delay
+                )
+            verdicts = await self._recheck(run, since)
+            passed = (
+                overall(verdicts)
+                if len(verdicts) == len(plan.verifications)
+                else (False if any(v.status == "fail" for v in verdicts) else None)
+            )
+            if passed is not None:
+                delay = round(time.time() - waiting_since, 3)
+                run.verdicts = verdicts
+                for v in verdicts:
+                    await self._ledger(
+                        run, "executor", "verification_result", {**v.model_dump(), "late": True}, v.status
+                    )
+                    run.note(f"verify {v.check} (late, after {delay:.1f}s): {v.status} ({v.reason or 'ok'})")
+                if passed:
+                    run.insights.append(
+                        f"{plan.selected_playbook} resolved {run.directive.focus_area} on {plan.service}"
+                    )
+                    return await self._finish(run, "success", True, settled_after=delay)
+                run.insights.append(f"{plan.selected_playbook} on {plan.service}: verification failed late")
+                return await self._undo(run, "late verification failed", verification_passed=False, settled_after=delay)
+            if time.time() >= expires_at:
+                on_expiry = rec.verdict_on_expiry or "keep"
+                delay = round(time.time() - waiting_since, 3)
+                await self._ledger(
+                    run,
+                    "executor",
+                    "verdict_expired",
+                    {
+                        "request_id": request.request_id if request else None,
+                        "expired_at": expires_at,
+                        "verdict": on_expiry,
+                    },
+                    on_expiry,
+                )
+                run.note(f"no verdict within {delay:.0f}s: {on_expiry} (the playbook's verdict_expiry)")
+                if on_expiry == "rollback":
+                    return await self._undo(
+                        run, "verdict request expired", verification_passed=None, settled_after=delay
+                    )
+                run.insights.append(f"{plan.selected_playbook} on {plan.service} kept unverified")
+                return await self._finish(run, "inconclusive", None, settled_after=delay)
+
+    async def _recheck(self, run: Run, since: float) -> list[Verdict]:
+        """The plan's checks on what arrived since ``since``, patiently: a pass or a clear violation, or nothing."""
+        assert run.plan is not None
+        verdicts = []
+        for v in run.plan.verifications:
+            try:
+                spec = render(json.loads(v.spec_json), self._variables(run))
+            except TemplateError as exc:
+                return [Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")]
+            spec.setdefault("settle", min(20.0, float(spec.get("within", 60.0)) / 2))
+            spec["within"] = RECHECK_WINDOW
+            verdict = await run_verification(
+                spec, service=run.plan.service, since=since, telemetry=self.telemetry, patient=True
+            )
+            verdicts.append(verdict)
+            if verdict.status != "pass":
+                break
+        return verdicts
+
+    async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None, **extra: Any) -> SignedOutcome:
         assert run.plan is not None
         plan = run.plan
         started = run.record.step_started
         touched = mutates(plan.steps, (started + 1) if started is not None else 0)
         if not touched:
             run.note(f"no step changed the service ({reason}); nothing to roll back")
-            return await self._finish(run, "failed", verification_passed)
+            return await self._finish(run, "failed", verification_passed, **extra)
         if not plan.rollback_plan:
             run.note(f"{reason}; playbook has no rollback steps: escalate")
             run.insights.append(f"{plan.selected_playbook} cannot be undone automatically")
-            return await self._finish(run, "failed", verification_passed)
+            return await self._finish(run, "failed", verification_passed, **extra)
         run.note(f"rolling back: {reason}")
         ok = await self._rollback(run, reason)
-        return await self._finish(run, "rolled_back" if ok else "failed", verification_passed)
+        return await self._finish(run, "rolled_back" if ok else "failed", verification_passed, **extra)
 
     async def _rollback(self, run: Run, reason: str) -> bool:
         assert run.plan is not None
@@ -663,10 +866,26 @@ class Executor:
         await self._save(run, status="done", result="dry_run")
         return None
 
-    async def _finish(self, run: Run, result: str, verification_passed: bool | None) -> SignedOutcome:
+    async def _finish(
+        self,
+        run: Run,
+        result: str,
+        verification_passed: bool | None,
+        *,
+        final: bool = True,
+        confirmed_by: str | None = None,
+        settled_after: float | None = None,
+        verdict_request_id: str | None = None,
+        ledger_result: str | None = None,
+    ) -> SignedOutcome:
+        """Sign, record and publish an outcome; ``final=False``: an inconclusive one that a verdict settles later
+        (its own outcome id; the plan stays in flight). ``ledger_result`` words the ledger entry's result
+        (``success_confirmed_by:<operator>``) where the outcome's typed ``result`` cannot."""
         d, plan = run.directive, run.plan
         duration = time.monotonic() - run.started
-        outcome_id = f"out-{uuid.uuid5(uuid.NAMESPACE_URL, run.record.plan_id or d.directive_id).hex[:16]}"
+        key = run.record.plan_id or d.directive_id
+        outcome_id = f"out-{uuid.uuid5(uuid.NAMESPACE_URL, key if final else key + ':inconclusive').hex[:16]}"
+        shown = f"{result} (confirmed by {confirmed_by})" if confirmed_by else result
         body = {
             "outcome_id": outcome_id,
             "plan_id": plan.plan_id if plan else run.record.plan_id,
@@ -680,11 +899,14 @@ class Executor:
             "duration_seconds": round(duration, 3),
             "verification_passed": verification_passed,
             "trust_decision": run.trust_decision,
-            "rationale": [*run.rationale, f"result: {result}"],
+            "rationale": [*run.rationale, f"result: {shown}"],
             "learned_insights": run.insights,
             "verdicts": [v.model_dump() for v in run.verdicts],
+            "confirmed_by": confirmed_by,
+            "settled_after_seconds": settled_after,
+            "verdict_request_id": verdict_request_id,
         }
-        entry = await self._ledger(run, "executor", "execution_outcome", body, result)
+        entry = await self._ledger(run, "executor", "execution_outcome", body, ledger_result or result)
         outcome = SignedOutcome(
             **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area")},
             actor="executor",
@@ -692,14 +914,15 @@ class Executor:
             ts=time.time(),
             ledger_sequence=entry.sequence,
         )
-        await self._save(run, status="done", result=result)
+        if final:
+            await self._save(run, status="done", result=ledger_result or result)
         await self._publish("outcomes", d.service, self._ser_outcome(outcome))
         logger.info(
             "outcome directive=%s plan=%s playbook=%s result=%s trust=%s duration=%.2f",
             d.directive_id,
             outcome.plan_id,
             outcome.playbook,
-            result,
+            ledger_result or result,
             run.trust_decision,
             duration,
         )
@@ -748,6 +971,9 @@ class Executor:
             request = ApprovalRequest.model_validate_json(rec.approval_request_json)
             out = await self._await_approval(run, request)
             return out if out is not None else await self._execute(run)
+        if rec.status == "awaiting_verdict":
+            await recovered("await_verdict", "a kept change was waiting for its verdict")
+            return await self._await_verdict(run)
         if rec.status == "rolling_back":
             if rec.rollback_started is not None and rec.rollback_started >= rec.rollback_done:
                 await recovered("escalate", f"rollback step {rec.rollback_started} was interrupted; not repeated")

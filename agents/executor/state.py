@@ -30,8 +30,10 @@ from metaheal.kafka import Consumer, KafkaUnavailable, Producer
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["accepted", "awaiting_approval", "executing", "verifying", "rolling_back", "done"]
-IN_FLIGHT: frozenset[str] = frozenset({"accepted", "awaiting_approval", "executing", "verifying", "rolling_back"})
+Status = Literal["accepted", "awaiting_approval", "executing", "verifying", "awaiting_verdict", "rolling_back", "done"]
+IN_FLIGHT: frozenset[str] = frozenset(
+    {"accepted", "awaiting_approval", "executing", "verifying", "awaiting_verdict", "rolling_back"}
+)
 
 
 class PlanRecord(BaseModel):
@@ -53,6 +55,14 @@ class PlanRecord(BaseModel):
     rationale: list[str] = Field(default_factory=list)
     result: str | None = None
     execution_started_at: float | None = None
+    #: when verification started: only samples from then on judge the change (also while awaiting a verdict)
+    verify_since: float | None = None
+    #: when verification came out inconclusive and the change was kept, awaiting a verdict
+    inconclusive_at: float | None = None
+    verdict_request_json: str | None = None
+    verdict_expires_at: float | None = None
+    #: what the change ends with if no verdict arrives in time ("keep" or "rollback")
+    verdict_on_expiry: str | None = None
     updated_at: float = Field(default_factory=time.time)
     owner: str | None = None
     #: Partition of ``<prefix>directives`` the directive came from: whoever owns it recovers the plan.

@@ -178,6 +178,20 @@ class LiveTelemetry(TopicTail):
 
     # --- reading -------------------------------------------------------------------------------
 
+    @property
+    def problem(self) -> str | None:
+        """Why this reader cannot be trusted to see fresh samples (None: it is reading)."""
+        if self.error is not None:
+            return f"telemetry reader failed: {self.error}"
+        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+            return "telemetry reader stopped"
+        return None
+
+    def last_seen(self, service: str, metric: str, *, source: str = "telemetry", stat: str = "p95") -> float | None:
+        """Timestamp of the newest sample ever read for the series (None: none since the reader started)."""
+        got = self.samples(service, metric, since=0.0, source=source, stat=stat)
+        return got[-1][0] if got else None
+
     def samples(
         self, service: str, metric: str, *, since: float, source: str = "telemetry", stat: str = "p95"
     ) -> list[tuple[float, float]]:
@@ -219,9 +233,13 @@ class LiveTelemetry(TopicTail):
         check: str = "metric_threshold",
         settle: float | None = None,
         fail_after: int | None = None,
+        patient: bool = False,
     ) -> Verdict:
         """Wait up to ``within`` seconds for the condition; decide as soon as it holds, or as soon as
-        ``fail_after`` fresh samples (taken ``settle`` seconds after ``since``) clearly violate it."""
+        ``fail_after`` fresh samples (taken ``settle`` seconds after ``since``) clearly violate it.
+
+        A ``patient`` check (a change awaiting its verdict) reports only a pass or such a clear
+        violation; samples that merely do not meet the threshold yet leave it inconclusive."""
         deadline = time.monotonic() + within
         settle = min(20.0, within / 2) if settle is None else settle
         fail_after = max(min_samples, 5) if fail_after is None else fail_after
@@ -249,6 +267,9 @@ class LiveTelemetry(TopicTail):
                 status, early = "fail", True
                 break
             await asyncio.sleep(POLL_SECONDS)
+        waiting = patient and status == "fail" and not early
+        if waiting:
+            status = "inconclusive"
         observed = [v for _, v in got][-MAX_RECORDED:]
         reason = {
             "pass": f"last {min_samples} sample(s) satisfy {metric} {op} {threshold}",
@@ -258,8 +279,14 @@ class LiveTelemetry(TopicTail):
             )
             if early
             else f"{metric} {op} {threshold} not met within {within}s (last {observed[-1] if observed else None})",
-            "inconclusive": f"fewer than {min_samples} sample(s) of {metric} for {service} within {within}s",
+            "inconclusive": (
+                f"{metric} {op} {threshold} not met yet and not clearly violated (last {observed[-1]})"
+                if waiting
+                else f"fewer than {min_samples} sample(s) of {metric} for {service} within {within}s"
+            ),
         }[status]
+        if status == "inconclusive" and not waiting and self.problem:
+            reason = f"{reason} ({self.problem})"
         return Verdict(
             check=check, status=status, query=query, observed=observed, threshold=threshold, op=op, reason=reason
         )
@@ -300,9 +327,9 @@ async def http_check(url: str, *, expect_status: int, within: float, timeout: fl
 
 
 async def run_verification(
-    spec: dict[str, Any], *, service: str, since: float, telemetry: LiveTelemetry | None
+    spec: dict[str, Any], *, service: str, since: float, telemetry: LiveTelemetry | None, patient: bool = False
 ) -> Verdict:
-    """Run one rendered verification spec (a ``PlanVerification`` body)."""
+    """Run one rendered verification spec (a ``PlanVerification`` body); ``patient``: see ``wait_for``."""
     kind = spec.get("type")
     if kind == "http_check":
         return await http_check(
@@ -314,6 +341,8 @@ async def run_verification(
     if kind == "metric_threshold":
         if telemetry is None:
             return Verdict(check=kind, status="inconclusive", reason="no live telemetry reader", query=spec)
+        if telemetry.problem:
+            return Verdict(check=kind, status="inconclusive", reason=telemetry.problem, query=spec)
         return await telemetry.wait_for(
             service=spec.get("service", service),
             metric=spec["metric"],
@@ -326,5 +355,6 @@ async def run_verification(
             min_samples=int(spec.get("min_samples", 1)),
             settle=float(spec["settle"]) if spec.get("settle") is not None else None,
             fail_after=int(spec["fail_after"]) if spec.get("fail_after") is not None else None,
+            patient=patient,
         )
     return Verdict(check=str(kind), status="inconclusive", reason=f"unknown verification type {kind!r}")

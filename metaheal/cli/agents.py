@@ -1,9 +1,13 @@
-"""``metaheal approvals list|approve|deny`` (owned by the agentic work).
+"""``metaheal approvals list|approve|deny|keep|rollback`` (owned by the agentic work).
 
 Operators answer approval requests from a terminal: the decision is signed here
 with the operator's private key file and published on ``<prefix>approvals``;
 the executor checks the signature against the operator registry
 (``settings.operators``) before it counts.
+
+``keep`` and ``rollback`` answer a *verdict* request: a change is in place but its
+verification could not decide (the evidence vanished); they sign ``approve`` (keep) or
+``deny`` (roll back) for that request, and refuse to answer a plain approval request.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from metaheal.cli.options import (
     require_bootstrap,
     settings_from,
 )
+from metaheal.agents.executor.approvals import VERDICT_MEANING, is_verdict_request
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import ApprovalDecision, ApprovalRequest
@@ -33,7 +38,10 @@ from metaheal.kafka.serializers import AvroSerializer
 # The executor's approval module is imported inside the commands that use it: it loads pynacl and the
 # executor (~0.15 s measured), which `metaheal --help` and every other command would pay otherwise.
 
-approvals_app = typer.Typer(help="List, approve and deny pending approval requests.", no_args_is_help=True)
+approvals_app = typer.Typer(
+    help="List and answer pending requests: approve/deny a plan, keep/rollback an unverified change.",
+    no_args_is_help=True,
+)
 
 KeyOpt = Annotated[Path, typer.Option("--key", help="The operator's private key file (from `metaheal keys`).")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded with the decision.")]
@@ -50,8 +58,9 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
 def _read(settings: Settings) -> tuple[dict[str, ApprovalRequest], dict[str, list[ApprovalDecision]]]:
     from metaheal.agents.executor.approvals import DECODER
 
+    # a plan may have two requests (approval to run, then a verdict on its change): the latest one counts
     requests: dict[str, ApprovalRequest] = {}
-    decisions: dict[str, list[ApprovalDecision]] = {}
+    decisions: dict[str, list[ApprovalDecision]] = {}  # by request id
     try:
         with Consumer(settings.kafka) as c:
             for m in c.read_to_end(settings.topics.name("approvals")):
@@ -62,7 +71,7 @@ def _read(settings: Settings) -> tuple[dict[str, ApprovalRequest], dict[str, lis
                 if isinstance(ev, ApprovalRequest):
                     requests[ev.plan_id] = ev
                 elif isinstance(ev, ApprovalDecision):
-                    decisions.setdefault(ev.plan_id, []).append(ev)
+                    decisions.setdefault(ev.request_id, []).append(ev)
     except KafkaUnavailable as exc:
         raise _fail(str(exc)) from None
     return requests, decisions
@@ -81,17 +90,20 @@ def list_requests(
     now = time.time()
     rows = []
     for req in sorted(requests.values(), key=lambda r: r.requested_at):
-        answered = decisions.get(req.plan_id, [])
+        answered = decisions.get(req.request_id, [])
         state = "expired" if now > req.expires_at else ("answered" if answered else "pending")
         if state == "pending" or all_:
             rows.append((req, state, answered))
     if as_json:
         for req, state, answered in rows:
-            print(json.dumps({**req.model_dump(), "state": state, "decisions": [d.decision for d in answered]}))
+            kind = "verdict" if is_verdict_request(req) else "approval"
+            doc = {**req.model_dump(), "kind": kind, "state": state, "decisions": [d.decision for d in answered]}
+            print(json.dumps(doc))
         return
-    table = Table("plan_id", "service", "playbook", "reason", "expires in", "state")
+    table = Table("plan_id", "kind", "service", "playbook", "reason", "expires in", "state")
     for req, state, _ in rows:
-        table.add_row(req.plan_id, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
+        kind = "verdict (keep/rollback)" if is_verdict_request(req) else "approval"
+        table.add_row(req.plan_id, kind, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
     Console().print(table)
 
 
@@ -103,6 +115,7 @@ def _decide(
     decision: Literal["approve", "deny"],
     config: Path | None,
     bootstrap: str | None,
+    verdict: str | None = None,
 ) -> None:
     from metaheal.agents.executor.approvals import load_signing_key, sign_decision
     from metaheal.ledger.keys import key_id_of
@@ -126,7 +139,11 @@ def _decide(
     req = requests.get(plan_id)
     if req is None:
         raise _fail(f"PLAN_ID: no approval request for plan {plan_id}")
+    if verdict is not None and not is_verdict_request(req):
+        raise _fail(f"PLAN_ID: plan {plan_id} waits for an approval, not a verdict (use approve/deny)")
     if time.time() > req.expires_at:
+        if is_verdict_request(req):
+            raise _fail(f"PLAN_ID: the verdict request for plan {plan_id} expired; the playbook's default applied")
         raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
     signed = sign_decision(
         sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision, reason=reason
@@ -136,7 +153,8 @@ def _decide(
             p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)
     except KafkaUnavailable as exc:
         raise _fail(str(exc)) from None
-    print(f"{decision} {plan_id} by {operator} (decision {signed.decision_id})")
+    said = verdict or (VERDICT_MEANING[decision] if is_verdict_request(req) else decision)
+    print(f"{said} {plan_id} by {operator} (decision {signed.decision_id})")
 
 
 @approvals_app.command("approve")
@@ -163,3 +181,29 @@ def deny(
 ) -> None:
     """Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."""
     _decide(plan_id, key, reason, operator, "deny", config, bootstrap)
+
+
+@approvals_app.command("keep")
+def keep(
+    plan_id: str,
+    key: KeyOpt,
+    reason: ReasonOpt = "",
+    operator: OperatorOpt = None,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Keep the unverified change of PLAN_ID (the plan ends as success, confirmed by you)."""
+    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, verdict="keep")
+
+
+@approvals_app.command("rollback")
+def rollback(
+    plan_id: str,
+    key: KeyOpt,
+    reason: ReasonOpt = "",
+    operator: OperatorOpt = None,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Roll back the unverified change of PLAN_ID (the executor runs the playbook's rollback)."""
+    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, verdict="rollback")

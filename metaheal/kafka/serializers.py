@@ -28,12 +28,13 @@ from typing import Any, Generic, TypeVar, cast
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from fastavro.validation import validate as avro_valid
 from pydantic import ValidationError
 
 from metaheal.errors import DecodeError
 from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.flat_writer import FlatRecordWriter
-from metaheal.schemas import load
+from metaheal.schemas import history, load
 
 E = TypeVar("E", bound=Event)
 MAGIC = b"\xc3\x01"
@@ -60,8 +61,30 @@ def validate(model: type[E], data: Any) -> E:
         raise DecodeError(f"invalid {model.__name__}: {_validation_message(exc)}") from None
 
 
+class _OlderVersion:
+    """An earlier schema of a model (``schemas/history``) and how to tell whether it can hold an event."""
+
+    def __init__(self, schema: dict[str, Any], current: dict[str, Any]) -> None:
+        self.parsed = fastavro.parse_schema(schema)
+        self.header = MAGIC + _fingerprint(schema)
+        names = {f["name"] for f in schema["fields"]}
+        #: fields it lacks, with the value they must have to be left out (their default)
+        self.absent = {f["name"]: f.get("default") for f in current["fields"] if f["name"] not in names}
+
+    def holds(self, datum: dict[str, Any]) -> dict[str, Any] | None:
+        """``datum`` without the fields this version lacks, if nothing is lost that way (enum symbols included)."""
+        if any(datum.get(k) != v for k, v in self.absent.items()):
+            return None
+        older = {k: v for k, v in datum.items() if k not in self.absent}
+        return older if avro_valid(older, self.parsed, raise_errors=False) else None
+
+
 class AvroSerializer(Generic[E]):
-    """``event -> bytes`` in single-object encoding."""
+    """``event -> bytes`` in single-object encoding.
+
+    For a model with earlier schema versions (``schemas/history``), an event that the oldest
+    of them can hold is written with it: consumers that predate the change keep reading it.
+    """
 
     def __init__(self, model: type[E]) -> None:
         self.model = model
@@ -69,13 +92,22 @@ class AvroSerializer(Generic[E]):
         self._parsed = fastavro.parse_schema(self.schema)
         self.fingerprint = _fingerprint(self.schema)
         self._header = MAGIC + self.fingerprint
+        self._older = [_OlderVersion(old, self.schema) for old in history(model)]
         try:  # flat records (most events) have a writer ~4x faster than fastavro, same bytes
             self._flat: FlatRecordWriter | None = FlatRecordWriter(self.schema)
         except TypeError:
             self._flat = None
 
     def __call__(self, event: E) -> bytes:
-        return self.write_dict(event.model_dump(mode="python"))
+        datum = event.model_dump(mode="python")
+        for old in self._older:
+            older = old.holds(datum)
+            if older is not None:
+                buf = io.BytesIO()
+                buf.write(old.header)
+                fastavro.schemaless_writer(buf, old.parsed, older)
+                return buf.getvalue()
+        return self.write_dict(datum)
 
     def write_dict(self, datum: dict[str, Any]) -> bytes:
         """Encode the field dict of a valid event (what ``model_dump`` returns), header included."""
@@ -88,12 +120,22 @@ class AvroSerializer(Generic[E]):
 
 
 class AvroDeserializer(Generic[E]):
-    """``bytes -> event``; raises :class:`DecodeError` for anything else."""
+    """``bytes -> event``; raises :class:`DecodeError` for anything else.
+
+    Records written with an earlier schema of the model (``schemas/history``) are resolved to
+    the current one: fields that version lacks take their defaults.
+    """
 
     def __init__(self, model: type[E]) -> None:
         self.model = model
         self._parsed = fastavro.parse_schema(load(model))
         self.fingerprint = _fingerprint(load(model))
+        self._writers = {_fingerprint(old): fastavro.parse_schema(old) for old in history(model)}
+
+    @property
+    def fingerprints(self) -> tuple[bytes, ...]:
+        """Every fingerprint this reader accepts: the current schema's first."""
+        return (self.fingerprint, *self._writers)
 
     @property
     def parsed_schema(self) -> Any:
@@ -101,9 +143,16 @@ class AvroDeserializer(Generic[E]):
         return self._parsed
 
     def decode_dict(self, data: bytes) -> dict[str, Any]:
-        check_header(data, self.fingerprint, self.model.__name__)
+        fp = check_header(data, None)
+        writer = self._writers.get(fp)
+        if writer is None:
+            check_header(data, self.fingerprint, self.model.__name__)
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._parsed, None)
+            buf = io.BytesIO(data[HEADER_LEN:])
+            if writer is None:
+                record = fastavro.schemaless_reader(buf, self._parsed, None)
+            else:
+                record = fastavro.schemaless_reader(buf, writer, self._parsed)
         except (EOFError, StopIteration, struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
             raise DecodeError(f"truncated or corrupt {self.model.__name__} datum: {exc!r}") from None
         return cast(dict[str, Any], record)  # a record schema decodes to a dict
@@ -128,7 +177,7 @@ class EventDecoder:
     """Decodes any metaheal event by its fingerprint (for tools like ``ledger replay``)."""
 
     def __init__(self, models: tuple[type[Event], ...] = EVENT_TYPES) -> None:
-        self._by_fp = {d.fingerprint: d for d in (AvroDeserializer(m) for m in models)}
+        self._by_fp = {fp: d for d in (AvroDeserializer(m) for m in models) for fp in d.fingerprints}
 
     def __call__(self, data: bytes) -> Event:
         fp = check_header(data, None)

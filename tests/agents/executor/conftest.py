@@ -46,6 +46,9 @@ class FakeService:
     #: Accept scale requests without changing the instance count (a stuck autoscaler).
     stuck: bool = False
     called: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Requests (``"POST /flags/rollback"``) after which the service's metrics agent dies: telemetry stops.
+    mute_on: set[str] = field(default_factory=set)
+    muted: bool = False
 
     @property
     def url(self) -> str:
@@ -58,6 +61,8 @@ class FakeService:
         self.calls[key] += 1
         self.log.append((key, body))
         self.called.set()
+        if key in self.mute_on:
+            self.muted = True
         if key in self.hang:
             await asyncio.sleep(3600)
         if key in self.fail:
@@ -92,6 +97,10 @@ class FakeService:
         ser = AvroSerializer(Metric)
         topic = settings.topics.name("telemetry")
         while not stop.is_set():
+            if self.muted:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.1)
+                continue
             now = time.time()
             latency = self.latency_after_fix if self.fixed else self.latency_ms
             for metric, value in (
