@@ -286,6 +286,11 @@ class AgenticPlan(Event):
 
 
 class ApprovalRequest(Event):
+    """Asks an operator to approve a plan, or (``request_id`` ``verdict-<plan_id>``) to keep or roll back a
+    change whose verification could not decide: ``approve`` keeps it, ``deny`` rolls it back."""
+
+    VERDICT_PREFIX: ClassVar[str] = "verdict-"
+
     request_id: str
     plan_id: str
     cycle_id: str
@@ -295,6 +300,11 @@ class ApprovalRequest(Event):
     plan_summary: str
     requested_at: float
     expires_at: float
+
+    @property
+    def asks_verdict(self) -> bool:
+        """Whether this asks for a verdict on a change already made (not for permission to make it)."""
+        return self.request_id.startswith(self.VERDICT_PREFIX)
 
 
 class ApprovalDecision(Event):

@@ -37,7 +37,8 @@ from metaheal.events import (
     RootCauseCandidate,
 )
 
-#: Outcome results that mean the playbook actually ran (``denied``/``expired`` never touched the service).
+#: Outcome results that mean the playbook actually ran and was judged (``denied``/``expired`` never touched the
+#: service; ``inconclusive`` touched it but nobody could tell whether it worked: no evidence either way).
 EXECUTED_RESULTS = frozenset({"success", "failed", "rolled_back"})
 UNKNOWN = "unknown"
 

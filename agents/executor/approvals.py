@@ -148,14 +148,14 @@ def build_request(
     )
 
 
-VERDICT_PREFIX = "verdict-"
+VERDICT_PREFIX = ApprovalRequest.VERDICT_PREFIX
 #: what a decision means on a verdict request
 VERDICT_MEANING = {"approve": "keep", "deny": "rollback"}
 
 
 def is_verdict_request(request: ApprovalRequest) -> bool:
     """Whether ``request`` asks for a verdict on a change already made (not for permission to make it)."""
-    return request.request_id.startswith(VERDICT_PREFIX)
+    return request.asks_verdict
 
 
 def build_verdict_request(

@@ -2,8 +2,10 @@
 
 An outcome's weight halves every ``half_life`` seconds, so a playbook that used to work
 but has started failing loses standing within hours, not weeks. ``denied`` and
-``expired`` outcomes say nothing about whether a playbook works (nobody ran it), so they
-are left out of the rates (trust problems are the focus logic's business).
+``expired`` outcomes say nothing about whether a playbook works (nobody ran it), and an
+``inconclusive`` one says nothing either (it ran, but the evidence went missing): all are
+left out of the rates. The outcome that later settles an inconclusive plan counts (a
+``success`` confirmed by an operator or by late telemetry, a ``rolled_back``).
 
 >>> from metaheal.events import SignedOutcome
 >>> def out(i, result, playbook="scale_up_instances", ts=1000.0):
@@ -19,6 +21,10 @@ are left out of the rates (trust problems are the focus logic's business).
 0.5
 >>> lr.observe(out(2, "failed"), "capacity_strain", now=1000.0) is None  # duplicates are ignored
 True
+>>> lr.observe(out(3, "inconclusive"), "capacity_strain", now=1000.0) is None  # not evidence against it
+True
+>>> lr.success_rate(playbook="scale_up_instances", now=1000.0)
+0.5
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 
 from metaheal.events import SignedOutcome
 
+#: results that say whether the playbook worked (not ``denied``, ``expired``, ``inconclusive``)
 COUNTED = {"success", "failed", "rolled_back"}
 
 ACTION_PHRASE = {

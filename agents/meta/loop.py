@@ -308,10 +308,16 @@ class MetaLoop:
             reasoning.append(f"Guardrails: {change.reason}.")
         if trigger != "scheduled":
             reasoning.append(f"Early cycle: {trigger}.")
-        waiting = sorted({r.service for r in self.obs.pending_approvals(started)})
+        verdicts = self.obs.awaiting_verdict(started)
+        waiting = sorted({r.service for r in self.obs.pending_approvals(started)} - set(verdicts))
         if waiting:
             reasoning.append(
                 f"Approvals pending on {', '.join(waiting)}: their plans stay open until an operator decides."
+            )
+        if verdicts:
+            reasoning.append(
+                f"Verdicts pending on {', '.join(verdicts)}: a change is in place unverified (its telemetry went "
+                "missing); no new directive there until an operator or returning telemetry settles it."
             )
         cf = CycleFocus(
             cycle_id=cycle_id,
@@ -494,9 +500,10 @@ class MetaLoop:
             busy = self.obs.busy(service, now)
             if busy is not None:
                 logger.info(
-                    "meta_loop no directive service=%s cycle_id=%s reason=open_work directive_id=%s plan_id=%s",
+                    "meta_loop no directive service=%s cycle_id=%s reason=%s directive_id=%s plan_id=%s",
                     service,
                     cf.cycle_id,
+                    busy.kind,
                     busy.directive_id,
                     busy.plan_id,
                 )

@@ -55,6 +55,9 @@ INPUTS: dict[str, tuple[type[Event], ...]] = {
     "ledger": (LedgerEntry,),
 }
 OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
+#: after a verdict request expires, how long its executor has to publish the settling outcome before the
+#: service is considered free again (the executor settles it at expiry; this only covers a lost executor)
+VERDICT_GRACE_SECONDS = 120.0
 MAX_REMEMBERED = 10_000  # cycles, advice and directives remembered for lookups (oldest dropped first)
 
 
@@ -71,6 +74,12 @@ class _Open:
     plan_id: str | None
     since: float
     until: float
+    #: ``open_work`` (a directive or plan without outcome) or ``awaiting_verdict`` (a change kept unverified)
+    kind: str = "open_work"
+
+
+def _verdict_key(plan_id: str) -> str:
+    return f"verdict:{plan_id}"
 
 
 class Observations:
@@ -174,6 +183,10 @@ class Observations:
     def pending_approvals(self, now: float) -> list[ApprovalRequest]:
         return [r for r in self.requests.values() if r.request_id not in self.decided and r.expires_at > now]
 
+    def awaiting_verdict(self, now: float) -> list[str]:
+        """Services whose last change is in place unverified, waiting for a verdict (an operator, late telemetry)."""
+        return sorted({o.service for o in self.open.values() if o.kind == "awaiting_verdict" and now <= o.until})
+
     # ingest ---------------------------------------------------------------------------------
 
     def ingest(self, short: str, event: Event, now: float) -> tuple[str | None, Insight | None]:
@@ -192,6 +205,9 @@ class Observations:
             insight, trigger = self._outcome(event, now)
         elif isinstance(event, ApprovalRequest):
             self.requests[event.request_id] = event
+            waiting = self.open.get(_verdict_key(event.plan_id))
+            if waiting is not None and waiting.kind == "awaiting_verdict":
+                waiting.until = event.expires_at + VERDICT_GRACE_SECONDS
         elif isinstance(event, ApprovalDecision):
             self.decided.add(event.request_id)
             if event.decision == "deny":
@@ -248,6 +264,12 @@ class Observations:
         self.closed.update({o.plan_id, o.directive_id})
         self.open.pop(o.plan_id, None)
         self.open.pop(o.directive_id, None)
+        self.open.pop(_verdict_key(o.plan_id), None)  # a later outcome on the plan settles its verdict
+        if o.result == "inconclusive" and o.verdict_request_id:
+            # the change stays and a human is asked: the incident is not over, so no new directive for the service
+            req = self.requests.get(o.verdict_request_id)
+            until = req.expires_at + VERDICT_GRACE_SECONDS if req else o.ts + OPEN_WORK_MAX_SECONDS
+            self.open[_verdict_key(o.plan_id)] = _Open(o.service, None, o.plan_id, o.ts, until, "awaiting_verdict")
         self.last_outcome_ts[o.service] = max(self.last_outcome_ts.get(o.service, 0.0), o.ts)
         self.outcome_read_at[o.service] = now
         trigger = None

@@ -4,7 +4,8 @@ Any replica, any operator laptop, any auditor gets the same answer, and the answ
 survives the meta loop's death: the current cycle is the last CycleFocus on
 ``<prefix>cycles``, the guardrail level and the leader come from the control topic,
 pending approvals are requests on ``<prefix>approvals`` without a decision that have not
-expired, and outcomes come from ``<prefix>outcomes``.
+expired, outcomes come from ``<prefix>outcomes``, and changes awaiting a verdict are
+plans whose latest outcome is ``inconclusive`` with a verdict request still open.
 
 Usage::
 
@@ -85,8 +86,7 @@ class StatusClient:
         doc = self.control().guardrails
         return str(doc["level"]) if doc and "level" in doc else self.settings.guardrails.initial_level
 
-    def pending_approvals(self, now: float | None = None) -> list[ApprovalRequest]:
-        now = time.time() if now is None else now
+    def _requests(self) -> tuple[dict[str, ApprovalRequest], set[str]]:
         decode = EventDecoder((ApprovalRequest, ApprovalDecision))
         requests: dict[str, ApprovalRequest] = {}
         decided: set[str] = set()
@@ -99,7 +99,45 @@ class StatusClient:
                 requests[ev.request_id] = ev
             elif isinstance(ev, ApprovalDecision):
                 decided.add(ev.request_id)
-        return [r for r in requests.values() if r.request_id not in decided and r.expires_at > now]
+        return requests, decided
+
+    def pending_approvals(self, now: float | None = None) -> list[ApprovalRequest]:
+        """Plans waiting for permission to run (verdict requests are in :meth:`awaiting_verdict`)."""
+        now = time.time() if now is None else now
+        requests, decided = self._requests()
+        return [
+            r for r in requests.values() if r.request_id not in decided and r.expires_at > now and not r.asks_verdict
+        ]
+
+    def awaiting_verdict(
+        self, now: float | None = None, outcomes: list[SignedOutcome] | None = None
+    ) -> list[dict[str, Any]]:
+        """Changes in place whose verification was inconclusive and that nobody has settled yet."""
+        now = time.time() if now is None else now
+        outs = outcomes if outcomes is not None else self._decode_all("outcomes", SignedOutcome)
+        latest: dict[str, SignedOutcome] = {}
+        for o in sorted(outs, key=lambda o: o.ts):
+            latest[o.plan_id] = o
+        requests, decided = self._requests()
+        rows = []
+        for o in latest.values():
+            if o.result != "inconclusive" or not o.verdict_request_id:
+                continue
+            req = requests.get(o.verdict_request_id)
+            rows.append(
+                {
+                    "plan_id": o.plan_id,
+                    "service": o.service,
+                    "playbook": o.playbook,
+                    "request_id": o.verdict_request_id,
+                    "since": o.ts,
+                    "expires_at": req.expires_at if req else None,
+                    "evidence": req.reason if req else "",
+                    "on_expiry": req.plan_summary.rsplit("unanswered it ends as ", 1)[-1] if req else None,
+                    "answered": o.verdict_request_id in decided,
+                }
+            )
+        return sorted(rows, key=lambda r: r["since"])
 
     def active_probes(self, now: float | None = None) -> list[ProbeCommand]:
         now = time.time() if now is None else now
@@ -117,6 +155,7 @@ class StatusClient:
             else self.settings.guardrails.initial_level
         )
         lease = view.leader
+        all_outcomes: list[SignedOutcome] = self._decode_all("outcomes", SignedOutcome)
         return {
             "current_cycle": cycle.model_dump(mode="json") if cycle else None,
             "guardrail_level": level,
@@ -132,7 +171,10 @@ class StatusClient:
             ),
             "active_probes": [p.model_dump(mode="json") for p in self.active_probes(now)],
             "pending_approvals": [r.model_dump(mode="json") for r in self.pending_approvals(now)],
-            "last_outcomes": [o.model_dump(mode="json") for o in self.outcome_history(outcomes)],
+            "awaiting_verdict": self.awaiting_verdict(now, all_outcomes),
+            "last_outcomes": [o.model_dump(mode="json") for o in sorted(all_outcomes, key=lambda o: o.ts)[-outcomes:]]
+            if outcomes > 0
+            else [],
         }
 
 

@@ -29,6 +29,18 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _result(o: dict) -> str:
+    """An outcome's result with what qualifies it (who confirmed it, how late it was settled)."""
+    text = o["result"]
+    if o.get("confirmed_by"):
+        text += f" (confirmed by {o['confirmed_by']})"
+    elif o["result"] == "inconclusive" and o.get("verdict_request_id"):
+        text += " (change kept, awaiting verdict)"
+    if o.get("settled_after_seconds") is not None:
+        text += f" after {o['settled_after_seconds']:.0f}s"
+    return text
+
+
 def status(
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
@@ -75,9 +87,19 @@ def status(
     for r in snap["pending_approvals"]:
         table.add_row(r["request_id"], r["service"], r["playbook"], r["reason"], _when(r["expires_at"]))
     out.print(table if snap["pending_approvals"] else "[bold]Pending approvals:[/bold] none")
+    if snap["awaiting_verdict"]:
+        table = Table(
+            "plan", "service", "playbook", "unverified since", "expires", "then", "evidence", title="Awaiting verdict"
+        )
+        for v in snap["awaiting_verdict"]:
+            expires = _when(v["expires_at"]) if v["expires_at"] else "-"
+            then = "answered" if v["answered"] else str(v["on_expiry"] or "-")
+            table.add_row(v["plan_id"], v["service"], v["playbook"], _when(v["since"]), expires, then, v["evidence"])
+        out.print(table)
+        out.print("  answer with: metaheal approvals keep|rollback PLAN_ID --key KEYFILE")
     table = Table("time", "service", "playbook", "result", "duration", "cycle", title="Last outcomes")
     for o in snap["last_outcomes"]:
         table.add_row(
-            _when(o["ts"]), o["service"], o["playbook"], o["result"], f"{o['duration_seconds']:.0f}s", o["cycle_id"]
+            _when(o["ts"]), o["service"], o["playbook"], _result(o), f"{o['duration_seconds']:.0f}s", o["cycle_id"]
         )
     out.print(table if snap["last_outcomes"] else "[bold]Last outcomes:[/bold] none")

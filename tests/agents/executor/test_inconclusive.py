@@ -84,6 +84,16 @@ async def test_operator_keeps_the_change_plan_ends_success_confirmed_by_operator
     listed = await asyncio.to_thread(runner.invoke, app, ["approvals", "list", "--json", "--config", str(cfg)])
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [(r["plan_id"], r["kind"], r["state"]) for r in rows] == [(plan_id, "verdict", "pending")], listed.output
+    interim = (await wait_until(lambda: outcomes_of(settings, plan_id), blocking=True, what="interim outcome"))[0]
+    # `metaheal status` shows the change waiting for its verdict, with the evidence, and the interim outcome
+    shown = await asyncio.to_thread(runner.invoke, app, ["status", "--json", "--config", str(cfg)])
+    snap = json.loads(shown.stdout)
+    [waiting] = snap["awaiting_verdict"]
+    assert (waiting["plan_id"], waiting["request_id"], waiting["on_expiry"]) == (plan_id, req.request_id, "keep")
+    assert "error_rate" in waiting["evidence"] and snap["pending_approvals"] == []
+    assert [o["result"] for o in snap["last_outcomes"] if o["plan_id"] == plan_id] == ["inconclusive"]
+    shown = await asyncio.to_thread(runner.invoke, app, ["status", "--config", str(cfg)], env={"COLUMNS": "400"})
+    assert "Awaiting verdict" in shown.stdout and "inconclusive (change kept, awaiting verdict)" in shown.stdout
     kept = await asyncio.to_thread(
         runner.invoke,
         app,
@@ -98,10 +108,11 @@ async def test_operator_keeps_the_change_plan_ends_success_confirmed_by_operator
     assert rec.status == "done" and rec.result == "success_confirmed_by:alice"
     story = await actions(executor, d.cycle_id)
     assert story[-2:] == [("verdict_received", "keep"), ("execution_outcome", "success_confirmed_by:alice")]
-    assert [o.result for o in outcomes_of(settings, plan_id)] == ["inconclusive", "success"]
-    # answered: not pending any more, and `approve` on a plain approval request is not a verdict
+    assert [o.outcome_id for o in outcomes_of(settings, plan_id)] == [interim.outcome_id, outcome.outcome_id]
     listed = await asyncio.to_thread(runner.invoke, app, ["approvals", "list", "--json", "--config", str(cfg)])
-    assert listed.stdout.strip() == ""
+    assert listed.stdout.strip() == ""  # answered: nothing pending
+    shown = await asyncio.to_thread(runner.invoke, app, ["status", "--json", "--config", str(cfg)])
+    assert json.loads(shown.stdout)["awaiting_verdict"] == []
 
 
 async def test_telemetry_resuming_healthy_turns_it_into_success(env, executor: Executor):

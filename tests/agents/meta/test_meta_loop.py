@@ -268,3 +268,52 @@ async def test_a_service_with_a_plan_still_running_gets_no_second_directive(h: A
     assert d.service == service and d.focus_area == "latency_drift"
     # learning fed the directive: warm_cache failed once, so it is not first any more, and the playbook term is learned
     assert d.ml_advice.recommended_playbooks[-1] == "warm_cache", d.ml_advice.recommended_playbooks
+
+
+async def test_a_change_awaiting_its_verdict_gets_no_new_directive_until_settled(
+    h: Any, meta: Settings, bus: Any
+) -> None:
+    meta.cycle.cycle_seconds = 1.0
+    meta.cycle.advice_wait_seconds = 0.0
+    service, make = EVIDENCE["latency_drift"]
+    # the executor kept a change whose telemetry vanished, and asked an operator
+    kept = h.outcome("wait", service, "inconclusive", playbook="warm_cache", directive_id="dir-old")
+    kept.verdict_request_id = "verdict-planwait"
+    bus.publish("outcomes", kept, service)
+    now = time.time()
+    request = ApprovalRequest(
+        request_id="verdict-planwait",
+        plan_id="planwait",
+        cycle_id="c0",
+        service=service,
+        playbook="warm_cache",
+        reason="verification inconclusive: expected 3 sample(s) of latency_p95_ms <= 200.0",
+        plan_summary="warm_cache on api_cluster is in place and unverified",
+        requested_at=now,
+        expires_at=now + 600,
+    )
+    bus.publish("approvals", request, service)
+    # evidence from after the change: the drift is seen again while the change waits for its verdict
+    bus.publish(
+        "health", h.window(service, *make(h).signals, end=max(time.time(), kept.ts + 0.2), seconds=0.1), service
+    )
+    loop = MetaLoop(meta, replica_id="r1")
+    async with h.running(loop):
+        await h.until(lambda: loop.cycles_run >= 2)
+        assert await bus.aread("directives", Directive) == []
+        cycles = await bus.aread("cycles", CycleFocus)
+        assert cycles[0].focus_area == "latency_drift"  # the evidence counted; only the directive waits
+        assert any(f"Verdicts pending on {service}" in r for r in cycles[-1].reasoning), cycles[-1].reasoning
+        assert not any("Approvals pending" in r for r in cycles[-1].reasoning)
+        assert len(loop.learner) == 0  # an inconclusive outcome is no evidence against the playbook
+        # an operator keeps the change: the plan's settling outcome frees the service and counts as a success
+        settled = h.outcome("wait-settled", service, "success", playbook="warm_cache", directive_id="dir-old")
+        settled.plan_id, settled.confirmed_by, settled.settled_after_seconds = "planwait", "alice", 12.0
+        bus.publish("outcomes", settled, service)
+        await h.until(lambda: loop.obs.busy(service, time.time()) is None)
+        assert loop.learner.success_rate(playbook="warm_cache", now=time.time()) == 1.0 and len(loop.learner) == 1
+        bus.publish(
+            "health", h.window(service, *make(h).signals, end=max(time.time(), settled.ts + 0.2), seconds=0.1), service
+        )
+        [d] = await h.until(lambda: bus.aread("directives", Directive))
+    assert d.service == service and d.focus_area == "latency_drift"
