@@ -90,6 +90,9 @@ LEDGER_SHOWN = {
     "execution_outcome",
     "learning_update",
     "plan_recovered",
+    "verdict_requested",
+    "verdict_received",
+    "verdict_expired",
 }
 TIMELINE_TOPICS = ("anomalies", "cycles", "probes", "advice", "directives", "plans", "approvals", "outcomes", "ledger")
 
@@ -107,13 +110,18 @@ def fault_flow(scenario: str) -> Flow:
         "bad_deployment": "error_spike",
         "upstream_outage": "dependency_health",
     }
+    silenced = "metrics_agent_crash" in names
     return Flow(
         scenario,
         scenario,
         focus.get(names[0] if names else "", "latency_drift"),
         fixed_by[0] if fixed_by else None,
-        False,
-        f"Fault {scenario} -> {', '.join(fixed_by) or '?'}",
+        silenced,  # an error spike tightens the guardrails: the operator approves the flag rollback
+        f"Fault {scenario} -> {', '.join(fixed_by) or '?'}"
+        + (": the fix's telemetry vanishes, the change is kept and an operator asked" if silenced else ""),
+        expect_inconclusive=silenced,
+        # the playbook's verification waits its whole window for samples that never come
+        timeout=180.0 if silenced else None,
     )
 
 
@@ -148,6 +156,10 @@ class Flow:
     expect_playbook: str | None
     expect_approval: bool
     title: str
+    #: the fix's verification is expected to be inconclusive (its telemetry vanishes) and settled by a verdict
+    expect_inconclusive: bool = False
+    #: at least this many seconds to heal (None: the demo's flow timeout)
+    timeout: float | None = None
 
 
 FLOWS: tuple[Flow, ...] = (
@@ -295,12 +307,26 @@ class Timeline(TopicTail):
                 f"{e.risk_assessment.blast_radius}, confidence {e.confidence:.2f} -> {trust}"
             )
         if isinstance(e, ApprovalRequest):
+            if e.asks_verdict:
+                return (
+                    f"[executor]  verdict requested {e.request_id}: keep or roll back {e.playbook} on {e.service}? "
+                    f"{e.reason}"
+                )
             return f"[agentic]   approval requested {e.request_id} for {e.playbook} on {e.service}: {e.reason}"
         if isinstance(e, ApprovalDecision):
-            verb = "approves" if e.decision == "approve" else "denies"
+            if e.request_id.startswith(ApprovalRequest.VERDICT_PREFIX):
+                verb = "keeps the change of" if e.decision == "approve" else "rolls back"
+            else:
+                verb = "approves" if e.decision == "approve" else "denies"
             return f"[operator]  {e.operator} {verb} plan {e.plan_id} (signed, key {e.key_id[:12]}): {e.reason}"
         if isinstance(e, SignedOutcome):
             verified = {True: "verified", False: "verification failed", None: "not verified"}[e.verification_passed]
+            if e.confirmed_by:
+                verified = f"confirmed by {e.confirmed_by}"
+            if e.settled_after_seconds is not None:
+                verified += f", settled {e.settled_after_seconds:.1f}s after the inconclusive verification"
+            if e.verdict_request_id:
+                verified += f", change kept awaiting verdict {e.verdict_request_id}"
             lines = (
                 f"[executor]  outcome {e.result.upper()}: {e.playbook} on {e.service} in {e.duration_seconds:.1f}s, "
                 f"{verified}, trust {e.trust_decision}, signed by {e.actor}"
@@ -366,6 +392,8 @@ class FlowResult:
     fixed_at: float | None = None
     playbook: str | None = None
     service: str | None = None
+    #: when the fix's verification came out inconclusive (the change kept, awaiting a verdict)
+    inconclusive_at: float | None = None
 
     def seconds(self, t: float | None) -> str:
         return "-" if t is None else f"{t - self.started_at:.1f}s"
@@ -409,7 +437,8 @@ class Driver:
         t0 = res.started_at
         services = {s.name for s in self.settings.services}
         affected = affected_services(targets, {s.name: list(s.dependencies) for s in self.settings.services})
-        deadline = time.monotonic() + self.flow_timeout
+        timeout = max(self.flow_timeout, flow.timeout or 0.0)
+        deadline = time.monotonic() + timeout
         approved: set[str] = set()
         unexpected_approvals = 0
         off_focus: dict[str, int] = {}
@@ -444,12 +473,20 @@ class Driver:
                     directives[e.directive_id] = e
                     if res.directive_at is None:
                         res.directive_at = s.at
-                if isinstance(e, ApprovalRequest) and e.request_id not in approved and e.cycle_id in res.cycle_ids:
+                if (
+                    isinstance(e, ApprovalRequest)
+                    and not e.asks_verdict
+                    and e.request_id not in approved
+                    and e.cycle_id in res.cycle_ids
+                ):
                     approved.add(e.request_id)  # answered by the operator task
                     unexpected_approvals += not flow.expect_approval
                 if isinstance(e, SignedOutcome) and e.directive_id in directives:
                     outcomes.append(e)
-                    if e.result == "success" and e.verification_passed is True:
+                    if e.result == "inconclusive" and res.inconclusive_at is None:
+                        res.inconclusive_at = s.at
+                    # healed: a verified success, or one an operator confirmed where the evidence had vanished
+                    if e.result == "success" and (e.verification_passed is True or e.confirmed_by):
                         unhealthy = await self._unhealthy(sorted(services))  # healed = the whole fleet healthy
                         if not unhealthy:
                             res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
@@ -479,6 +516,11 @@ class Driver:
             res.notes.append(f"{unexpected_approvals} approval request(s) where the design auto-approves")
         if flow.expect_approval and not approved:
             res.notes.append("no approval was requested (the design expects one)")
+        if res.inconclusive_at is not None:
+            res.notes.append(f"verification inconclusive at {res.seconds(res.inconclusive_at)}: change kept")
+        if flow.expect_inconclusive and res.inconclusive_at is None:
+            res.ok = False
+            res.reasons.append("the fix's verification was never inconclusive (the design expects its evidence gone)")
         if res.ok:
             if flow.expect_playbook and res.playbook != flow.expect_playbook:
                 res.notes.append(f"healed by {res.playbook}, the design expects {flow.expect_playbook}")
@@ -492,7 +534,7 @@ class Driver:
             if not outcomes
             else "no verified fix"
         )
-        res.reasons.append(f"not healed within {self.flow_timeout:.0f}s: {stage}")
+        res.reasons.append(f"not healed within {timeout:.0f}s: {stage}")
         tally: dict[str, int] = {}
         for o in outcomes:
             k = f"{o.playbook} on {o.service}: {o.result}"
@@ -517,7 +559,9 @@ class Driver:
 
         The rule is one a human on call would use, on what they can observe: approve
         when the plan's service is degraded (its ``/health`` says so), deny when it is
-        healthy (nothing to fix there). Every decision is signed with the demo key.
+        healthy (nothing to fix there). A verdict request (a change in place whose
+        telemetry vanished) is the other way round: keep the change when the service is
+        healthy, roll it back when it is degraded. Every decision is signed with the demo key.
         """
         index = 0
         while not stop.is_set():
@@ -535,13 +579,23 @@ class Driver:
 
     async def _answer(self, req: ApprovalRequest) -> str:
         problem = await self._health(req.service)
-        decision: Literal["approve", "deny"] = "approve" if problem is not None else "deny"
-        verb = "APPROVES" if decision == "approve" else "DENIES"
-        why = (
-            f"{req.service} is degraded ({problem})"
-            if problem is not None
-            else f"{req.service} is healthy: nothing to fix there"
-        )
+        decision: Literal["approve", "deny"]
+        if req.asks_verdict:
+            decision = "approve" if problem is None else "deny"
+            verb = "KEEPS the change of" if decision == "approve" else "ROLLS BACK the change of"
+            why = (
+                f"{req.service} is healthy (its /health answers 200) though its telemetry is gone"
+                if problem is None
+                else f"{req.service} is degraded ({problem})"
+            )
+        else:
+            decision = "approve" if problem is not None else "deny"
+            verb = "APPROVES" if decision == "approve" else "DENIES"
+            why = (
+                f"{req.service} is degraded ({problem})"
+                if problem is not None
+                else f"{req.service} is healthy: nothing to fix there"
+            )
         self.say(
             f"the demo plays the operator '{DEMO_OPERATOR}' and {verb} {req.request_id} "
             f"({req.playbook} on {req.service}) with the demo operator key: {why}"

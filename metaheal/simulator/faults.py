@@ -8,7 +8,8 @@ code path; new instances absorb the traffic once ready) and a wrong one does not
 restart keeps the bad flag; scaling does not bring evicted keys back).
 
 >>> sorted(FAULTS)
-['bad_deployment', 'cache_eviction_storm', 'db_slow_query', 'instance_slowdown', 'traffic_surge', 'upstream_outage']
+['bad_deployment', 'cache_eviction_storm', 'db_slow_query', 'instance_slowdown', 'metrics_agent_crash',
+ 'traffic_surge', 'upstream_outage']
 >>> [f.name for f in scenario_faults("latency_drift")]
 ['instance_slowdown']
 >>> scenario_faults("nope")
@@ -194,8 +195,49 @@ class UpstreamOutage(Fault):
         fx.mul_latency(self.target, self.latency_factor)
 
 
+class MetricsAgentCrash(Fault):
+    """The service's metrics agent dies with the next flag rollback: no telemetry for ``down_seconds``.
+
+    The service itself is fine (``/health`` answers from its real state); only the evidence is
+    gone, which is what a verification that needs fresh samples cannot decide on. Paired with a
+    bad deployment it is the ``evidence_vanishes`` scenario: the right fix, then silence.
+
+    >>> from metaheal.simulator.fleet import Effects
+    >>> class F:  # a fleet whose flag was rolled back at t=10
+    ...     def flag_changes(self, service): return [(5.0, "checkout_v2", True), (10.0, "checkout_v2", False)]
+    >>> crash = MetricsAgentCrash(down_seconds=30.0); crash.started_at = 0.0
+    >>> [crash.silent_at(F(), t) for t in (9.0, 10.0, 39.9, 40.0)]
+    [False, True, True, False]
+    """
+
+    name = "metrics_agent_crash"
+    default_target = "api_cluster"
+
+    def __init__(self, target: str | None = None, down_seconds: float = 240.0) -> None:
+        super().__init__(target)
+        self.down_seconds = down_seconds
+
+    def silent_at(self, fleet: Any, now: float) -> bool:
+        start = self.started_at or 0.0
+        offs = [at for at, _, on in fleet.flag_changes(self.target) if not on and at >= start]
+        return bool(offs) and offs[0] <= now < offs[0] + self.down_seconds
+
+    def apply(self, fx: Effects, fleet: Fleet, now: float) -> None:
+        if self.silent_at(fleet, now):
+            fx.silent.add(self.target)
+
+
 FAULTS: dict[str, type[Fault]] = {
-    f.name: f for f in (TrafficSurge, InstanceSlowdown, DbSlowQuery, BadDeployment, CacheEvictionStorm, UpstreamOutage)
+    f.name: f
+    for f in (
+        TrafficSurge,
+        InstanceSlowdown,
+        DbSlowQuery,
+        BadDeployment,
+        CacheEvictionStorm,
+        UpstreamOutage,
+        MetricsAgentCrash,
+    )
 }
 
 #: scenario name -> faults (name, parameters); the demo's flows use latency_drift and error_spike.
@@ -204,6 +246,9 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # the demo's flow 1: api_cluster's latency drifts up as its instances slow down
     "latency_drift": [("instance_slowdown", {"capacity": 0.6, "ramp_seconds": 10.0})],
     "error_spike": [("bad_deployment", {})],
+    # a bad deployment whose fix (rollback_flag) takes the metrics agent down with it: verification is
+    # inconclusive, the change stays, and an operator is asked to keep or roll it back
+    "evidence_vanishes": [("bad_deployment", {}), ("metrics_agent_crash", {})],
     "quiet": [],
 }
 

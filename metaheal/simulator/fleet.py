@@ -158,6 +158,8 @@ class Effects:
     edge_latency: dict[tuple[str, str], float] = field(default_factory=dict)
     error_types: dict[str, dict[str, float]] = field(default_factory=dict)
     stack_frames: dict[str, str] = field(default_factory=dict)
+    #: services whose metrics agent is down: they publish no telemetry at this instant
+    silent: set[str] = field(default_factory=set)
 
     def mul_latency(self, service: str, factor: float) -> None:
         self.latency[service] = self.latency.get(service, 1.0) * factor
@@ -342,6 +344,10 @@ class Fleet:
         st = self.state(service)
         st.flags[flag] = on
         st.flag_changes.append((t, flag, on))
+
+    def flag_changes(self, service: str) -> list[tuple[float, str, bool]]:
+        """Every flag change on ``service``: (time, flag, on), oldest first."""
+        return list(self.state(service).flag_changes)
 
     def flag_on(self, service: str, flag: str, now: float | None = None) -> bool:
         """Whether ``flag`` is in effect; a change takes ``switch_seconds`` to propagate."""
@@ -590,9 +596,11 @@ class Fleet:
         """One telemetry sample per metric per service, with seeded noise."""
         t = self.now(now)
         views = self.view(t)
+        silent = self.effects(t).silent
         out: dict[str, list[Metric]] = {}
         for name, v in views.items():
-            out[name] = self._metrics(name, v, t)
+            if name not in silent:
+                out[name] = self._metrics(name, v, t)
         return out
 
     def _noisy(self, x: float) -> float:

@@ -27,6 +27,7 @@ from metaheal.events import (
     LedgerEntry,
     Metric,
     MetricBatch,
+    SignedOutcome,
 )
 from metaheal.kafka.serializers import (
     HEADER_LEN,
@@ -36,8 +37,9 @@ from metaheal.kafka.serializers import (
     DecodeError,
     EventDecoder,
     TelemetryDeserializer,
+    _fingerprint,
 )
-from metaheal.schemas import avro_schema, load, schema_path
+from metaheal.schemas import avro_schema, history, load, schema_path
 
 IDS = [m.__name__ for m in EVENT_TYPES]
 
@@ -249,3 +251,54 @@ def test_avro_telemetry_single_and_batch() -> None:
     assert de(AvroSerializer(Metric)(METRIC)) == [METRIC]
     batch = MetricBatch(samples=[METRIC, METRIC.model_copy(update={"service": "db"})])
     assert [m.service for m in de(AvroSerializer(MetricBatch)(batch))] == ["api", "db"]
+
+
+# --- schema evolution: SignedOutcome gained `inconclusive` and three optional fields -------------
+
+
+def _outcome(**kw: Any) -> SignedOutcome:
+    base = dict(
+        outcome_id="o1",
+        plan_id="p1",
+        directive_id="d1",
+        cycle_id="c1",
+        service="api",
+        playbook="rollback_flag",
+        result="success",
+        duration_seconds=3.5,
+        trust_decision="auto_approved",
+        actor="executor",
+        actor_signature="00",
+        ts=1.0,
+    )
+    return SignedOutcome(**{**base, **kw})
+
+
+def test_outcomes_written_before_the_change_stay_readable() -> None:
+    [old] = history(SignedOutcome)
+    old_fp = _fingerprint(old)
+    assert old_fp != AvroSerializer(SignedOutcome).fingerprint
+    buf = io.BytesIO()  # written by an old producer, with the reference implementation
+    buf.write(MAGIC + old_fp)
+    datum = {
+        k: v for k, v in _outcome(result="rolled_back").model_dump().items() if k in {f["name"] for f in old["fields"]}
+    }
+    avro.io.DatumWriter(avro.schema.parse(json.dumps(old))).write(datum, avro.io.BinaryEncoder(buf))
+    got = AvroDeserializer(SignedOutcome)(buf.getvalue())
+    assert got == _outcome(result="rolled_back") and got.confirmed_by is None
+    assert EventDecoder()(buf.getvalue()) == got
+
+
+def test_old_readers_keep_reading_every_outcome_the_old_schema_can_hold() -> None:
+    [old] = history(SignedOutcome)
+    old_reader = avro.io.DatumReader(avro.schema.parse(json.dumps(old)))
+    ser = AvroSerializer(SignedOutcome)
+    plain = ser(_outcome())
+    assert plain[2:HEADER_LEN] == _fingerprint(old)  # what an old consumer expects
+    assert old_reader.read(avro.io.BinaryDecoder(io.BytesIO(plain[HEADER_LEN:])))["result"] == "success"
+    # what only the new schema can say goes out under the new fingerprint: an old consumer skips it as unknown
+    # (its DecodeError path), a new one reads it
+    for new in (_outcome(result="inconclusive"), _outcome(confirmed_by="alice"), _outcome(settled_after_seconds=4.0)):
+        data = ser(new)
+        assert data[2:HEADER_LEN] == ser.fingerprint
+        assert AvroDeserializer(SignedOutcome)(data) == new

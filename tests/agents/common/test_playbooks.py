@@ -107,3 +107,12 @@ def test_folder_reports_every_broken_file_and_duplicates(tmp_path: Path):
     assert "duplicate playbook 'demo'" in msg and f"{tmp_path / 'c.yaml'}:4: impact" in msg
     with pytest.raises(PlaybookError, match="playbook folder not found"):
         load_playbooks(tmp_path / "nope")
+
+
+def test_on_inconclusive_defaults_to_ask_with_expiry_keep_and_rejects_anything_else():
+    pb = parse_playbook(GOOD, source="demo.yaml")
+    assert (pb.on_inconclusive, pb.verdict_expiry, pb.verdict_expiry_seconds) == ("ask", "keep", None)
+    pb = parse_playbook(GOOD + "on_inconclusive: rollback\nverdict_expiry_seconds: 120\n", source="demo.yaml")
+    assert (pb.on_inconclusive, pb.verdict_expiry_seconds) == ("rollback", 120)
+    with pytest.raises(PlaybookError, match=r"demo.yaml:10: on_inconclusive: Input should be 'keep', 'rollback'"):
+        parse_playbook(GOOD + "on_inconclusive: maybe\n", source="demo.yaml")

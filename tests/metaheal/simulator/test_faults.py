@@ -113,6 +113,21 @@ async def test_bad_deployment_is_fixed_only_by_flag_rollback(
     assert metric(fleet, "api_cluster", "error_rate") > 0.1
 
 
+async def test_evidence_vanishes_the_fix_silences_telemetry_while_the_service_is_healthy(
+    fleet: Fleet, clock: ManualClock, admin: dict[str, httpx.AsyncClient]
+) -> None:
+    api = admin["api_cluster"]
+    for fault in scenario_faults("evidence_vanishes"):
+        fleet.inject(fault)
+    assert metric(fleet, "api_cluster", "error_rate") > 0.1  # the agent reports until the fix
+    await api.post("/flags/rollback", json={"flag": None})
+    clock.advance(fleet.switch_seconds)
+    assert "api_cluster" not in fleet.sample() and "db" in fleet.sample()  # only its own agent died
+    assert await status(api) == 200  # the service is healed; only its evidence is gone
+    clock.advance(240.0)
+    assert metric(fleet, "api_cluster", "error_rate") < 0.01  # the agent is back, reporting the healthy service
+
+
 async def test_cache_eviction_storm_is_fixed_by_warm_cache(
     fleet: Fleet, clock: ManualClock, admin: dict[str, httpx.AsyncClient]
 ) -> None:
