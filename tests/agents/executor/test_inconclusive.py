@@ -117,7 +117,7 @@ async def test_operator_keeps_the_change_plan_ends_success_confirmed_by_operator
 
 async def test_telemetry_resuming_healthy_turns_it_into_success(env, executor: Executor):
     settings, svc, _ = env
-    d, task, plan_id, req = await kept_unverified(env, executor)
+    d, task, plan_id, _ = await kept_unverified(env, executor)
     await asyncio.sleep(1.0)
     svc.muted = False  # the metrics agent is back; error rate is healthy (0.01 <= 0.05)
     outcome = await task
@@ -133,7 +133,7 @@ async def test_telemetry_resuming_healthy_turns_it_into_success(env, executor: E
 async def test_telemetry_resuming_with_the_fault_still_present_fails_and_rolls_back(env, executor: Executor):
     settings, svc, _ = env
     svc.error_rate = 0.3  # the flag was not the cause: errors go on
-    d, task, plan_id, req = await kept_unverified(env, executor)
+    d, task, plan_id, _ = await kept_unverified(env, executor)
     assert svc.calls[UNDO] == 0
     svc.muted = False
     outcome = await task
@@ -146,9 +146,42 @@ async def test_telemetry_resuming_with_the_fault_still_present_fails_and_rolls_b
 
 
 async def test_on_inconclusive_rollback_restores_the_old_behaviour(env, executor: Executor):
-    settings, svc, _ = env
+    _, svc, _ = env
     svc.mute_on.add(FIX)
     executor.playbooks["rollback_flag"].on_inconclusive = "rollback"
     outcome = await (await executor.submit(flag_directive()))
     assert outcome.result == "rolled_back" and outcome.verification_passed is None
     assert svc.calls[UNDO] == 1
+
+
+async def test_a_restarted_executor_resumes_the_wait_for_a_verdict(env, tmp_path: Path):
+    settings, svc, alice_key = env
+    svc.mute_on.add(FIX)
+    first = Executor(settings)
+    await first.start()
+    d = flag_directive()
+    await first.submit(d)
+    plan_id = first.state.get(d.directive_id).plan_id
+    req = await pending_request(settings, plan_id)
+    await wait_until(lambda: first.state.get(d.directive_id).status == "awaiting_verdict", what="awaiting_verdict")
+    await first.close()  # gone while the change waits for its verdict
+    second = Executor(settings)
+    await second.start()  # recovers in-flight plans from the durable state
+    try:
+        await wait_until(lambda: second.state.get(d.directive_id).status == "awaiting_verdict", what="recovery")
+        cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+        args = ["approvals", "keep", plan_id, "--key", str(alice_key), "--config", str(cfg)]
+        kept = await asyncio.to_thread(CliRunner().invoke, app, args)
+        assert kept.exit_code == 0, kept.output
+        await wait_until(lambda: second.state.get(d.directive_id).status == "done", what="the kept plan to end")
+        rec = second.state.get(d.directive_id)
+        assert rec.result == "success_confirmed_by:alice" and svc.calls[FIX] == 1 and svc.calls[UNDO] == 0
+        story = await actions(second, d.cycle_id)
+        assert ("plan_recovered", "await_verdict") in story and story[-1] == (
+            "execution_outcome",
+            "success_confirmed_by:alice",
+        )
+        assert [o.result for o in outcomes_of(settings, plan_id)] == ["inconclusive", "success"]
+        assert req.request_id == f"verdict-{plan_id}"
+    finally:
+        await second.close()
