@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metaheal.agents.executor.approvals import VERDICT_MEANING, is_verdict_request
 from metaheal.cli.options import (
     BootstrapOpt,
     ConfigOpt,
@@ -28,7 +29,6 @@ from metaheal.cli.options import (
     require_bootstrap,
     settings_from,
 )
-from metaheal.agents.executor.approvals import VERDICT_MEANING, is_verdict_request
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import ApprovalDecision, ApprovalRequest
