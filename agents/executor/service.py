@@ -918,13 +918,14 @@ class Executor:
             await self._save(run, status="done", result=ledger_result or result)
         await self._publish("outcomes", d.service, self._ser_outcome(outcome))
         logger.info(
-            "outcome directive=%s plan=%s playbook=%s result=%s trust=%s duration=%.2f",
+            "outcome directive=%s plan=%s playbook=%s result=%s trust=%s duration=%.2f settled_after=%s",
             d.directive_id,
             outcome.plan_id,
             outcome.playbook,
             ledger_result or result,
             run.trust_decision,
             duration,
+            settled_after,
         )
         return outcome
 
