@@ -14,7 +14,7 @@ from metaheal.agents.executor.verification import (
     run_verification,
 )
 from metaheal.config import Settings
-from metaheal.events import HealthWindow, SignalStats
+from metaheal.events import HealthWindow, Metric, SignalStats
 
 
 def test_evaluate_and_overall():
@@ -147,3 +147,19 @@ def test_worst_dependency_is_the_one_that_deviates_not_the_noisiest():
         Metric(service="api", metric="dependency_error_rate", value=0.5, ts=21.0, labels={"dependency": "payments"})
     )
     assert tel.worst_dependency("api", ["db", "payments"], since=0.0) == "payments"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_an_unhealthy_telemetry_reader_is_inconclusive_and_a_patient_check_waits_out_a_near_miss():
+    tel = LiveTelemetry(Settings())
+    now = time.time()
+    for i in range(3):
+        tel.add_metric(Metric(service="api", metric="error_rate", value=0.2, ts=now + i * 0.01))
+    spec = {"type": "metric_threshold", "metric": "error_rate", "op": "<=", "value": 0.05, "within": 0.2}
+    # samples that miss the threshold, not (yet) the clear violation of five fresh ones: a verdict waits
+    v = await run_verification({**spec, "settle": 0}, service="api", since=now, telemetry=tel, patient=True)
+    assert v.status == "inconclusive" and "not clearly violated" in v.reason and v.observed == [0.2, 0.2, 0.2]
+    assert (await run_verification({**spec, "settle": 0}, service="api", since=now, telemetry=tel)).status == "fail"
+    tel.error = RuntimeError("broker connection lost")  # the reader thread died: what it holds is stale
+    v = await run_verification(spec, service="api", since=now, telemetry=tel)
+    assert v.status == "inconclusive" and v.reason == "telemetry reader failed: broker connection lost"
