@@ -21,7 +21,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metaheal.agents.executor.approvals import VERDICT_MEANING, is_verdict_request
 from metaheal.cli.options import (
     BootstrapOpt,
     ConfigOpt,
@@ -96,13 +95,13 @@ def list_requests(
             rows.append((req, state, answered))
     if as_json:
         for req, state, answered in rows:
-            kind = "verdict" if is_verdict_request(req) else "approval"
+            kind = "verdict" if req.asks_verdict else "approval"
             doc = {**req.model_dump(), "kind": kind, "state": state, "decisions": [d.decision for d in answered]}
             print(json.dumps(doc))
         return
     table = Table("plan_id", "kind", "service", "playbook", "reason", "expires in", "state")
     for req, state, _ in rows:
-        kind = "verdict (keep/rollback)" if is_verdict_request(req) else "approval"
+        kind = "verdict (keep/rollback)" if req.asks_verdict else "approval"
         table.add_row(req.plan_id, kind, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
     Console().print(table)
 
@@ -117,7 +116,7 @@ def _decide(
     bootstrap: str | None,
     verdict: str | None = None,
 ) -> None:
-    from metaheal.agents.executor.approvals import load_signing_key, sign_decision
+    from metaheal.agents.executor.approvals import VERDICT_MEANING, load_signing_key, sign_decision
     from metaheal.ledger.keys import key_id_of
 
     s = require_bootstrap(settings_from(config, bootstrap))
@@ -139,10 +138,10 @@ def _decide(
     req = requests.get(plan_id)
     if req is None:
         raise _fail(f"PLAN_ID: no approval request for plan {plan_id}")
-    if verdict is not None and not is_verdict_request(req):
+    if verdict is not None and not req.asks_verdict:
         raise _fail(f"PLAN_ID: plan {plan_id} waits for an approval, not a verdict (use approve/deny)")
     if time.time() > req.expires_at:
-        if is_verdict_request(req):
+        if req.asks_verdict:
             raise _fail(f"PLAN_ID: the verdict request for plan {plan_id} expired; the playbook's default applied")
         raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
     signed = sign_decision(
@@ -153,7 +152,7 @@ def _decide(
             p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)
     except KafkaUnavailable as exc:
         raise _fail(str(exc)) from None
-    said = verdict or (VERDICT_MEANING[decision] if is_verdict_request(req) else decision)
+    said = verdict or (VERDICT_MEANING[decision] if req.asks_verdict else decision)
     print(f"{said} {plan_id} by {operator} (decision {signed.decision_id})")
 
 
