@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from metaheal.config import Settings
+from metaheal.demo import demo_settings, fault_flow, run_demo
 from metaheal.events import (
     AnomalyScore,
     CycleFocus,
@@ -137,8 +140,6 @@ async def test_demo_heals_all_three_flows_against_the_real_broker(demo_run: Demo
 async def test_demo_evidence_vanishes_keeps_the_fix_and_asks_the_operator(settings: Settings, tmp_path: Path) -> None:
     """`metaheal demo --scenario evidence_vanishes`: the right fix, then no telemetry; the change is kept,
     not rolled back, and the demo operator's signed `keep` ends it as a success confirmed by them."""
-    from metaheal.demo import demo_settings, fault_flow, run_demo
-
     s = demo_settings(settings, tmp_path, settings.topics.prefix)
     lines: list[str] = []
     report = await asyncio.wait_for(run_demo(s, tmp_path, lines.append, flows=(fault_flow("evidence_vanishes"),)), 280)
@@ -151,6 +152,6 @@ async def test_demo_evidence_vanishes_keeps_the_fix_and_asks_the_operator(settin
     assert "outcome INCONCLUSIVE: rollback_flag on api_cluster" in text and "change kept awaiting verdict" in text
     assert "the demo plays the operator 'demo-operator' and KEEPS the change of verdict-" in text
     assert "outcome SUCCESS: rollback_flag on api_cluster" in text and "confirmed by demo-operator" in text
-    assert "execution_outcome plan/" in text and "-> success_confirmed_by:demo-operator" in text
+    assert "execution_outcome api_cluster -> success_confirmed_by:demo-operator" in text
     assert "rollback_executed" not in text and "ROLLS BACK" not in text  # the bad flag never came back
     assert report.verify_clean is True, text[-3000:]
