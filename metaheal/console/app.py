@@ -46,7 +46,7 @@ from metaheal.config import Settings
 from metaheal.console.decisions import DecisionRefused, check_decision
 from metaheal.console.feed import Broadcaster
 from metaheal.console.view import FleetView
-from metaheal.events import ApprovalDecision, LedgerEntry
+from metaheal.events import ApprovalDecision, ApprovalRequest, LedgerEntry
 from metaheal.kafka import KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.ledger.chain import entry_hash, verify_signature
@@ -427,7 +427,10 @@ class Console:
             d.key_id,
             d.decision_id,
         )
-        verb = "Approved" if d.decision == "approve" else "Denied"
+        if d.request_id.startswith(ApprovalRequest.VERDICT_PREFIX):
+            verb = "Kept the change of" if d.decision == "approve" else "Asked to roll back"
+        else:
+            verb = "Approved" if d.decision == "approve" else "Denied"
         return JSONResponse(
             {
                 "ok": True,

@@ -38,6 +38,7 @@ from metaheal.events import (
     RiskAssessment,
     ServiceRegistration,
     SignalStats,
+    SignedOutcome,
 )
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer
@@ -213,6 +214,41 @@ async def test_a_valid_decision_is_published_and_bad_ones_refused(
     await until(lambda: bool(server.view.decisions.get("p-ok")))
     r = await client.post("/api/decisions", json=body(signed(ALICE, "p-ok"), digest))
     assert r.status_code == 409 and "already answered" in r.json()["message"]
+
+
+@session_loop
+async def test_a_verdict_request_is_answered_keep_or_rollback_in_the_console(
+    console: tuple[ConsoleServer, httpx.AsyncClient],
+) -> None:
+    server, client = console
+    settings = server.settings
+    # p-kept ran after its approval; its verification was inconclusive, so the change waits for a verdict
+    publish(settings, "plans", plan("p-kept"), "api")
+    publish(settings, "approvals", request("p-kept"), "p-kept")
+    ran = sign_decision(ALICE, plan_id="p-kept", request_id="req-p-kept", operator="alice", decision="approve")
+    publish(settings, "approvals", ran, "p-kept")
+    verdict = request("p-kept").model_copy(
+        update={
+            "request_id": "verdict-p-kept",
+            "reason": "verification inconclusive: expected 3 sample(s) of error_rate <= 0.05 from api; none since",
+            "plan_summary": "rollback_flag on api is in place and unverified: keep (approve) or roll back (deny)",
+        }
+    )
+    publish(settings, "approvals", verdict, "p-kept")
+    kept = SignedOutcome(outcome_id="o-kept", plan_id="p-kept", directive_id="d1", cycle_id="cyc-1", service="api",
+                         playbook="rollback_flag", result="inconclusive", duration_seconds=61.0,
+                         trust_decision="approved_by:alice", actor="executor", actor_signature="00", ts=time.time(),
+                         verdict_request_id="verdict-p-kept")  # fmt: skip
+    publish(settings, "outcomes", kept, "api")
+    await until(lambda: "o-kept" in server.view.outcomes and server.view.requests["p-kept"].asks_verdict)
+    page = (await client.get("/approvals")).text
+    assert 'id="approval-p-kept"' in page and "could not be verified" in page and "Keep the change (sign)" in page
+    assert "(change kept, awaiting verdict)" in (await client.get("/outcomes")).text
+    # the approval that let it run does not answer the verdict; a keep signed for the verdict request does
+    digest = plan_digest(server.view.plans["p-kept"])
+    keep = sign_decision(ALICE, plan_id="p-kept", request_id="verdict-p-kept", operator="alice", decision="approve")
+    r = await client.post("/api/decisions", json=body(keep, digest))
+    assert r.status_code == 200 and r.json()["message"].startswith("Kept the change of plan p-kept"), r.text
 
 
 @session_loop
