@@ -14,6 +14,7 @@ The modules that raise these re-export them under their old names
     ├── ConfigError                (ValueError)  settings or a config file
     │   └── NotConfigured                            a setting a default handle needs is missing
     ├── DecodeError                (ValueError)  a record that cannot become an event
+    │   └── LimitExceeded                            a record over a size or nesting bound
     ├── KafkaUnavailable           (RuntimeError) the broker did not answer in time
     │   └── LedgerUnavailable                    an entry was not durably appended
     ├── LedgerFailed               (RuntimeError) the meta loop's write-ahead append failed
@@ -59,6 +60,7 @@ __all__ = [
     "LedgerFailed",
     "LedgerKeyError",
     "LedgerUnavailable",
+    "LimitExceeded",
     "MetahealError",
     "NoApplicablePlaybook",
     "NotConfigured",
@@ -87,6 +89,10 @@ class NotConfigured(ConfigError):
 
 class DecodeError(MetahealError, ValueError):
     """Input that cannot become an event; the message names the problem and field."""
+
+
+class LimitExceeded(DecodeError):
+    """A record larger than ``max_record_bytes`` or JSON nested deeper than ``max_json_depth``; names the bound."""
 
 
 # --- Kafka and the ledger ------------------------------------------------------------------------

@@ -22,7 +22,6 @@ metaheal.errors.DecodeError: truncated: 5 bytes is shorter than the 10-byte sing
 from __future__ import annotations
 
 import io
-import json
 import struct
 from typing import Any, Generic, TypeVar, cast
 
@@ -31,9 +30,10 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import validate as avro_valid
 from pydantic import ValidationError
 
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, LimitExceeded
 from metaheal.events import EVENT_TYPES, Event, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.flat_writer import FlatRecordWriter
+from metaheal.kafka.limits import MAX_JSON_DEPTH, MAX_RECORD_BYTES, check_size, loads
 from metaheal.schemas import history, load
 
 E = TypeVar("E", bound=Event)
@@ -126,10 +126,11 @@ class AvroDeserializer(Generic[E]):
     the current one: fields that version lacks take their defaults.
     """
 
-    def __init__(self, model: type[E]) -> None:
+    def __init__(self, model: type[E], *, max_bytes: int = MAX_RECORD_BYTES) -> None:
         self.model = model
         self._parsed = fastavro.parse_schema(load(model))
         self.fingerprint = _fingerprint(load(model))
+        self.max_bytes = max_bytes
         self._writers = {_fingerprint(old): fastavro.parse_schema(old) for old in history(model)}
 
     @property
@@ -143,6 +144,7 @@ class AvroDeserializer(Generic[E]):
         return self._parsed
 
     def decode_dict(self, data: bytes) -> dict[str, Any]:
+        check_size(data, self.max_bytes)
         fp = check_header(data, None)
         writer = self._writers.get(fp)
         if writer is None:
@@ -173,6 +175,46 @@ def check_header(data: bytes, expected: bytes | None, what: str = "record") -> b
     return fp
 
 
+class RecordCodec:
+    """``dict <-> bytes`` in single-object encoding for a record schema that is not an event (internal state).
+
+    Data only: fastavro reads the datum against the schema, nothing in the bytes can name
+    a type or run code. The fingerprint in the header is the schema's identity, so
+    bytes in any other format (a pickle, another schema) are refused with a
+    :class:`DecodeError` before any field is read.
+
+    >>> codec = RecordCodec({"type": "record", "name": "Point", "namespace": "doc",
+    ...                      "fields": [{"name": "version", "type": "int"}, {"name": "x", "type": "double"}]})
+    >>> codec.decode(codec.encode({"version": 1, "x": 2.5}))
+    {'version': 1, 'x': 2.5}
+    >>> codec.decode(b"\\x80\\x05\\x95 a pickle")
+    Traceback (most recent call last):
+    ...
+    metaheal.errors.DecodeError: not Avro single-object encoding: marker 8005 != c301
+    """
+
+    def __init__(self, schema: dict[str, Any], *, max_bytes: int = MAX_RECORD_BYTES) -> None:
+        self.name = str(schema["name"])
+        self._parsed = fastavro.parse_schema(schema)
+        self.fingerprint = _fingerprint(schema)
+        self._header = MAGIC + self.fingerprint
+        self.max_bytes = max_bytes
+
+    def encode(self, datum: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._header)
+        fastavro.schemaless_writer(buf, self._parsed, datum)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        check_size(data, self.max_bytes)
+        check_header(data, self.fingerprint, self.name)
+        try:
+            return cast(dict[str, Any], fastavro.schemaless_reader(io.BytesIO(data[HEADER_LEN:]), self._parsed, None))
+        except (EOFError, StopIteration, struct.error, UnicodeDecodeError, IndexError, ValueError, TypeError) as exc:
+            raise DecodeError(f"truncated or corrupt {self.name} datum: {exc!r}") from None
+
+
 class EventDecoder:
     """Decodes any metaheal event by its fingerprint (for tools like ``ledger replay``)."""
 
@@ -191,17 +233,20 @@ class TelemetryDeserializer:
     """Telemetry as producers send it: Avro Metric/MetricBatch/MetricSeries, or the same as JSON.
 
     JSON: one sample, ``{"samples": [...]}`` (a batch), or ``{"service", "metric", "ts": [...],
-    "values": [...]}`` (a series).
+    "values": [...]}`` (a series). Records longer than ``max_bytes`` and JSON nested deeper
+    than ``max_depth`` are refused before they are parsed (:mod:`metaheal.kafka.limits`).
     """
 
-    def __init__(self) -> None:
-        self._metric = AvroDeserializer(Metric)
-        self._batch = AvroDeserializer(MetricBatch)
-        self._series = AvroDeserializer(MetricSeries)
+    def __init__(self, *, max_bytes: int = MAX_RECORD_BYTES, max_depth: int = MAX_JSON_DEPTH) -> None:
+        self._metric = AvroDeserializer(Metric, max_bytes=max_bytes)
+        self._batch = AvroDeserializer(MetricBatch, max_bytes=max_bytes)
+        self._series = AvroDeserializer(MetricSeries, max_bytes=max_bytes)
+        self.max_bytes, self.max_depth = max_bytes, max_depth
 
     def __call__(self, data: bytes | None) -> list[Metric]:
         if not data:
             raise DecodeError("empty record: no telemetry value")
+        check_size(data, self.max_bytes)
         if data[:2] == MAGIC:
             fp = check_header(data, None)
             if fp == self._metric.fingerprint:
@@ -214,8 +259,10 @@ class TelemetryDeserializer:
                 f"unknown schema fingerprint {fp.hex()} on telemetry (expected Metric, MetricBatch or MetricSeries)"
             )
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = loads(data, max_bytes=self.max_bytes, max_depth=self.max_depth)
+        except LimitExceeded:
+            raise
+        except DecodeError as exc:
             raise DecodeError(f"neither Avro single-object nor JSON: {exc}") from None
         if isinstance(doc, dict) and "samples" in doc:
             return validate(MetricBatch, doc).samples
