@@ -10,13 +10,15 @@ a reader sees "latency p95 150 ms -> 245 ms" without recomputing.
 
 :class:`ServiceState` is the whole state of one service, including the last applied
 offset of each source partition, so a restarted worker skips records it already counted.
-It is persisted incrementally (:func:`state_writes`, :func:`load_state`): re-pickling
+It is persisted incrementally (:func:`state_writes`, :func:`load_state`): rewriting
 the raw values of every open window at each state flush made the flush cost grow with
 the window (at 5,000 samples/s it was the worker's periodic latency spike), so each
 flush writes only the values added since the previous one, as one append-only *chunk*
 per open window, then a small metadata record (offsets, baselines, per-series
 aggregates, how many chunks each open window has). A closed window's chunks get
-tombstones so the compacted changelog forgets them.
+tombstones so the compacted changelog forgets them. Both are Avro records with a
+version field (data only: the changelog is a topic anyone with write access can
+append to); a stored value this worker cannot read is refused, never executed.
 
 >>> st = ServiceState("api")
 >>> for i in range(20):
@@ -36,15 +38,17 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
+import sys
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from metaheal.errors import DecodeError
 from metaheal.events import HealthWindow, SignalStats
+from metaheal.kafka.serializers import RecordCodec
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,7 @@ class ServiceState:
     applied: dict[int, int] = field(default_factory=dict)
     chunks: dict[float, int] = field(default_factory=dict)  # open window start -> chunks written
     gone: list[tuple[float, int]] = field(default_factory=list)  # closed windows whose chunks need tombstones
+    known: set[str] = field(default_factory=set)  # series with a baseline or an open window (the series cap)
 
     def already_applied(self, partition: int, offset: int) -> bool:
         return offset <= self.applied.get(partition, -1)
@@ -119,6 +124,7 @@ class ServiceState:
         sw = bucket.get(p.series)
         if sw is None:
             sw = bucket[p.series] = SeriesWindow(p.metric, p.signal, p.dependency)
+            self.known.add(p.series)
         return sw
 
     def close_ready(self, window: float, lateness: float) -> list[tuple[HealthWindow, list[tuple[str, SeriesWindow]]]]:
@@ -148,6 +154,8 @@ class ServiceState:
             n = len(sw.values)
             total += n
             mean = float(vals.mean())
+            if not math.isfinite(mean):  # the sum overflowed: values near the float limit (intake bounds them)
+                mean = float((vals / n).sum())
             p50, p95 = (float(x) for x in np.percentile(vals, [50, 95]))
             prev = self.baselines.get(series)
             self.baselines[series] = (
@@ -175,9 +183,108 @@ class ServiceState:
         )
 
 
-# -- persistence: incremental, O(new samples) per flush -----------------------------------------
+# -- persistence: incremental, O(new samples) per flush, data only -------------------------------
 
-STATE_FORMAT = 2
+#: The state format; a record with any other version (or not Avro, e.g. a pickle of format 1 or 2) is refused.
+STATE_VERSION = 3
+#: Refuse a metadata record naming more chunks than any real window writes (a forged one would stall loading).
+MAX_CHUNKS = 1_000_000
+
+_NS = "metaheal.streams.state"
+CHUNK_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "WindowChunk",
+    "namespace": _NS,
+    "doc": "Values added to the series of one open window since the previous flush (little-endian doubles).",
+    "fields": [
+        {"name": "version", "type": "int"},
+        {"name": "series", "type": {"type": "map", "values": "bytes"}},
+    ],
+}
+META_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "ServiceStateMeta",
+    "namespace": _NS,
+    "doc": "A service's window state without the raw values of its open windows (those are in chunks).",
+    "fields": [
+        {"name": "version", "type": "int"},
+        {"name": "service", "type": "string"},
+        {"name": "closed_until", "type": "double"},
+        {"name": "max_ts", "type": "double"},
+        {
+            "name": "baselines",
+            "type": {
+                "type": "map",
+                "values": {
+                    "type": "record",
+                    "name": "Baseline",
+                    "fields": [{"name": "mean", "type": "double"}, {"name": "p95", "type": "double"}],
+                },
+            },
+        },
+        {"name": "applied", "type": {"type": "map", "values": "long"}, "doc": "source partition -> last offset"},
+        {
+            "name": "open",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "OpenWindow",
+                    "fields": [
+                        {"name": "start", "type": "double"},
+                        {"name": "chunks", "type": "long"},
+                        {
+                            "name": "series",
+                            "type": {
+                                "type": "array",
+                                "items": {
+                                    "type": "record",
+                                    "name": "SeriesMeta",
+                                    "fields": [
+                                        {"name": "series", "type": "string"},
+                                        {"name": "metric", "type": "string"},
+                                        {"name": "signal", "type": ["null", "string"]},
+                                        {"name": "dependency", "type": ["null", "string"]},
+                                        {"name": "count", "type": "long"},
+                                        {"name": "max_score", "type": "double"},
+                                        {"name": "crossed", "type": "long"},
+                                        {"name": "last_value", "type": "double"},
+                                        {"name": "last_ts", "type": "double"},
+                                        {"name": "baseline", "type": "double"},
+                                        {"name": "confidence", "type": "double"},
+                                    ],
+                                },
+                            },
+                        },
+                    ],
+                },
+            },
+        },
+    ],
+}
+_CHUNK = RecordCodec(CHUNK_SCHEMA, max_bytes=1 << 30)
+_META = RecordCodec(META_SCHEMA, max_bytes=1 << 30)
+_SERIES_FLOATS = ("max_score", "last_value", "last_ts", "baseline", "confidence")
+_SWAP = sys.byteorder != "little"  # values are stored little-endian whatever the host
+
+
+def _to_bytes(values: array[float]) -> bytes:
+    if _SWAP:
+        values = array("d", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _extend(values: array[float], raw: bytes) -> None:
+    if len(raw) % 8:
+        raise DecodeError(f"window chunk: {len(raw)} bytes is not a whole number of doubles")
+    more = array("d")
+    more.frombytes(raw)
+    if _SWAP:
+        more.byteswap()
+    if not all(map(math.isfinite, more)):
+        raise DecodeError("window chunk: a value is not finite")
+    values.extend(more)
 
 
 def chunk_key(service: str, start: float, k: int) -> bytes:
@@ -193,7 +300,8 @@ def state_writes(st: ServiceState) -> list[tuple[bytes, bytes | None]]:
     tombstones of closed windows. A crash between chunk and metadata leaves a chunk
     nobody references, overwritten by the next flush (chunk numbers come from the
     metadata); a crash before the tombstones leaves unreferenced chunks, never a
-    reference to a deleted one.
+    reference to a deleted one. Every value is Avro (:data:`CHUNK_SCHEMA`,
+    :data:`META_SCHEMA`) with a ``version`` field: data, never code.
     """
     writes: list[tuple[bytes, bytes | None]] = []
     for start, bucket in st.open.items():
@@ -201,119 +309,140 @@ def state_writes(st: ServiceState) -> list[tuple[bytes, bytes | None]]:
         for series, sw in bucket.items():
             n = len(sw.values)
             if n > sw.flushed:
-                new[series] = sw.values[sw.flushed :].tobytes()
+                new[series] = _to_bytes(sw.values[sw.flushed :])
                 sw.flushed = n
         if new:
             k = st.chunks.get(start, 0)
-            writes.append((chunk_key(st.service, start, k), pickle.dumps(new, protocol=pickle.HIGHEST_PROTOCOL)))
+            writes.append((chunk_key(st.service, start, k), _CHUNK.encode({"version": STATE_VERSION, "series": new})))
             st.chunks[start] = k + 1
     meta = {
-        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "service": st.service,
         "closed_until": st.closed_until,
         "max_ts": st.max_ts,
-        "baselines": st.baselines,
-        "applied": st.applied,
-        "open": {
-            start: (
-                st.chunks.get(start, 0),
-                {
-                    series: (
-                        sw.metric,
-                        sw.signal,
-                        sw.dependency,
-                        sw.flushed,
-                        sw.max_score,
-                        sw.crossed,
-                        sw.last_value,
-                        sw.last_ts,
-                        sw.baseline,
-                        sw.confidence,
-                    )
+        "baselines": {series: {"mean": m, "p95": p} for series, (m, p) in st.baselines.items()},
+        "applied": {str(p): o for p, o in st.applied.items()},
+        "open": [
+            {
+                "start": start,
+                "chunks": st.chunks.get(start, 0),
+                "series": [
+                    {
+                        "series": series,
+                        "metric": sw.metric,
+                        "signal": sw.signal,
+                        "dependency": sw.dependency,
+                        "count": sw.flushed,
+                        "max_score": sw.max_score,
+                        "crossed": sw.crossed,
+                        "last_value": sw.last_value,
+                        "last_ts": sw.last_ts,
+                        "baseline": sw.baseline,
+                        "confidence": sw.confidence,
+                    }
                     for series, sw in bucket.items()
-                },
-            )
+                ],
+            }
             for start, bucket in st.open.items()
-        },
+        ],
     }
-    writes.append((st.service.encode(), pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)))
+    writes.append((st.service.encode(), _META.encode(meta)))
     for start, n in st.gone:
         writes.extend((chunk_key(st.service, start, k), None) for k in range(n))
     st.gone.clear()
     return writes
 
 
-def load_state(service: str, get: Callable[[bytes], bytes | None]) -> ServiceState:
-    """Rebuild a service's state from the store (``get(key) -> bytes | None``) as written by
-    :func:`state_writes`; a whole pickled :class:`ServiceState` (the previous format) is
-    accepted too and is rewritten in full by the next flush."""
-    blob = get(service.encode())
+#: ``on_error(key, value, error)``: a stored record :func:`load_state` refused
+StateErrorHandler = Callable[[bytes, bytes | None, str], None]
+
+
+def load_state(
+    service: str, get: Callable[[bytes], bytes | None], on_error: StateErrorHandler | None = None
+) -> ServiceState:
+    """Rebuild a service's state from the store (``get(key) -> bytes | None``) as written by :func:`state_writes`.
+
+    Never raises on stored bytes: a record that is not this format's Avro (a pickle of an
+    earlier version, a forged or corrupt value) is refused, logged and reported to
+    ``on_error``, and the service starts from an empty state (see docs/security.md).
+    """
+    key = service.encode()
+    blob = get(key)
     if not blob:
         return ServiceState(service)
-    obj = pickle.loads(blob)
-    if isinstance(obj, ServiceState):
-        st = ServiceState(
-            service, closed_until=obj.closed_until, max_ts=obj.max_ts, baselines=obj.baselines, applied=obj.applied
-        )
-        for start, bucket in obj.open.items():
-            st.open[start] = {
-                series: SeriesWindow(
-                    sw.metric,
-                    sw.signal,
-                    sw.dependency,
-                    sw.values,
-                    sw.max_score,
-                    sw.crossed,
-                    sw.last_value,
-                    sw.last_ts,
-                    sw.baseline,
-                    sw.confidence,
-                )
-                for series, sw in bucket.items()
-            }
-        return st
+    try:
+        return _load(service, blob, get)
+    except DecodeError as exc:
+        logger.error("window state refused service=%s error=%s: starting the service from an empty state", service, exc)
+        if on_error is not None:
+            on_error(key, blob, str(exc))
+        return ServiceState(service)
+
+
+def _load(service: str, blob: bytes, get: Callable[[bytes], bytes | None]) -> ServiceState:
+    meta = _META.decode(blob)
+    if meta["version"] != STATE_VERSION:
+        raise DecodeError(f"window state version {meta['version']} (this worker reads {STATE_VERSION})")
+    if meta["service"] != service:
+        raise DecodeError(f"window state of service {meta['service']!r} stored under key {service!r}")
+    try:
+        applied = {int(p): o for p, o in meta["applied"].items()}
+    except ValueError:
+        raise DecodeError("window state applied: a partition that is not a number") from None
+    numbers = [v for b in meta["baselines"].values() for v in (b["mean"], b["p95"])]
+    numbers += [s[f] for w in meta["open"] for s in w["series"] for f in _SERIES_FLOATS]
+    if not all(map(math.isfinite, numbers)) or math.isnan(meta["closed_until"]) or math.isnan(meta["max_ts"]):
+        raise DecodeError("window state: a baseline or series aggregate is not finite")
     st = ServiceState(
         service,
-        closed_until=obj["closed_until"],
-        max_ts=obj["max_ts"],
-        baselines=obj["baselines"],
-        applied=obj["applied"],
+        closed_until=meta["closed_until"],
+        max_ts=meta["max_ts"],
+        baselines={series: (b["mean"], b["p95"]) for series, b in meta["baselines"].items()},
+        applied=applied,
     )
-    for start, (n_chunks, series_meta) in obj["open"].items():
-        values: dict[str, array[float]] = {series: array("d") for series in series_meta}
+    for w in meta["open"]:
+        start, n_chunks = w["start"], w["chunks"]
+        if not (math.isfinite(start) and 0 <= n_chunks <= MAX_CHUNKS):
+            raise DecodeError(f"window state open window: start={start} chunks={n_chunks} out of range")
+        values: dict[str, array[float]] = {s["series"]: array("d") for s in w["series"]}
         for k in range(n_chunks):
             chunk = get(chunk_key(service, start, k))
             if chunk is None:
                 logger.error("window state chunk missing service=%s window_start=%s chunk=%d", service, start, k)
                 continue
-            for series, raw in pickle.loads(chunk).items():
+            doc = _CHUNK.decode(chunk)
+            if doc["version"] != STATE_VERSION:
+                raise DecodeError(f"window chunk version {doc['version']} (this worker reads {STATE_VERSION})")
+            for series, raw in doc["series"].items():
                 if series in values:
-                    values[series].frombytes(raw)
+                    _extend(values[series], raw)
         bucket = st.open[start] = {}
-        for series, (
-            metric,
-            signal,
-            dep,
-            count,
-            max_score,
-            crossed,
-            last_value,
-            last_ts,
-            baseline,
-            conf,
-        ) in series_meta.items():
-            vals = values[series]
+        for s in w["series"]:
+            vals = values[s["series"]]
+            count = s["count"]
             if len(vals) != count:
                 logger.error(
                     "window state count mismatch service=%s window_start=%s series=%s expected=%d got=%d",
                     service,
                     start,
-                    series,
+                    s["series"],
                     count,
                     len(vals),
                 )
-                del vals[count:]
-            bucket[series] = SeriesWindow(
-                metric, signal, dep, vals, max_score, crossed, last_value, last_ts, baseline, conf, flushed=len(vals)
+                del vals[max(0, count) :]
+            bucket[s["series"]] = SeriesWindow(
+                s["metric"],
+                s["signal"],
+                s["dependency"],
+                vals,
+                s["max_score"],
+                s["crossed"],
+                s["last_value"],
+                s["last_ts"],
+                s["baseline"],
+                s["confidence"],
+                flushed=len(vals),
             )
         st.chunks[start] = n_chunks
+    st.known = set(st.baselines).union(*st.open.values())
     return st
