@@ -153,6 +153,23 @@ class StreamSettings(_Section):
         False,
         description="close a service's open windows once it sent nothing for window + allowed lateness (wall time)",
     )
+    # bounds on input: a record outside them is a dead letter naming the field (docs/security.md)
+    max_abs_value: float = Field(
+        1e15, gt=0, le=1e300, description="largest |value| of a sample: keeps window statistics from overflowing"
+    )
+    max_future_skew_seconds: float | None = Field(
+        300.0, ge=0, description="worker: event time at most this far ahead of the wall clock; None = no bound"
+    )
+    max_event_age_seconds: float | None = Field(
+        7 * 86400.0, gt=0, description="worker: event time at most this far behind the wall clock; None = no bound"
+    )
+    max_series_per_service: int = Field(
+        1000, ge=1, description="distinct series (metric, dependency) per service; samples of more are dead-lettered"
+    )
+    max_record_bytes: int = Field(
+        1_048_588, ge=1024, description="largest telemetry record decoded (Kafka's default message.max.bytes)"
+    )
+    max_json_depth: int = Field(32, ge=4, le=500, description="deepest JSON nesting of a telemetry record")
 
 
 class LedgerSettings(_Section):

@@ -216,7 +216,13 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         **_no_types(),
     )
     pipeline = Pipeline(
-        cfg, sink if sink is not None else KafkaSink(settings), TableStore(windows), TableStore(scorers), seed=cfg.seed
+        cfg,
+        sink if sink is not None else KafkaSink(settings),
+        TableStore(windows),
+        TableStore(scorers),
+        seed=cfg.seed,
+        wall_clock=time.time,  # live telemetry: event time is bounded around now (replays use no wall clock)
+        state_topic=windows.changelog_topic.get_topic_name(),
     )
     telemetry = app.topic(
         settings.topics.name("telemetry"), partitions=partitions, key_serializer="raw", value_serializer="raw"

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from metaheal.errors import DecodeError
+from metaheal.config import StreamSettings
+from metaheal.errors import DecodeError, LimitExceeded
 from metaheal.events import DeadLetter, Metric, MetricBatch, MetricSeries
 from metaheal.kafka.serializers import (
     HEADER_LEN,
@@ -103,15 +105,38 @@ def dead_letter(record: Record, reason: str, error: str, value: bytes | None = N
     )
 
 
-class Intake:
-    """``Record -> (samples, dead letter or None)``; never raises on input."""
+#: the widest finite range: a bound that still refuses inf and NaN
+_FINITE = sys.float_info.max
 
-    def __init__(self, signals: SignalMap) -> None:
+
+class Intake:
+    """``Record -> (samples, dead letter or None)``; never raises on input.
+
+    Bounds from ``settings`` (:class:`~metaheal.config.StreamSettings`): record size and
+    JSON depth, ``|value| <= max_abs_value`` (so window statistics cannot overflow), and,
+    with a ``wall_clock`` (the worker's ``time.time``), event time within
+    ``[now - max_event_age_seconds, now + max_future_skew_seconds]``. Without a wall clock
+    (replays, tests, in-process tools) event time is only required to be finite. A record
+    with any sample out of bounds is a dead letter whose error names the sample and field.
+    """
+
+    def __init__(
+        self,
+        signals: SignalMap,
+        settings: StreamSettings | None = None,
+        *,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        cfg = settings or StreamSettings()
         self.signals = signals
-        self._decode = TelemetryDeserializer()
-        self._batch = AvroDeserializer(MetricBatch)
+        self.max_abs_value = cfg.max_abs_value
+        self.max_future_skew = cfg.max_future_skew_seconds
+        self.max_age = cfg.max_event_age_seconds
+        self.wall_clock = wall_clock
+        self._decode = TelemetryDeserializer(max_bytes=cfg.max_record_bytes, max_depth=cfg.max_json_depth)
+        self._batch = AvroDeserializer(MetricBatch, max_bytes=cfg.max_record_bytes)
         batch_header = MAGIC + self._batch.fingerprint
-        self._series_avro = AvroDeserializer(MetricSeries)
+        self._series_avro = AvroDeserializer(MetricSeries, max_bytes=cfg.max_record_bytes)
         # record header -> fast path; anything else (or a fast path's ``None``) takes the validating path
         self._fast_samples = {batch_header: self._fast_batch}
         self._fast_groups = {
@@ -120,6 +145,37 @@ class Intake:
         }
         # (service, metric, dependency) -> (series id, signal, unit scale): computed once per series
         self._series: dict[tuple[str, str, str | None], tuple[str, str | None, float]] = {}
+
+    def ts_bounds(self) -> tuple[float, float]:
+        """The event times accepted now (finite ones only without a wall clock)."""
+        if self.wall_clock is None:
+            return -_FINITE, _FINITE
+        now = self.wall_clock()
+        lo = -_FINITE if self.max_age is None else now - self.max_age
+        hi = _FINITE if self.max_future_skew is None else now + self.max_future_skew
+        return lo, hi
+
+    def out_of_bounds(self, metrics: list[Metric]) -> str | None:
+        """The first bound a sample breaks, naming sample and field; ``None`` if all are within bounds."""
+        vmax = self.max_abs_value
+        now = self.wall_clock() if self.wall_clock is not None else None
+        for i, m in enumerate(metrics):
+            where = f"samples[{i}]" if len(metrics) > 1 else "sample"
+            if not -vmax <= m.value <= vmax:
+                return f"{where}.value: |{m.value:g}| exceeds streams.max_abs_value={vmax:g} (service {m.service})"
+            if now is None:
+                continue
+            if self.max_future_skew is not None and m.ts > now + self.max_future_skew:
+                return (
+                    f"{where}.ts: {m.ts:.3f} is {m.ts - now:.0f} s ahead of the wall clock "
+                    f"(streams.max_future_skew_seconds={self.max_future_skew:g}, service {m.service})"
+                )
+            if self.max_age is not None and m.ts < now - self.max_age:
+                return (
+                    f"{where}.ts: {m.ts:.3f} is {now - m.ts:.0f} s behind the wall clock "
+                    f"(streams.max_event_age_seconds={self.max_age:g}, service {m.service})"
+                )
+        return None
 
     def _sample(self, service: str, metric: str, value: float, ts: float, labels: dict[str, str]) -> Sample:
         dep, series, signal, scale = self._meta(service, metric, labels)
@@ -141,11 +197,12 @@ class Intake:
 
     def _fast_series(self, data: bytes) -> list[SeriesBatch] | None:
         """Avro MetricBatch straight into per-series columns; ``None`` = let the full path judge."""
-        isfinite = math.isfinite
+        vmax = self.max_abs_value
+        lo, hi = self.ts_bounds()
         groups: dict[tuple[str, str, str | None], SeriesBatch] = {}
         for m in self._batch.decode_dict(data)["samples"]:
             service, metric, value, ts, labels = m["service"], m["metric"], m["value"], m["ts"], m["labels"]
-            if not (service and metric and isfinite(value) and isfinite(ts)):
+            if not (service and metric and -vmax <= value <= vmax and lo <= ts <= hi):
                 return None
             dep = labels.get(DEPENDENCY_LABEL) or None if labels else None
             g = groups.get((service, metric, dep))
@@ -168,6 +225,8 @@ class Intake:
         d = self._series_avro.decode_dict(data)
         service, metric, labels, ts, values = d["service"], d["metric"], d["labels"], d["ts"], d["values"]
         isfinite = math.isfinite
+        vmax = self.max_abs_value
+        lo, hi = self.ts_bounds()
         if not (
             service
             and metric
@@ -175,6 +234,10 @@ class Intake:
             and len(ts) == len(values)
             and all(map(isfinite, values))
             and all(map(isfinite, ts))
+            and -vmax <= min(values)
+            and max(values) <= vmax
+            and lo <= min(ts)
+            and max(ts) <= hi
         ):
             return None
         dep, series, signal, scale = self._meta(service, metric, labels)
@@ -202,11 +265,12 @@ class Intake:
 
     def _fast_batch(self, data: bytes) -> list[Sample] | None:
         """Avro MetricBatch without building pydantic models; ``None`` = let the full path judge."""
-        isfinite, sample = math.isfinite, self._sample
+        sample, vmax = self._sample, self.max_abs_value
+        lo, hi = self.ts_bounds()
         out = []
         for m in self._batch.decode_dict(data)["samples"]:
             service, metric, value, ts = m["service"], m["metric"], m["value"], m["ts"]
-            if not (service and metric and isfinite(value) and isfinite(ts)):
+            if not (service and metric and -vmax <= value <= vmax and lo <= ts <= hi):
                 return None
             out.append(sample(service, metric, value, ts, m["labels"]))
         return out or None
@@ -229,6 +293,15 @@ class Intake:
             return fast, None
         try:
             metrics = self._decode(record.value)
+        except LimitExceeded as exc:
+            logger.warning(
+                "telemetry rejected topic=%s partition=%d offset=%d reason=over_limit error=%s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return [], dead_letter(record, "over_limit", str(exc))
         except DecodeError as exc:
             reason = "undecodable" if _is_framing_error(str(exc)) else "invalid"
             logger.warning(
@@ -245,6 +318,16 @@ class Intake:
             return [], dead_letter(record, "undecodable", f"{type(exc).__name__}: {exc}")
         if not metrics:
             return [], dead_letter(record, "invalid", "samples: empty batch")
+        bad = self.out_of_bounds(metrics)
+        if bad is not None:
+            logger.warning(
+                "telemetry rejected topic=%s partition=%d offset=%d reason=out_of_bounds error=%s",
+                record.topic,
+                record.partition,
+                record.offset,
+                bad,
+            )
+            return [], dead_letter(record, "out_of_bounds", bad)
         return [self.to_sample(m) for m in metrics], None
 
 

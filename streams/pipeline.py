@@ -91,6 +91,8 @@ class PipelineStats:
     samples: int = 0
     duplicates: int = 0
     late: int = 0
+    series_refused: int = 0  # samples of series over streams.max_series_per_service
+    state_refused: int = 0  # stored state records that could not be decoded (state rebuilt)
     dead_letters: int = 0
     windows: int = 0
     anomaly_events: int = 0
@@ -114,12 +116,16 @@ class Pipeline:
         *,
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] | None = None,
+        state_topic: str = "state",
     ) -> None:
         self.settings = settings
         self._clock = clock  # wall clock of idle closes (close_idle)
         self._last_seen: dict[str, float] = {}  # service -> clock() of its last record
         self.sink = sink
-        self.intake = Intake(SignalMap(settings.signal_map))
+        # event time is bounded against ``wall_clock`` (the worker's time.time); None: replays, tests
+        self.intake = Intake(SignalMap(settings.signal_map), settings, wall_clock=wall_clock)
+        self.state_topic = state_topic  # named in dead letters of refused state records
         self.scorers = ScorerRegistry(scorer_store, seed=seed, min_interval=settings.checkpoint_interval_seconds)
         self.state_store = as_store(state_store)
         self._dirty: dict[str, int] = {}  # services whose state changed since the last flush
@@ -134,7 +140,22 @@ class Pipeline:
     def _state(self, service: str, partition: int) -> ServiceState:
         st = self._states.get(service)
         if st is None:
-            st = self._states[service] = load_state(service, self.state_store.get)
+
+            def refused(key: bytes, value: bytes | None, error: str) -> None:
+                self.stats.state_refused += 1
+                dl = DeadLetter(
+                    source_topic=self.state_topic,
+                    partition=partition,
+                    offset=-1,  # read from the state store, not from a consumed record
+                    key=key,
+                    value=value,
+                    reason="state_undecodable",
+                    error=f"window state of service {service} refused, service restarts from empty state: {error}",
+                    ts=time.time(),
+                )
+                self._dead(dl)
+
+            st = self._states[service] = load_state(service, self.state_store.get, refused)
             self._state_partition[service] = partition
         return st
 
@@ -174,7 +195,14 @@ class Pipeline:
         for p in partitions:
             blob = self.state_store.get(progress_key(p))
             if blob:
-                out[p] = int(blob)
+                try:
+                    out[p] = int(blob.decode("ascii"))
+                except (UnicodeDecodeError, ValueError):
+                    logger.error(
+                        "progress marker refused partition=%d value=%r: resuming from the committed offset",
+                        p,
+                        blob[:40],
+                    )
         return out
 
     # -- processing --------------------------------------------------------------------------
@@ -215,7 +243,14 @@ class Pipeline:
             return
         self._last_seen[service] = self._clock()
         late: list[tuple[SeriesBatch, int]] = []
+        refused: list[SeriesBatch] = []
+        known, cap = st.known, self.settings.max_series_per_service
         for g in batches:
+            if g.series not in known:
+                if len(known) >= cap:
+                    refused.append(g)
+                    continue
+                known.add(g.series)
             self._process_series(record.partition, st, g, late)
         cfg = self.settings
         closed = st.close_ready(cfg.window_seconds, cfg.allowed_lateness_seconds)
@@ -223,6 +258,8 @@ class Pipeline:
         self._dirty[service] = record.partition
         if late:
             self._late(record, st, late)
+        if refused:
+            self._refuse_series(record, st, refused)
         self._emit_closed(service, record.partition, closed)
 
     def _emit_closed(
@@ -359,6 +396,32 @@ class Pipeline:
     def _dead(self, event: DeadLetter) -> None:
         self.stats.dead_letters += 1
         self.sink.dead_letter(event)
+
+    def _refuse_series(self, record: Record, st: ServiceState, refused: list[SeriesBatch]) -> None:
+        """Samples of series over the cap: one dead letter with them (re-publishable as a MetricBatch)."""
+        n = sum(len(g.values) for g in refused)
+        self.stats.series_refused += n
+        batch = MetricBatch(
+            samples=[
+                Metric(
+                    service=g.service,
+                    metric=g.metric,
+                    value=g.values[i] / UNIT_SCALE.get(g.metric, 1.0),
+                    ts=g.ts[i],
+                    labels=g.labels[i],
+                )
+                for g in refused
+                for i in range(len(g.values))
+            ]
+        )
+        names = ", ".join(g.series for g in refused[:5])
+        error = (
+            f"series: service {st.service} already has {len(st.known)} series "
+            f"(streams.max_series_per_service={self.settings.max_series_per_service}); "
+            f"{n} sample(s) of new series refused: {names}"
+        )
+        logger.warning("series refused service=%s count=%d offset=%d", st.service, n, record.offset)
+        self._dead(dead_letter(record, "series_limit", error, value=self._late_ser(batch)))
 
     def _late(self, record: Record, st: ServiceState, late: list[tuple[SeriesBatch, int]]) -> None:
         """Late samples keep their original values (re-publishable as a MetricBatch)."""
