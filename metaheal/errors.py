@@ -16,7 +16,8 @@ The modules that raise these re-export them under their old names
     ├── DecodeError                (ValueError)  a record that cannot become an event
     │   └── LimitExceeded                            a record over a size or nesting bound
     ├── KafkaUnavailable           (RuntimeError) the broker did not answer in time
-    │   └── LedgerUnavailable                    an entry was not durably appended
+    │   ├── LedgerUnavailable                    an entry was not durably appended
+    │   └── ReaderFailed                         a background topic reader stopped
     ├── LedgerFailed               (RuntimeError) the meta loop's write-ahead append failed
     ├── LedgerKeyError             (LookupError) a ledger key absent or not usable
     ├── ProofError                 (LookupError) no inclusion/consistency proof can be made
@@ -67,6 +68,7 @@ __all__ = [
     "NoteError",
     "PlaybookError",
     "ProofError",
+    "ReaderFailed",
     "RoleUnavailable",
     "TemplateError",
 ]
@@ -108,6 +110,10 @@ class KafkaUnavailable(MetahealError, RuntimeError):
 
 class LedgerUnavailable(KafkaUnavailable):
     """The entry was not durably appended; the caller must not act on it."""
+
+
+class ReaderFailed(KafkaUnavailable):
+    """A background reader (:class:`~metaheal.kafka.tail.TopicTail`) stopped; what it serves is stale."""
 
 
 class LedgerFailed(MetahealError, RuntimeError):

@@ -143,7 +143,11 @@ def write_settings(settings: Settings, path: Path) -> Path:
     """Settings as YAML that ``load_settings`` reads back to the same values."""
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = settings.model_dump(mode="json", exclude_none=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    # owner-only: kafka.client may hold SASL passwords and key paths
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(yaml.safe_dump(doc, sort_keys=False))
     return path
 
 
@@ -350,11 +354,27 @@ class Runtime:
     async def run(self, stop: asyncio.Event) -> None:
         if not self.components:
             await self.start()
+        failed: list[str] = []
+        watch = asyncio.create_task(self._watch_registry(stop, failed))
         try:
             await run_components(self.components, stop)
         finally:
+            watch.cancel()
             self.close()
         logger.info("runtime stopped roles=%s", ",".join(c.role for c in self.components))
+        if failed:
+            raise ComponentFailed(f"registry: {failed[0]}")
+
+    async def _watch_registry(self, stop: asyncio.Event, failed: list[str], interval: float = 1.0) -> None:
+        """Fail closed: if the registry reader stops, every component stops (services would go stale)."""
+        while not stop.is_set():
+            if self.registry is not None and self.registry.failed:
+                failed.append(f"reader stopped: {self.registry.last_error}")
+                logger.error("registry reader failed: stopping every component error=%s", self.registry.last_error)
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     def close(self) -> None:
         if self.registry is not None:

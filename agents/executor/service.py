@@ -213,6 +213,9 @@ class Executor:
         logger.info("executor_started id=%s group=%s dry_run=%s", self.id, group, self.settings.executor.dry_run)
         try:
             while not stop.is_set():
+                # fail closed: a reader that stopped (telemetry for verification, approvals) stops the executor
+                self.telemetry.check()
+                self.inbox.check()
                 msgs = await asyncio.to_thread(consumer.poll_batch, 20, 0.1)
                 for msg in msgs:
                     await self._accept(msg)

@@ -134,7 +134,9 @@ class LiveTelemetry(TopicTail):
             lambda: deque(maxlen=max_per_series)
         )
         self._lock = threading.Lock()
-        self._telemetry = TelemetryDeserializer()
+        self._telemetry = TelemetryDeserializer(
+            max_bytes=settings.streams.max_record_bytes, max_depth=settings.streams.max_json_depth
+        )
         self._health = AvroDeserializer(HealthWindow)
 
     # --- feeding -------------------------------------------------------------------------------
@@ -257,6 +259,17 @@ class LiveTelemetry(TopicTail):
             query["stat"] = stat
         early = False
         while True:
+            if self.failed:  # a view that stopped updating proves nothing: inconclusive, naming why
+                got = self.samples(service, metric, since=since, source=source, stat=stat)
+                return Verdict(
+                    check=check,
+                    status="inconclusive",
+                    query=query,
+                    observed=[v for _, v in got][-MAX_RECORDED:],
+                    threshold=threshold,
+                    op=op,
+                    reason=f"live telemetry reader failed: {self.last_error}",
+                )
             got = self.samples(service, metric, since=since, source=source, stat=stat)
             status = evaluate_samples(got, op=op, threshold=threshold, min_samples=min_samples)
             if status == "pass" or time.monotonic() >= deadline:

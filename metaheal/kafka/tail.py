@@ -3,6 +3,13 @@
 The approval inbox, the live-telemetry view used by verification and the demo's
 timeline all follow topics group-less (no join delay on tansu) from a chosen offset
 and keep what they read in memory; this is the one loop they share.
+
+A record the subclass cannot handle (whatever it raises) is counted, logged and
+skipped: one bad record on a topic anyone can write to must not make the reader deaf.
+A failure of the reader itself (consumer creation, assignment, a fatal consume error)
+ends the thread and is visible: :attr:`TopicTail.healthy` turns false, :attr:`failed`
+true, and :meth:`TopicTail.check` raises :class:`~metaheal.errors.ReaderFailed`, so its
+component can stop (fail closed) instead of acting on a view that no longer updates.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any, cast
 from confluent_kafka import KafkaError, TopicPartition
 
 from metaheal.config import KafkaSettings
+from metaheal.errors import ReaderFailed
 from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.message import ConsumedMessage
@@ -24,8 +32,10 @@ logger = logging.getLogger(__name__)
 class TopicTail:
     """Subclasses say which partitions to read (``assignment``) and what to do with a record (``handle``).
 
-    A failure inside the thread is kept in ``error`` and logged; ``start`` returns once the
-    partitions are assigned (or the thread gave up), so callers never wait forever.
+    A failure of the reader is kept in ``error`` and logged; ``start`` returns once the
+    partitions are assigned (or the thread gave up), so callers never wait forever. An
+    exception from ``handle`` is per record: ``record_errors`` counts them, ``last_error``
+    names the latest, and :meth:`on_record_error` (a no-op here) may dead-letter the record.
     """
 
     name = "topic-tail"
@@ -38,7 +48,32 @@ class TopicTail:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the reader stopped because of it
+        self.last_error: str | None = None  # the latest error, per record or fatal
+        self.record_errors = 0  # records ``handle`` raised on (skipped)
+        self.records = 0  # records handed to ``handle``
+
+    @property
+    def failed(self) -> bool:
+        """The reader stopped without being asked to: what it serves no longer updates."""
+        if self.error is not None:
+            return True
+        t = self._thread
+        return t is not None and self._ready.is_set() and not t.is_alive() and not self._stop.is_set()
+
+    @property
+    def healthy(self) -> bool:
+        """Started, still reading, never failed."""
+        t = self._thread
+        return t is not None and t.is_alive() and self.error is None
+
+    def check(self) -> None:
+        """Raise :class:`ReaderFailed` if the reader failed (components call this before acting)."""
+        if self.failed:
+            raise ReaderFailed(f"{self.name} stopped reading: {self.last_error or 'thread ended'}")
+
+    def on_record_error(self, msg: ConsumedMessage, exc: BaseException) -> None:
+        """A record ``handle`` raised on (already counted and logged); subclasses may dead-letter it."""
 
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         raise NotImplementedError
@@ -63,7 +98,7 @@ class TopicTail:
         try:
             consumer = Consumer(self._kafka, **overrides)
         except Exception as exc:  # surfaced through ``error``
-            self.error = exc
+            self._fail(exc)
             self._ready.set()
             return
         try:
@@ -73,13 +108,32 @@ class TopicTail:
                 for msg in consumer.raw.consume(self.batch, self.poll_timeout):
                     err = msg.error()
                     if err is not None:
+                        if err.fatal():
+                            raise KafkaUnavailable(f"fatal consume error: {err}")
                         if err.code() != KafkaError._PARTITION_EOF:
                             logger.warning("%s consume_error error=%s", self.name, err)
                         continue
-                    self.handle(cast(ConsumedMessage, msg))
+                    self._handle_one(cast(ConsumedMessage, msg))
         except Exception as exc:
-            self.error = exc
-            logger.error("%s failed error=%s", self.name, exc)
+            self._fail(exc)
         finally:
             self._ready.set()
             consumer.close()
+
+    def _handle_one(self, msg: ConsumedMessage) -> None:
+        self.records += 1
+        try:
+            self.handle(msg)
+        except Exception as exc:  # a record must not stop the reader: counted, logged, skipped
+            self.record_errors += 1
+            self.last_error = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: {type(exc).__name__}: {exc}"
+            logger.warning("%s record_skipped %s", self.name, self.last_error)
+            try:
+                self.on_record_error(msg, exc)
+            except Exception as inner:
+                logger.warning("%s on_record_error failed error=%r", self.name, inner)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.error = exc
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        logger.error("%s failed, no longer reading: %s", self.name, self.last_error)
