@@ -53,6 +53,7 @@ from metaheal.kafka import (
     RawProducer,
 )
 from metaheal.kafka.admin import Admin
+from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import (
     HEADER_LEN,
     AvroDeserializer,
@@ -559,9 +560,9 @@ class ImmutableLog:
             return
         try:
             if key == LEASE_KEY:
-                self._lease.apply(json.loads(value))
+                self._lease.apply(loads(value))
             elif key == TAIL_KEY:
-                self._index.tail = json.loads(value)
+                self._index.tail = loads(value)
             else:
                 self._index.put_raw(key, value)
         except ValueError as exc:

@@ -26,7 +26,6 @@ metaheal.errors.DecodeError: invalid ServiceRegistration: admin_url: must be an 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,9 +35,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from metaheal.config import ServiceSettings, Settings
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, LimitExceeded
 from metaheal.events import DeadLetter, ServiceRegistration
 from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
+from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import (
     MAGIC,
     AvroDeserializer,
@@ -100,8 +100,10 @@ def decode_registration(value: bytes) -> ServiceRegistration:
         reg = _avro_in(value)
     else:
         try:
-            doc = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = loads(value)
+        except LimitExceeded:
+            raise
+        except DecodeError as exc:
             raise DecodeError(f"neither Avro single-object nor JSON: {exc}") from None
         reg = validate(ServiceRegistration, doc)
     try:

@@ -46,6 +46,7 @@ from typing import Any
 
 from metaheal.config import KafkaSettings, Settings
 from metaheal.kafka import ConsumedMessage, Consumer, Producer
+from metaheal.kafka.limits import loads
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ class ControlTopic:
             key = (m.key() or b"").decode("utf-8", "replace")
             value = m.value()
             try:
-                doc = json.loads(value) if value else None
-            except (ValueError, UnicodeDecodeError):
+                doc = loads(value) if value else None
+            except ValueError:  # DecodeError, including records over the size/depth limits
                 logger.warning("control ignored undecodable record offset=%d key=%s", m.offset(), key)
                 continue
             self.view.apply(key, doc)

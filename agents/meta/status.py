@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from metaheal.events import (
     ProbeCommand,
     SignedOutcome,
 )
+from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import AvroDeserializer, EventDecoder
 
 
@@ -76,7 +76,7 @@ class StatusClient:
             for m in read_to_end(c, topic, timeout=self.timeout):
                 value = m.value()
                 try:
-                    doc = json.loads(value) if value else None
+                    doc = loads(value) if value else None
                 except ValueError:
                     continue
                 view.apply((m.key() or b"").decode("utf-8", "replace"), doc)
