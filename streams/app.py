@@ -53,9 +53,9 @@ from faust.tables.manager import TableManager
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
-from metaheal.config import Settings
+from metaheal.config import KafkaSettings, Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
-from metaheal.kafka import Consumer, Producer
+from metaheal.kafka import Consumer, Producer, aiokafka_security
 from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
@@ -143,6 +143,33 @@ class KafkaSink:
         drain(self._producer, self._errors, timeout, "output record(s)")
 
 
+def faust_security(kafka: KafkaSettings) -> dict[str, Any]:
+    """faust's ``broker_credentials`` / ``ssl_context`` from ``kafka.client`` (librdkafka names).
+
+    faust hands these to every aiokafka client it makes (consumer, producer, the admin
+    client that creates table changelogs), so the worker joins a secured cluster with
+    the settings the librdkafka clients use.
+    """
+    sec = aiokafka_security(kafka)
+    protocol, ctx = sec["security_protocol"], sec.get("ssl_context")
+    if protocol == "PLAINTEXT":
+        return {}
+    if protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(ctx), "ssl_context": ctx}
+    if sec["sasl_mechanism"] == "GSSAPI":
+        creds: faust.auth.Credentials = faust.GSSAPICredentials(
+            kerberos_service_name=sec["sasl_kerberos_service_name"], ssl_context=ctx
+        )
+    else:
+        creds = faust.SASLCredentials(
+            username=sec["sasl_plain_username"],
+            password=sec["sasl_plain_password"],
+            ssl_context=ctx,
+            mechanism=sec["sasl_mechanism"],
+        )
+    return {"broker_credentials": creds, "ssl_context": ctx} if ctx is not None else {"broker_credentials": creds}
+
+
 def app_id(settings: Settings) -> str:
     """Consumer group and faust app id: per topic prefix, so test prefixes never share a group."""
     return f"{settings.topics.prefix}{settings.streams.group_id}"
@@ -171,6 +198,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
     app = faust.App(
         app_id(settings),
         broker=[f"kafka://{b.strip()}" for b in kafka.bootstrap.split(",")],
+        **faust_security(kafka),
         datadir=str(datadir),
         store="memory://",
         key_serializer="raw",

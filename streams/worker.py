@@ -134,6 +134,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "METAHEAL_KAFKA__SESSION_TIMEOUT_MS": str(settings.kafka.session_timeout_ms),
         "METAHEAL_TOPICS__PREFIX": settings.topics.prefix,
     }
+    if settings.kafka.client:  # SASL/TLS settings: the worker's clients need them as much as ours
+        env["METAHEAL_KAFKA__CLIENT"] = json.dumps(settings.kafka.client)
     for name, value in settings.streams.model_dump(exclude_defaults=True).items():
         env[f"METAHEAL_STREAMS__{name.upper()}"] = value if isinstance(value, str) else json.dumps(value, default=str)
     return env

@@ -12,7 +12,7 @@ are re-exported here, so no module outside this package imports confluent-kafka.
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaException, Message, TopicPartition
 
 from metaheal.kafka.admin import Admin, TopicSpec
-from metaheal.kafka.config import client_config, consumer_config, producer_config
+from metaheal.kafka.config import aiokafka_security, client_config, consumer_config, producer_config
 from metaheal.kafka.consumer import Consumer
 from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.message import ConsumedMessage
@@ -34,6 +34,7 @@ __all__ = [
     "RawProducer",
     "TopicPartition",
     "TopicSpec",
+    "aiokafka_security",
     "client_config",
     "consumer_config",
     "producer_config",
