@@ -15,7 +15,9 @@ from metaheal.kafka import Consumer
 from metaheal.kafka.serializers import AvroDeserializer
 
 E = TypeVar("E", bound=Event)
-T0 = 1_700_000_000.0  # event-time origin of test telemetry (a window boundary for 1 s windows)
+# event-time origin of test telemetry: a whole hour a day ago (a window boundary for 1 s windows), so the
+# worker's event-time bounds (streams.max_event_age_seconds, 7 days by default) accept it
+T0 = float(int(time.time()) // 3600 * 3600 - 86400)
 
 
 def fast_streams(settings: Settings) -> Settings:
