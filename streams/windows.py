@@ -153,7 +153,8 @@ class ServiceState:
             vals = np.frombuffer(sw.values, dtype=np.float64) if len(sw.values) else np.zeros(1)
             n = len(sw.values)
             total += n
-            mean = float(vals.mean())
+            with np.errstate(over="ignore"):
+                mean = float(vals.mean())
             if not math.isfinite(mean):  # the sum overflowed: values near the float limit (intake bounds them)
                 mean = float((vals / n).sum())
             p50, p95 = (float(x) for x in np.percentile(vals, [50, 95]))
