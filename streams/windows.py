@@ -283,7 +283,7 @@ def _extend(values: array[float], raw: bytes) -> None:
     more.frombytes(raw)
     if _SWAP:
         more.byteswap()
-    if not all(map(math.isfinite, more)):
+    if not np.isfinite(np.frombuffer(more, dtype=np.float64)).all():
         raise DecodeError("window chunk: a value is not finite")
     values.extend(more)
 
