@@ -87,6 +87,19 @@ def kcat_binary() -> str:
     return path
 
 
+def client_args(client: Mapping[str, object]) -> list[str]:
+    """``kafka.client`` (librdkafka settings, SASL/TLS included) as kcat ``-X key=value`` arguments.
+
+    >>> client_args({"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "enable.idempotence": True})
+    ['-X', 'security.protocol=SASL_SSL', '-X', 'sasl.mechanism=PLAIN', '-X', 'enable.idempotence=true']
+    """
+    out: list[str] = []
+    for key, value in client.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out += ["-X", f"{key}={text}"]
+    return out
+
+
 def kcat_argv(bootstrap: str, *args: str) -> list[str]:
     """The command line for kcat against ``bootstrap``; run it with :func:`kcat_env`."""
     return [shutil.which("kcat") or "kcat", "-b", bootstrap, *args]
