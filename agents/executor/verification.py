@@ -185,7 +185,7 @@ class LiveTelemetry(TopicTail):
         """Why this reader cannot be trusted to see fresh samples (None: it is reading)."""
         if self.error is not None:
             return f"telemetry reader failed: {self.error}"
-        if self._thread is not None and not self._thread.is_alive() and not self._stop.is_set():
+        if self.failed:  # TopicTail: the thread ended without being asked to
             return "telemetry reader stopped"
         return None
 
@@ -259,7 +259,8 @@ class LiveTelemetry(TopicTail):
             query["stat"] = stat
         early = False
         while True:
-            if self.failed:  # a view that stopped updating proves nothing: inconclusive, naming why
+            problem = self.problem
+            if problem:  # a view that stopped updating proves nothing: inconclusive at once, naming why
                 got = self.samples(service, metric, since=since, source=source, stat=stat)
                 return Verdict(
                     check=check,
@@ -268,7 +269,7 @@ class LiveTelemetry(TopicTail):
                     observed=[v for _, v in got][-MAX_RECORDED:],
                     threshold=threshold,
                     op=op,
-                    reason=f"live telemetry reader failed: {self.last_error}",
+                    reason=problem,
                 )
             got = self.samples(service, metric, since=since, source=source, stat=stat)
             status = evaluate_samples(got, op=op, threshold=threshold, min_samples=min_samples)
