@@ -138,6 +138,10 @@ class StreamSettings(_Section):
     anomaly_threshold: float = Field(0.99, ge=0, le=1)
     reporting_floor: float = Field(0.9, ge=0, le=1)
     signal_map: dict[str, str] = Field(default_factory=dict, description="metric name -> signal kind overrides")
+    otlp_topics: list[str] = Field(
+        default_factory=lambda: ["otlp_metrics"],
+        description="topics carrying OTLP ExportMetricsServiceRequest (protobuf or JSON); no prefix applied",
+    )
     # streams worker (streams/app.py)
     group_id: str = Field("streams", description="consumer group / faust app id, after the topic prefix")
     seed: int = 0

@@ -59,6 +59,7 @@ from metaheal.kafka import Consumer, Producer, aiokafka_security
 from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.streams.intake import Record
+from metaheal.streams.otlp_bridge import OtlpBridge
 from metaheal.streams.pipeline import Pipeline
 from metaheal.streams.scoring import TableStore
 
@@ -281,6 +282,22 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
             if pending >= cfg.max_batch_records or now - last_flush >= cfg.flush_interval_seconds:
                 pipeline.flush_state()
                 pending, last_flush = 0, now
+
+    if cfg.otlp_topics:
+        bridge = OtlpBridge(telemetry_partitions=partitions)
+        app.metaheal_otlp = bridge  # type: ignore[attr-defined]
+
+        @app.agent(app.topic(*cfg.otlp_topics, **raw), name="metaheal.streams.otlp")
+        async def otlp(stream: faust.StreamT) -> None:
+            # OTLP -> one MetricBatch per service on telemetry, in the service's partition; the sends
+            # are attached to the source event, so they are written before its offset is committed
+            async for event in stream.events():
+                m = event.message
+                out = bridge.convert(Record(m.topic, m.partition, m.offset, m.key, m.value))
+                for key, partition, value in out.records:
+                    await telemetry.send(key=key, value=value, partition=partition)
+                if out.dead is not None:
+                    pipeline.sink.dead_letter(out.dead)
 
     @app.timer(interval=max(1.0, cfg.flush_interval_seconds))
     async def catch_up_skipped() -> None:

@@ -15,6 +15,8 @@ Unknown metrics map to ``None``: they are still scored and windowed, just unlabe
 True
 >>> SignalMap({"my_custom_gauge": "saturation"}).signal_of("my_custom_gauge", {})
 'saturation'
+>>> m.signal_of("process.runtime.cpython.memory", {}), m.signal_of("http.server.request.duration.p95", {})
+('saturation', 'latency')
 >>> normalise_value("http.server.request.duration", 0.245)
 245.0
 >>> SignalMap({"x": "latncy"})
@@ -27,6 +29,7 @@ ValueError: streams.signal_map.x: unknown signal kind 'latncy'
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 
 SIGNAL_KINDS: frozenset[str] = frozenset({"latency", "errors", "saturation", "traffic", "capacity", "dependency"})
 
@@ -53,6 +56,31 @@ DEFAULT_SIGNAL_MAP: dict[str, str] = {
     # dependency metrics usually carry a ``dependency`` label (which wins anyway)
     "dependency_latency_ms": "dependency",
     "dependency_error_rate": "dependency",
+    # OpenTelemetry semantic conventions, as the OTLP stage names them (docs/otlp.md): a histogram
+    # becomes <name>.count/.sum/.p50/.p95/.p99 (durations in ms), a counter a per-second rate
+    "http.server.request.duration.p50": "latency",
+    "http.server.request.duration.p95": "latency",
+    "http.server.request.duration.p99": "latency",
+    "http.server.request.duration.count": "traffic",
+    "http.server.request.duration.error_ratio": "errors",
+    "http.server.active_requests": "saturation",
+    "rpc.server.duration.p50": "latency",
+    "rpc.server.duration.p95": "latency",
+    "rpc.server.duration.p99": "latency",
+    "rpc.server.duration.count": "traffic",
+    "rpc.server.duration.error_ratio": "errors",
+    "http.client.request.duration.*": "dependency",
+    "db.client.operation.duration.*": "dependency",
+    "system.cpu.utilization": "saturation",
+    "process.cpu.utilization": "saturation",
+    "system.memory.utilization": "saturation",
+    "jvm.cpu.recent_utilization": "saturation",
+    "jvm.memory.used": "saturation",
+    "jvm.memory.*": "saturation",
+    "process.memory.usage": "saturation",
+    "process.runtime.*memory*": "saturation",
+    "messaging.*lag*": "saturation",
+    "kafka.consumer_group.lag": "saturation",
 }
 
 #: Multipliers that bring a metric into the unit of its signal (seconds -> ms for latency).
@@ -83,11 +111,16 @@ class SignalMap:
                 )
             table[metric] = kind
         self._table = table
+        # names with ``*`` are shell-style patterns, tried in order after the exact names
+        self._patterns = [(pattern, kind) for pattern, kind in table.items() if "*" in pattern]
 
     def signal_of(self, metric: str, labels: Mapping[str, str]) -> str | None:
         if labels.get(DEPENDENCY_LABEL):
             return "dependency"
-        return self._table.get(metric)
+        kind = self._table.get(metric)
+        if kind is None and self._patterns:
+            kind = next((k for pattern, k in self._patterns if fnmatchcase(metric, pattern)), None)
+        return kind
 
 
 def series_id(service: str, metric: str, dependency: str | None = None) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from metaheal.config import Settings, load_settings
 from metaheal.kafka import KafkaUnavailable
 from metaheal.streams.app import create_app
+from metaheal.streams.otlp_bridge import ensure_otlp_topics
 from metaheal.streams.pipeline import PipelineStats
 from metaheal.streams.signals import SignalMap
 from metaheal.topics import ensure_topics
@@ -44,6 +45,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path |
     """
     SignalMap(settings.streams.signal_map)  # a bad override is an error before any I/O
     await asyncio.to_thread(ensure_topics, settings)
+    await asyncio.to_thread(ensure_otlp_topics, settings)
     app, pipeline = create_app(settings, datadir=datadir)
     logger.info("streams worker starting app=%s bootstrap=%s", app.conf.id, settings.kafka.bootstrap)
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
