@@ -32,7 +32,7 @@ from metaheal.streams.otlp_bridge import OtlpBridge
 from metaheal.streams.signals import SignalMap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.streams.otlp_sdk import encode, gauge, histogram, histogram_point, metrics_data  # noqa: E402
+from tests.streams.otlp_sdk import encode, gauge, histogram, histogram_point, metrics_data
 
 T0 = 1_700_000_000.0
 

@@ -68,6 +68,7 @@ from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.lease import LEASE_KEY, LeaseState
 from metaheal.ledger.outcomes import OutcomeEntry
 from metaheal.ledger.sequencer import Sequencer, Signer
+from metaheal.observability import LEDGER_APPEND_SECONDS, LEDGER_APPENDS
 from metaheal.topics import declared_topics
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,11 @@ class ImmutableLog:
         self._queue.append(req)
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._drain())
-        return await req.future
+        started = time.perf_counter()
+        entry = await req.future
+        LEDGER_APPENDS.inc()
+        LEDGER_APPEND_SECONDS.observe(time.perf_counter() - started)
+        return entry
 
     async def replay_cycle(self, cycle_id: str) -> list[LedgerEntry]:
         """That cycle's entries in sequence order (read through the index, not a scan)."""

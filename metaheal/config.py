@@ -236,6 +236,54 @@ class OperatorSettings(_Section):
     )
 
 
+class ObservabilitySettings(_Section):
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve /metrics, /healthz and /readyz on this port (`up`); None = off"
+    )
+    metrics_host: str = Field("0.0.0.0", description="address the metrics endpoints listen on")
+
+
+WebhookEvent = Literal[
+    "approval_requested",
+    "approval_expired",
+    "outcome_failed",
+    "outcome_rolled_back",
+    "trust_violation",
+    "guardrail_changed",
+]
+
+
+class WebhookSettings(_Section):
+    url: str = Field(description="receiver URL (a Slack or Teams incoming webhook works as is)")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: [
+            "approval_requested",
+            "approval_expired",
+            "outcome_failed",
+            "outcome_rolled_back",
+            "trust_violation",
+            "guardrail_changed",
+        ],
+        description="events sent to this URL",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra HTTP headers; ${ENV_NAME} is replaced from the environment"
+    )
+    timeout_seconds: float = Field(5.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20, description="deliveries tried before one is counted failed")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+        return v
+
+
+class NotificationSettings(_Section):
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """The whole configuration; see ``metaheal.yaml.example`` for every key."""
 
@@ -258,6 +306,8 @@ class Settings(BaseSettings):
     playbooks: Path = Path("playbooks")
     keys: Path = Path("keys")
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
 
     @field_validator("services")
     @classmethod

@@ -134,7 +134,7 @@ class SubprocessService:
 def settings_env(settings: Settings, config_path: Path) -> dict[str, str]:
     """Environment for a child process: the full settings written to ``config_path``."""
     write_settings(settings, config_path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_") or k == "METAHEAL_LOG_FORMAT"}
     env["METAHEAL_CONFIG"] = str(config_path)
     return env
 

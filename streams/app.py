@@ -57,7 +57,8 @@ from metaheal.config import KafkaSettings, Settings
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
 from metaheal.kafka import Consumer, Producer, aiokafka_security
 from metaheal.kafka.producer import drain
-from metaheal.kafka.serializers import AvroSerializer
+from metaheal.kafka.serializers import MAGIC, AvroSerializer
+from metaheal.observability import CONSUMER_LAG, DEADLETTERS, STREAMS_HEARTBEAT, TELEMETRY_SAMPLES
 from metaheal.streams.intake import Record
 from metaheal.streams.otlp_bridge import OtlpBridge
 from metaheal.streams.pipeline import Pipeline
@@ -121,6 +122,7 @@ class KafkaSink:
 
     def dead_letter(self, event: DeadLetter) -> None:
         self._produce(self._topics["deadletter"], self._dead(event), event.key)
+        DEADLETTERS.labels(event.reason).inc()
 
     def _send_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -275,7 +277,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         _quiet_gc()
         async for event in stream.events():
             m = event.message
-            await sync.process(Record(m.topic, m.partition, m.offset, m.key, m.value))
+            await sync.process(Record(m.topic, m.partition, m.offset, m.key, m.value, _from_otlp(m.headers)))
             poll()
             pending += 1
             now = loop_time()
@@ -295,9 +297,27 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
                 m = event.message
                 out = bridge.convert(Record(m.topic, m.partition, m.offset, m.key, m.value))
                 for key, partition, value in out.records:
-                    await telemetry.send(key=key, value=value, partition=partition)
+                    await telemetry.send(key=key, value=value, partition=partition, headers=OTLP_HEADERS)
+                if out.samples:
+                    TELEMETRY_SAMPLES.labels(out.format).inc(out.samples)
                 if out.dead is not None:
                     pipeline.sink.dead_letter(out.dead)
+
+    @app.timer(interval=5.0)
+    async def report_health() -> None:
+        """Heartbeat and consumer lag (records between each partition's position and its end) for /metrics."""
+        STREAMS_HEARTBEAT.set(time.time())
+        lag: dict[str, int] = {}
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                end, position = consumer.highwater(tp), await consumer.position(tp)
+            except Exception:  # not positioned yet
+                continue
+            if end is not None and position is not None:
+                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - position)
+        for topic, n in lag.items():
+            CONSUMER_LAG.labels(topic).set(n)
 
     @app.timer(interval=max(1.0, cfg.flush_interval_seconds))
     async def catch_up_skipped() -> None:
@@ -334,6 +354,17 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
     app.on_partitions_assigned.connect(on_assigned, weak=False)  # type: ignore[arg-type]
     app.metaheal_process = process  # type: ignore[attr-defined]
     return app, pipeline
+
+
+#: marks telemetry records the OTLP stage wrote (their samples were counted as OTLP)
+OTLP_HEADERS = {"metaheal-origin": b"otlp"}
+
+
+def _from_otlp(headers: Any) -> bool:
+    if not headers:
+        return False
+    items = headers.items() if isinstance(headers, dict) else headers
+    return any(k == "metaheal-origin" for k, _ in items)
 
 
 def _quiet_gc() -> None:
@@ -401,7 +432,7 @@ def _read_gap(settings: Settings, topic: str, partition: int, start: int, end: i
         for m in c.read_to_end(topic, partitions=[partition], start_offsets={partition: start}, timeout=120, wait=0.05):
             if end is not None and m.offset() >= end:
                 break
-            out.append(Record(topic, partition, m.offset(), m.key(), m.value()))
+            out.append(Record(topic, partition, m.offset(), m.key(), m.value(), _from_otlp(m.headers())))
     return out
 
 
@@ -462,6 +493,15 @@ class PartitionSync:
         self._delivered_seen = 0  # ... as of the previous catch_up tick
         self.stalled: dict[int, float] = {}  # partition without progress -> since when (clock)
 
+    def _process_one(self, record: Record) -> None:
+        """Process a record, counting its samples by format (the OTLP stage counted its own records)."""
+        stats = self.pipeline.stats
+        before = stats.samples
+        self.pipeline.process_one(record)
+        if stats.samples != before and not record.from_otlp:
+            fmt = "avro" if record.value is not None and record.value[:2] == MAGIC else "json"
+            TELEMETRY_SAMPLES.labels(fmt).inc(stats.samples - before)
+
     def revoked(self, partitions: set[int]) -> None:
         for p in partitions:
             self.next_offset.pop(p, None)
@@ -499,7 +539,7 @@ class PartitionSync:
             return 0
         fresh = [r for r in records if expected is None or r.offset >= expected]
         for r in fresh:
-            self.pipeline.process_one(r)
+            self._process_one(r)
         if fresh:
             self.next_offset[p] = fresh[-1].offset + 1
         return len(fresh)
@@ -525,7 +565,7 @@ class PartitionSync:
                 self._apply(
                     p, await asyncio.to_thread(_read_gap, self.settings, self.topic, p, expected, record.offset)
                 )
-            self.pipeline.process_one(record)  # at or below what a service's state applied: a duplicate
+            self._process_one(record)  # at or below what a service's state applied: a duplicate
             if record.offset + 1 > (self.next_offset[p] or 0):
                 self.next_offset[p] = record.offset + 1
 

@@ -53,6 +53,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    from_otlp: bool = False  # written by the worker's OTLP stage (its samples are counted there)
 
 
 class Sample(NamedTuple):

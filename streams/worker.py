@@ -28,6 +28,7 @@ from typing import Any
 
 from metaheal.config import Settings, load_settings
 from metaheal.kafka import KafkaUnavailable
+from metaheal.observability import use_log_format
 from metaheal.streams.app import create_app
 from metaheal.streams.otlp_bridge import ensure_otlp_topics
 from metaheal.streams.pipeline import PipelineStats
@@ -149,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--log-level", default="INFO")
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    text_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=ns.log_level, format=text_format)
+    try:
+        use_log_format(None, text_format)  # $METAHEAL_LOG_FORMAT, as `metaheal up --log-format` sets it
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(ns.config)
     except Exception as exc:

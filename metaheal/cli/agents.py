@@ -1,4 +1,4 @@
-"""``metaheal approvals list|approve|deny|keep|rollback`` (owned by the agentic work).
+"""``metaheal approvals list|show|approve|deny|keep|rollback`` (owned by the agentic work).
 
 Operators answer approval requests from a terminal: the decision is signed here
 with the operator's private key file and published on ``<prefix>approvals``;
@@ -42,7 +42,12 @@ approvals_app = typer.Typer(
     no_args_is_help=True,
 )
 
-KeyOpt = Annotated[Path, typer.Option("--key", help="The operator's private key file (from `metaheal keys`).")]
+KeyOpt = Annotated[
+    Path,
+    typer.Option(
+        "--key", envvar="METAHEAL_OPERATOR_KEY", help="The operator's private key file (from `metaheal keys`)."
+    ),
+]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded with the decision.")]
 OperatorOpt = Annotated[
     str | None, typer.Option("--operator", help="Operator name (default: found by the key in settings.operators).")
@@ -104,6 +109,29 @@ def list_requests(
         kind = "verdict (keep/rollback)" if req.asks_verdict else "approval"
         table.add_row(req.plan_id, kind, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
     Console().print(table)
+
+
+@approvals_app.command("show")
+def show(
+    plan_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """What PLAN_ID would do and why: rendered steps, risk, evidence and provenance."""
+    from metaheal.cli.plan_view import find_plan, render_plan
+
+    s = require_bootstrap(settings_from(config, bootstrap))
+    try:
+        view = find_plan(s, plan_id)
+    except KafkaUnavailable as exc:
+        raise _fail(str(exc)) from None
+    if view is None:
+        raise _fail(f"PLAN_ID: no plan {plan_id} on {s.topics.name('plans')}")
+    if as_json:
+        print(json.dumps(view, default=str))
+        return
+    Console().print(render_plan(view), markup=False, highlight=False)
 
 
 def _decide(

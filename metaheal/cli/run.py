@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from metaheal.cli.console import warn_exposed
 from metaheal.cli.options import BootstrapOpt, ConfigOpt, require_bootstrap, settings_from
 from metaheal.errors import MetahealError
 from metaheal.kafka import KafkaUnavailable
+from metaheal.observability import LOG_FORMAT_ENV, use_log_format
+from metaheal.ops import Operations
 from metaheal.topics import ensure_topics
 
 # The runtime, the simulator and the demo are imported inside their commands: they load the ledger,
@@ -117,9 +120,17 @@ def up(
         str | None,
         typer.Option("--console-token", envvar="METAHEAL_CONSOLE_TOKEN", help="bearer token the console requires"),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve /metrics, /healthz, /readyz on this port (default: observability.metrics_port)"),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(envvar="METAHEAL_LOG_FORMAT", help="text (default) or json (one object per line)")
+    ] = None,
 ) -> None:
     """Start everything one machine needs (or one --role of it) until Ctrl-C/SIGTERM."""
     from metaheal.runtime import (
+        LOG_FORMAT,
         Component,
         ComponentFailed,
         RoleUnavailable,
@@ -130,8 +141,17 @@ def up(
     )
 
     configure_logging()
+    try:
+        use_log_format(log_format, LOG_FORMAT)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if log_format:
+        os.environ[LOG_FORMAT_ENV] = log_format  # the streams worker process logs the same way
     log = logging.getLogger("metaheal.up")
     settings = settings_from(config, bootstrap)
+    if metrics_port is not None:
+        settings.observability.metrics_port = metrics_port
     asked = role or ["all"]
     try:
         roles = expand_roles(asked)
@@ -166,10 +186,19 @@ def up(
             settings, roles, workdir=workdir.resolve(), explicit="all" not in asked, simulator_options=sim_opts
         )
 
+        ops = Operations(
+            settings,
+            roles,
+            workdir=workdir.resolve(),
+            metrics_port=settings.observability.metrics_port,
+            config_path=str(config.resolve()) if config else None,
+        )
+
         async def main(stop: asyncio.Event) -> None:
             if broker is not None and only_broker:
                 await stop.wait()
                 return
+            ops.start()
             web = None
             if console_port is not None:  # first: a taken port fails before anything else starts
                 # starlette, uvicorn and the readers the console folds topics with: about 0.4 s measured
@@ -180,15 +209,19 @@ def up(
                 await web.start()
                 typer.echo(f"metaheal console on {web.url}")
             try:
-                await runtime.start()
-            except BaseException:
-                if web is not None:  # shut the console down before reporting what failed
-                    stop.set()
-                    await web.run(stop)
-                raise
-            if web is not None:
-                runtime.components.append(Component("console", web))
-            await runtime.run(stop)
+                try:
+                    await runtime.start()
+                except BaseException:
+                    if web is not None:  # shut the console down before reporting what failed
+                        stop.set()
+                        await web.run(stop)
+                    raise
+                if web is not None:
+                    runtime.components.append(Component("console", web))
+                ops.started(runtime.components)
+                await runtime.run(stop)
+            finally:
+                ops.stop()
 
         run_until_signal(main)
     except RoleUnavailable as exc:

@@ -83,9 +83,9 @@ def status(
             out.print(f"  - {line}", markup=False, highlight=False)
     probes = snap["active_probes"]
     out.print(f"[bold]Active probes:[/bold] {', '.join(sorted({p['probe'] for p in probes})) or 'none'}")
-    table = Table("request", "service", "playbook", "reason", "expires", title="Pending approvals")
+    table = Table("plan_id", "service", "playbook", "reason", "expires", title="Pending approvals")
     for r in snap["pending_approvals"]:
-        table.add_row(r["request_id"], r["service"], r["playbook"], r["reason"], _when(r["expires_at"]))
+        table.add_row(r["plan_id"], r["service"], r["playbook"], r["reason"], _when(r["expires_at"]))
     out.print(table if snap["pending_approvals"] else "[bold]Pending approvals:[/bold] none")
     if snap["awaiting_verdict"]:
         table = Table(

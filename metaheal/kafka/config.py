@@ -31,6 +31,7 @@ from typing import Any
 from metaheal.config import KafkaSettings
 from metaheal.errors import ConfigError
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.observability import LIBRDKAFKA_LOGGER
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 #: SASL mechanisms aiokafka can use from configuration alone (OAUTHBEARER needs a token callback)
@@ -57,7 +58,8 @@ SECURITY_KEYS = frozenset(
 def client_config(settings: KafkaSettings) -> dict[str, Any]:
     if not settings.bootstrap:
         raise KafkaUnavailable("no Kafka bootstrap given (use --bootstrap or METAHEAL_KAFKA__BOOTSTRAP)")
-    return {"bootstrap.servers": settings.bootstrap, **settings.client}
+    # librdkafka's own log lines go through Python logging (metaheal.observability filters them)
+    return {"bootstrap.servers": settings.bootstrap, "logger": LIBRDKAFKA_LOGGER, **settings.client}
 
 
 def producer_config(settings: KafkaSettings, *, idempotent: bool = False) -> dict[str, Any]:
