@@ -434,7 +434,16 @@ def resolve_playbooks(folder: Path) -> Path:
     if folder.is_dir() or folder.is_absolute():
         return folder
     shipped = Path(__file__).resolve().parent.parent / folder
+    if not shipped.is_dir() and folder == Path("playbooks"):
+        shipped = shipped_playbooks()  # installed from a wheel: the package data
     if shipped.is_dir():
         logger.info("playbooks folder=%s not found here; using shipped=%s", folder, shipped)
         return shipped
     return folder
+
+
+def shipped_playbooks() -> Path:
+    """The default playbooks installed with metaheal (package data of ``metaheal.playbooks``)."""
+    import metaheal.playbooks
+
+    return Path(metaheal.playbooks.__file__).resolve().parent

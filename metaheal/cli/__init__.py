@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from metaheal.cli import agents, console, core, ledger, run, score, services, status, streams
+from metaheal.cli import agents, console, core, ledger, playbooks, run, score, services, status, streams
 
 app = typer.Typer(
     help="metaheal: Kafka-native, meta-coordinated self-healing control plane.",
@@ -28,6 +28,7 @@ app.command("score")(score.score)
 
 # agents (meta loop, advisors, executors)
 app.add_typer(agents.approvals_app, name="approvals")
+app.add_typer(playbooks.playbooks_app, name="playbooks")
 app.command("status")(status.status)
 
 # the main job

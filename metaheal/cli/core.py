@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from metaheal.broker import BrokerError
+from metaheal.cli.config_check import check_references
 from metaheal.cli.options import (
     BootstrapOpt,
     ConfigOpt,
@@ -70,7 +72,11 @@ def topics_ensure(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> N
 
 
 @topics_app.command("check")
-def topics_check(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> None:
+def topics_check(
+    config: ConfigOpt = None,
+    bootstrap: BootstrapOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
     """Report topics missing or drifted from the declaration; exit 1 if any."""
     settings = require_bootstrap(settings_from(config, bootstrap))
     try:
@@ -78,6 +84,11 @@ def topics_check(config: ConfigOpt = None, bootstrap: BootstrapOpt = None) -> No
     except KafkaUnavailable as exc:
         err_console.print(f"error: {exc}")
         raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps({"ok": not drifts, "drifts": [{"topic": d.topic, "problem": d.problem} for d in drifts]}))
+        if drifts:
+            raise typer.Exit(1)
+        return
     for d in drifts:
         typer.echo(f"DRIFT {d}")
     if drifts:
@@ -90,23 +101,46 @@ def config_check(
     file: Annotated[
         Path | None, typer.Argument(help="metaheal.yaml (default: $METAHEAL_CONFIG or ./metaheal.yaml)")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
-    """Validate a configuration file; print every error with file and field path."""
+    """Validate a configuration file, the playbooks and the knowledge map it names; print every error."""
+    source = str(file or "configuration")
     try:
         settings = load_settings(file)
     except FileNotFoundError as exc:
-        err_console.print(f"error: {exc}")
+        if as_json:
+            print(json.dumps({"ok": False, "errors": [str(exc)]}))
+        else:
+            err_console.print(f"error: {exc}")
         raise typer.Exit(2) from None
     except ValidationError as exc:
-        for line in format_validation_error(exc, str(file or "configuration")):
-            typer.echo(line, err=True)
+        errors = format_validation_error(exc, source)
+        if as_json:
+            print(json.dumps({"ok": False, "errors": errors}))
+        else:
+            for line in errors:
+                typer.echo(line, err=True)
         raise typer.Exit(1) from None
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if as_json:
+            print(json.dumps({"ok": False, "errors": [str(exc)]}))
+        else:
+            typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(
-        f"{file or 'configuration'}: OK ({len(settings.services)} services, {len(settings.operators)} operators)"
-    )
+    report = check_references(settings)
+    if as_json:
+        print(json.dumps({"ok": not report["errors"], "file": source, **report}))
+    elif report["errors"]:
+        for line in report["errors"]:
+            typer.echo(line, err=True)
+    else:
+        typer.echo(
+            f"{source}: OK ({len(settings.services)} services, {len(settings.operators)} operators, "
+            f"{len(report['playbooks'])} playbooks from {report['playbooks_folder']}, "
+            f"knowledge map {report['knowledge_map']} with {report['causes']} causes)"
+        )
+    if report["errors"]:
+        raise typer.Exit(1)
 
 
 EXAMPLE_HEADER = """\

@@ -57,6 +57,7 @@ def verify(
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
     keys: KeysOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Check signatures, chain, gaps, duplicates, authorisation, keys, checkpoints, tombstones.
 
@@ -75,6 +76,21 @@ def verify(
         report = verify_ledger(s, since=since, cycle=cycle, checkpoint_notes=notes, strict=strict)
     except (KafkaUnavailable, ValueError) as exc:
         raise _fail(str(exc)) from None
+    if as_json:
+        findings = [
+            {"sequence": f.sequence, "offset": f.offset, "kind": f.kind, "detail": f.detail} for f in report.findings
+        ]
+        doc = {
+            "ok": report.clean,
+            "entries": report.entries,
+            "last_sequence": report.last_sequence,
+            "checkpoints": report.checkpoints,
+            "findings": findings,
+        }
+        print(json.dumps(doc))
+        if not report.clean:
+            raise typer.Exit(1)
+        return
     for f in report.findings:
         typer.echo(str(f))
     last = report.last_sequence if report.last_sequence is not None else "-"
@@ -218,6 +234,7 @@ def explain(
     id_: Annotated[str, typer.Argument(metavar="ID", help="An outcome, plan or directive id.")],
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object: the id and the tree's lines.")] = False,
 ) -> None:
     """Provenance tree of an outcome or plan, each line pointing to its ledger sequence."""
     from metaheal.ledger.proof import chain_entries
@@ -231,6 +248,9 @@ def explain(
         raise _fail(str(exc)) from None
     if not lines:
         raise _fail(f"no ledger entry mentions {id_!r}")
+    if as_json:
+        print(json.dumps({"id": id_, "lines": lines}))
+        return
     for line in lines:
         typer.echo(line)
 
@@ -261,13 +281,19 @@ def keys_init(
 
 
 @keys_app.command("list")
-def keys_list(config: ConfigOpt = None, bootstrap: BootstrapOpt = None, keys: KeysOpt = None) -> None:
+def keys_list(
+    config: ConfigOpt = None, bootstrap: BootstrapOpt = None, keys: KeysOpt = None, as_json: JsonOpt = False
+) -> None:
     """Every key in the registry (public parts only)."""
     from metaheal.ledger.keys import KeyRegistry
 
     s = _settings(config, bootstrap, keys, need_broker=False)
     for r in sorted(KeyRegistry.load(s.keys).records.values(), key=lambda r: (r.actor, r.valid_from)):
         state = "revoked" if r.revoked else ("retired" if r.valid_until else "active")
+        if as_json:
+            row = {"actor": r.actor, "key_id": r.key_id, "state": state, "valid_from": r.valid_from}
+            print(json.dumps({**row, "valid_until": r.valid_until, "public_key": r.public_key}, default=str))
+            continue
         typer.echo(
             f"{r.actor:<20} {r.key_id} {state:<8} from {r.valid_from} until {r.valid_until or '-'} {r.public_key}"
         )

@@ -1,0 +1,1 @@
+"""The default playbooks, installed as ``metaheal.playbooks`` package data (``*.yaml``)."""
