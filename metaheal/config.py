@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -256,14 +256,7 @@ WebhookEvent = Literal[
 class WebhookSettings(_Section):
     url: str = Field(description="receiver URL (a Slack or Teams incoming webhook works as is)")
     events: list[WebhookEvent] = Field(
-        default_factory=lambda: [
-            "approval_requested",
-            "approval_expired",
-            "outcome_failed",
-            "outcome_rolled_back",
-            "trust_violation",
-            "guardrail_changed",
-        ],
+        default_factory=lambda: list(get_args(WebhookEvent)),
         description="events sent to this URL",
     )
     headers: dict[str, str] = Field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 import os
 import signal
@@ -444,6 +445,4 @@ def resolve_playbooks(folder: Path) -> Path:
 
 def shipped_playbooks() -> Path:
     """The default playbooks installed with metaheal (package data of ``metaheal.playbooks``)."""
-    import metaheal.playbooks
-
-    return Path(metaheal.playbooks.__file__).resolve().parent
+    return Path(str(importlib.resources.files("metaheal.playbooks")))

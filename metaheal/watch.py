@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,7 +85,7 @@ class EventWatcher:
     """Follows the topics of ``roles`` on a thread; ``start()``/``stop()``; listeners get :class:`Notice`."""
 
     def __init__(
-        self, settings: Settings, roles: list[str], listeners: list[Listener] | None = None, *, poll: float = 0.5
+        self, settings: Settings, roles: list[str], listeners: Sequence[Listener] | None = None, *, poll: float = 0.5
     ) -> None:
         self.settings = settings
         self.topics = [settings.topics.name(t) for r in roles for t in ROLE_TOPICS.get(r, ())]
@@ -122,7 +122,8 @@ class EventWatcher:
     def _run(self) -> None:
         eof: set[tuple[str, int]] = set()
         try:
-            with Consumer(self.settings.kafka, **{"fetch.wait.max.ms": 100}) as c:
+            overrides: dict[str, Any] = {"fetch.wait.max.ms": 100}
+            with Consumer(self.settings.kafka, None, **overrides) as c:
                 parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in self.topics for p in c.partitions(t)]
                 c.raw.assign(parts)
                 while not self._stop.is_set():
@@ -130,7 +131,7 @@ class EventWatcher:
                         err = m.error()
                         if err is not None:
                             if err.code() == KafkaError._PARTITION_EOF:
-                                eof.add((m.topic(), m.partition()))
+                                eof.add((str(m.topic()), int(m.partition() or 0)))
                                 if len(eof) >= len(parts):
                                     self.caught_up.set()
                             else:

@@ -289,8 +289,10 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         bridge = OtlpBridge(telemetry_partitions=partitions)
         app.metaheal_otlp = bridge  # type: ignore[attr-defined]
 
-        @app.agent(app.topic(*cfg.otlp_topics, **raw), name="metaheal.streams.otlp")
-        async def otlp(stream: faust.StreamT) -> None:
+        @app.agent(
+            app.topic(*cfg.otlp_topics, key_serializer="raw", value_serializer="raw"), name="metaheal.streams.otlp"
+        )
+        async def otlp(stream: faust.StreamT[Any]) -> None:
             # OTLP -> one MetricBatch per service on telemetry, in the service's partition; the sends
             # are attached to the source event, so they are written before its offset is committed
             async for event in stream.events():
@@ -314,7 +316,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
                 end, position = consumer.highwater(tp), await consumer.position(tp)
             except Exception:  # not positioned yet
                 continue
-            if end is not None and position is not None:
+            if position is not None:
                 lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - position)
         for topic, n in lag.items():
             CONSUMER_LAG.labels(topic).set(n)

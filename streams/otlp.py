@@ -325,7 +325,7 @@ class OtlpDecoder:
         if kind == "gauge" or not data.is_monotonic:
             return value
         if data.aggregation_temporality == DELTA:
-            span = (p.time_unix_nano - p.start_time_unix_nano) / 1e9
+            span = float(p.time_unix_nano - p.start_time_unix_nano) / 1e9
             if not p.start_time_unix_nano or span <= 0:
                 out.problems.append(f"{pw}.start_time_unix_nano: a delta counter needs its interval start")
                 return None
@@ -336,10 +336,10 @@ class OtlpDecoder:
             return None  # the first point of a cumulative counter only sets the baseline
         start, t0, v0 = prev
         if p.start_time_unix_nano != start or value < v0:  # reset: count from the new start
-            span = (p.time_unix_nano - p.start_time_unix_nano) / 1e9
+            span = float(p.time_unix_nano - p.start_time_unix_nano) / 1e9
             return value / span if p.start_time_unix_nano and span > 0 else None
-        span = (p.time_unix_nano - t0) / 1e9
-        return (value - v0) / span if span > 0 else None
+        span = float(p.time_unix_nano - t0) / 1e9
+        return float(value - v0) / span if span > 0 else None
 
     def _distribution(
         self,

@@ -188,10 +188,10 @@ def render(
         print(json.dumps(doc))
         return
     print(f"{name} for {service} (admin_url {svc.admin_url or '-'}):")
-    for title, key in (("steps", "steps"), ("verifications", "verifications"), ("rollback", "rollback")):
-        print(f"  {title}:")
-        for i, item in enumerate(doc[key], 1):
-            print(f"    {i}. {json.dumps(item)}")
+    for section in ("steps", "verifications", "rollback"):
+        print(f"  {section}:")
+        for i, entry in enumerate(doc[section], 1):
+            print(f"    {i}. {json.dumps(entry)}")
     print(f"  risk: {json.dumps(doc['risk'])}")
 
 

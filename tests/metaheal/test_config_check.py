@@ -33,7 +33,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_example_is_valid_and_holds_the_design_defaults() -> None:
     code, out, err = check(EXAMPLE)
     assert (code, err) == (0, "")
-    assert "OK (2 services, 1 operators)" in out
+    assert "OK (2 services, 1 operators, 5 playbooks from" in out and "knowledge map built-in" in out
     loaded, defaults = load_settings(EXAMPLE), Settings()
     for section in set(Settings.model_fields) - {"services", "operators"}:
         assert getattr(loaded, section) == getattr(defaults, section), section
