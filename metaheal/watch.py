@@ -32,8 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import (
@@ -46,7 +44,7 @@ from metaheal.events import (
     LedgerEntry,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer
+from metaheal.kafka import Consumer, KafkaError
 from metaheal.kafka.serializers import EventDecoder
 from metaheal.observability import (
     CYCLES,
@@ -124,8 +122,7 @@ class EventWatcher:
         try:
             overrides: dict[str, Any] = {"fetch.wait.max.ms": 100}
             with Consumer(self.settings.kafka, None, **overrides) as c:
-                parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in self.topics for p in c.partitions(t)]
-                c.raw.assign(parts)
+                parts = c.assign_topics(self.topics)  # from the beginning: history rebuilds state
                 while not self._stop.is_set():
                     for m in c.raw.consume(500, self.poll):
                         err = m.error()
