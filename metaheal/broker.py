@@ -9,14 +9,12 @@ Durable storage uses tansu's ``s3://`` engine against a local S3 server
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from metaheal.config import KafkaSettings
 from metaheal.errors import BrokerError
 from metaheal.kafka.admin import Admin
 from metaheal.kafka.errors import KafkaUnavailable
+from metaheal.procs import die_with_parent as die_with_parent  # re-exported: its old home
+from metaheal.procs import preexec_for_child
 
 TANSU_SHA256 = "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 TANSU_VERSION = "0.6.0"
@@ -49,18 +49,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: have the kernel SIGTERM the child when its parent dies.
-
-    A killed test run or a crashed ``metaheal up`` must not leave brokers behind.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: best effort only
-        pass
 
 
 def terminate_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -143,7 +131,7 @@ class EmbeddedBroker:
                 env={**os.environ, **self.env},
                 start_new_session=True,
                 # PDEATHSIG fires when the creating *thread* exits, so only from the main thread.
-                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
+                preexec_fn=preexec_for_child(),
             )
         deadline = t0 + timeout
         # Wait for the TCP listener first so librdkafka does not log refused connections.
@@ -180,6 +168,11 @@ class EmbeddedBroker:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The tansu process while started (its PID and argv go into ``up``'s PID files)."""
+        return self._proc
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()

@@ -255,6 +255,8 @@ class PlanStep(Event):
     params_json: str = "{}"
     timeout: float = 30.0
     save_as: str | None = None
+    #: the target applies a repeated call with the same ``Idempotency-Key`` once: safe to re-send
+    idempotent: bool = False
 
 
 class PlanVerification(Event):

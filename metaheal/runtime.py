@@ -25,6 +25,7 @@ from metaheal.config import Settings
 from metaheal.errors import ComponentFailed, RoleUnavailable
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.keys import init_system_keys
+from metaheal.procs import PARENT_ENV, ProcessTable, preexec_for_child
 from metaheal.registry import RegistryFollower, merged_services, read_registry, to_service
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,12 @@ class Component:
 
 
 class SubprocessService:
-    """A component in its own process (the faust streams worker): SIGTERM on stop, SIGKILL if it lingers."""
+    """A component in its own process (the faust streams worker): SIGTERM on stop, SIGKILL if it lingers.
+
+    The child dies with this process however it ends (docs/processes.md): the kernel's
+    parent-death signal, the child's own parent watch (``METAHEAL_PARENT_PID``), and a
+    PID file in ``table`` that the next ``up`` on the same workdir uses to stop a leftover.
+    """
 
     def __init__(
         self,
@@ -95,20 +101,30 @@ class SubprocessService:
         env: dict[str, str] | None = None,
         grace: float = 8.0,
         log_path: Path | None = None,
+        table: ProcessTable | None = None,
     ) -> None:
         self.role = role
         self.argv = argv
         self.env = env
         self.grace = grace
         self.log_path = log_path
+        self.table = table
         self.returncode: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        env = {**(self.env if self.env is not None else os.environ), PARENT_ENV: str(os.getpid())}
         # the child gets its own copy of the log's descriptor, so ours is closed once it started
         with open(self.log_path, "ab") if self.log_path is not None else contextlib.nullcontext() as out:
             proc = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, start_new_session=True, stdout=out, stderr=out
+                *self.argv,
+                env=env,
+                start_new_session=True,
+                stdout=out,
+                stderr=out,
+                preexec_fn=preexec_for_child(),  # type: ignore[arg-type]
             )
+        if self.table is not None:
+            self.table.record(self.role, proc.pid, self.argv, group=True)
         logger.info("component subprocess started role=%s pid=%d", self.role, proc.pid)
         waiter = asyncio.create_task(proc.wait())
         stopper = asyncio.create_task(stop.wait())
@@ -127,6 +143,8 @@ class SubprocessService:
                         os.killpg(proc.pid, signal.SIGKILL)
                     await waiter
             self.returncode = proc.returncode
+            if self.table is not None:
+                self.table.forget(self.role, proc.pid)
         logger.info("component subprocess exited role=%s code=%s", self.role, proc.returncode)
         if not stop.is_set():
             raise ComponentFailed(f"{self.role}: process exited with code {proc.returncode}")
@@ -159,6 +177,7 @@ def build_component(
     workdir: Path | None = None,
     log_dir: Path | None = None,
     ledger: Any = None,
+    table: ProcessTable | None = None,
 ) -> Component:
     """The component for ``role``.
 
@@ -182,18 +201,20 @@ def build_component(
             return Component(role, Executor(settings, log=ledger))
         if role == "streams":
             log_path = log_dir / "streams-worker.log" if log_dir is not None else None
-            return Component(role, streams_subprocess(settings, workdir or Path.cwd(), log_path))
+            return Component(role, streams_subprocess(settings, workdir or Path.cwd(), log_path, table=table))
     except Exception as exc:  # a component that exists but cannot start: say which and why
         raise ComponentFailed(f"{role}: cannot start: {exc}") from exc
     raise RoleUnavailable(f"{role}: no such component role; known: {', '.join(ROLES)}")
 
 
-def streams_subprocess(settings: Settings, workdir: Path, log_path: Path | None = None) -> SubprocessService:
+def streams_subprocess(
+    settings: Settings, workdir: Path, log_path: Path | None = None, *, table: ProcessTable | None = None
+) -> SubprocessService:
     """The faust streams worker in its own process (faust owns its event loop and signals)."""
     config = workdir / "streams-settings.yaml"
     env = settings_env(settings, config)
     argv = [sys.executable, "-m", "metaheal.streams.worker", "--config", str(config)]
-    return SubprocessService("streams", argv, env=env, log_path=log_path)
+    return SubprocessService("streams", argv, env=env, log_path=log_path, table=table)
 
 
 async def run_components(components: list[Component], stop: asyncio.Event, *, grace: float = 10.0) -> None:
@@ -295,8 +316,11 @@ class Runtime:
         explicit: bool = True,
         simulator_options: dict[str, Any] | None = None,
         log_dir: Path | None = None,
+        table: ProcessTable | None = None,
     ) -> None:
         self.log_dir = log_dir
+        #: PID files of the child processes (``<workdir>/run``), read by the next ``up`` on this workdir
+        self.table = table if table is not None else ProcessTable(workdir)
         self.ledger: Any = None
         self.settings = settings
         self.roles = [r for r in roles if r != "broker"]
@@ -338,7 +362,14 @@ class Runtime:
                 continue
             try:
                 self.components.append(
-                    build_component(role, self.settings, workdir=self.workdir, log_dir=self.log_dir, ledger=self.ledger)
+                    build_component(
+                        role,
+                        self.settings,
+                        workdir=self.workdir,
+                        log_dir=self.log_dir,
+                        ledger=self.ledger,
+                        table=self.table,
+                    )
                 )
             except RoleUnavailable as exc:
                 if self.explicit:

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import httpx
 
-from metaheal.broker import BrokerError, die_with_parent, free_port, terminate_group
+from metaheal.broker import BrokerError, free_port, terminate_group
+from metaheal.procs import preexec_for_child
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class LocalS3:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
+                    preexec_fn=preexec_for_child(),
                 )
             except OSError as exc:
                 self._release_lock()

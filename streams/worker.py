@@ -29,6 +29,7 @@ from typing import Any
 from metaheal.config import Settings, load_settings
 from metaheal.kafka import KafkaUnavailable
 from metaheal.observability import use_log_format
+from metaheal.procs import PARENT_ENV, watch_parent
 from metaheal.streams.app import create_app
 from metaheal.streams.otlp_bridge import ensure_otlp_topics
 from metaheal.streams.pipeline import PipelineStats
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get(PARENT_ENV):
+        watch_parent()  # started by `metaheal up`: never outlive it (docs/processes.md)
     if ns.bootstrap:
         settings.kafka.bootstrap = ns.bootstrap
     if not settings.kafka.bootstrap:

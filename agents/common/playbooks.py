@@ -75,12 +75,19 @@ class AppliesTo(_Model):
 
 
 class Step(_Model):
-    """One actuator call; ``params`` may hold templates rendered at plan time."""
+    """One actuator call; ``params`` may hold templates rendered at plan time.
+
+    ``idempotent: true`` declares that the target applies a repeated call carrying the
+    same ``Idempotency-Key`` (``plan_id/step``) only once, so recovery may re-send a step
+    whose acknowledgement was lost. Otherwise recovery never repeats it: it checks the
+    step's effect on live telemetry instead.
+    """
 
     action: str
     params: dict[str, Any] = Field(default_factory=dict)
     timeout: float = Field(30.0, gt=0)
     save_as: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    idempotent: bool = False
 
     @field_validator("action")
     @classmethod

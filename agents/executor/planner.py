@@ -115,7 +115,13 @@ def _render_steps(steps: list[Step], context: dict[str, Any], later: set[str], *
             except ActuatorError as exc:
                 raise TemplateError(f"step {i} ({step.action}): {exc}") from None
         out.append(
-            PlanStep(action=step.action, params_json=json.dumps(params), timeout=step.timeout, save_as=step.save_as)
+            PlanStep(
+                action=step.action,
+                params_json=json.dumps(params),
+                timeout=step.timeout,
+                save_as=step.save_as,
+                idempotent=step.idempotent,
+            )
         )
     return out
 

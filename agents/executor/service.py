@@ -11,9 +11,15 @@ written down before it happens:
   directive's time budget; rollback steps keep their own timeouts (undoing must
   stay possible after the budget is spent);
 * **exactly-once effects**: a directive id seen in the durable state is never
-  executed again; on start, plans that were mid-flight are resumed (waiting for
-  approval, verification) or rolled back — a step that started without a recorded
-  result is never repeated, because it may have run;
+  executed again; each mutating call carries the idempotency key ``plan_id/step``;
+  on start, plans that were mid-flight are resumed where they stopped
+  (:meth:`Executor._recover_run`): an acknowledged step goes on to the next step or
+  to verification, a step sent without an acknowledgement is re-sent with the same
+  key when the playbook declares it idempotent, otherwise it is never repeated and
+  the plan's effect is verified on live telemetry before anything is compensated;
+  one outcome per plan whatever crashes (:mod:`~metaheal.agents.executor.recovery`);
+* **halted plans resume in place**: a ledger or Kafka outage halts a plan; it is
+  retried with backoff until the outage ends, its state visible in ``metaheal status``;
 * **evidence**: verification verdicts carry the query, observed values and
   threshold; missing telemetry is inconclusive, never a success — and never a
   failure either: a change whose verification cannot decide stays in place
@@ -69,6 +75,14 @@ from metaheal.agents.executor.planner import (
     plan_id_for,
 )
 from metaheal.agents.executor.planner import plan as make_plan
+from metaheal.agents.executor.recovery import (
+    backoff,
+    crash_point,
+    find_outcome,
+    idempotency_key,
+    outcome_from_entry,
+    outcome_published,
+)
 from metaheal.agents.executor.state import PlanRecord, StateStore
 from metaheal.agents.executor.templating import TemplateError, render
 from metaheal.agents.executor.verification import (
@@ -122,6 +136,8 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     verdicts: list[Verdict] = field(default_factory=list)
     insights: list[str] = field(default_factory=list)
+    #: a non-idempotent step sent without an acknowledgement (recovery): it may or may not have run
+    in_doubt: int | None = None
 
     @property
     def rationale(self) -> list[str]:
@@ -267,19 +283,49 @@ class Executor:
 
     def _spawn(self, key: str, coro: Any) -> asyncio.Task[SignedOutcome | None]:
         async def guarded() -> SignedOutcome | None:
-            async with self._sem:
-                try:
-                    return await coro
-                except KafkaUnavailable as exc:
-                    # Ledger or state down: stop here; the durable state resumes this plan on restart.
-                    logger.error("plan_halted directive=%s error=%s", key, exc)
-                    return None
-                finally:
-                    self._tasks.pop(key, None)
+            step = coro
+            try:
+                for attempt in range(1, 1_000_000):
+                    async with self._sem:
+                        try:
+                            return await step
+                        except KafkaUnavailable as exc:
+                            # Ledger or state down: halt here, then resume in place from the durable state.
+                            delay = backoff(attempt)
+                            logger.error(
+                                "plan_halted directive=%s attempt=%d resume_in=%.1fs error=%s", key, attempt, delay, exc
+                            )
+                            await self._mark_halted(key, str(exc), attempt, delay)
+                    await asyncio.sleep(delay)
+                    rec = self.state.get(key)
+                    if rec is None or not rec.in_flight:
+                        return None
+                    logger.info("plan_resuming directive=%s attempt=%d status=%s", key, attempt, rec.status)
+                    step = self._recover(rec.model_copy(update={"halted": None, "next_resume_at": None}))
+                return None
+            finally:
+                self._tasks.pop(key, None)
 
         task = asyncio.get_running_loop().create_task(guarded(), name=f"plan-{key}")
         self._tasks[key] = task
         return task
+
+    async def _mark_halted(self, key: str, error: str, attempt: int, delay: float) -> None:
+        """Make the halt visible in the durable state (best effort: Kafka itself may be what is down)."""
+        rec = self.state.get(key)
+        if rec is None:
+            return
+        now = time.time()
+        update = {
+            "halted": error[:500],
+            "halted_at": rec.halted_at if rec.halted else now,
+            "resume_attempts": attempt,
+            "next_resume_at": now + delay,
+        }
+        try:
+            await self.state.put(rec.model_copy(update=update))
+        except KafkaUnavailable as exc:
+            logger.warning("plan_halted_not_recorded directive=%s error=%s", key, exc)
 
     async def _dead_letter(self, msg: ConsumedMessage, reason: str, error: str) -> None:
         dl = DeadLetter.of(msg, reason, error)
@@ -459,20 +505,26 @@ class Executor:
         svc = self._service(run.directive.service) or ServiceSettings(name=run.directive.service)
         return {**PlanContext(service=svc, directive=run.directive).variables(), **run.record.outputs}
 
-    def _step_context(self, run: Run) -> StepContext:
+    def _step_context(self, run: Run, key: str | None = None) -> StepContext:
         svc = self._service(run.directive.service)
         hosts: frozenset[str] = frozenset()
         if svc is not None and svc.admin_url:
             hosts = frozenset({httpx.URL(svc.admin_url).host})
         return StepContext(
-            service=run.directive.service, telemetry=self.telemetry, allowed_hosts=hosts, started_at=time.time()
+            service=run.directive.service,
+            telemetry=self.telemetry,
+            allowed_hosts=hosts,
+            started_at=time.time(),
+            idempotency_key=key,
         )
 
-    async def _run_step(self, step: PlanStep, params: dict[str, Any], run: Run, timeout: float) -> StepResult:
+    async def _run_step(
+        self, step: PlanStep, params: dict[str, Any], run: Run, timeout: float, key: str | None = None
+    ) -> StepResult:
         actuator = get_actuator(step.action)
         try:
             return await asyncio.wait_for(
-                actuator.run(params, self._step_context(run), timeout), timeout + CANCEL_GRACE
+                actuator.run(params, self._step_context(run, key), timeout), timeout + CANCEL_GRACE
             )
         except TimeoutError:
             return StepResult(ok=False, error=f"step timed out after {timeout:.1f}s", duration_seconds=timeout)
@@ -499,7 +551,23 @@ class Executor:
         now = time.time()
         self.policies.record_action(plan.service, now)
         await self._save(run, status="executing", execution_started_at=now, trust_decision=run.trust_decision)
-        deadline = time.monotonic() + d.time_budget_seconds
+        return await self._run_steps(run, time.monotonic() + d.time_budget_seconds)
+
+    def _resume_deadline(self, run: Run) -> float:
+        """The directive's time budget still left (wall clock since execution started: crashes count)."""
+        started = run.record.execution_started_at or time.time()
+        left = run.directive.time_budget_seconds - (time.time() - started)
+        return time.monotonic() + max(0.0, left)
+
+    async def _run_steps(self, run: Run, deadline: float) -> SignedOutcome:
+        """Steps from the first one not acknowledged, then verification (or undo on failure).
+
+        A step whose write-ahead exists without a result (``step_started == i`` here) is
+        re-sent with its idempotency key; recovery sends only idempotent or read-only
+        steps down this path.
+        """
+        assert run.plan is not None
+        plan, d = run.plan, run.directive
         failure = None
         for i in range(run.record.steps_done, len(plan.steps)):
             step = plan.steps[i]
@@ -514,16 +582,31 @@ class Executor:
                 break
             timeout = min(step.timeout, remaining)
             budget_bound = timeout < step.timeout
+            mutating = step.action in MUTATING
+            key = idempotency_key(plan.plan_id, i) if mutating else None
+            again = run.record.step_started == i  # its write-ahead exists: a re-send after a crash
             # Write-ahead: the start is durable before the actuator is called.
             await self._ledger(
                 run,
                 "executor",
                 "step_executed",
-                {"step": i, "phase": "start", "action": step.action, "params": params, "timeout": timeout},
+                {
+                    "step": i,
+                    "phase": "resend" if again else "start",
+                    "action": step.action,
+                    "params": params,
+                    "timeout": timeout,
+                    "idempotency_key": key,
+                },
                 "started",
             )
-            await self._save(run, step_started=i)
-            res = await self._run_step(step, params, run, timeout)
+            if not again:
+                await self._save(run, step_started=i)
+            if mutating:
+                crash_point("after_write_ahead")
+            res = await self._run_step(step, params, run, timeout, key)
+            if mutating:
+                crash_point("after_call")
             await self._ledger(
                 run,
                 "executor",
@@ -583,6 +666,7 @@ class Executor:
                 verdict = await run_verification(spec, service=plan.service, since=since, telemetry=self.telemetry)
             verdicts.append(verdict)
             await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
+            crash_point("during_verification")
             run.note(f"verify {verdict.check}: {verdict.status} ({verdict.reason or 'ok'})")
             if verdict.status != "pass":
                 break  # one failing check decides; the rest would only delay the rollback
@@ -793,8 +877,16 @@ class Executor:
     async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None, **extra: Any) -> SignedOutcome:
         assert run.plan is not None
         plan = run.plan
-        started = run.record.step_started
-        touched = mutates(plan.steps, (started + 1) if started is not None else 0)
+        # Steps with a recorded result were sent; a step only written ahead may never have run.
+        touched = mutates(plan.steps, run.record.steps_done)
+        if run.in_doubt is not None and not touched:
+            why = (
+                f"step {run.in_doubt} ({plan.steps[run.in_doubt].action}) may have run and its effect did not "
+                "verify; it is not idempotent, so it is neither repeated nor compensated blind"
+            )
+            run.note(f"{reason}; {why}: escalate")
+            run.insights.append(f"{plan.selected_playbook} on {plan.service}: manual check needed ({why})")
+            return await self._finish(run, "failed", verification_passed, **extra)
         if not touched:
             run.note(f"no step changed the service ({reason}); nothing to roll back")
             return await self._finish(run, "failed", verification_passed, **extra)
@@ -816,15 +908,25 @@ class Executor:
             except TemplateError as exc:
                 run.note(f"rollback step {j} cannot be rendered: {exc}")
                 return False
+            key = idempotency_key(run.plan.plan_id, j, rollback=True) if step.action in MUTATING else None
+            again = run.record.rollback_started == j  # written ahead before a crash: a re-send
             await self._ledger(
                 run,
                 "executor",
                 "rollback_executed",
-                {"step": j, "phase": "start", "action": step.action, "params": params, "reason": reason},
+                {
+                    "step": j,
+                    "phase": "resend" if again else "start",
+                    "action": step.action,
+                    "params": params,
+                    "reason": reason,
+                    "idempotency_key": key,
+                },
                 "started",
             )
-            await self._save(run, rollback_started=j)
-            res = await self._run_step(step, params, run, step.timeout)
+            if not again:
+                await self._save(run, rollback_started=j)
+            res = await self._run_step(step, params, run, step.timeout, key)
             await self._ledger(
                 run,
                 "executor",
@@ -917,9 +1019,12 @@ class Executor:
             ts=time.time(),
             ledger_sequence=entry.sequence,
         )
+        crash_point("before_publish")
+        # Publish, then mark done: a crash in between is found by recovery through the ledger entry,
+        # which publishes the outcome only if the topic does not have it (one outcome per plan).
+        await self._publish("outcomes", d.service, self._ser_outcome(outcome))
         if final:
             await self._save(run, status="done", result=ledger_result or result)
-        await self._publish("outcomes", d.service, self._ser_outcome(outcome))
         logger.info(
             "outcome directive=%s plan=%s playbook=%s result=%s trust=%s duration=%.2f settled_after=%s",
             d.directive_id,
@@ -965,6 +1070,10 @@ class Executor:
                 action,
             )
 
+        if rec.plan_id:
+            entry = await asyncio.to_thread(find_outcome, self.log, self.settings, run.directive.cycle_id, rec.plan_id)
+            if entry is not None:  # the outcome is signed already: publish it at most once more, never redo
+                return await self._complete_outcome(run, entry)
         if rec.status == "accepted" or run.plan is None:
             await recovered("replan", "no step had started")
             run.record = rec.model_copy(update={"rationale": []})
@@ -979,11 +1088,18 @@ class Executor:
             await recovered("await_verdict", "a kept change was waiting for its verdict")
             return await self._await_verdict(run)
         if rec.status == "rolling_back":
-            if rec.rollback_started is not None and rec.rollback_started >= rec.rollback_done:
-                await recovered("escalate", f"rollback step {rec.rollback_started} was interrupted; not repeated")
-                run.insights.append("rollback interrupted by a crash: manual check needed")
-                return await self._finish(run, "failed", None)
-            await recovered("rollback", "continuing an interrupted rollback")
+            j = rec.rollback_started
+            if j is not None and j >= rec.rollback_done:
+                step = plan.rollback_plan[j]
+                if step.action in MUTATING and not step.idempotent:
+                    await recovered(
+                        "escalate", f"rollback step {j} was interrupted and is not idempotent; not repeated"
+                    )
+                    run.insights.append("rollback interrupted by a crash: manual check needed")
+                    return await self._finish(run, "failed", None)
+                await recovered("rollback", f"rollback step {j} was interrupted: re-sent with its idempotency key")
+            else:
+                await recovered("rollback", "continuing an interrupted rollback")
             ok = await self._rollback(run, "continuing after restart")
             return await self._finish(run, "rolled_back" if ok else "failed", None)
         if rec.status == "verifying" or (
@@ -992,14 +1108,42 @@ class Executor:
             await recovered("resume_verification", "every step had completed")
             return await self._verify(run, deadline=None)
         interrupted = rec.interrupted_step()
-        why = (
-            f"step {interrupted} started without a recorded result (it may have run; not repeated)"
-            if interrupted is not None
-            else f"stopped after {rec.steps_done} of {len(plan.steps)} steps"
+        if interrupted is None:
+            await recovered("resume_steps", f"{rec.steps_done} of {len(plan.steps)} steps acknowledged")
+            return await self._run_steps(run, self._resume_deadline(run))
+        step = plan.steps[interrupted]
+        if step.action not in MUTATING:
+            await recovered("resume_steps", f"step {interrupted} ({step.action}) changes nothing: run again")
+            return await self._run_steps(run, self._resume_deadline(run))
+        if step.idempotent:
+            key = idempotency_key(plan.plan_id, interrupted)
+            await recovered("resend", f"step {interrupted} was sent without an acknowledgement: re-sent with key {key}")
+            return await self._run_steps(run, self._resume_deadline(run))
+        # Not idempotent: it may or may not have run. Never repeat it; look at the effect instead.
+        run.in_doubt = interrupted
+        await recovered(
+            "verify_effect",
+            f"step {interrupted} ({step.action}) was sent without an acknowledgement and is not idempotent: "
+            "its effect is verified on live telemetry before anything is compensated",
         )
-        await recovered("rollback", why)
-        run.insights.append(f"executor crashed mid-plan: {why}")
-        return await self._undo(run, f"recovery: {why}", verification_passed=None)
+        return await self._verify(run, deadline=None)
+
+    async def _complete_outcome(self, run: Run, entry: LedgerEntry) -> SignedOutcome:
+        """A plan whose ``execution_outcome`` entry exists: publish it unless published, mark it done."""
+        outcome = outcome_from_entry(entry)
+        published = await asyncio.to_thread(outcome_published, self.settings, outcome.outcome_id)
+        if not published:
+            await self._publish("outcomes", outcome.service, self._ser_outcome(outcome))
+        logger.info(
+            "outcome_recovered directive=%s plan=%s result=%s ledger_sequence=%d published_now=%s",
+            outcome.directive_id,
+            outcome.plan_id,
+            outcome.result,
+            entry.sequence,
+            not published,
+        )
+        await self._save(run, status="done", result=outcome.result)
+        return outcome
 
 
 def main(argv: list[str] | None = None) -> None:

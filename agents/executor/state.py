@@ -67,6 +67,12 @@ class PlanRecord(BaseModel):
     owner: str | None = None
     #: Partition of ``<prefix>directives`` the directive came from: whoever owns it recovers the plan.
     partition: int | None = None
+    #: Why the plan is halted (a ledger or Kafka outage), while it waits to resume in place.
+    halted: str | None = None
+    halted_at: float | None = None
+    #: Resume attempts so far, and when the next one is due (wall clock).
+    resume_attempts: int = 0
+    next_resume_at: float | None = None
 
     @property
     def in_flight(self) -> bool:

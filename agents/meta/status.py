@@ -4,8 +4,10 @@ Any replica, any operator laptop, any auditor gets the same answer, and the answ
 survives the meta loop's death: the current cycle is the last CycleFocus on
 ``<prefix>cycles``, the guardrail level and the leader come from the control topic,
 pending approvals are requests on ``<prefix>approvals`` without a decision that have not
-expired, outcomes come from ``<prefix>outcomes``, and changes awaiting a verdict are
-plans whose latest outcome is ``inconclusive`` with a verdict request still open.
+expired, outcomes come from ``<prefix>outcomes``, changes awaiting a verdict are plans
+whose latest outcome is ``inconclusive`` with a verdict request still open, and plans in
+flight (halted ones with their reason and next resume) are the executor's records on
+``<prefix>executor-state``.
 
 Usage::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from metaheal.agents.executor.state import PlanRecord
 from metaheal.agents.meta.leader import ControlView, fast_reader, read_to_end
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
@@ -144,6 +147,49 @@ class StatusClient:
         probes: list[ProbeCommand] = self._decode_all("probes", ProbeCommand)
         return [p for p in probes if p.enabled and p.issued_at + p.ttl_seconds > now]
 
+    def plans_in_flight(self) -> list[dict[str, Any]]:
+        """The executor's plans not done yet (latest record per directive), halted ones included.
+
+        Plans awaiting a verdict are listed by :meth:`awaiting_verdict` instead (unless halted).
+        """
+        latest: dict[str, PlanRecord] = {}
+        topic = self.settings.topics.name("executor-state")
+        with fast_reader(self.settings.kafka) as c:
+            for m in read_to_end(c, topic, timeout=self.timeout):
+                key = (m.key() or b"").decode("utf-8", "replace")
+                raw = m.value()
+                if raw is None:
+                    latest.pop(key, None)
+                    continue
+                try:
+                    latest[key] = PlanRecord.model_validate_json(raw)
+                except ValueError:
+                    continue
+        out = []
+        for rec in sorted(latest.values(), key=lambda r: r.updated_at):
+            if not rec.in_flight or (rec.status == "awaiting_verdict" and not rec.halted):
+                continue  # a change kept while awaiting its verdict has its own table
+            total = len(json.loads(rec.plan_json).get("steps", [])) if rec.plan_json else None
+            out.append(
+                {
+                    "directive_id": rec.directive_id,
+                    "plan_id": rec.plan_id,
+                    "service": rec.service,
+                    "status": "halted" if rec.halted else rec.status,
+                    "stage": rec.status,
+                    "steps_done": rec.steps_done,
+                    "steps": total,
+                    "step_started": rec.step_started,
+                    "halted": rec.halted,
+                    "halted_at": rec.halted_at,
+                    "resume_attempts": rec.resume_attempts,
+                    "next_resume_at": rec.next_resume_at,
+                    "owner": rec.owner,
+                    "updated_at": rec.updated_at,
+                }
+            )
+        return out
+
     def snapshot(self, outcomes: int = 10) -> dict[str, Any]:
         """Everything ``metaheal status --json`` prints."""
         now = time.time()
@@ -172,6 +218,7 @@ class StatusClient:
             "active_probes": [p.model_dump(mode="json") for p in self.active_probes(now)],
             "pending_approvals": [r.model_dump(mode="json") for r in self.pending_approvals(now)],
             "awaiting_verdict": self.awaiting_verdict(now, all_outcomes),
+            "plans_in_flight": self.plans_in_flight(),
             "last_outcomes": [o.model_dump(mode="json") for o in sorted(all_outcomes, key=lambda o: o.ts)[-outcomes:]]
             if outcomes > 0
             else [],

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,7 @@ from metaheal.errors import MetahealError
 from metaheal.kafka import KafkaUnavailable
 from metaheal.observability import LOG_FORMAT_ENV, use_log_format
 from metaheal.ops import Operations
+from metaheal.procs import ProcessTable, cmdline
 from metaheal.topics import ensure_topics
 
 # The runtime, the simulator and the demo are imported inside their commands: they load the ledger,
@@ -162,6 +164,15 @@ def up(
     if only_broker and settings.kafka.bootstrap:
         typer.echo("error: --role broker starts the embedded broker; it makes no sense with --bootstrap", err=True)
         raise typer.Exit(2)
+    table = ProcessTable(workdir.resolve())
+    other = table.running("up")
+    if other is not None and other.pid != os.getpid():
+        typer.echo(f"error: another metaheal up (pid {other.pid}) is running on workdir {workdir.resolve()}", err=True)
+        raise typer.Exit(1)
+    for left in table.reap(skip=("up",)):
+        log.warning("leftover of a previous run stopped role=%s pid=%d", left.role, left.pid)
+    table.forget("up")
+    table.record("up", os.getpid(), cmdline(os.getpid()) or sys.argv)
     broker = None
     if not settings.kafka.bootstrap:
         use = port if port and _port_free(port) else free_port()
@@ -172,6 +183,8 @@ def up(
             typer.echo(f"error: embedded broker: {exc}", err=True)
             raise typer.Exit(1) from None
         settings.kafka.bootstrap = broker.bootstrap
+        if broker.process is not None:
+            table.record("broker", broker.process.pid, [str(a) for a in broker.process.args], group=True)
         log.info("broker started bootstrap=%s took_ms=%.0f", broker.bootstrap, took * 1000)
         typer.echo(
             f"embedded broker on {broker.bootstrap}; start a fleet in another terminal: metaheal simulate "
@@ -183,7 +196,12 @@ def up(
         log.info("topics ensured prefix=%s created=%d", settings.topics.prefix, len(created))
         sim_opts = {"scenario": scenario, "at": at} if "simulator" in roles else None
         runtime = Runtime(
-            settings, roles, workdir=workdir.resolve(), explicit="all" not in asked, simulator_options=sim_opts
+            settings,
+            roles,
+            workdir=workdir.resolve(),
+            explicit="all" not in asked,
+            simulator_options=sim_opts,
+            table=table,
         )
 
         ops = Operations(
@@ -239,7 +257,9 @@ def up(
     finally:
         if broker is not None:
             broker.stop()
+            table.forget("broker")
             log.info("broker stopped")
+        table.forget("up", os.getpid())
     log.info("up stopped cleanly")
 
 

@@ -47,7 +47,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     outcomes: Annotated[int, typer.Option("--outcomes", min=0, help="How many recent outcomes to show.")] = 10,
 ) -> None:
-    """Show the current cycle, guardrail level, active probes, pending approvals and last outcomes."""
+    """Show the current cycle, guardrails, probes, pending approvals, plans in flight (halted too), outcomes."""
     settings = require_bootstrap(settings_from(config, bootstrap))
     try:
         snap = StatusClient(settings).snapshot(outcomes=outcomes)
@@ -97,6 +97,12 @@ def status(
             table.add_row(v["plan_id"], v["service"], v["playbook"], _when(v["since"]), expires, then, v["evidence"])
         out.print(table)
         out.print("  answer with: metaheal approvals keep|rollback PLAN_ID --key KEYFILE")
+    table = Table("plan", "service", "status", "steps", "halted because", "next resume", title="Plans in flight")
+    for p in snap.get("plans_in_flight", []):
+        steps = f"{p['steps_done']}/{p['steps']}" if p["steps"] is not None else "-"
+        resume = f"{_when(p['next_resume_at'])} (attempt {p['resume_attempts']})" if p["next_resume_at"] else "-"
+        table.add_row(p["plan_id"] or p["directive_id"], p["service"], p["status"], steps, p["halted"] or "-", resume)
+    out.print(table if snap.get("plans_in_flight") else "[bold]Plans in flight:[/bold] none")
     table = Table("time", "service", "playbook", "result", "duration", "cycle", title="Last outcomes")
     for o in snap["last_outcomes"]:
         table.add_row(

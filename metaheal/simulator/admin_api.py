@@ -7,13 +7,22 @@ a 400 naming the field; an action never half-applies.
 Endpoints: ``GET /capacity``, ``POST /scale {"delta": int}``, ``POST /restart``,
 ``POST /cache/warm``, ``POST /flags/rollback {"flag": str|null}``,
 ``POST /flags/restore {"flag": str|null}``, ``POST /failover {"dependency": str}``,
-``POST /failback {"dependency": str}``, ``GET /health`` (200 ok / 503 degraded).
+``POST /failback {"dependency": str}``, ``GET /health`` (200 ok / 503 degraded),
+``GET /idempotency`` (how often each ``Idempotency-Key`` was received).
+
+A POST carrying an ``Idempotency-Key`` header is applied once: a repeat with the same
+key gets the first call's response back (header ``Idempotent-Replayed: true``) without
+acting again, and a key reused for another endpoint is a 422. Calls are counted per
+key so a test can tell a re-send from a repeated action.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +57,50 @@ def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], *, req
         expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise BadRequest(f"{name}: expected {expected}, got {value!r}")
     return value
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass
+class _Stored:
+    path: str
+    status: int
+    body: bytes
+    content_type: str
+
+
+@dataclass
+class IdempotencyKeys:
+    """Responses by ``Idempotency-Key`` (a repeat is answered from here, not applied) and call counts."""
+
+    responses: dict[str, _Stored] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def handle(self, key: str, request: web.Request, handler: Any, service: str) -> web.StreamResponse:
+        self.calls[key] += 1
+        async with self.lock:  # a concurrent repeat waits for the first call's response
+            stored = self.responses.get(key)
+            if stored is None:
+                resp = await handler(request)
+                if isinstance(resp, web.Response) and resp.status < 500:  # a 5xx may be retried for real
+                    body = resp.body if isinstance(resp.body, bytes) else b""
+                    self.responses[key] = _Stored(request.path, resp.status, body, resp.content_type)
+                return resp
+        if stored.path != request.path:
+            return web.json_response(
+                {"error": f"Idempotency-Key {key!r} was used for {stored.path}, not {request.path}"}, status=422
+            )
+        logger.info(
+            "admin idempotent_replay service=%s path=%s key=%s calls=%d", service, request.path, key, self.calls[key]
+        )
+        return web.Response(
+            status=stored.status,
+            body=stored.body,
+            content_type=stored.content_type,
+            headers={"Idempotent-Replayed": "true"},
+        )
 
 
 def build_app(fleet: Fleet, service: str) -> web.Application:
@@ -109,6 +162,12 @@ def build_app(fleet: Fleet, service: str) -> web.Application:
             return web.json_response({"status": "degraded", "reasons": reasons}, status=503)
         return web.json_response({"status": "ok"})
 
+    keys = IdempotencyKeys()
+
+    @routes.get("/idempotency")
+    async def idempotency(_: web.Request) -> web.Response:
+        return web.json_response({"calls": dict(keys.calls), "applied": sorted(keys.responses)})
+
     @web.middleware
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
@@ -117,7 +176,14 @@ def build_app(fleet: Fleet, service: str) -> web.Application:
             logger.warning("admin bad_request service=%s path=%s error=%s", service, request.path, exc)
             return web.json_response({"error": str(exc)}, status=400)
 
-    app = web.Application(middlewares=[errors])
+    @web.middleware
+    async def idempotent(request: web.Request, handler: Any) -> web.StreamResponse:
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if request.method != "POST" or not key:
+            return await handler(request)
+        return await keys.handle(key, request, handler, service)
+
+    app = web.Application(middlewares=[idempotent, errors])
     app.add_routes(routes)
     return app
 

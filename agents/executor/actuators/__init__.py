@@ -12,6 +12,8 @@ metaheal.errors.ActuatorError: action: unknown action 'ssh';
 from __future__ import annotations
 
 from metaheal.agents.executor.actuators.base import (
+    IDEMPOTENCY_ENV,
+    IDEMPOTENCY_HEADER,
     Actuator,
     ActuatorError,
     StepContext,
@@ -32,4 +34,14 @@ def get_actuator(action: str) -> Actuator:
         raise ActuatorError(f"action: unknown action {action!r}; expected one of {sorted(ACTUATORS)}") from None
 
 
-__all__ = ["ACTUATORS", "Actuator", "ActuatorError", "StepContext", "StepResult", "compare", "get_actuator"]
+__all__ = [
+    "ACTUATORS",
+    "IDEMPOTENCY_ENV",
+    "IDEMPOTENCY_HEADER",
+    "Actuator",
+    "ActuatorError",
+    "StepContext",
+    "StepResult",
+    "compare",
+    "get_actuator",
+]

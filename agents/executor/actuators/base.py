@@ -57,6 +57,15 @@ class StepContext:
     #: Hosts HTTP actuators may reach (the service's admin host); empty = any.
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     started_at: float = 0.0
+    #: ``plan_id/step`` for a mutating step: sent as the ``Idempotency-Key`` header (HTTP) or the
+    #: :data:`IDEMPOTENCY_ENV` variable (commands), so a re-send after a crash is applied once
+    idempotency_key: str | None = None
+
+
+#: environment variable carrying the idempotency key to a ``command`` step
+IDEMPOTENCY_ENV = "METAHEAL_IDEMPOTENCY_KEY"
+#: HTTP header carrying the idempotency key
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class Actuator(ABC):

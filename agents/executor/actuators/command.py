@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import Any
 
 from metaheal.agents.executor.actuators.base import (
+    IDEMPOTENCY_ENV,
     Actuator,
     ActuatorError,
     StepContext,
     StepResult,
 )
+from metaheal.procs import preexec_for_child
 
 MAX_CAPTURE = 4096
 
@@ -45,10 +48,16 @@ class Command(Actuator):
         expect = int(params.get("expect_exit", 0))
         t0 = time.monotonic()
         detail: dict[str, Any] = {"argv": argv}
+        env = None
+        if ctx.idempotency_key is not None:
+            env = {**os.environ, IDEMPOTENCY_ENV: ctx.idempotency_key}
+            detail["idempotency_key"] = ctx.idempotency_key
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=params.get("cwd"),
+                env=env,
+                preexec_fn=preexec_for_child(),  # type: ignore[arg-type]  # dies with the executor
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

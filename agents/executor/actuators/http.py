@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import httpx
 
 from metaheal.agents.executor.actuators.base import (
+    IDEMPOTENCY_HEADER,
     Actuator,
     ActuatorError,
     StepContext,
@@ -83,7 +84,11 @@ class _Http(Actuator):
         detail: dict[str, Any] = {"method": self.method, "url": str(url)}
         try:
             async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, verify=tls_context()) as client:
-                resp = await client.request(self.method, url, json=params.get("json"), headers=params.get("headers"))
+                headers = dict(params.get("headers") or {})
+                if ctx.idempotency_key is not None:
+                    headers[IDEMPOTENCY_HEADER] = ctx.idempotency_key
+                    detail["idempotency_key"] = ctx.idempotency_key
+                resp = await client.request(self.method, url, json=params.get("json"), headers=headers)
                 for _ in range(MAX_REDIRECTS):
                     if not resp.is_redirect:
                         break

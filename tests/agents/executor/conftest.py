@@ -39,6 +39,8 @@ class FakeService:
     healthy: bool = True
     hang: set[str] = field(default_factory=set)
     fail: set[str] = field(default_factory=set)
+    #: endpoints that apply a keyed request and then hang (the effect happens, the answer is lost)
+    hang_after: set[str] = field(default_factory=set)
     calls: Counter = field(default_factory=Counter)
     log: list[tuple[str, dict]] = field(default_factory=list)
     port: int = 0
@@ -49,6 +51,9 @@ class FakeService:
     #: Requests (``"POST /flags/rollback"``) after which the service's metrics agent dies: telemetry stops.
     mute_on: set[str] = field(default_factory=set)
     muted: bool = False
+    #: calls per Idempotency-Key, and the response each key got first (a repeat is not applied)
+    keys: Counter = field(default_factory=Counter)
+    answered: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -59,12 +64,26 @@ class FakeService:
         key = f"{request.method} {path}"
         body = await request.json() if request.can_read_body else {}
         self.calls[key] += 1
-        self.log.append((key, body))
+        ikey = request.headers.get("Idempotency-Key")
+        self.log.append((key, {**body, "idempotency_key": ikey} if ikey else body))
         self.called.set()
         if key in self.mute_on:
             self.muted = True
+        if ikey is not None:
+            self.keys[ikey] += 1
         if key in self.hang:
             await asyncio.sleep(3600)
+        if ikey is None:
+            return await self._apply(key, path, body)
+        if ikey not in self.answered:  # like a real idempotent API: a repeat gets the first answer
+            first = await self._apply(key, path, body)
+            self.answered[ikey] = (first.status, first.body)
+            if key in self.hang_after:  # applied, but the caller never hears back
+                await asyncio.sleep(3600)
+        status, raw = self.answered[ikey]
+        return web.Response(status=status, body=raw, content_type="application/json")
+
+    async def _apply(self, key: str, path: str, body: dict) -> web.Response:
         if key in self.fail:
             return web.json_response({"error": "injected failure"}, status=500)
         if path == "/capacity":

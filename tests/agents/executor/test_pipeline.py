@@ -452,40 +452,63 @@ def _write_config(settings: Settings, path: Path) -> Path:
     return path
 
 
-async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(env, tmp_path: Path):
-    settings, svc, _ = env
-    svc.hang.add("POST /scale")  # the executor is killed while step 1 is in flight
-    settings.ledger.writer_lease_seconds = 1.5  # the dead writer's ledger lease lapses sooner
-    settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
+def _spawn_executor(settings: Settings, tmp_path: Path) -> subprocess.Popen:
     cfg = _write_config(settings, tmp_path / "metaheal.yaml")
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    with open(tmp_path / "executor.log", "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
+    with open(tmp_path / "executor.log", "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
             [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
             env=env_vars,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+
+
+async def _kill_when(settings: Settings, svc, proc: subprocess.Popen, what: str, pred) -> Directive:
     try:
         d = directive()
         with Producer(settings.kafka) as p:
             p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
-        await wait_until(lambda: svc.calls["POST /scale"] == 1, 60, "step 1 in flight")
+        await wait_until(pred, 60, what)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     svc.hang.clear()
+    svc.hang_after.clear()
+    return d
+
+
+async def _recover(settings: Settings, d: Directive):
     ex = Executor(settings)
     await ex.start()  # finds the mid-flight plan and recovers it
     try:
         await wait_until(
             lambda: ex.state.get(d.directive_id) and ex.state.get(d.directive_id).status == "done", 60, "recovery"
         )
-        entries = await ex.log.replay_cycle(d.cycle_id)
+        return await ex.log.replay_cycle(d.cycle_id)
     finally:
         await ex.close()
+
+
+def _published(settings: Settings, directive_id: str) -> list[SignedOutcome]:
+    return [
+        o for o in read_all(settings, "outcomes") if isinstance(o, SignedOutcome) and o.directive_id == directive_id
+    ]
+
+
+async def test_sigkill_mid_call_resends_an_idempotent_step_with_its_key(env, tmp_path: Path):
+    settings, svc, _ = env
+    svc.hang.add("POST /scale")  # the executor is killed while step 1 is in flight
+    settings.ledger.writer_lease_seconds = 1.5  # the dead writer's ledger lease lapses sooner
+    settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
+    proc = _spawn_executor(settings, tmp_path)
+    d = await _kill_when(settings, svc, proc, "step 1 in flight", lambda: svc.calls["POST /scale"] == 1)
+    entries = await _recover(settings, d)
     assert svc.calls["GET /capacity"] == 1
-    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2, -2]  # step once, then its rollback
+    sent = [b for k, b in svc.log if k == "POST /scale"]
+    # the same request twice (the first never answered), applied once; nothing to undo
+    assert [b["delta"] for b in sent] == [2, 2] and len({b["idempotency_key"] for b in sent}) == 1
+    assert sent[0]["idempotency_key"].endswith("/1") and svc.instances == 5
     story = [(e.action, e.result) for e in entries]
     assert story == [
         ("plan_created", "planned"),
@@ -494,13 +517,60 @@ async def test_sigkill_mid_plan_never_repeats_a_step_and_ledger_tells_the_story(
         ("step_executed", "started"),
         ("step_executed", "ok"),
         ("step_executed", "started"),
-        ("plan_recovered", "rollback"),
-        ("rollback_executed", "started"),
-        ("rollback_executed", "ok"),
-        ("execution_outcome", "rolled_back"),
+        ("plan_recovered", "resend"),
+        ("step_executed", "started"),
+        ("step_executed", "ok"),
+        ("step_executed", "started"),
+        ("step_executed", "ok"),
+        ("verification_result", "pass"),
+        ("verification_result", "pass"),
+        ("execution_outcome", "success"),
     ], story
-    recovered = json.loads(entries[6].payload)
-    assert recovered["step_started"] == 1 and "not repeated" in recovered["reason"]
+    assert json.loads(entries[7].payload)["phase"] == "resend"
+    assert [o.result for o in _published(settings, d.directive_id)] == ["success"]
+
+
+def _not_idempotent(settings: Settings) -> None:
+    path = settings.playbooks / "scale_up_instances.yaml"
+    path.write_text(path.read_text().replace("idempotent: true", "idempotent: false"))
+
+
+async def test_sigkill_after_a_non_idempotent_call_applied_verifies_it_instead_of_undoing(env, tmp_path: Path):
+    settings, svc, _ = env
+    _not_idempotent(settings)
+    svc.hang_after.add("POST /scale")  # the scale-up takes effect; its answer never comes back
+    settings.ledger.writer_lease_seconds = 1.5
+    settings.kafka.session_timeout_ms = 3000
+    proc = _spawn_executor(settings, tmp_path)
+    d = await _kill_when(settings, svc, proc, "step 1 applied", lambda: svc.instances == 5)
+    entries = await _recover(settings, d)
+    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2]  # never repeated, never undone
+    story = [(e.action, e.result) for e in entries]
+    assert story[6:] == [
+        ("plan_recovered", "verify_effect"),
+        ("verification_result", "pass"),
+        ("verification_result", "pass"),
+        ("execution_outcome", "success"),
+    ], story
+    assert [o.result for o in _published(settings, d.directive_id)] == ["success"]
+
+
+async def test_sigkill_before_a_non_idempotent_call_ran_is_not_compensated_blind(env, tmp_path: Path):
+    settings, svc, _ = env
+    _not_idempotent(settings)
+    svc.hang.add("POST /scale")  # killed before the service applied anything
+    settings.ledger.writer_lease_seconds = 1.5
+    settings.kafka.session_timeout_ms = 3000
+    proc = _spawn_executor(settings, tmp_path)
+    d = await _kill_when(settings, svc, proc, "step 1 in flight", lambda: svc.calls["POST /scale"] == 1)
+    entries = await _recover(settings, d)
+    # no effect to see (latency stays high): not repeated, and no compensating scale-down of a step that never ran
+    assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2] and svc.instances == 3
+    story = [(e.action, e.result) for e in entries]
+    assert story[6] == ("plan_recovered", "verify_effect") and story[-1] == ("execution_outcome", "failed"), story
+    assert "rollback_executed" not in [a for a, _ in story]
+    outcome = json.loads(entries[-1].payload)
+    assert any("manual check needed" in line for line in outcome["learned_insights"]), outcome
 
 
 async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tmp_path: Path):
@@ -589,22 +659,41 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     assert [a for a, _ in story].count("step_executed") == 6
 
 
-async def test_ledger_failure_means_the_step_does_not_run(env):
+async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_ledger_is_back(env):
+    from metaheal.agents.meta.status import StatusClient
+    from metaheal.ledger.keys import KeyRegistry
+
     settings, svc, _ = env
     ex = Executor(settings)
     await ex.start()
     try:
-        from metaheal.ledger.keys import KeyRegistry
-
         executor_key = KeyRegistry.load(settings.keys).current("executor").key_id
-        (settings.keys / f"{executor_key}.key").unlink()  # the executor can no longer sign: fail closed
+        key_file = settings.keys / f"{executor_key}.key"
+        saved = key_file.read_bytes()
+        key_file.unlink()  # the executor can no longer sign: fail closed
         d = directive()
-        assert await (await ex.submit(d)) is None  # halted, no outcome
-        assert sum(svc.calls.values()) == 0
+        task = await ex.submit(d)
+        halted = await wait_until(
+            lambda: (r := ex.state.get(d.directive_id)) is not None and r.halted and r.resume_attempts >= 2 and r,
+            30,
+            "the plan halted (and retried)",
+        )
+        assert sum(svc.calls.values()) == 0 and not task.done()
+        assert halted.step_started is None and halted.status != "done"  # nothing ran
+        shown = await asyncio.to_thread(StatusClient(settings).plans_in_flight)
+        row = next(p for p in shown if p["directive_id"] == d.directive_id)
+        assert row["status"] == "halted" and row["halted"] and row["next_resume_at"] is not None
+        key_file.write_bytes(saved)  # the ledger is back: the plan resumes without a restart
+        outcome = await asyncio.wait_for(task, 60)
+        assert outcome is not None and outcome.result == "success", outcome
+        assert svc.calls["POST /scale"] == 1
         rec = ex.state.get(d.directive_id)
-        assert rec.step_started is None and rec.status != "done"  # left for recovery, nothing ran
+        assert rec.status == "done" and rec.halted is None
         acts = [a for a, _ in await actions(ex, d.cycle_id)]
-        assert acts == ["plan_created", "trust_checked"]
+        assert acts[:2] == ["plan_created", "trust_checked"] and acts.count("execution_outcome") == 1
+        assert "plan_recovered" in acts
+        shown = await asyncio.to_thread(StatusClient(settings).plans_in_flight)
+        assert d.directive_id not in {p["directive_id"] for p in shown}
     finally:
         await ex.close()
 

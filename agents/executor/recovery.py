@@ -1,0 +1,131 @@
+"""What recovery needs to know about a plan a crash interrupted, and the test-only crash points.
+
+* **idempotency keys**: every mutating call carries ``plan_id/step`` (rollback steps
+  ``plan_id/rollback/j``) to the actuator, so a re-send after a crash is the *same*
+  request to the service, which applies it once;
+* **one outcome per plan**: the signed ``execution_outcome`` ledger entry is the source
+  of truth; recovery looks for it first and, when it exists, only publishes it if the
+  outcomes topic does not have it yet (never a second outcome, never none);
+* **halted plans**: a plan stopped by a ledger or Kafka outage is resumed in place after
+  :func:`backoff` seconds, until the outage ends;
+* **crash points**: ``METAHEAL_TEST_CRASH_AT=<point>`` makes the executor SIGKILL its whole
+  process group at that point (:data:`CRASH_POINTS`), so tests can kill ``metaheal up``
+  deterministically at each step of a plan. Unset, it does nothing.
+
+>>> idempotency_key("plan-1", 1), idempotency_key("plan-1", 0, rollback=True)
+('plan-1/1', 'plan-1/rollback/0')
+>>> [backoff(n) for n in range(1, 9)]
+[0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+from metaheal.config import Settings
+from metaheal.events import LedgerEntry, SignedOutcome
+from metaheal.kafka import Consumer
+from metaheal.kafka.serializers import AvroDeserializer, DecodeError
+from metaheal.ledger import ImmutableLog
+from metaheal.ledger.authz import allowed
+from metaheal.ledger.chain import entry_hash, message
+from metaheal.ledger.keys import KeyRegistry
+
+logger = logging.getLogger(__name__)
+
+CRASH_ENV = "METAHEAL_TEST_CRASH_AT"
+#: where a test may kill the executor: after a mutating step's write-ahead entry, after its call
+#: returned (before the result is recorded), between two verification checks, and between the
+#: ``execution_outcome`` entry and the outcome's publication
+CRASH_POINTS = ("after_write_ahead", "after_call", "during_verification", "before_publish")
+MAX_BACKOFF = 30.0
+
+
+def idempotency_key(plan_id: str, step: int, *, rollback: bool = False) -> str:
+    """The key a step's call carries; the same on every re-send of that step."""
+    return f"{plan_id}/rollback/{step}" if rollback else f"{plan_id}/{step}"
+
+
+def backoff(attempt: int, *, first: float = 0.5, cap: float = MAX_BACKOFF) -> float:
+    """Seconds before the ``attempt``-th resume of a halted plan (doubling, capped)."""
+    return min(cap, first * 2 ** max(0, attempt - 1))
+
+
+def crash_point(point: str) -> None:
+    """Test hook: SIGKILL this process's whole group when ``METAHEAL_TEST_CRASH_AT`` names ``point``."""
+    if os.environ.get(CRASH_ENV) != point:
+        return
+    logger.critical("test crash point reached point=%s action=sigkill_process_group pid=%d", point, os.getpid())
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+def verified_entry(entry: LedgerEntry, registry: KeyRegistry) -> bool:
+    """The entry's hash and signature check out against a key valid for its actor at its time."""
+    rec = registry.get(entry.key_id)
+    return (
+        rec is not None
+        and rec.actor == entry.actor
+        and not rec.revoked
+        and rec.valid_at(entry.timestamp)
+        and allowed(entry.actor, entry.action)
+        and entry_hash(entry) == entry.entry_hash
+        and rec.verify(message(entry), entry.signature)
+    )
+
+
+def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, plan_id: str) -> LedgerEntry | None:
+    """The plan's verified ``execution_outcome`` ledger entry, if one was appended (blocking)."""
+    resource = f"plan/{plan_id}"
+    entries = [e for e in log.replay_cycle_sync(cycle_id) if e.action == "execution_outcome" and e.resource == resource]
+    if not entries:
+        return None
+    registry = KeyRegistry.load(settings.keys).with_operators(settings.operators)
+    good = [e for e in entries if verified_entry(e, registry)]
+    if len(good) < len(entries):
+        logger.error("outcome entry does not verify plan=%s sequences=%s", plan_id, [e.sequence for e in entries])
+    return good[0] if good else None
+
+
+def outcome_from_entry(entry: LedgerEntry) -> SignedOutcome:
+    """The :class:`SignedOutcome` an ``execution_outcome`` entry stands for (what was or will be published)."""
+    body = json.loads(entry.payload)
+    fields = {k: v for k, v in body.items() if k in SignedOutcome.model_fields}
+    return SignedOutcome(
+        **fields,
+        actor=entry.actor,
+        actor_signature=entry.signature,
+        ts=time.time(),
+        ledger_sequence=entry.sequence,
+    )
+
+
+def outcome_published(settings: Settings, outcome_id: str, timeout: float = 30.0) -> bool:
+    """Whether ``<prefix>outcomes`` holds an outcome with this id (reads the topic to its end; blocking)."""
+    de = AvroDeserializer(SignedOutcome)
+    with Consumer(settings.kafka, **{"fetch.wait.max.ms": 50}) as c:
+        for msg in c.read_to_end(settings.topics.name("outcomes"), timeout=timeout):
+            try:
+                if msg.value() and de(msg.value()).outcome_id == outcome_id:
+                    return True
+            except DecodeError:
+                continue
+    return False
+
+
+__all__ = [
+    "CRASH_ENV",
+    "CRASH_POINTS",
+    "backoff",
+    "crash_point",
+    "find_outcome",
+    "idempotency_key",
+    "outcome_from_entry",
+    "outcome_published",
+    "verified_entry",
+]
