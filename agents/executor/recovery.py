@@ -110,8 +110,9 @@ def outcome_published(settings: Settings, outcome_id: str, timeout: float = 30.0
     de = AvroDeserializer(SignedOutcome)
     with Consumer(settings.kafka, **{"fetch.wait.max.ms": 50}) as c:
         for msg in c.read_to_end(settings.topics.name("outcomes"), timeout=timeout):
+            raw = msg.value()
             try:
-                if msg.value() and de(msg.value()).outcome_id == outcome_id:
+                if raw and de(raw).outcome_id == outcome_id:
                     return True
             except DecodeError:
                 continue

@@ -283,14 +283,15 @@ class Executor:
 
     def _spawn(self, key: str, coro: Any) -> asyncio.Task[SignedOutcome | None]:
         async def guarded() -> SignedOutcome | None:
-            step = coro
+            work, attempt = coro, 0
             try:
-                for attempt in range(1, 1_000_000):
+                while True:
                     async with self._sem:
                         try:
-                            return await step
+                            return await work
                         except KafkaUnavailable as exc:
                             # Ledger or state down: halt here, then resume in place from the durable state.
+                            attempt += 1
                             delay = backoff(attempt)
                             logger.error(
                                 "plan_halted directive=%s attempt=%d resume_in=%.1fs error=%s", key, attempt, delay, exc
@@ -301,8 +302,7 @@ class Executor:
                     if rec is None or not rec.in_flight:
                         return None
                     logger.info("plan_resuming directive=%s attempt=%d status=%s", key, attempt, rec.status)
-                    step = self._recover(rec.model_copy(update={"halted": None, "next_resume_at": None}))
-                return None
+                    work = self._recover(rec.model_copy(update={"halted": None, "next_resume_at": None}))
             finally:
                 self._tasks.pop(key, None)
 

@@ -184,7 +184,7 @@ def up(
             raise typer.Exit(1) from None
         settings.kafka.bootstrap = broker.bootstrap
         if broker.process is not None:
-            table.record("broker", broker.process.pid, [str(a) for a in broker.process.args], group=True)
+            table.record("broker", broker.process.pid, cmdline(broker.process.pid) or [], group=True)
         log.info("broker started bootstrap=%s took_ms=%.0f", broker.bootstrap, took * 1000)
         typer.echo(
             f"embedded broker on {broker.bootstrap}; start a fleet in another terminal: metaheal simulate "

@@ -659,8 +659,11 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     assert [a for a, _ in story].count("step_executed") == 6
 
 
-async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_ledger_is_back(env):
+async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_ledger_is_back(env, tmp_path: Path):
+    from typer.testing import CliRunner
+
     from metaheal.agents.meta.status import StatusClient
+    from metaheal.cli import app
     from metaheal.ledger.keys import KeyRegistry
 
     settings, svc, _ = env
@@ -683,6 +686,10 @@ async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_led
         shown = await asyncio.to_thread(StatusClient(settings).plans_in_flight)
         row = next(p for p in shown if p["directive_id"] == d.directive_id)
         assert row["status"] == "halted" and row["halted"] and row["next_resume_at"] is not None
+        shown = await asyncio.to_thread(
+            CliRunner().invoke, app, ["status", "--config", str(_write_config(settings, tmp_path / "m.yaml"))]
+        )
+        assert shown.exit_code == 0 and "Plans in flight" in shown.stdout and "halted" in shown.stdout, shown.output
         key_file.write_bytes(saved)  # the ledger is back: the plan resumes without a restart
         outcome = await asyncio.wait_for(task, 60)
         assert outcome is not None and outcome.result == "success", outcome

@@ -41,3 +41,11 @@ async def test_bad_params_and_missing_program():
         get_actuator("command").check({"argv": ["ls"], "shell": True})
     res = await get_actuator("command").run({"argv": ["/nonexistent/prog"]}, CTX, 1)
     assert not res.ok and "cannot start" in res.error
+
+
+async def test_the_idempotency_key_reaches_the_command_in_its_environment():
+    argv = [sys.executable, "-c", "import os; print(os.environ.get('METAHEAL_IDEMPOTENCY_KEY', '-'))"]
+    keyed = await get_actuator("command").run({"argv": argv}, StepContext(service="api", idempotency_key="p-1/2"), 10)
+    assert keyed.ok and keyed.value == "p-1/2" and keyed.detail["idempotency_key"] == "p-1/2"
+    plain = await get_actuator("command").run({"argv": argv}, CTX, 10)
+    assert plain.ok and plain.value == "-"

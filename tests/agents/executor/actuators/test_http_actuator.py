@@ -22,6 +22,8 @@ async def server():
         seen.append((request.method, request.path, body))
         if request.path == "/ok":
             return web.json_response({"instances": 3, "echo": body})
+        if request.path == "/key":
+            return web.json_response({"key": request.headers.get("Idempotency-Key")})
         if request.path == "/text":
             return web.Response(text="plain")
         if request.path == "/boom":
@@ -96,3 +98,12 @@ async def test_hosts_outside_the_service_are_refused(server):
 async def test_connection_refused_is_a_failed_result():
     res = await get_actuator("http.get").run({"url": f"http://127.0.0.1:{free_port()}/x"}, CTX, 1)
     assert not res.ok and "http error" in res.error
+
+
+async def test_post_carries_the_idempotency_key_header(server):
+    url, _ = server
+    ctx = StepContext(service="api", idempotency_key="plan-1/1")
+    keyed = await get_actuator("http.post").run({"url": f"{url}/key", "json": {"delta": 2}}, ctx, 2)
+    assert keyed.ok and keyed.value == {"key": "plan-1/1"} and keyed.detail["idempotency_key"] == "plan-1/1"
+    plain = await get_actuator("http.post").run({"url": f"{url}/key", "json": {"delta": 2}}, CTX, 2)
+    assert plain.ok and plain.value == {"key": None}
