@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def die_with_parent() -> None:
     set_pdeathsig(signal.SIGTERM)
 
 
-def preexec_for_child() -> object:
+def preexec_for_child() -> Callable[[], None] | None:
     """:func:`die_with_parent` when called on the main thread, else None (see its note)."""
     return die_with_parent if threading.current_thread() is threading.main_thread() else None
 

@@ -121,7 +121,7 @@ class SubprocessService:
                 start_new_session=True,
                 stdout=out,
                 stderr=out,
-                preexec_fn=preexec_for_child(),  # type: ignore[arg-type]
+                preexec_fn=preexec_for_child(),
             )
         if self.table is not None:
             self.table.record(self.role, proc.pid, self.argv, group=True)

@@ -25,11 +25,13 @@ import logging
 import os
 import signal
 import time
+from typing import Any
 
 from metaheal.config import Settings
+from metaheal.errors import DecodeError
 from metaheal.events import LedgerEntry, SignedOutcome
 from metaheal.kafka import Consumer
-from metaheal.kafka.serializers import AvroDeserializer, DecodeError
+from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import allowed
 from metaheal.ledger.chain import entry_hash, message
@@ -108,7 +110,8 @@ def outcome_from_entry(entry: LedgerEntry) -> SignedOutcome:
 def outcome_published(settings: Settings, outcome_id: str, timeout: float = 30.0) -> bool:
     """Whether ``<prefix>outcomes`` holds an outcome with this id (reads the topic to its end; blocking)."""
     de = AvroDeserializer(SignedOutcome)
-    with Consumer(settings.kafka, **{"fetch.wait.max.ms": 50}) as c:
+    fast: dict[str, Any] = {"fetch.wait.max.ms": 50}  # empty partitions answer after it
+    with Consumer(settings.kafka, **fast) as c:
         for msg in c.read_to_end(settings.topics.name("outcomes"), timeout=timeout):
             raw = msg.value()
             try:

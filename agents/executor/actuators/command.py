@@ -57,7 +57,7 @@ class Command(Actuator):
                 *argv,
                 cwd=params.get("cwd"),
                 env=env,
-                preexec_fn=preexec_for_child(),  # type: ignore[arg-type]  # dies with the executor
+                preexec_fn=preexec_for_child(),  # dies with the executor
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
