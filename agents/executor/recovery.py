@@ -83,8 +83,12 @@ def verified_entry(entry: LedgerEntry, registry: KeyRegistry) -> bool:
 
 def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, plan_id: str) -> LedgerEntry | None:
     """The plan's verified ``execution_outcome`` ledger entry, if one was appended (blocking)."""
-    resource = f"plan/{plan_id}"
-    entries = [e for e in log.replay_cycle_sync(cycle_id) if e.action == "execution_outcome" and e.resource == resource]
+    # matched on the payload's plan_id: the entry's resource is the service (the design's vocabulary)
+    entries = [
+        e
+        for e in log.replay_cycle_sync(cycle_id)
+        if e.action == "execution_outcome" and _payload(e).get("plan_id") == plan_id
+    ]
     if not entries:
         return None
     registry = KeyRegistry.load(settings.keys).with_operators(settings.operators)
@@ -92,6 +96,14 @@ def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, plan_id: 
     if len(good) < len(entries):
         logger.error("outcome entry does not verify plan=%s sequences=%s", plan_id, [e.sequence for e in entries])
     return good[0] if good else None
+
+
+def _payload(entry: LedgerEntry) -> dict[str, Any]:
+    try:
+        doc = json.loads(entry.payload)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def outcome_from_entry(entry: LedgerEntry) -> SignedOutcome:
