@@ -5,7 +5,9 @@
   request to the service, which applies it once;
 * **one outcome per plan**: the signed ``execution_outcome`` ledger entry is the source
   of truth; recovery looks for it first and, when it exists, only publishes it if the
-  outcomes topic does not have it yet (never a second outcome, never none);
+  outcomes topic does not have it yet (never a second outcome, never none). A plan
+  whose verification was inconclusive has one interim outcome as well (its own id,
+  :func:`outcome_id_for`), which recovery publishes the same way;
 * **halted plans**: a plan stopped by a ledger or Kafka outage is resumed in place after
   :func:`backoff` seconds, until the outage ends;
 * **crash points**: ``METAHEAL_TEST_CRASH_AT=<point>`` makes the executor SIGKILL its whole
@@ -25,11 +27,12 @@ import logging
 import os
 import signal
 import time
+import uuid
 from typing import Any
 
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
-from metaheal.events import LedgerEntry, SignedOutcome
+from metaheal.events import Event, LedgerEntry, SignedOutcome
 from metaheal.kafka import Consumer
 from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.ledger import ImmutableLog
@@ -81,20 +84,31 @@ def verified_entry(entry: LedgerEntry, registry: KeyRegistry) -> bool:
     )
 
 
-def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, plan_id: str) -> LedgerEntry | None:
-    """The plan's verified ``execution_outcome`` ledger entry, if one was appended (blocking)."""
-    # matched on the payload's plan_id: the entry's resource is the service (the design's vocabulary)
+def outcome_id_for(key: str, *, final: bool = True) -> str:
+    """A plan's outcome id (``key``: its plan id): one final outcome, and at most one interim inconclusive one.
+
+    >>> outcome_id_for("plan-1") == outcome_id_for("plan-1")
+    True
+    >>> outcome_id_for("plan-1") == outcome_id_for("plan-1", final=False)
+    False
+    """
+    return f"out-{uuid.uuid5(uuid.NAMESPACE_URL, key if final else key + ':inconclusive').hex[:16]}"
+
+
+def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, outcome_id: str) -> LedgerEntry | None:
+    """The verified ``execution_outcome`` ledger entry with this outcome id, if one was appended (blocking)."""
+    # matched on the payload: the entry's resource is the service (the design's vocabulary)
     entries = [
         e
         for e in log.replay_cycle_sync(cycle_id)
-        if e.action == "execution_outcome" and _payload(e).get("plan_id") == plan_id
+        if e.action == "execution_outcome" and _payload(e).get("outcome_id") == outcome_id
     ]
     if not entries:
         return None
     registry = KeyRegistry.load(settings.keys).with_operators(settings.operators)
     good = [e for e in entries if verified_entry(e, registry)]
     if len(good) < len(entries):
-        logger.error("outcome entry does not verify plan=%s sequences=%s", plan_id, [e.sequence for e in entries])
+        logger.error("outcome entry does not verify outcome=%s sequences=%s", outcome_id, [e.sequence for e in entries])
     return good[0] if good else None
 
 
@@ -119,19 +133,29 @@ def outcome_from_entry(entry: LedgerEntry) -> SignedOutcome:
     )
 
 
-def outcome_published(settings: Settings, outcome_id: str, timeout: float = 30.0) -> bool:
-    """Whether ``<prefix>outcomes`` holds an outcome with this id (reads the topic to its end; blocking)."""
-    de = AvroDeserializer(SignedOutcome)
+def published(
+    settings: Settings, short: str, model: type[Event], field: str, value: str, timeout: float = 30.0
+) -> bool:
+    """Whether ``<prefix><short>`` holds a ``model`` record whose ``field`` is ``value`` (read to its end; blocking).
+
+    Records of other types on the same topic (decisions next to requests) are skipped.
+    """
+    de = AvroDeserializer(model)
     fast: dict[str, Any] = {"fetch.wait.max.ms": 50}  # empty partitions answer after it
     with Consumer(settings.kafka, **fast) as c:
-        for msg in c.read_to_end(settings.topics.name("outcomes"), timeout=timeout):
+        for msg in c.read_to_end(settings.topics.name(short), timeout=timeout):
             raw = msg.value()
             try:
-                if raw and de(raw).outcome_id == outcome_id:
+                if raw and getattr(de(raw), field) == value:
                     return True
             except DecodeError:
                 continue
     return False
+
+
+def outcome_published(settings: Settings, outcome_id: str, timeout: float = 30.0) -> bool:
+    """Whether ``<prefix>outcomes`` holds the outcome with this id."""
+    return published(settings, "outcomes", SignedOutcome, "outcome_id", outcome_id, timeout)
 
 
 __all__ = [
@@ -142,6 +166,8 @@ __all__ = [
     "find_outcome",
     "idempotency_key",
     "outcome_from_entry",
+    "outcome_id_for",
     "outcome_published",
+    "published",
     "verified_entry",
 ]

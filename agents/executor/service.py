@@ -81,7 +81,9 @@ from metaheal.agents.executor.recovery import (
     find_outcome,
     idempotency_key,
     outcome_from_entry,
+    outcome_id_for,
     outcome_published,
+    published,
 )
 from metaheal.agents.executor.state import PlanRecord, StateStore
 from metaheal.agents.executor.templating import TemplateError, render
@@ -989,7 +991,7 @@ class Executor:
         d, plan = run.directive, run.plan
         duration = time.monotonic() - run.started
         key = run.record.plan_id or d.directive_id
-        outcome_id = f"out-{uuid.uuid5(uuid.NAMESPACE_URL, key if final else key + ':inconclusive').hex[:16]}"
+        outcome_id = outcome_id_for(key, final=final)
         shown = f"{result} (confirmed by {confirmed_by})" if confirmed_by else result
         body = {
             "outcome_id": outcome_id,
@@ -1070,10 +1072,10 @@ class Executor:
                 action,
             )
 
-        if rec.plan_id:
-            entry = await asyncio.to_thread(find_outcome, self.log, self.settings, run.directive.cycle_id, rec.plan_id)
-            if entry is not None:  # the outcome is signed already: publish it at most once more, never redo
-                return await self._complete_outcome(run, entry)
+        key, cycle = rec.plan_id or rec.directive_id, run.directive.cycle_id
+        entry = await asyncio.to_thread(find_outcome, self.log, self.settings, cycle, outcome_id_for(key))
+        if entry is not None:  # the final outcome is signed already: publish it at most once more, never redo
+            return await self._complete_outcome(run, entry)
         if rec.status == "accepted" or run.plan is None:
             await recovered("replan", "no step had started")
             run.record = rec.model_copy(update={"rationale": []})
@@ -1086,6 +1088,12 @@ class Executor:
             return out if out is not None else await self._execute(run)
         if rec.status == "awaiting_verdict":
             await recovered("await_verdict", "a kept change was waiting for its verdict")
+            interim = await asyncio.to_thread(
+                find_outcome, self.log, self.settings, cycle, outcome_id_for(key, final=False)
+            )
+            if interim is not None:  # its interim (inconclusive) outcome: on the topic once
+                await self._complete_outcome(run, interim, final=False)
+            await self._republish_verdict_request(run)
             return await self._await_verdict(run)
         if rec.status == "rolling_back":
             j = rec.rollback_started
@@ -1128,8 +1136,21 @@ class Executor:
         )
         return await self._verify(run, deadline=None)
 
-    async def _complete_outcome(self, run: Run, entry: LedgerEntry) -> SignedOutcome:
-        """A plan whose ``execution_outcome`` entry exists: publish it unless published, mark it done."""
+    async def _republish_verdict_request(self, run: Run) -> None:
+        """A crash may have come between the verdict request's ledger entry and its publication: publish it once."""
+        assert run.plan is not None
+        if not run.record.verdict_request_json:
+            return
+        request = ApprovalRequest.model_validate_json(run.record.verdict_request_json)
+        there = await asyncio.to_thread(
+            published, self.settings, "approvals", ApprovalRequest, "request_id", request.request_id
+        )
+        if not there:
+            logger.info("verdict_request_recovered plan=%s request=%s", run.plan.plan_id, request.request_id)
+            await self._publish("approvals", run.plan.plan_id, self._ser_request(request))
+
+    async def _complete_outcome(self, run: Run, entry: LedgerEntry, *, final: bool = True) -> SignedOutcome:
+        """An ``execution_outcome`` entry that exists: publish it unless published; a final one marks the plan done."""
         outcome = outcome_from_entry(entry)
         published = await asyncio.to_thread(outcome_published, self.settings, outcome.outcome_id)
         if not published:
@@ -1142,7 +1163,8 @@ class Executor:
             entry.sequence,
             not published,
         )
-        await self._save(run, status="done", result=outcome.result)
+        if final:
+            await self._save(run, status="done", result=entry.result)
         return outcome
 
 

@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from metaheal.agents.executor.approvals import is_verdict_request
+from metaheal.agents.executor.recovery import CRASH_ENV
 from metaheal.agents.executor.service import Executor
 from metaheal.cli import app
-from metaheal.events import SignedOutcome
+from metaheal.events import Directive, SignedOutcome
+from metaheal.kafka import Producer
+from metaheal.kafka.serializers import AvroSerializer
 from tests.agents.executor.test_pipeline import (
     _write_config,
     actions,
@@ -185,3 +192,49 @@ async def test_a_restarted_executor_resumes_the_wait_for_a_verdict(env, tmp_path
         assert req.request_id == f"verdict-{plan_id}"
     finally:
         await second.close()
+
+
+async def test_sigkill_before_the_interim_outcome_is_published_recovers_it_once(env, tmp_path: Path):
+    """Killed between the inconclusive outcome's ledger entry and its publication (and before the verdict
+    request went out): the restarted executor publishes both once and goes on waiting for the verdict."""
+    settings, svc, alice_key = env
+    svc.mute_on.add(FIX)
+    settings.ledger.writer_lease_seconds = 1.5  # the killed writer's ledger lease lapses sooner
+    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    env_vars[CRASH_ENV] = "before_publish"
+    with open(tmp_path / "executor.log", "w") as log:
+        proc = subprocess.Popen(  # its own process group: the crash point kills the whole group
+            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+            env=env_vars,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        d = flag_directive()
+        with Producer(settings.kafka) as p:
+            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+        assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL, (tmp_path / "executor.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        rec = await wait_until(lambda: ex.state.get(d.directive_id), what="the plan's state")
+        plan_id = rec.plan_id
+        interim = await wait_until(lambda: outcomes_of(settings, plan_id), 60, "interim outcome", blocking=True)
+        req = await pending_request(settings, plan_id)  # the verdict request went out after all
+        args = ["approvals", "keep", plan_id, "--key", str(alice_key), "--config", str(cfg)]
+        kept = await asyncio.to_thread(CliRunner().invoke, app, args)
+        assert kept.exit_code == 0, kept.output
+        await wait_until(lambda: ex.state.get(d.directive_id).status == "done", what="the kept plan to end")
+        story = await actions(ex, d.cycle_id)
+    finally:
+        await ex.close()
+    assert [o.result for o in interim] == ["inconclusive"] and interim[0].verdict_request_id == req.request_id
+    assert [o.result for o in outcomes_of(settings, plan_id)] == ["inconclusive", "success"]  # one of each
+    assert [a for a, _ in story].count("execution_outcome") == 2  # the interim entry was not written again
+    assert ("plan_recovered", "await_verdict") in story and svc.calls[FIX] == 1 and svc.calls[UNDO] == 0
