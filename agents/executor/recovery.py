@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -34,6 +33,7 @@ from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import Event, LedgerEntry, SignedOutcome
 from metaheal.kafka import Consumer
+from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import allowed
@@ -114,15 +114,15 @@ def find_outcome(log: ImmutableLog, settings: Settings, cycle_id: str, outcome_i
 
 def _payload(entry: LedgerEntry) -> dict[str, Any]:
     try:
-        doc = json.loads(entry.payload)
-    except ValueError:
+        doc = loads(entry.payload)
+    except DecodeError:
         return {}
     return doc if isinstance(doc, dict) else {}
 
 
 def outcome_from_entry(entry: LedgerEntry) -> SignedOutcome:
     """The :class:`SignedOutcome` an ``execution_outcome`` entry stands for (what was or will be published)."""
-    body = json.loads(entry.payload)
+    body = _payload(entry)
     fields = {k: v for k, v in body.items() if k in SignedOutcome.model_fields}
     return SignedOutcome(
         **fields,

@@ -169,7 +169,10 @@ class StatusClient:
         for rec in sorted(latest.values(), key=lambda r: r.updated_at):
             if not rec.in_flight or (rec.status == "awaiting_verdict" and not rec.halted):
                 continue  # a change kept while awaiting its verdict has its own table
-            total = len(json.loads(rec.plan_json).get("steps", [])) if rec.plan_json else None
+            try:
+                total = len(loads(rec.plan_json).get("steps", [])) if rec.plan_json else None
+            except (DecodeError, AttributeError):
+                total = None
             out.append(
                 {
                     "directive_id": rec.directive_id,
