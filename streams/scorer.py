@@ -7,15 +7,15 @@
   :class:`~metaheal.streams.detectors.ForecastResidual` (a surprise: a residual with tail
   probability <= 1 %): is the recent rate of surprises unusual for this series? Numenta's tail
   probability, mapped to how often calibrated noise gets that far; a burst is reported once (its
-  first red sample; later ones at most 0.9951);
+  first red sample; later ones at most 0.985);
 - *novelty* is 1.0 when the value leaves the range the series has shown by more than 5 % of its
-  width (:class:`~metaheal.streams.detectors.RangeNovelty`), once the likelihood has learnt.
+  width (:class:`~metaheal.streams.detectors.RangeNovelty`), after its first 300 samples.
 
 So the score is still ``1 - tail probability`` and a threshold means the same on every series,
 but it is about a *rate of surprises*, not one residual: one odd sample on a noisy series no
 longer crosses 0.999, two close together (or a new extreme) do. Numenta's red zone is
-:data:`RED_ZONE` (~0.99919). During warm-up (the likelihood's ``learning`` samples, 300) the
-score is 0.5.
+:data:`RED_ZONE` (~0.99883). During warm-up (``warmup`` samples, 50: the residual's scale and the
+likelihood's rate are learnt) the score is 0.5 and ``confidence`` rises from 0 to 1.
 
 >>> scorer = AnomalyScorer(seed=0)
 >>> import random
@@ -39,7 +39,7 @@ __all__ = ["RED_ZONE", "STATE_VERSION", "AnomalyScorer", "Score"]
 
 MODEL_NAME = "metaheal-likelihood/2"
 STATE_VERSION = 2
-#: the score of Numenta's red zone (likelihood tail 1e-5), about 0.99919: where one threshold over
+#: the score of Numenta's red zone (likelihood tail 1e-5), about 0.99883: where one threshold over
 #: the NAB development split does best, and a sensible ``streams.anomaly_threshold``
 RED_ZONE = 1.0 - null_tail(1e-5)
 
@@ -60,7 +60,7 @@ class Score(NamedTuple):
 class AnomalyScorer:
     """Calibrated online anomaly scorer for one (service, metric) series.
 
-    ``warmup`` (50) is the residual detector's warm-up, ``learning`` (300) the likelihood's;
+    ``warmup`` (50) is the warm-up of the residual detector and of the likelihood;
     other keyword arguments go to :class:`~metaheal.streams.detectors.ForecastResidual`.
     ``seed`` is accepted for the contract (every scorer is seeded); the model is deterministic.
     Checkpoints are :meth:`state_dict` (JSON types, versioned); bad input (NaN, inf) raises
@@ -79,10 +79,10 @@ class AnomalyScorer:
 
     model_name = MODEL_NAME
 
-    def __init__(self, seed: int = 0, *, warmup: int = 50, learning: int = 300, **residual: Any) -> None:
+    def __init__(self, seed: int = 0, *, warmup: int = 50, **residual: Any) -> None:
         self.seed = seed
         self.residual = ForecastResidual(warmup=warmup, **residual)
-        self.likelihood = AnomalyLikelihood(self.residual, learning=learning)
+        self.likelihood = AnomalyLikelihood(self.residual, learning=warmup)
         self.novelty = RangeNovelty()
 
     def score_then_learn(self, ts: float, value: float) -> Score:
@@ -92,7 +92,7 @@ class AnomalyScorer:
         raw, baseline, conf = residual.update(ts, value)  # validates before any state changes
         residual.baseline, residual.confidence = baseline, conf
         score = likelihood.likelihood(raw >= likelihood.surprise)
-        if self.novelty.score_learn_one({"value": float(value)}) and likelihood._n > likelihood.learning:
+        if self.novelty.score_learn_one({"value": float(value)}):
             score = 1.0
         if likelihood._n < likelihood.learning:
             learnt = likelihood._n / likelihood.learning

@@ -28,7 +28,7 @@ def score(
         typer.Option(
             "--threshold", min=0.0, max=1.0, help="Threshold for the alarm count in the summary (~ Numenta's red zone)."
         ),
-    ] = 0.9992,
+    ] = 0.9988,
 ) -> None:
     """Score a timestamp,value CSV with the streaming anomaly scorer; writes the rows plus anomaly_score.
 

@@ -7,9 +7,11 @@ import random
 
 import pytest
 
-from metaheal.streams.detectors import AnomalyLikelihood, StateError
+from metaheal.streams.detectors import AnomalyLikelihood, ForecastResidual, StateError
 from metaheal.streams.scorer import RED_ZONE, AnomalyScorer, Score
 from metaheal.streams.scoring import ScorerRegistry
+
+from .test_residual import FAMILIES
 
 RED = RED_ZONE  # Numenta's red zone: NAB's best single threshold for this scorer lies here
 
@@ -26,18 +28,20 @@ def noise(seed: int, n: int) -> list[float]:
 
 def test_warm_up_scores_one_half_with_rising_confidence() -> None:
     scores = run(noise(0, 400))
-    assert all(s.score == 0.5 for s in scores[:300])
-    assert scores[0].confidence == 0.0 and scores[100].confidence < 1.0 and scores[300].confidence == 1.0
+    assert all(s.score == 0.5 for s in scores[:50])
+    assert scores[0].confidence == 0.0 and scores[25].confidence < 1.0 and scores[50].confidence == 1.0
 
 
-def test_likelihood_is_mapped_to_a_calibrated_score() -> None:
-    """Independent surprises at the nominal 1 %: about ``1 - t`` of the scores are >= t (the null table)."""
-    rng = random.Random(5)
-    lik = AnomalyLikelihood(detector=None)
-    scores = [lik.likelihood(rng.random() < 0.01) for _ in range(400_000)][1000:]
+def test_likelihood_is_calibrated_on_noise_it_was_not_measured_on() -> None:
+    """The null table was measured on seeds 21-22; on seed 7 about ``1 - t`` of the samples score >= t."""
+    scores: list[float] = []
+    for family in FAMILIES.values():
+        lik = AnomalyLikelihood(ForecastResidual())
+        values = family(random.Random(7), 20_000)
+        scores += [lik.score_learn_one({"ts": 60.0 * i, "value": v}) for i, v in enumerate(values)][500:]
     for t in (0.99, 0.999, RED, 0.9999):
         rate = sum(x >= t for x in scores) / len(scores)
-        assert 0.5 * (1 - t) <= rate <= 2 * (1 - t), (t, rate)
+        assert 0.4 * (1 - t) <= rate <= 2.5 * (1 - t), (t, rate)
 
 
 def test_noise_rarely_reaches_the_red_zone() -> None:
