@@ -7,14 +7,14 @@
   :class:`~metaheal.streams.detectors.ForecastResidual` (a surprise: a residual with tail
   probability <= 1 %): is the recent rate of surprises unusual for this series? Numenta's tail
   probability, mapped to how often calibrated noise gets that far; a burst is reported once (its
-  first red sample; later ones at most 0.985);
+  first red sample; later ones at most 0.987);
 - *novelty* is 1.0 when the value leaves the range the series has shown by more than 5 % of its
   width (:class:`~metaheal.streams.detectors.RangeNovelty`), after its first 300 samples.
 
 So the score is still ``1 - tail probability`` and a threshold means the same on every series,
 but it is about a *rate of surprises*, not one residual: one odd sample on a noisy series no
 longer crosses 0.999, two close together (or a new extreme) do. Numenta's red zone is
-:data:`RED_ZONE` (~0.99883). During warm-up (``warmup`` samples, 50: the residual's scale and the
+:data:`RED_ZONE` (~0.9988). During warm-up (``warmup`` samples, 50: the residual's scale and the
 likelihood's rate are learnt) the score is 0.5 and ``confidence`` rises from 0 to 1.
 
 >>> scorer = AnomalyScorer(seed=0)
@@ -39,7 +39,7 @@ __all__ = ["RED_ZONE", "STATE_VERSION", "AnomalyScorer", "Score"]
 
 MODEL_NAME = "metaheal-likelihood/2"
 STATE_VERSION = 2
-#: the score of Numenta's red zone (likelihood tail 1e-5), about 0.99883: where one threshold over
+#: the score of Numenta's red zone (likelihood tail 1e-5), about 0.9988: where one threshold over
 #: the NAB development split does best, and a sensible ``streams.anomaly_threshold``
 RED_ZONE = 1.0 - null_tail(1e-5)
 
