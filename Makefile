@@ -61,6 +61,8 @@ bench: install tools
 	$(PY) benchmarks/bench_codec.py
 	$(PY) benchmarks/bench_streams.py
 	$(PY) benchmarks/bench_console.py
+	$(PY) benchmarks/eval_scorer.py
+	$(PY) benchmarks/bench_nab.py
 
 # each fault healed by `metaheal up` + a separate `metaheal simulate --scenario` (about 5 minutes)
 bench-faults: install tools

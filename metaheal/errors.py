@@ -28,6 +28,7 @@ The modules that raise these re-export them under their old names
     ├── ActuatorError              (ValueError)  parameters an actuator cannot accept
     ├── AdvisorActionForbidden     (PermissionError) an advisor writing outside its topic
     ├── BacktestError              (ValueError)  an unusable backtest input row
+    ├── StateError                 (ValueError)  a scorer checkpoint that is not a state of this model
     ├── BadRequest                 (ValueError)  a simulator admin API request body
     ├── BrokerError                (RuntimeError) the embedded broker cannot start
     ├── KcatUnavailable            (RuntimeError) kcat or its librdkafka is missing
@@ -70,6 +71,7 @@ __all__ = [
     "ProofError",
     "ReaderFailed",
     "RoleUnavailable",
+    "StateError",
     "TemplateError",
 ]
 
@@ -167,6 +169,10 @@ class AdvisorActionForbidden(MetahealError, PermissionError):
 
 class BacktestError(MetahealError, ValueError):
     """A row of the input could not be used; the message names the line and the field."""
+
+
+class StateError(MetahealError, ValueError):
+    """A detector or scorer checkpoint that is not a state of this model (other class, version or shape)."""
 
 
 class BadRequest(MetahealError, ValueError):

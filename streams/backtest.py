@@ -18,8 +18,8 @@ window), missed windows cost a false-negative weight.
 2
 >>> print(dst.getvalue().strip())
 timestamp,value,anomaly_score
-2024-01-01T00:00:00Z,1.5,0.000000
-1704067260,2.0,0.000000
+2024-01-01T00:00:00Z,1.5,0.5000000000
+1704067260,2.0,0.5000000000
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def score_csv(
         s = scorer.score_then_learn(ts, value)
         rows += 1
         alarms += s.score >= threshold
-        out = [f"{s.score:.6f}"]
+        out = [f"{s.score:.10f}"]  # scores near 1 differ in the 6th to 10th decimal
         if details:
             out += [f"{s.baseline:.6g}", f"{s.confidence:.3f}"]
         writer.writerow(row + out)

@@ -2,32 +2,38 @@
 
 One :class:`~metaheal.streams.scorer.AnomalyScorer` per series (service, metric,
 dependency label). Models live in memory while their partition is assigned; a
-checkpoint is the pickled scorer, written to a changelog-backed store (the faust table
+checkpoint is the scorer's state as JSON (data only, versioned: :meth:`AnomalyScorer.state_dict`),
+written to a changelog-backed store (the faust table
 whose changelog is the compacted ``<prefix>scorer-state`` topic) whenever a window of
 that series closes. A worker that gets the partition (restart, rebalance) restores the
 model from the store on first use, so scoring continues warm instead of starting a new
-warm-up with its burst of low-confidence scores.
+warm-up with its burst of low-confidence scores. A checkpoint that does not parse as a state of
+this model (another version, corrupt bytes) is logged and the series starts cold: nothing in it
+is executed.
 
 >>> store = {}
 >>> reg = ScorerRegistry(store)
 >>> s = reg.get("api/latency_ms", partition=0)
->>> _ = [s.score_then_learn(float(t), 100.0 + t % 3) for t in range(100)]
+>>> _ = [s.score_then_learn(float(t), 100.0 + t % 3) for t in range(400)]
 >>> reg.checkpoint("api/latency_ms")
+>>> json.loads(store[b"api/latency_ms"])["model"]
+'metaheal-likelihood/2'
 >>> restored = ScorerRegistry(store).get("api/latency_ms", partition=0)
->>> restored.score_then_learn(100.0, 101.0).confidence
+>>> restored.score_then_learn(400.0, 101.0).confidence
 1.0
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import pickle
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from metaheal.events import AnomalyScore
+from metaheal.streams.detectors import StateError
 from metaheal.streams.scorer import AnomalyScorer, Score
 from metaheal.streams.windows import SeriesWindow
 
@@ -126,10 +132,10 @@ class ScorerRegistry:
         scorer = None
         if blob:
             try:
-                scorer = pickle.loads(blob)
+                scorer = AnomalyScorer.from_state(json.loads(blob))
                 self.restored += 1
                 logger.info("scorer restored series=%s partition=%d", series, partition)
-            except Exception as exc:
+            except (ValueError, StateError, TypeError, KeyError, AttributeError) as exc:
                 logger.warning("scorer checkpoint unreadable series=%s error=%r: starting cold", series, exc)
         if scorer is None:
             scorer = AnomalyScorer(seed=self.seed)
@@ -151,7 +157,7 @@ class ScorerRegistry:
             return
         self._last_checkpoint[series] = now
         if scorer is not None:
-            blob = pickle.dumps(scorer, protocol=pickle.HIGHEST_PROTOCOL)
+            blob = json.dumps(scorer.state_dict(), separators=(",", ":")).encode()
             self.store.put(series.encode(), blob, self._partition[series])
 
     def forget(self, partitions: Iterable[int]) -> int:

@@ -24,8 +24,11 @@ def score(
     ] = False,
     details: Annotated[bool, typer.Option("--details", help="Also write baseline and confidence columns.")] = False,
     threshold: Annotated[
-        float, typer.Option("--threshold", min=0.0, max=1.0, help="Threshold for the alarm count in the summary.")
-    ] = 0.99,
+        float,
+        typer.Option(
+            "--threshold", min=0.0, max=1.0, help="Threshold for the alarm count in the summary (~ Numenta's red zone)."
+        ),
+    ] = 0.9988,
 ) -> None:
     """Score a timestamp,value CSV with the streaming anomaly scorer; writes the rows plus anomaly_score.
 

@@ -1,0 +1,114 @@
+"""Base class of the per-series detectors: a river anomaly detector with a data-only state.
+
+Every detector reads one sample of one series as ``{"ts": epoch seconds, "value": float}`` and
+follows river's contract (:class:`river.base.AnomalyDetector`): ``score_one`` does not
+change the model, ``learn_one`` does. A stream is scored *test-then-train*, so the hot path is
+:meth:`SeriesDetector.score_learn_one`, which does both in one pass; ``score_one`` runs it on a
+copy.
+
+Checkpoints are data, never code: :meth:`~SeriesDetector.state_dict` returns JSON types only
+(numbers, strings, lists, dicts; float arrays as base64 float32), tagged with the class name and a
+``version``; :meth:`~SeriesDetector.from_state` rebuilds a detector and refuses any other class or
+version with :class:`StateError`.
+
+>>> class Mean(SeriesDetector):
+...     state_version = 1
+...     def __init__(self):
+...         self.n, self.mean = 0, 0.0
+...     def score_learn_one(self, x):
+...         d = abs(x["value"] - self.mean) if self.n else 0.0
+...         self.n += 1
+...         self.mean += (x["value"] - self.mean) / self.n
+...         return d
+...     def _get_state(self):
+...         return {"n": self.n, "mean": self.mean}
+...     def _set_state(self, state):
+...         self.n, self.mean = state["n"], state["mean"]
+>>> m = Mean()
+>>> m.learn_one({"ts": 0.0, "value": 2.0})
+>>> m.score_one({"ts": 1.0, "value": 5.0}), m.n
+(3.0, 1)
+>>> Mean.from_state(m.state_dict()).mean
+2.0
+>>> try:
+...     Mean.from_state({"kind": "Mean", "version": 0, "state": {}})
+... except StateError as exc:
+...     print(exc)
+Mean state version 0 is not supported (expected 1)
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from river import base
+from river.base.typing import FeatureName
+
+from metaheal.errors import StateError
+
+__all__ = ["SeriesDetector", "StateError", "decode_floats", "encode_floats"]
+
+
+def encode_floats(values: Any) -> str:
+    """A float sequence as base64 float32 (4 bytes a value: scores and deviations need no more).
+
+    >>> decode_floats(encode_floats([0.5, 2.0, -1.0]))
+    [0.5, 2.0, -1.0]
+    """
+    return base64.b64encode(np.asarray(values, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def decode_floats(text: str) -> list[float]:
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    if len(raw) % 4:
+        raise StateError(f"float array of {len(raw)} bytes is not a whole number of float32 values")
+    values: list[float] = np.frombuffer(raw, dtype=np.float32).astype(np.float64).tolist()
+    return values
+
+
+class SeriesDetector(base.AnomalyDetector):
+    """A univariate streaming detector over ``{"ts", "value"}`` samples, checkpointed as data."""
+
+    state_version: ClassVar[int] = 1
+
+    def score_learn_one(self, x: dict[FeatureName, Any]) -> float:
+        """Score ``x`` against the past, then learn it (one pass)."""
+        raise NotImplementedError
+
+    def learn_one(self, x: dict[FeatureName, Any]) -> None:
+        self.score_learn_one(x)
+
+    def score_one(self, x: dict[FeatureName, Any]) -> float:
+        return copy.deepcopy(self).score_learn_one(x)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learnt state and the parameters, as JSON types (``json.dumps`` works on it)."""
+        return {"kind": type(self).__name__, "version": self.state_version, "state": self._get_state()}
+
+    @classmethod
+    def from_state(cls, data: object) -> Self:
+        """A detector continuing where the one that wrote ``data`` stopped."""
+        if not isinstance(data, dict) or data.get("kind") != cls.__name__:
+            kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
+            raise StateError(f"not a {cls.__name__} state: {kind!r}")
+        if data.get("version") != cls.state_version:
+            raise StateError(
+                f"{cls.__name__} state version {data.get('version')} is not supported (expected {cls.state_version})"
+            )
+        obj = cls.__new__(cls)
+        try:
+            obj._set_state(data["state"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StateError(f"{cls.__name__} state is malformed: {exc!r}") from None
+        return obj
