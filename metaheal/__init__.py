@@ -39,6 +39,7 @@ from metaheal.errors import (
     ProofError,
     ReaderFailed,
     RoleUnavailable,
+    StateError,
     TemplateError,
 )
 
@@ -168,6 +169,7 @@ __all__ = [
     "ServiceRegistration",
     "Settings",
     "SignedOutcome",
+    "StateError",
     "TemplateError",
     "__version__",
     "load_settings",

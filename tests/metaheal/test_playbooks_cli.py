@@ -50,8 +50,11 @@ def test_check_names_file_line_and_field(tmp_path: Path) -> None:
     code, out, err = run("playbooks", "check", str(good), str(bad))
     assert code == 1
     assert f"{good}: OK (rollback_flag)" in out
-    assert f"{bad}:7: impact: Input should be 'low', 'medium' or 'high' (got 'huge')" in err
-    assert f"{bad}:11: steps.0.timeout:" in err
+    lines = bad.read_text().splitlines()
+    impact = next(i for i, line in enumerate(lines, 1) if "impact: huge" in line)
+    timeout = next(i for i, line in enumerate(lines, 1) if "timeout: -1" in line)
+    assert f"{bad}:{impact}: impact: Input should be 'low', 'medium' or 'high' (got 'huge')" in err
+    assert f"{bad}:{timeout}: steps.0.timeout:" in err
     code, out, _ = run("playbooks", "check", "--json", str(bad))
     doc = json.loads(out)
     assert code == 1 and doc["ok"] is False and len(doc["results"][0]["errors"]) == 2
