@@ -62,12 +62,16 @@ from metaheal.agents.executor.actuators import (
     StepResult,
     get_actuator,
 )
+from metaheal.agents.executor.actuators.urls import url_problem
 from metaheal.agents.executor.approvals import (
     VERDICT_MEANING,
     ApprovalInbox,
     build_request,
     build_verdict_request,
+    load_registry,
+    plan_hash,
     rejection_reason,
+    used_decisions,
 )
 from metaheal.agents.executor.planner import (
     NoApplicablePlaybook,
@@ -84,6 +88,7 @@ from metaheal.agents.executor.recovery import (
     outcome_id_for,
     outcome_published,
     published,
+    verified_entry,
 )
 from metaheal.agents.executor.state import PlanRecord, StateStore
 from metaheal.agents.executor.templating import TemplateError, render
@@ -108,6 +113,7 @@ from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import SUBSYSTEM
+from metaheal.ledger.keys import KeyRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +122,8 @@ MUTATING = frozenset({"http.post", "command"})
 CANCEL_GRACE = 1.0
 #: While awaiting a verdict, how long each look at late telemetry (or the health endpoint) may take.
 RECHECK_WINDOW = 0.2
+#: While awaiting an approval, how often the kill switch and freeze windows are looked at.
+POLICY_RECHECK = 0.25
 
 
 def _utc(ts: float) -> str:
@@ -175,6 +183,8 @@ class Executor:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seen_decisions: set[str] = set()
+        #: cycles whose ledger entries were read for used decision ids (durable replay protection)
+        self._seeded_cycles: set[str] = set()
         self._ser_plan = AvroSerializer(AgenticPlan)
         self._ser_outcome = AvroSerializer(SignedOutcome)
         self._ser_request = AvroSerializer(ApprovalRequest)
@@ -380,6 +390,13 @@ class Executor:
         svc = self._service(d.service)
         if svc is None:
             return await self._deny(run, [f"service {d.service} is not configured"], ["unknown_service"])
+        if svc.admin_url is not None:
+            problem = url_problem(svc.admin_url, self.settings.executor.admin_hosts)
+            if problem is not None:
+                why = f"admin_url of {svc.name} refused: {problem}"
+                return await self._deny(
+                    run, [why], ["admin_url"], TrustDecision(verdict="deny", level=d.guardrail_level, reasons=[why])
+                )
         extra = self._plan_variables(svc)
         run.record = run.record.model_copy(update={"outputs": {**run.record.outputs, **extra}})
         try:
@@ -450,14 +467,57 @@ class Executor:
         run.insights.append(f"denied by policy: {', '.join(violations)}")
         return await self._finish(run, "denied", None)
 
-    async def _await_approval(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
-        """Wait for a valid decision; returns an outcome for deny/expiry, None to go on executing."""
+    async def _seed_used_decisions(self, cycle_id: str) -> None:
+        """Decision ids the ledger of ``cycle_id`` shows as taken in (a restart must not forget them)."""
+        if cycle_id in self._seeded_cycles:
+            return
+        entries = await asyncio.to_thread(self.log.replay_cycle_sync, cycle_id)
+        registry = KeyRegistry.load(self.settings.keys)
+        self._seen_decisions |= used_decisions(entries, lambda e: verified_entry(e, registry))
+        self._seeded_cycles.add(cycle_id)
+
+    @contextlib.asynccontextmanager
+    async def _slot_released(self) -> Any:
+        """Give the plan's concurrency slot back while it waits for a human (taken again afterwards)."""
+        task = asyncio.current_task()
+        holds = task is not None and task.get_name().startswith("plan-")
+        if holds:
+            self._sem.release()
+        try:
+            yield
+        finally:
+            if holds:
+                await asyncio.shield(self._sem.acquire())
+
+    def _decision_problem(self, dec: Any, request: ApprovalRequest, run: Run, received_at: float) -> str | None:
         assert run.plan is not None
+        return rejection_reason(
+            dec,
+            request,
+            self.settings,
+            seen=self._seen_decisions,
+            received_at=received_at,
+            registry=load_registry(self.settings),
+            current_hash=plan_hash(run.plan),
+        )
+
+    async def _await_approval(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
+        """Wait for a valid decision; returns an outcome for deny/expiry/a policy stop, None to go on executing.
+
+        The wait holds no concurrency slot, and the kill switch and freeze windows are looked at
+        every :data:`POLICY_RECHECK` seconds: engaging one stops the waiting plan.
+        """
+        assert run.plan is not None
+        await self._seed_used_decisions(run.directive.cycle_id)
         used = 0
         while True:
             remaining = request.expires_at - time.time()
-            batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, remaining))
+            async with self._slot_released():
+                batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, min(POLICY_RECHECK, remaining)))
             if not batch:
+                stop = self._waiting_stopped(run)
+                if stop is not None:
+                    return await stop
                 if time.time() >= request.expires_at:
                     await self._ledger(
                         run,
@@ -472,7 +532,7 @@ class Executor:
                 continue
             used += len(batch)
             for received_at, dec in batch:
-                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                why = self._decision_problem(dec, request, run, received_at)
                 if why is not None:
                     await self._ledger(
                         run,
@@ -501,6 +561,48 @@ class Executor:
                 run.insights.append(f"operator {dec.operator} denied {run.plan.selected_playbook}")
                 return await self._finish(run, "denied", None)
 
+    def _waiting_stopped(self, run: Run) -> Any:
+        """A coroutine finishing the plan as denied if the kill switch or a freeze began while it waited; else None."""
+        assert run.plan is not None
+        reasons, violations = [], []
+        if self.policies.kill_switch_engaged():
+            reasons.append("global kill switch engaged while the plan awaited approval")
+            violations.append("kill_switch")
+        freeze = self.policies.frozen(run.plan.service, time.time())
+        if freeze:
+            reasons.append(f"{freeze} began while the plan awaited approval")
+            violations.append("change_freeze")
+        if not violations:
+            return None
+        decision = TrustDecision(verdict="deny", level=run.directive.guardrail_level, reasons=reasons)
+        return self._deny(run, reasons, violations, decision)
+
+    async def _policy_gate(self, run: Run, index: int, *, rollback: bool, counted: bool = True) -> str | None:
+        """Policies right before a mutating step (rollback and recovery included): None to go ahead, else why not.
+
+        A refusal is a signed ``trust_violation`` naming the policy and the step that was not run.
+        """
+        assert run.plan is not None
+        service = run.plan.service
+        if self._service(service) is None:
+            reasons, violations = [f"service {service} is neither configured nor registered"], ["unknown_service"]
+        else:
+            reasons, violations = self.policies.before_step(service, run.plan.plan_id, counted=counted)
+        if not violations:
+            return None
+        what = f"{'rollback ' if rollback else ''}step {index}"
+        await self._ledger(
+            run,
+            "executor",
+            "trust_violation",
+            {"reasons": reasons, "violations": violations, "phase": "before_step", "step": index, "rollback": rollback},
+            "denied",
+        )
+        why = f"policy stopped {what} before it ran: {'; '.join(reasons)}"
+        run.note(why)
+        run.insights.append(f"stopped by policy: {', '.join(violations)}")
+        return why
+
     # --- execution -----------------------------------------------------------------------------
 
     def _variables(self, run: Run) -> dict[str, Any]:
@@ -518,6 +620,8 @@ class Executor:
             allowed_hosts=hosts,
             started_at=time.time(),
             idempotency_key=key,
+            admin_url=svc.admin_url if svc is not None else None,
+            admin_hosts=tuple(self.settings.executor.admin_hosts),
         )
 
     async def _run_step(
@@ -539,6 +643,11 @@ class Executor:
         if self.settings.executor.dry_run:
             await self._dry_run(run)
             return None
+        if mutates(plan.steps, len(plan.steps)):
+            stopped = await self._policy_gate(run, 0, rollback=False, counted=False)
+            if stopped is not None:
+                run.trust_decision = "denied"
+                return await self._finish(run, "denied", None)
         await self._ledger(
             run,
             "executor",
@@ -585,6 +694,14 @@ class Executor:
             timeout = min(step.timeout, remaining)
             budget_bound = timeout < step.timeout
             mutating = step.action in MUTATING
+            if mutating:
+                stopped = await self._policy_gate(run, i, rollback=False)
+                if stopped is not None:
+                    if not mutates(plan.steps, run.record.steps_done):
+                        run.trust_decision = "denied"
+                        return await self._finish(run, "denied", None)
+                    failure = stopped
+                    break
             key = idempotency_key(plan.plan_id, i) if mutating else None
             again = run.record.step_started == i  # its write-ahead exists: a re-send after a crash
             # Write-ahead: the start is durable before the actuator is called.
@@ -772,6 +889,7 @@ class Executor:
         since = rec.verify_since or rec.inconclusive_at or time.time()
         waiting_since = rec.inconclusive_at or time.time()
         expires_at = rec.verdict_expires_at or time.time()
+        await self._seed_used_decisions(run.directive.cycle_id)
         used = 0
         while True:
             every = min(self.settings.executor.verdict_recheck_seconds, max(0.0, expires_at - time.time()))
@@ -782,7 +900,7 @@ class Executor:
             for received_at, dec in batch:
                 if request is None or dec.request_id != request.request_id:
                     continue  # e.g. the approval that let the plan run
-                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                why = self._decision_problem(dec, request, run, received_at)
                 self._seen_decisions.add(dec.decision_id)
                 if why is not None:
                     await self._ledger(
@@ -911,6 +1029,9 @@ class Executor:
                 run.note(f"rollback step {j} cannot be rendered: {exc}")
                 return False
             key = idempotency_key(run.plan.plan_id, j, rollback=True) if step.action in MUTATING else None
+            if step.action in MUTATING and await self._policy_gate(run, j, rollback=True) is not None:
+                run.insights.append(f"rollback of {run.plan.selected_playbook} stopped by policy at step {j}: escalate")
+                return False
             again = run.record.rollback_started == j  # written ahead before a crash: a re-send
             await self._ledger(
                 run,

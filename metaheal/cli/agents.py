@@ -144,7 +144,7 @@ def _decide(
     bootstrap: str | None,
     verdict: str | None = None,
 ) -> None:
-    from metaheal.agents.executor.approvals import VERDICT_MEANING, load_signing_key, sign_decision
+    from metaheal.agents.executor.approvals import VERDICT_MEANING, load_signing_key, sign_for
     from metaheal.ledger.keys import key_id_of
 
     s = require_bootstrap(settings_from(config, bootstrap))
@@ -172,9 +172,7 @@ def _decide(
         if req.asks_verdict:
             raise _fail(f"PLAN_ID: the verdict request for plan {plan_id} expired; the playbook's default applied")
         raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
-    signed = sign_decision(
-        sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision, reason=reason
-    )
+    signed = sign_for(sk, req, operator=operator, decision=decision, reason=reason)
     try:
         with Producer(s.kafka) as p:
             p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)

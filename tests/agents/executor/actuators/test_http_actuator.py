@@ -60,13 +60,13 @@ async def test_post_sends_json_and_text_is_captured(server):
     res = await get_actuator("http.post").run({"url": f"{url}/ok", "json": {"delta": 2}}, CTX, 2)
     assert res.ok and res.value["echo"] == {"delta": 2} and seen[-1] == ("POST", "/ok", {"delta": 2})
     res = await get_actuator("http.get").run({"url": f"{url}/text"}, CTX, 2)
-    assert res.ok and res.value is None and res.detail["body"] == "plain"
+    assert res.ok and res.value is None and res.detail["body_excerpt"] == "plain"
 
 
 async def test_error_status_fails_unless_expected(server):
     url, _ = server
     res = await get_actuator("http.get").run({"url": f"{url}/boom"}, CTX, 2)
-    assert not res.ok and "500" in res.error and res.detail["body"] == {"error": "x"}
+    assert not res.ok and "500" in res.error and res.detail["body_excerpt"] == "{\"error\": \"x\"}"
     res = await get_actuator("http.get").run({"url": f"{url}/boom", "expect_status": 500}, CTX, 2)
     assert res.ok
 
