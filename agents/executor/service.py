@@ -552,6 +552,7 @@ class Executor:
                     continue
                 self._seen_decisions.add(dec.decision_id)
                 await self._ledger(run, "executor", "approval_received", dec.model_dump(), dec.decision)
+                crash_point("after_approval")
                 if dec.decision == "approve":
                     run.trust_decision = f"approved_by:{dec.operator}"
                     run.note(f"approved by {dec.operator}: {dec.reason or 'no reason given'}")
