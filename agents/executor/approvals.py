@@ -218,11 +218,6 @@ def rejection_reason(
         return f"forged: signature does not verify with operator {d.operator}'s key"
     if rec is not None and rec.revoked:
         return f"revoked: key {d.key_id} of operator {d.operator} was revoked at {rec.revoked_at}"
-    if rec is not None and rec.valid_from and not rec.valid_at(_ts(d.decided_at)):
-        return (
-            f"key_expired: key {d.key_id} of operator {d.operator} was not valid at {_ts(d.decided_at)} "
-            f"(valid {rec.valid_from} to {rec.valid_until or 'open'})"
-        )
     if d.plan_id != request.plan_id or d.request_id != request.request_id:
         return (
             f"forged: decision answers request {d.request_id}/{d.plan_id}, not {request.request_id}/{request.plan_id}"
@@ -247,6 +242,11 @@ def rejection_reason(
         return (
             f"backdated: decided_at {d.decided_at:.3f} is before request {request.request_id} "
             f"was made ({request.requested_at:.3f})"
+        )
+    if rec is not None and rec.valid_from and not rec.valid_at(_ts(d.decided_at)):
+        return (
+            f"key_expired: key {d.key_id} of operator {d.operator} was not valid at {_ts(d.decided_at)} "
+            f"(valid {rec.valid_from} to {rec.valid_until or 'open'})"
         )
     if received_at > request.expires_at or d.decided_at > request.expires_at:
         return f"expired: request {request.request_id} expired at {request.expires_at:.0f}"

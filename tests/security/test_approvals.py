@@ -200,7 +200,7 @@ async def test_replayed_decision_after_restart_is_refused(env, tmp_path: Path) -
         await ex.close()
 
 
-def test_malformed_operator_key_in_config_is_a_clear_error(tmp_path: Path) -> None:
+async def test_malformed_operator_key_in_config_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "metaheal.yaml"
     cfg.write_text(yaml.safe_dump({"operators": [{"name": "alice", "public_key": "c0ffee-not-a-key"}]}))
     res = CliRunner().invoke(app, ["config", "check", str(cfg)])
