@@ -48,6 +48,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -477,7 +478,7 @@ class Executor:
         self._seeded_cycles.add(cycle_id)
 
     @contextlib.asynccontextmanager
-    async def _slot_released(self) -> Any:
+    async def _slot_released(self) -> AsyncIterator[None]:
         """Give the plan's concurrency slot back while it waits for a human (taken again afterwards)."""
         task = asyncio.current_task()
         holds = task is not None and task.get_name().startswith("plan-")
@@ -509,11 +510,15 @@ class Executor:
         """
         assert run.plan is not None
         await self._seed_used_decisions(run.directive.cycle_id)
+        async with self._slot_released():
+            return await self._take_decision(run, request)
+
+    async def _take_decision(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
+        assert run.plan is not None
         used = 0
         while True:
             remaining = request.expires_at - time.time()
-            async with self._slot_released():
-                batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, min(POLICY_RECHECK, remaining)))
+            batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, min(POLICY_RECHECK, remaining)))
             if not batch:
                 stop = self._waiting_stopped(run)
                 if stop is not None:
@@ -562,7 +567,7 @@ class Executor:
                 run.insights.append(f"operator {dec.operator} denied {run.plan.selected_playbook}")
                 return await self._finish(run, "denied", None)
 
-    def _waiting_stopped(self, run: Run) -> Any:
+    def _waiting_stopped(self, run: Run) -> Coroutine[Any, Any, SignedOutcome] | None:
         """A coroutine finishing the plan as denied if the kill switch or a freeze began while it waited; else None."""
         assert run.plan is not None
         reasons, violations = [], []

@@ -34,7 +34,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from metaheal.agents.executor.actuators.base import compare
-from metaheal.agents.executor.actuators.http import tls_context
+from metaheal.agents.executor.actuators.http import excerpt, tls_context
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
 from metaheal.events import HealthWindow, Metric
@@ -318,7 +318,7 @@ async def http_check(url: str, *, expect_status: int, within: float, timeout: fl
                 statuses.append(resp.status_code)
                 if resp.status_code == expect_status:
                     break
-                last_error = f"status {resp.status_code}: {resp.text[:200]}"
+                last_error = f"status {resp.status_code}: {excerpt(resp.text, 200)}"  # redacted, as step bodies are
             except httpx.HTTPError as exc:
                 last_error = f"{exc!r}"
             if time.monotonic() >= deadline:

@@ -155,7 +155,9 @@ async def test_approval_required_then_approved(env, executor: Executor):
     assert svc.calls["POST /flags/rollback"] == 0  # nothing happens before the approval
     send_decision(
         settings,
-        sign_for(load_signing_key(alice_key), req,
+        sign_for(
+            load_signing_key(alice_key),
+            req,
             operator="alice",
             decision="approve",
             reason="go",
@@ -175,7 +177,9 @@ async def test_approval_denied_runs_nothing(env, executor: Executor):
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
     send_decision(
         settings,
-        sign_for(load_signing_key(alice_key), req,
+        sign_for(
+            load_signing_key(alice_key),
+            req,
             operator="alice",
             decision="deny",
             reason="not now",
@@ -198,8 +202,7 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
         mallory = SigningKey.generate()  # claims to be alice
         send_decision(
             settings,
-            sign_for(mallory, req, operator="alice", decision="approve"
-            ),
+            sign_for(mallory, req, operator="alice", decision="approve"),
         )
         bob_key = next(
             p
@@ -208,7 +211,9 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
         )
         send_decision(
             settings,
-            sign_for(load_signing_key(bob_key), req,
+            sign_for(
+                load_signing_key(bob_key),
+                req,
                 operator="bob",
                 decision="approve",
             ),
@@ -236,7 +241,9 @@ async def test_late_valid_approval_is_rejected_as_expired(env):
         req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
         send_decision(
             settings,
-            sign_for(load_signing_key(alice_key), req,
+            sign_for(
+                load_signing_key(alice_key),
+                req,
                 operator="alice",
                 decision="approve",
                 decided_at=req.expires_at + 1,
@@ -336,7 +343,9 @@ async def test_lock_denies_a_second_plan_on_the_same_service(env, executor: Exec
     assert violation["violations"] == ["lock"] and req.plan_id in violation["reasons"][0]
     send_decision(
         settings,
-        sign_for(load_signing_key(alice_key), req,
+        sign_for(
+            load_signing_key(alice_key),
+            req,
             operator="alice",
             decision="deny",
         ),
