@@ -205,7 +205,7 @@ def admin_url_problem(url: str) -> str | None:
     >>> admin_url_problem("http://evil@api:1")
     'userinfo (user@) is not allowed'
     """
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    if not url.startswith(("http://", "https://")):
         return f"must be an http:// or https:// URL (got {url!r})"
     if any(c in url for c in "#?"):
         return f"a {'fragment (#)' if '#' in url else 'query (?)'} would swallow the playbook path"
