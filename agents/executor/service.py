@@ -492,13 +492,16 @@ class Executor:
 
     def _decision_problem(self, dec: Any, request: ApprovalRequest, run: Run, received_at: float) -> str | None:
         assert run.plan is not None
+        registry = load_registry(self.settings)
+        if registry is None:  # fail closed: a revocation could not be seen
+            return f"unverifiable: the key registry in {self.settings.keys} cannot be read"
         return rejection_reason(
             dec,
             request,
             self.settings,
             seen=self._seen_decisions,
             received_at=received_at,
-            registry=load_registry(self.settings),
+            registry=registry,
             current_hash=plan_hash(run.plan),
         )
 

@@ -71,7 +71,10 @@ def check_decision(view: FleetView, settings: Settings, body: Any, *, now: float
     if row is None:
         raise DecisionRefused(404, "unknown", f"no approval request for plan {d.plan_id}")
     seen = {x.decision_id for x in row.decisions}
-    why = rejection_reason(d, row.request, settings, seen=seen, received_at=now, registry=load_registry(settings))
+    registry = load_registry(settings)
+    if registry is None:
+        raise DecisionRefused(503, "unverifiable", f"Refused: the key registry in {settings.keys} cannot be read")
+    why = rejection_reason(d, row.request, settings, seen=seen, received_at=now, registry=registry)
     if why is not None:
         kind = why.split(":", 1)[0]
         status = 410 if kind == "expired" else 403

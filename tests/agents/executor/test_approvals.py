@@ -10,6 +10,7 @@ from nacl.signing import SigningKey
 
 from metaheal.agents.executor.approvals import (
     build_request,
+    load_registry,
     load_signing_key,
     plan_hash,
     rejection_reason,
@@ -161,3 +162,10 @@ def test_malformed_operator_key_is_a_config_error_naming_the_field():
         Settings(operators=[{"name": "alice", "public_key": "not-hex"}])
     with pytest.raises(ValueError, match=r"operators\.0\.public_key[\s\S]*32-byte"):
         Settings(operators=[{"name": "alice", "public_key": "ab" * 16}])
+
+
+def test_an_unreadable_key_registry_is_seen_as_such(setup):
+    settings, _, _ = setup
+    assert load_registry(settings) is not None
+    (settings.keys / "registry.json").write_text("{not json")
+    assert load_registry(settings) is None  # the executor and the console then refuse every decision
