@@ -586,6 +586,14 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
         runner.invoke, app, ["approvals", "approve", "plan-nope", "--key", str(alice_key), "--config", str(cfg)]
     )
     assert wrong.exit_code == 1 and "no approval request for plan plan-nope" in wrong.output
+    req = await pending_request(settings, plan_id)
+    changed = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        ["approvals", "approve", plan_id, "--key", str(alice_key), "--plan-hash", "00000000", "--config", str(cfg)],
+    )
+    assert changed.exit_code == 1 and "you reviewed" in changed.output and "00000000" in changed.output
+    assert [r["plan_hash"] for r in rows] == [req.plan_hash]
     ok = await asyncio.to_thread(
         runner.invoke,
         app,
@@ -597,6 +605,8 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
             str(alice_key),
             "--reason",
             "checked dashboards",
+            "--plan-hash",
+            req.plan_hash[:12],
             "--config",
             str(cfg),
         ],
