@@ -226,6 +226,22 @@ class ExecutorSettings(_Section):
         1.0, gt=0, description="while awaiting a verdict: how often late telemetry and decisions are looked at"
     )
     max_concurrent_plans: int = Field(8, gt=0)
+    symptom_tolerance: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="a fix succeeds only if the symptom that triggered it is back within this fraction of its "
+        "healthy baseline (never tighter than where the signal stops being a finding)",
+    )
+    symptom_lookback_seconds: float = Field(
+        120.0, gt=0, description="health windows this recent tell the executor which signals showed the symptom"
+    )
+    max_incident_attempts: int = Field(
+        3, ge=1, description="automatic plans per incident (service + focus area); further ones need an approval"
+    )
+    incident_window_seconds: float = Field(
+        1800.0, gt=0, description="an incident with no plan for this long is over; the next directive opens a new one"
+    )
 
 
 class OperatorSettings(_Section):
