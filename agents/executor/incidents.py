@@ -32,8 +32,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
+
+from metaheal.agents.common.outcomes import entry_time
 
 #: results of a plan that ran and did not fix the problem (its playbook is not tried again in the incident)
 FAILED_RESULTS = frozenset({"failed", "rolled_back"})
@@ -89,15 +90,6 @@ class Incident:
             "tried": [{"plan_id": a.plan_id, "playbook": a.playbook, "result": a.result} for a in self.attempts],
             "excluded": sorted(self.failed),
         }
-
-
-def entry_time(timestamp: str) -> float:
-    """Epoch seconds of a ledger timestamp (``2026-01-15T14:30:00.123456Z``).
-
-    >>> entry_time("1970-01-01T00:01:40.500000Z")
-    100.5
-    """
-    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 class IncidentMemory:
