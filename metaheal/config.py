@@ -227,7 +227,7 @@ class ExecutorSettings(_Section):
     )
     max_concurrent_plans: int = Field(8, gt=0)
     symptom_tolerance: float = Field(
-        0.2,
+        0.5,
         ge=0,
         lt=1,
         description="a fix succeeds only if the symptom that triggered it is back within this fraction of its "
