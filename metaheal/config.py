@@ -227,11 +227,11 @@ class ExecutorSettings(_Section):
     )
     max_concurrent_plans: int = Field(8, gt=0)
     symptom_tolerance: float = Field(
-        0.5,
+        1.0,
         ge=0,
-        lt=1,
-        description="a fix succeeds only if the symptom that triggered it is back within this fraction of its "
-        "healthy baseline (never tighter than where the signal stops being a finding)",
+        le=4,
+        description="a fix succeeds only if the symptom that triggered it is back within this fraction above its "
+        "healthy baseline (1.0: at most twice it; never tighter than where the signal stops being a finding)",
     )
     symptom_lookback_seconds: float = Field(
         120.0, gt=0, description="health windows this recent tell the executor which signals showed the symptom"
