@@ -418,15 +418,20 @@ class Executor:
         def allowed(service: str, name: str) -> str | None:
             return excluded.get(name) or self.policies.playbook_denied(service, name)
 
+        exhausted = False
         try:
             plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=allowed, extra=extra)
         except NoApplicablePlaybook as exc:
-            if excluded:
-                run.insights.append(
-                    f"every applicable playbook failed in this incident ({incident.tried() if incident else ''}): "
-                    "a human must decide"
+            if not excluded:
+                return await self._deny(run, exc.reasons, ["no_playbook"])
+            # every applicable playbook failed in this incident: a human decides whether the best one is tried again
+            exhausted = True
+            try:
+                plan, skipped = make_plan(
+                    d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra
                 )
-            return await self._deny(run, exc.reasons, ["no_playbook"])
+            except NoApplicablePlaybook as again:
+                return await self._deny(run, again.reasons, ["no_playbook"])
         run.plan = plan
         if "dependency" in extra:
             run.note(f"suspect dependency {extra['dependency']} (worst error rate/latency from {d.service})")
@@ -450,8 +455,13 @@ class Executor:
         )
         decision = self.policies.check(plan, d.guardrail_level)
         limit = self.settings.executor.max_incident_attempts
-        if incident is not None and incident.automatic_attempts >= limit and decision.verdict != "deny":
+        if incident is not None and (exhausted or incident.automatic_attempts >= limit) and decision.verdict != "deny":
             evidence = "; ".join(s.finding or f"{s.series} off its healthy {s.stat} {s.reference:g}" for s in symptoms)
+            why = (
+                f"every applicable playbook failed in this incident, {plan.selected_playbook} again"
+                if exhausted
+                else f"next: {plan.selected_playbook}"
+            )
             decision = decision.model_copy(
                 update={
                     "verdict": "needs_approval",
@@ -459,11 +469,12 @@ class Executor:
                         *decision.reasons,
                         f"incident {d.service}/{d.focus_area} since {_utc(incident.opened_at)}: "
                         f"{incident.automatic_attempts} automatic attempt(s) did not fix it ({incident.tried()}); "
-                        f"evidence: {evidence or 'no symptom signal known'}; next: {plan.selected_playbook}; "
+                        f"evidence: {evidence or 'no symptom signal known'}; {why}; "
                         f"a human decides (executor.max_incident_attempts {limit})",
                     ],
                 }
             )
+            run.insights.append(f"incident {d.service}/{d.focus_area}: {why}; asked a human")
         try:  # from here on the service's lock may be held: release it whatever happens
             plan.trust_approval_required = decision.verdict == "needs_approval"
             await self._save(run, plan_json=plan.model_dump_json())

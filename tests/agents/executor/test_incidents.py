@@ -295,3 +295,32 @@ async def test_a_restart_in_the_middle_of_an_incident_keeps_its_memory(faulty):
         assert [s["reference"] for s in plan["symptoms"]] == [pytest.approx(20.0)]
     finally:
         await second_ex.close()
+
+
+@pytest.mark.parametrize("faulty", [BAD_FLAG], indirect=True)
+async def test_when_every_applicable_playbook_failed_the_incident_asks_a_human_instead_of_denying(faulty):
+    settings, svc, _ = faulty
+    settings.executor.deny_playbooks = {"*": ["restart_service", "rollback_flag"]}  # failover is all that is left
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        await start_fault(ex, svc, "errors")
+        first = directive("error_spike", ["upstream_outage"], ["failover_dependency"])
+        out = await (await ex.submit(first))
+        assert out.playbook == "failover_dependency" and out.result == "rolled_back", out.rationale
+        second = directive("error_spike", ["upstream_outage"], ["failover_dependency"])
+        task = await ex.submit(second)
+        plan_id = plan_id_for(second.directive_id)
+
+        def request() -> ApprovalRequest | None:
+            found = [r for r in read_all(settings, "approvals") if isinstance(r, ApprovalRequest)]
+            return next((r for r in found if r.plan_id == plan_id), None)
+
+        req = await wait_until(request, 60, "approval request", blocking=True)
+        assert req.playbook == "failover_dependency"
+        assert "every applicable playbook failed in this incident, failover_dependency again" in req.reason
+        assert "failover_dependency (rolled_back)" in req.reason
+        assert svc.calls["POST /failover"] == 1  # only the first attempt ran
+        task.cancel()
+    finally:
+        await ex.close()
