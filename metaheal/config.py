@@ -289,6 +289,22 @@ class ExecutorSettings(_Section):
                 if not _HOSTNAME.fullmatch(h):
                     raise ValueError(f"[{i}] {h!r} is neither a host name nor an IP address/CIDR") from None
         return v
+    symptom_tolerance: float = Field(
+        1.0,
+        ge=0,
+        le=4,
+        description="a fix succeeds only if the symptom that triggered it is back within this fraction above its "
+        "healthy baseline (1.0: at most twice it; never tighter than where the signal stops being a finding)",
+    )
+    symptom_lookback_seconds: float = Field(
+        120.0, gt=0, description="health windows this recent tell the executor which signals showed the symptom"
+    )
+    max_incident_attempts: int = Field(
+        3, ge=1, description="automatic plans per incident (service + focus area); further ones need an approval"
+    )
+    incident_window_seconds: float = Field(
+        1800.0, gt=0, description="an incident with no plan for this long is over; the next directive opens a new one"
+    )
 
 
 class OperatorSettings(_Section):

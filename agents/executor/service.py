@@ -74,6 +74,7 @@ from metaheal.agents.executor.approvals import (
     rejection_reason,
     used_decisions,
 )
+from metaheal.agents.executor.incidents import Incident, IncidentMemory
 from metaheal.agents.executor.planner import (
     NoApplicablePlaybook,
     PlanContext,
@@ -95,7 +96,9 @@ from metaheal.agents.executor.state import PlanRecord, StateStore
 from metaheal.agents.executor.templating import TemplateError, render
 from metaheal.agents.executor.verification import (
     LiveTelemetry,
+    Symptom,
     Verdict,
+    check_symptom,
     overall,
     run_verification,
 )
@@ -149,6 +152,15 @@ class Run:
     insights: list[str] = field(default_factory=list)
     #: a non-idempotent step sent without an acknowledgement (recovery): it may or may not have run
     in_doubt: int | None = None
+    #: the incident (service + focus area) this plan is an attempt in, as it stood when the plan was made
+    incident: Incident | None = None
+
+    @property
+    def symptoms(self) -> list[Symptom]:
+        """What this plan must bring back to the healthy baseline (fixed at plan time, survives restarts)."""
+        if not self.record.symptoms_json:
+            return []
+        return [Symptom.model_validate(s) for s in json.loads(self.record.symptoms_json)]
 
     @property
     def rationale(self) -> list[str]:
@@ -399,11 +411,45 @@ class Executor:
                     run, [why], ["admin_url"], TrustDecision(verdict="deny", level=d.guardrail_level, reasons=[why])
                 )
         extra = self._plan_variables(svc)
-        run.record = run.record.model_copy(update={"outputs": {**run.record.outputs, **extra}})
+        incident = run.incident = await self._incident(d)
+        excluded = incident.failed if incident is not None else {}
+        symptoms = self._symptoms(d, incident)
+        run.record = run.record.model_copy(
+            update={
+                "outputs": {**run.record.outputs, **extra},
+                "symptoms_json": json.dumps([s.model_dump() for s in symptoms]) if symptoms else None,
+            }
+        )
+        if incident is not None:
+            run.note(
+                f"incident {d.service}/{d.focus_area} open since {_utc(incident.opened_at)}: attempt "
+                f"{incident.automatic_attempts + 1}; tried {incident.tried()}"
+                + (f"; not again: {', '.join(sorted(excluded))}" if excluded else "")
+            )
+        for sym in symptoms:
+            run.note(
+                f"symptom to clear: {sym.series} on {sym.service} back to {sym.op} {sym.threshold:g} "
+                f"(healthy {sym.stat} {sym.reference:g} x{sym.tolerance:g})"
+                + (f": {sym.finding}" if sym.finding else "")
+            )
+
+        def allowed(service: str, name: str) -> str | None:
+            return excluded.get(name) or self.policies.playbook_denied(service, name)
+
+        exhausted = False
         try:
-            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra)
+            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=allowed, extra=extra)
         except NoApplicablePlaybook as exc:
-            return await self._deny(run, exc.reasons, ["no_playbook"])
+            if not excluded:
+                return await self._deny(run, exc.reasons, ["no_playbook"])
+            # every applicable playbook failed in this incident: a human decides whether the best one is tried again
+            exhausted = True
+            try:
+                plan, skipped = make_plan(
+                    d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra
+                )
+            except NoApplicablePlaybook as again:
+                return await self._deny(run, again.reasons, ["no_playbook"])
         run.plan = plan
         if "dependency" in extra:
             run.note(f"suspect dependency {extra['dependency']} (worst error rate/latency from {d.service})")
@@ -420,10 +466,33 @@ class Executor:
                 "skipped": skipped,
                 "risk": plan.risk_assessment.model_dump(),
                 "estimated_duration": plan.estimated_duration,
+                "symptoms": [s.model_dump() for s in symptoms],
+                "incident": incident.summary() if incident is not None else None,
             },
             "planned",
         )
         decision = self.policies.check(plan, d.guardrail_level)
+        limit = self.settings.executor.max_incident_attempts
+        if incident is not None and (exhausted or incident.automatic_attempts >= limit) and decision.verdict != "deny":
+            evidence = "; ".join(s.finding or f"{s.series} off its healthy {s.stat} {s.reference:g}" for s in symptoms)
+            why = (
+                f"every applicable playbook failed in this incident, {plan.selected_playbook} again"
+                if exhausted
+                else f"next: {plan.selected_playbook}"
+            )
+            decision = decision.model_copy(
+                update={
+                    "verdict": "needs_approval",
+                    "reasons": [
+                        *decision.reasons,
+                        f"incident {d.service}/{d.focus_area} since {_utc(incident.opened_at)}: "
+                        f"{incident.automatic_attempts} automatic attempt(s) did not fix it ({incident.tried()}); "
+                        f"evidence: {evidence or 'no symptom signal known'}; {why}; "
+                        f"a human decides (executor.max_incident_attempts {limit})",
+                    ],
+                }
+            )
+            run.insights.append(f"incident {d.service}/{d.focus_area}: {why}; asked a human")
         try:  # from here on the service's lock may be held: release it whatever happens
             plan.trust_approval_required = decision.verdict == "needs_approval"
             await self._save(run, plan_json=plan.model_dump_json())
@@ -445,6 +514,32 @@ class Executor:
             return await self._execute(run)
         finally:
             self.policies.unlock(plan.service, plan.plan_id)
+
+    async def _incident(self, d: Directive) -> Incident | None:
+        """The open incident of ``d``'s service and focus area, rebuilt from the signed outcomes in the ledger."""
+        cfg = self.settings.executor
+        entries = await self.log.get_signed_outcomes(
+            subsystem=SUBSYSTEM, hours_back=max(24.0, 2 * cfg.incident_window_seconds / 3600), limit=2000
+        )
+        memory = IncidentMemory.from_entries(
+            entries, window=cfg.incident_window_seconds, max_attempts=cfg.max_incident_attempts
+        )
+        return memory.current(d.service, d.focus_area, now=time.time())
+
+    def _symptoms(self, d: Directive, incident: Incident | None, *, since: float | None = None) -> list[Symptom]:
+        """The incident's symptoms (judged against the reference of its first attempt), else the live view's."""
+        if incident is not None and incident.symptoms:
+            out = []
+            for raw in incident.symptoms:
+                try:
+                    out.append(Symptom.model_validate(raw))
+                except ValueError as exc:
+                    logger.warning("incident_symptom_skipped service=%s error=%s", d.service, exc)
+            if out:
+                return out
+        cfg = self.settings.executor
+        since = time.time() - cfg.symptom_lookback_seconds if since is None else since
+        return self.telemetry.focus_symptoms(d.service, d.focus_area, since=since, tolerance=cfg.symptom_tolerance)
 
     def _plan_variables(self, svc: ServiceSettings) -> dict[str, Any]:
         """Values from live telemetry that playbooks may use (absent ones stay undefined)."""
@@ -791,16 +886,39 @@ class Executor:
                         )
                         break
                     spec["within"] = min(float(spec.get("within", 60.0)), remaining)
-                verdict = await run_verification(spec, service=plan.service, since=since, telemetry=self.telemetry)
+                verdict = await run_verification(
+                    spec, service=plan.service, since=since, telemetry=self.telemetry, baselines=self._baselines(run)
+                )
             verdicts.append(verdict)
             await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
             crash_point("during_verification")
             run.note(f"verify {verdict.check}: {verdict.status} ({verdict.reason or 'ok'})")
             if verdict.status != "pass":
                 break  # one failing check decides; the rest would only delay the rollback
+        expected = len(plan.verifications)
+        if len(verdicts) == expected and all(v.status == "pass" for v in verdicts):
+            # the playbook's own checks hold: now the symptom that made the meta loop act must be gone too
+            symptoms, missing = await self._symptoms_to_check(run)
+            expected += len(symptoms) + (missing is not None)
+            if missing is not None:
+                verdicts.append(missing)
+                await self._ledger(run, "executor", "verification_result", missing.model_dump(), missing.status)
+                run.note(f"verify symptom: {missing.status} ({missing.reason})")
+            within = self._symptom_within(plan)
+            for sym in symptoms if missing is None else []:
+                if deadline is not None:
+                    within = min(within, deadline - time.monotonic())
+                if within <= 0:
+                    break
+                verdict = await check_symptom(sym, since=since, within=within, telemetry=self.telemetry)
+                verdicts.append(verdict)
+                await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
+                run.note(f"verify symptom: {verdict.status} ({verdict.reason})")
+                if verdict.status != "pass":
+                    break
         run.verdicts = verdicts
-        passed = overall(verdicts) if plan.verifications else True
-        if len(verdicts) < len(plan.verifications) and passed is True:
+        passed = overall(verdicts) if verdicts else True
+        if len(verdicts) < expected and passed is True:
             passed = None
         if passed:
             run.insights.append(f"{plan.selected_playbook} resolved {run.directive.focus_area} on {plan.service}")
@@ -810,6 +928,43 @@ class Executor:
             return await self._inconclusive(run, since, "verification inconclusive (missing telemetry is never a pass)")
         run.insights.append(f"{plan.selected_playbook} on {plan.service}: verification failed")
         return await self._undo(run, "verification failed", verification_passed=False)
+
+    async def _symptoms_to_check(self, run: Run) -> tuple[list[Symptom], Verdict | None]:
+        """The plan's symptoms; found now if the plan was made before any health window showed them.
+
+        ``(symptoms, None)``, or ``([], verdict)`` with an inconclusive verdict when the service's health
+        windows show no symptom signal with a healthy baseline. Without any health window of the service
+        (no streams worker) only the playbook's checks can judge; the rationale says so."""
+        assert run.plan is not None
+        if not run.directive.requires_verification:
+            return [], None
+        symptoms = run.symptoms
+        if not symptoms:
+            started = run.record.execution_started_at or time.time()
+            symptoms = self._symptoms(
+                run.directive, None, since=started - self.settings.executor.symptom_lookback_seconds
+            )
+            if symptoms:
+                await self._save(run, symptoms_json=json.dumps([s.model_dump() for s in symptoms]))
+        if symptoms:
+            return symptoms, None
+        service, focus = run.plan.service, run.directive.focus_area
+        if self.telemetry.health_seen(service):
+            return [], Verdict(
+                check="symptom",
+                status="inconclusive",
+                query={"service": service, "focus_area": focus, "source": "health"},
+                reason=f"no {focus} signal of {service} with a healthy baseline in its health windows: "
+                "the symptom cannot be judged",
+            )
+        run.note(f"no health window of {service} seen (is a streams worker running?): only the playbook's checks judge")
+        return [], None
+
+    def _symptom_within(self, plan: AgenticPlan) -> float:
+        """How long the symptom may take to clear: the playbook's longest metric check, else 60 s."""
+        specs = [json.loads(v.spec_json) for v in plan.verifications if v.type == "metric_threshold"]
+        spans = [float(spec.get("within", 60.0)) for spec in specs]
+        return max(spans, default=60.0)
 
     # --- inconclusive: keep the change, ask for a verdict ---------------------------------------
 
@@ -941,10 +1096,10 @@ class Executor:
                 return await self._undo(
                     run, f"operator {dec.operator} asked for a rollback", verification_passed=None, settled_after=delay
                 )
-            verdicts = await self._recheck(run, since)
+            verdicts, expected = await self._recheck(run, since)
             passed = (
                 overall(verdicts)
-                if len(verdicts) == len(plan.verifications)
+                if len(verdicts) == expected
                 else (False if any(v.status == "fail" for v in verdicts) else None)
             )
             if passed is not None:
@@ -984,24 +1139,45 @@ class Executor:
                 run.insights.append(f"{plan.selected_playbook} on {plan.service} kept unverified")
                 return await self._finish(run, "inconclusive", None, settled_after=delay)
 
-    async def _recheck(self, run: Run, since: float) -> list[Verdict]:
-        """The plan's checks on what arrived since ``since``, patiently: a pass or a clear violation, or nothing."""
+    async def _recheck(self, run: Run, since: float) -> tuple[list[Verdict], int]:
+        """The plan's checks, then its symptoms, on what arrived since ``since``, patiently: a pass or a clear
+        violation, or nothing; plus how many verdicts a complete pass has."""
         assert run.plan is not None
-        verdicts = []
+        verdicts: list[Verdict] = []
+        symptoms = run.symptoms if run.directive.requires_verification else []
+        expected = len(run.plan.verifications) + len(symptoms)
         for v in run.plan.verifications:
             try:
                 spec = render(json.loads(v.spec_json), self._variables(run))
             except TemplateError as exc:
-                return [Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")]
+                return [Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")], expected
             spec.setdefault("settle", min(20.0, float(spec.get("within", 60.0)) / 2))
             spec["within"] = RECHECK_WINDOW
             verdict = await run_verification(
-                spec, service=run.plan.service, since=since, telemetry=self.telemetry, patient=True
+                spec,
+                service=run.plan.service,
+                since=since,
+                telemetry=self.telemetry,
+                patient=True,
+                baselines=self._baselines(run),
+            )
+            verdicts.append(verdict)
+            if verdict.status != "pass":
+                return verdicts, expected
+        settle = min(20.0, self._symptom_within(run.plan) / 2)
+        for sym in symptoms:
+            verdict = await check_symptom(
+                sym, since=since, within=RECHECK_WINDOW, telemetry=self.telemetry, settle=settle, patient=True
             )
             verdicts.append(verdict)
             if verdict.status != "pass":
                 break
-        return verdicts
+        return verdicts, expected
+
+    @staticmethod
+    def _baselines(run: Run) -> dict[str, float]:
+        """Healthy references of the plan's symptom series (what ``value: "baseline * k"`` thresholds resolve to)."""
+        return {s.series: s.reference for s in run.symptoms}
 
     async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None, **extra: Any) -> SignedOutcome:
         assert run.plan is not None
@@ -1139,13 +1315,15 @@ class Executor:
             "rationale": [*run.rationale, f"result: {shown}"],
             "learned_insights": run.insights,
             "verdicts": [v.model_dump() for v in run.verdicts],
+            "symptoms": [s.model_dump() for s in run.symptoms],
+            "incident": run.incident.summary() if run.incident is not None else None,
             "confirmed_by": confirmed_by,
             "settled_after_seconds": settled_after,
             "verdict_request_id": verdict_request_id,
         }
         entry = await self._ledger(run, "executor", "execution_outcome", body, ledger_result or result)
         outcome = SignedOutcome(
-            **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area")},
+            **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area", "symptoms", "incident")},
             actor="executor",
             actor_signature=entry.signature,
             ts=time.time(),
