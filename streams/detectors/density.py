@@ -36,6 +36,7 @@ True
 from __future__ import annotations
 
 import base64
+import functools
 import random
 from array import array
 from collections import deque
@@ -47,6 +48,28 @@ from metaheal.streams.detectors.base import SeriesDetector, StateError
 from metaheal.streams.detectors.residual import TailCalibrator
 
 __all__ = ["WindowDensity"]
+
+
+@functools.lru_cache(maxsize=16)
+def _trees(width: int, trees: int, height: int, seed: int) -> tuple[tuple[int, float, int] | None, ...]:
+    """The trees, flat: node ``i`` of tree ``t`` is ``t * (2^(height+1) - 1) + i``; an inner node is
+    (coordinate, split point, left child; the right child is next to it), a leaf is None. Each split
+    point is drawn inside the node's box, 15 % from its edges, as in river."""
+    rng = random.Random(seed)
+    nodes, inner = (1 << (height + 1)) - 1, (1 << height) - 1
+    out: list[tuple[int, float, int] | None] = [None] * (trees * nodes)
+    for t in range(trees):
+        base = t * nodes
+        lims = {0: [(0.0, 1.0)] * width}
+        for node in range(inner):
+            f = rng.randrange(width)
+            a, b = lims[node][f]
+            at = rng.uniform(a + 0.15 * (b - a), b - 0.15 * (b - a))
+            out[base + node] = (f, at, base + 2 * node + 1)
+            for child, bounds in ((2 * node + 1, (a, at)), (2 * node + 2, (at, b))):
+                if child < inner:
+                    lims[child] = [*lims[node][:f], bounds, *lims[node][f + 1 :]]
+    return tuple(out)
 
 
 class WindowDensity(SeriesDetector):
@@ -73,27 +96,10 @@ class WindowDensity(SeriesDetector):
         self.seed = seed
         nodes = (1 << (height + 1)) - 1
         self._nodes = nodes
-        inner = (1 << height) - 1
-        # the trees, flat: node ``i`` of tree ``t`` is ``t * nodes + i``; an inner node splits
-        # coordinate ``feat`` at ``split``, its children are ``left`` and ``left + 1``
-        rng = random.Random(seed)
         total = trees * nodes
-        feat, split, left = [0] * total, [0.0] * total, [0] * total
-        for t in range(trees):
-            base = t * nodes
-            lims = {0: [(0.0, 1.0)] * width}
-            for node in range(inner):
-                f = rng.randrange(width)
-                a, b = lims[node][f]
-                at = rng.uniform(a + 0.15 * (b - a), b - 0.15 * (b - a))
-                feat[base + node], split[base + node], left[base + node] = f, at, base + 2 * node + 1
-                for child, bounds in ((2 * node + 1, (a, at)), (2 * node + 2, (at, b))):
-                    if child < inner:
-                        lims[child] = [*lims[node][:f], bounds, *lims[node][f + 1 :]]
-        self._node = list(zip(feat, split, left, strict=True))  # (coordinate, split point, left child) of each node
+        self._node = _trees(width, trees, height, seed)  # shared by every detector with these parameters
         self._roots = range(0, total, nodes)
         self._zeros = [0] * total
-        self._inner = inner
         self._limit = 0.1 * size  # river's size limit: a node this sparse ends the walk
         self._max = trees * size * ((1 << (height + 1)) - 1)
         if self._max >= 1 << 24:
@@ -124,27 +130,27 @@ class WindowDensity(SeriesDetector):
         inv = 1.0 / (hi - lo)
         point = [(v - lo) * inv for v in buf]
         node, r, lm = self._node, self._r, self._l
-        limit, height = self._limit, self.height
+        limit = self._limit
         mass = 0
         for i in self._roots:
-            # down the tree while the reference masses are dense enough to score ...
-            depth, weight = 0, 1
-            while True:
+            weight = 1
+            while True:  # down the tree while the reference masses are dense enough to score ...
                 lm[i] += 1
                 rm = r[i]
                 mass += rm * weight
-                if rm < limit or depth == height:
+                nd = node[i]
+                if nd is None:
                     break
-                f, at, left = node[i]
-                i = left + (point[f] >= at)
-                depth += 1
+                i = nd[2] + (point[nd[0]] >= nd[1])
+                if rm < limit:
+                    while True:  # ... then on to the leaf, counting the window into the latest masses
+                        lm[i] += 1
+                        nd = node[i]
+                        if nd is None:
+                            break
+                        i = nd[2] + (point[nd[0]] >= nd[1])
+                    break
                 weight += weight
-            # ... then on to the leaf, counting the window into the latest masses
-            while depth < height:
-                f, at, left = node[i]
-                i = left + (point[f] >= at)
-                depth += 1
-                lm[i] += 1
         ready = self._ready  # scored against a complete reference
         count = self._count + 1
         if count == self.size:

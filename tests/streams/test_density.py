@@ -62,3 +62,10 @@ def test_malformed_state_is_refused() -> None:
     state["state"]["trees"] = 3  # masses no longer fit the trees
     with pytest.raises(StateError, match="do not fit"):
         WindowDensity.from_state(state)
+
+
+def test_trees_are_drawn_from_the_seed_and_shared_by_every_series() -> None:
+    """Per series only the masses are state: 20,000 series hold one copy of the trees."""
+    a, b = WindowDensity(), WindowDensity()
+    assert a._node is b._node
+    assert WindowDensity(seed=1)._node != a._node
