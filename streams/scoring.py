@@ -3,13 +3,14 @@
 One :class:`~metaheal.streams.scorer.AnomalyScorer` per series (service, metric,
 dependency label). Models live in memory while their partition is assigned; a
 checkpoint is the scorer's state as zlib-compressed JSON (data only, versioned:
-:meth:`AnomalyScorer.state_dict`; a few KB whatever the series' age), written to a changelog-backed store (the faust table
-whose changelog is the compacted ``<prefix>scorer-state`` topic) when a window of
-that series closes, at most once per ``streams.checkpoint_interval_seconds`` of wall time. A worker that gets the partition (restart, rebalance) restores the
-model from the store on first use, so scoring continues warm instead of starting a new
-warm-up with its burst of low-confidence scores. A checkpoint that does not parse as a state of
-this model (another version, corrupt bytes) is logged and the series starts cold: nothing in it
-is executed.
+:meth:`AnomalyScorer.state_dict`; a few KB whatever the series' age), written to a
+changelog-backed store (the faust table whose changelog is the compacted
+``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
+``streams.checkpoint_interval_seconds`` of wall time. A worker that gets the partition
+(restart, rebalance) restores the model from the store on first use, so scoring continues
+warm instead of starting a new warm-up with its burst of low-confidence scores. A
+checkpoint that does not parse as a state of this model (another version, corrupt bytes)
+is logged and the series starts cold: nothing in it is executed.
 
 >>> store = {}
 >>> reg = ScorerRegistry(store)

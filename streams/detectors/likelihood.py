@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import deque
+from operator import mul
 from typing import Any
 
 from river.base.typing import FeatureName
@@ -233,6 +234,6 @@ class AnomalyLikelihood(SeriesDetector):
         self._k = sum(recent)
         self._history = bytearray(history)
         self._s1 = sum(history)
-        self._s2 = sum(k * k for k in history)
+        self._s2 = sum(map(mul, history, history))
         self._n = int(state["n"])
         self._was_red = bool(state["was_red"])

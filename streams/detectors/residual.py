@@ -45,7 +45,6 @@ import math
 from array import array
 from typing import Any
 
-import numpy as np
 from river.base.typing import FeatureName
 
 from metaheal.streams.detectors.base import SeriesDetector, StateError, decode_floats, encode_floats
@@ -193,7 +192,8 @@ class _Profile:
         prof = cls.__new__(cls)
         for f in cls._FIELDS:
             setattr(prof, f, state[f])
-        prof.values, prof.weights = array("f", decode_floats(state["values"])), array("f", decode_floats(state["weights"]))
+        prof.values = array("f", decode_floats(state["values"]))
+        prof.weights = array("f", decode_floats(state["weights"]))
         if len(prof.values) != prof.slots or len(prof.weights) != prof.slots:
             raise StateError(f"profile of {prof.slots} slots has {len(prof.values)} values")
         return prof

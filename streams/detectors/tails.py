@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from itertools import accumulate
 from typing import Any
 
 from metaheal.errors import StateError
@@ -80,14 +81,10 @@ def _deltas(codes: array[int]) -> list[int]:
 
 
 def _from_deltas(deltas: list[int]) -> array[int]:
-    codes = array("H")
-    total = 0
-    for d in deltas:
-        total += int(d)
-        if d < 0 or total > 65535:
-            raise StateError(f"calibrator codes are not sorted 16-bit codes: gap {d}")
-        codes.append(total)
-    return codes
+    codes = list(accumulate(int(d) for d in deltas))
+    if codes and (min(deltas) < 0 or codes[-1] > 65535):
+        raise StateError("calibrator codes are not sorted 16-bit codes")
+    return array("H", codes)
 
 
 class TailCalibrator:
@@ -160,9 +157,7 @@ class TailCalibrator:
         merged = self._merged
         for code in self._tops.pop(0):
             del merged[bisect_left(merged, code)]
-        self._cut = max(
-            (top[0] for top, pos in zip(self._tops, self._pos, strict=True) if pos > len(top)), default=-1
-        )
+        self._cut = max((top[0] for top, pos in zip(self._tops, self._pos, strict=True) if pos > len(top)), default=-1)
 
     # -- scoring -------------------------------------------------------------------------------
 
@@ -247,7 +242,7 @@ class TailCalibrator:
             raise StateError(f"calibrator blocks do not match: {len(sizes)} sizes, {len(tops)} tops")
         pos = [sum(h) for h in hists]
         for size, p, top in zip(sizes, pos, tops, strict=True):
-            if not 0 <= p <= size <= cal.block or len(top) > min(p, cal.tail) or list(top) != sorted(top):
+            if not 0 <= p <= size <= cal.block or len(top) > min(p, cal.tail):  # tops: sorted by construction
                 raise StateError("calibrator block does not fit its size")
         cal._sizes, cal._pos, cal._tops, cal._hists = sizes, pos, tops, hists
         cal._merged = array("H", sorted(c for top in tops for c in top))
