@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -282,6 +283,12 @@ def _spawn(stack: ExitStack, settings: Settings, tmp: Path, name: str) -> tuple[
     return proc, log
 
 
+def _copy_logs(tmp: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in tmp.glob("*.log"):
+        shutil.copy(log, dest / log.name)
+
+
 def run_scale(
     *,
     series: int = 20_000,
@@ -290,10 +297,13 @@ def run_scale(
     checkpoint_interval: float = 120.0,
     bootstrap: str | None = None,
     seed: int = 0,
+    keep_logs: Path | None = None,
 ) -> ScaleResult:
     live_seconds = live_seconds or checkpoint_interval + 15.0
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="metaheal-scale-")))
+        if keep_logs is not None:
+            stack.callback(_copy_logs, tmp, keep_logs)
         if bootstrap is None:
             broker = EmbeddedBroker(port=free_port(), log_path=tmp / "tansu.log")
             broker.start()
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--live-seconds", type=float, default=None, help="live phase (default: checkpoint interval + 15)")
     ap.add_argument("--checkpoint-interval", type=float, default=120.0, help="streams.checkpoint_interval_seconds")
     ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--keep-logs", type=Path, default=None, help="copy the worker and broker logs here")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = run_scale(
@@ -411,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         live_seconds=ns.live_seconds,
         checkpoint_interval=ns.checkpoint_interval,
         bootstrap=ns.bootstrap,
+        keep_logs=ns.keep_logs,
     )
     for line in result.lines():
         print(line)
