@@ -384,8 +384,15 @@ def run_scale(
             if "changelog loaded" in line or "Worker ready" in line:
                 logger.info("scale: restarted worker: %s", line[:160])
         proc2.terminate()
-        proc2.wait(20)
+        try:
+            proc2.wait(60)
+        except subprocess.TimeoutExpired:
+            out.notes.append("restart: the restarted worker did not stop within 60 s of SIGTERM (killed)")
+            proc2.kill()
+            proc2.wait(10)
         reader.stop.set()
+        for line in out.lines():
+            logger.info("scale: so far: %s", line)
 
         # -- 5. two workers, one consumer group ----------------------------------------------------
         s2 = _settings(bootstrap, checkpoint_interval)

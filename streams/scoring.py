@@ -175,6 +175,9 @@ class ScorerRegistry:
             try:
                 scorer = AnomalyScorer.from_state(decode_checkpoint(blob))
                 self.restored += 1
+                # the store holds this state already: the next write is an interval away, so a
+                # restart or rebalance does not rewrite every restored series at once
+                self._last_checkpoint[series] = self._clock()
                 logger.debug("scorer restored series=%s partition=%d", series, partition)
             except (ValueError, DecodeError, StateError, TypeError, KeyError, AttributeError) as exc:
                 logger.warning("scorer checkpoint unreadable series=%s error=%r: starting cold", series, exc)

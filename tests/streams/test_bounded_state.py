@@ -114,3 +114,20 @@ def test_registry_writes_a_series_at_most_once_per_interval_and_forgets_by_parti
     reg.checkpoint("svc0/latency_ms")
     assert reg.checkpoints == 2
     assert reg.forget({1, 2}) == 2 and sorted(reg.live) == ["svc0/latency_ms", "svc3/latency_ms"]
+
+
+def test_a_restored_series_is_not_rewritten_before_its_interval() -> None:
+    """After a restart every series is restored at once: none is written back before its interval."""
+    now = [0.0]
+    store = DictStore()
+    first = ScorerRegistry(store, min_interval=120.0, clock=lambda: now[0])
+    first.get("api/latency_ms", partition=0).score_then_learn(0.0, 1.0)
+    first.checkpoint("api/latency_ms")
+    now[0] = 500.0
+    second = ScorerRegistry(store, min_interval=120.0, clock=lambda: now[0])
+    second.get("api/latency_ms", partition=0)
+    second.checkpoint("api/latency_ms")
+    assert second.restored == 1 and second.checkpoints == 0
+    now[0] = 621.0
+    second.checkpoint("api/latency_ms")
+    assert second.checkpoints == 1
