@@ -178,7 +178,7 @@ class ScorerRegistry:
                 # the store holds this state already: the next write is an interval away, so a
                 # restart or rebalance does not rewrite every restored series at once
                 self._last_checkpoint[series] = self._clock()
-                logger.debug("scorer restored series=%s partition=%d", series, partition)
+                logger.info("scorer restored series=%s partition=%d", series, partition)
             except (ValueError, DecodeError, StateError, TypeError, KeyError, AttributeError) as exc:
                 logger.warning("scorer checkpoint unreadable series=%s error=%r: starting cold", series, exc)
         if scorer is None:
