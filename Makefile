@@ -60,6 +60,7 @@ bench: install tools
 	$(PY) benchmarks/bench_broker.py
 	$(PY) benchmarks/bench_codec.py
 	$(PY) benchmarks/bench_streams.py
+	$(PY) benchmarks/bench_scale.py --series 2000 --samples 20 --checkpoint-interval 20 --live-seconds 30
 	$(PY) benchmarks/bench_console.py
 	$(PY) benchmarks/eval_scorer.py
 	$(PY) benchmarks/bench_nab.py

@@ -154,7 +154,7 @@ class StreamSettings(_Section):
     max_batch_records: int = Field(500, ge=1, description="records processed between two state writes at most")
     flush_interval_seconds: float = Field(0.2, gt=0, description="longest time between two state writes")
     checkpoint_interval_seconds: float = Field(
-        5.0, ge=0, description="wall time between two model checkpoints of a series"
+        120.0, ge=0, description="wall time between two model checkpoints of a series (docs/scaling.md)"
     )
     idle_close: bool = Field(
         False,

@@ -121,7 +121,9 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self._clock = clock  # wall clock of idle closes (close_idle)
-        self._last_seen: dict[str, float] = {}  # service -> clock() of its last record
+        # service -> clock() of its last record, least recently seen first (close_idle stops at the
+        # first service that is not idle, instead of scanning every service on every tick)
+        self._last_seen: dict[str, float] = {}
         self.sink = sink
         # event time is bounded against ``wall_clock`` (the worker's time.time); None: replays, tests
         self.intake = Intake(SignalMap(settings.signal_map), settings, wall_clock=wall_clock)
@@ -241,7 +243,9 @@ class Pipeline:
         if st.already_applied(record.partition, record.offset):
             self.stats.duplicates += sum(len(g.values) for g in batches)
             return
-        self._last_seen[service] = self._clock()
+        last_seen = self._last_seen
+        last_seen.pop(service, None)
+        last_seen[service] = self._clock()
         late: list[tuple[SeriesBatch, int]] = []
         refused: list[SeriesBatch] = []
         known, cap = st.known, self.settings.max_series_per_service
@@ -302,9 +306,14 @@ class Pipeline:
         limit = cfg.window_seconds + cfg.allowed_lateness_seconds
         now = self._clock()
         n = 0
-        for service, st in self._states.items():
-            idle = now - self._last_seen.get(service, now)
-            if st.open and idle > limit:
+        while self._last_seen:
+            service = next(iter(self._last_seen))
+            idle = now - self._last_seen[service]
+            if idle <= limit:
+                break  # every later service was seen more recently
+            del self._last_seen[service]  # back in when its next record comes
+            st = self._states.get(service)
+            if st is not None and st.open:
                 partition = self._state_partition[service]
                 closed = st.close_all(cfg.window_seconds)
                 logger.info(

@@ -60,3 +60,30 @@ def bench_scorer(
     )
     for line in result.lines():
         typer.echo(line)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    series: Annotated[int, typer.Option("--series", min=20, help="Live series (20 per service).")] = 20_000,
+    samples: Annotated[int, typer.Option("--samples", min=5, help="History samples per series.")] = 50,
+    live_seconds: Annotated[
+        float | None, typer.Option("--live-seconds", help="Live phase length (default: checkpoint interval + 15 s).")
+    ] = None,
+    checkpoint_interval: Annotated[
+        float, typer.Option("--checkpoint-interval", min=1, help="streams.checkpoint_interval_seconds.")
+    ] = 120.0,
+    bootstrap: BootstrapOpt = None,
+) -> None:
+    """Per-series cost of the worker at N series: throughput ratio, RSS, checkpoint bytes, restart, scale-out."""
+    from metaheal.streams.bench_scale import run_scale
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = run_scale(
+        series=series,
+        per_series=samples,
+        live_seconds=live_seconds,
+        checkpoint_interval=checkpoint_interval,
+        bootstrap=bootstrap,
+    )
+    for line in result.lines():
+        typer.echo(line)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import deque
+from operator import mul
 from typing import Any
 
 from river.base.typing import FeatureName
@@ -110,6 +111,8 @@ class AnomalyLikelihood(SeriesDetector):
     0.9871 1e-03
     """
 
+    state_version = 2  # 2: the window of counts as a ring of bytes
+
     def __init__(
         self,
         detector: SeriesDetector | None,
@@ -122,8 +125,8 @@ class AnomalyLikelihood(SeriesDetector):
         calibrated: bool = True,
         prior: int = 300,
     ) -> None:
-        if not 1 <= short <= window:
-            raise ValueError(f"need 1 <= short <= window, got short={short} window={window}")
+        if not 1 <= short <= min(window, 255):
+            raise ValueError(f"need 1 <= short <= window and short <= 255, got short={short} window={window}")
         if not 0.0 < red < yellow < 0.5:
             raise ValueError(f"need 0 < red < yellow < 0.5, got red={red} yellow={yellow}")
         self.detector = detector
@@ -140,7 +143,8 @@ class AnomalyLikelihood(SeriesDetector):
         self._prior_k2 = short * rate * (1.0 - rate) + self._prior_k**2
         self._recent: deque[int] = deque()  # last ``short`` surprises (0/1)
         self._k = 0  # surprises among them
-        self._history: deque[int] = deque()  # surprise counts of the last ``window`` samples
+        self._history = bytearray()  # surprise counts of the last ``window`` samples (a ring once full)
+        self._head = 0  # the oldest count, once the ring is full
         self._s1 = 0  # sum of the counts in the window
         self._s2 = 0  # sum of their squares
         self._n = 0
@@ -180,13 +184,17 @@ class AnomalyLikelihood(SeriesDetector):
                 mean = _MIN_MEAN
             std = math.sqrt(var if var > _MIN_VAR else _MIN_VAR)
             tail = 0.5 * math.erfc((k / short - mean) / std / _SQRT2)  # exact far into the tail
-        history.append(k)
         self._s1 += k
         self._s2 += k * k
         if m >= self.window:
-            old = history.popleft()
+            h = self._head
+            old = history[h]
+            history[h] = k
+            self._head = h + 1 if h + 1 < m else 0
             self._s1 -= old
             self._s2 -= old * old
+        else:
+            history.append(k)
         self._n += 1
         red = tail <= self.red
         if red and self._was_red:
@@ -205,7 +213,8 @@ class AnomalyLikelihood(SeriesDetector):
         state: dict[str, Any] = {name: getattr(self, name) for name in self._PARAMS}
         state["detector"] = None if self.detector is None else self.detector.state_dict()
         state["recent"] = [int(v) for v in self._recent]
-        state["history"] = base64.b64encode(bytes(self._history)).decode("ascii")
+        h = self._head
+        state["history"] = base64.b64encode(self._history[h:] + self._history[:h]).decode("ascii")
         state["n"] = self._n
         state["was_red"] = self._was_red
         return state
@@ -223,8 +232,8 @@ class AnomalyLikelihood(SeriesDetector):
             raise StateError("likelihood history does not fit its window")
         self._recent.extend(recent)
         self._k = sum(recent)
-        self._history.extend(history)
+        self._history = bytearray(history)
         self._s1 = sum(history)
-        self._s2 = sum(k * k for k in history)
+        self._s2 = sum(map(mul, history, history))
         self._n = int(state["n"])
         self._was_red = bool(state["was_red"])

@@ -43,13 +43,12 @@ from __future__ import annotations
 import logging
 import math
 from array import array
-from bisect import bisect_left, insort
 from typing import Any
 
-import numpy as np
 from river.base.typing import FeatureName
 
 from metaheal.streams.detectors.base import SeriesDetector, StateError, decode_floats, encode_floats
+from metaheal.streams.detectors.tails import TailCalibrator
 
 __all__ = ["ForecastResidual", "TailCalibrator"]
 
@@ -59,111 +58,6 @@ DAY = 86400.0
 WEEK = 7 * DAY
 _SKIP = 10  # residuals of the first samples are not used for calibration
 _BIG = 1e12  # deviations are capped here so a change after a flat line scores 1.0, never inf/nan
-
-
-class TailCalibrator:
-    """Sliding-window tail probability of a non-negative deviation statistic.
-
-    Inside the observed range the p-value is conformal, ``(#{d_i >= d} + 1) / (n + 1)``, which is
-    valid for any distribution; beyond the window maximum a tail is fitted to the ``tail``
-    largest values (peaks over threshold) so scores keep growing with the deviation instead of
-    saturating at ``1 - 1/(n+1)``: exponential, or Pareto (Hill estimate) when that is heavier,
-    so the outliers of heavy-tailed noise are not each called a one-in-a-million event.
-
-    >>> cal = TailCalibrator(window=100, tail=10)
-    >>> for i in range(100):
-    ...     cal.learn(float(i % 10))
-    >>> round(cal.p_value(9.0), 3), round(cal.p_value(0.0), 3)
-    (0.109, 1.0)
-    >>> cal.p_value(30.0) < 1e-3
-    True
-    """
-
-    __slots__ = ("_fifo", "_head", "_sorted", "tail", "window")
-
-    def __init__(self, window: int = 1000, tail: int = 20) -> None:
-        if window < 2 or tail < 2 or tail > window:
-            raise ValueError(f"need 2 <= tail <= window, got window={window} tail={tail}")
-        self.window = window
-        self.tail = tail
-        self._fifo = array("d")  # ring buffer of the window; _head is the oldest once it is full
-        self._head = 0
-        self._sorted: list[float] = []  # the positive values only: zeros (the common case of a
-        # quiet statistic, e.g. no repeated value) are just counted by the fifo, which is cheaper
-
-    def __len__(self) -> int:
-        return len(self._fifo)
-
-    def p_value(self, d: float) -> float:
-        n = len(self._fifo)
-        if n == 0 or d <= 0.0:
-            return 1.0
-        s = self._sorted
-        npos = len(s)
-        k = npos - bisect_left(s, d)  # how many recent deviations were at least this large
-        m = self.tail
-        if k > 0 or n < m:
-            return (k + 1) / (n + 1)
-        # Beyond the maximum: exponential tail fitted on the top ``tail`` values (zeros included).
-        # The largest value is left out of the mean excess so one huge past spike does not blunt
-        # the tail.
-        if npos >= m:
-            u = s[npos - m]
-            top = s[npos - m + 1 : npos - 1]
-            beta = (sum(top) + u) / (m - 1) - u
-        else:
-            u = 0.0
-            top = []
-            beta = sum(s[: npos - 1]) / (m - 1) if npos > 1 else 0.0
-        if beta <= 1e-12 * (u + 1.0):
-            return 0.0  # the recent deviations were all equal (flat line): any excess is new
-        p = (m + 1) / (n + 1) * math.exp(-(d - u) / beta)
-        if u > 0.0 and top:
-            # ... unless a Pareto tail (Hill estimate) says the tail is heavier: heavy-tailed
-            # noise then keeps its outliers below the alarm instead of calling each one a 1e-6.
-            log_u = math.log(u)
-            hill = sum(math.log(v) for v in top) / len(top) - log_u
-            if hill > 0.0:
-                pareto = (m + 1) / (n + 1) * math.exp(-(math.log(d) - log_u) / hill)
-                if pareto > p:
-                    p = pareto
-        return min(p, 1.0 / (n + 1))
-
-    def state(self) -> dict[str, Any]:
-        """The window in arrival order, as float32 (p-values need no more); the sorted list is
-        rebuilt on restore."""
-        h, buf = self._head, np.frombuffer(self._fifo, dtype=np.float64)
-        ordered = np.concatenate((buf[h:], buf[:h])) if h else buf
-        return {"window": self.window, "tail": self.tail, "values": encode_floats(ordered)}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TailCalibrator:
-        cal = cls(int(state["window"]), int(state["tail"]))
-        values = decode_floats(state["values"])
-        if len(values) > cal.window:
-            raise StateError(f"calibration window holds {len(values)} values, more than its size {cal.window}")
-        cal._fifo = array("d", values)
-        cal._sorted = sorted(v for v in values if v > 0.0)
-        return cal
-
-    def learn(self, d: float) -> None:
-        """Add a non-negative statistic (negative values count as 0)."""
-        if d < 0.0:
-            d = 0.0
-        fifo = self._fifo
-        if len(fifo) < self.window:
-            fifo.append(d)
-        else:
-            h = self._head
-            old = fifo[h]
-            fifo[h] = d
-            h += 1
-            self._head = 0 if h == self.window else h
-            if old > 0.0:
-                s = self._sorted
-                del s[bisect_left(s, old)]
-        if d > 0.0:
-            insort(self._sorted, d)
 
 
 class _Track:
@@ -250,8 +144,9 @@ class _Profile:
         self.period = period
         self.slots = slots
         self.width = period / slots
-        self.values = [0.0] * slots
-        self.weights = [0.0] * slots  # visits seen, in units of a full slot
+        # float32, live as in checkpoints (a restored profile predicts bit for bit the same)
+        self.values = array("f", bytes(4 * slots))
+        self.weights = array("f", bytes(4 * slots))  # visits seen, in units of a full slot
         self.level = level
         self.scale = 0.0
         self.err: float | None = None  # EW mean absolute error (alpha 0.01), to choose between predictors
@@ -278,7 +173,8 @@ class _Profile:
         # a duplicate or out-of-order timestamp adds nothing new about its slot
         w = (dt / self.width if dt < self.width else 1.0) if dt > 0 else 0.0
         k += w
-        self.weights[slot] = k
+        # only k > 0, k >= 1 and k < 5 matter: capped at 8, a mature profile's weights are all equal
+        self.weights[slot] = k if k < 8.0 else 8.0
         if k <= 0.0:
             return
         g = w / k if k < 5 else 1.0 - 0.8**w
@@ -288,7 +184,7 @@ class _Profile:
 
     def state(self) -> dict[str, Any]:
         out: dict[str, Any] = {f: getattr(self, f) for f in self._FIELDS}
-        out["values"], out["weights"] = list(self.values), list(self.weights)
+        out["values"], out["weights"] = encode_floats(self.values), encode_floats(self.weights)
         return out
 
     @classmethod
@@ -296,7 +192,8 @@ class _Profile:
         prof = cls.__new__(cls)
         for f in cls._FIELDS:
             setattr(prof, f, state[f])
-        prof.values, prof.weights = [float(v) for v in state["values"]], [float(v) for v in state["weights"]]
+        prof.values = array("f", decode_floats(state["values"]))
+        prof.weights = array("f", decode_floats(state["weights"]))
         if len(prof.values) != prof.slots or len(prof.weights) != prof.slots:
             raise StateError(f"profile of {prof.slots} slots has {len(prof.values)} values")
         return prof
@@ -323,6 +220,8 @@ class ForecastResidual(SeriesDetector):
     ...
     ValueError: value must be a finite number, got nan
     """
+
+    state_version = 2  # 2: bounded calibrators (tails.py), float32 profiles
 
     def __init__(
         self,
