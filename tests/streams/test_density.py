@@ -23,7 +23,9 @@ def test_calibrated_on_noise_families(family: str) -> None:
     for t, slack in ((0.99, 2.0), (0.9, 1.5)):
         rate = sum(s >= t for s in scores) / len(scores)
         assert rate <= slack * (1 - t), f"{family}: {rate:.4f} of scores >= {t}"
-    assert sum(s >= 0.5 for s in scores) / len(scores) > 0.2  # not degenerate
+    # not degenerate where it matters: the tail calibrator is exact only in the tail (the middle is a coarse
+    # histogram), so the check is that scores do reach the alarm region
+    assert sum(s >= 0.9 for s in scores) / len(scores) > 0.01
 
 
 def test_a_burst_in_a_region_never_visited_scores_high_each_value_alone_would_not() -> None:
