@@ -404,6 +404,10 @@ class AdvisorService:
             "primary_service": ctx.primary_service,
             "diagnosis": ctx.diagnosis,
             "features": ctx.features,
+            # per service: the expected symptoms found at baseline, with the numbers (what argued against causes)
+            "negative_evidence": {
+                svc: {f: [a.record() for a in items] for f, items in ab.items()} for svc, ab in ctx.absent.items() if ab
+            },
         }
         try:
             await self.log.append(
