@@ -45,6 +45,7 @@ ACTOR = "meta_loop"
 #: input topics (short names) and what they carry
 INPUTS: dict[str, tuple[type[Event], ...]] = {
     "health": (HealthWindow,),
+    "health-early": (HealthWindow,),  # provisional windows of still-open windows (streams early_interval_seconds)
     "anomalies": (AnomalyScore,),
     "outcomes": (SignedOutcome,),
     "approvals": (ApprovalRequest, ApprovalDecision),
@@ -112,6 +113,8 @@ class Observations:
         self.cycle_ids: deque[str] = deque(maxlen=MAX_REMEMBERED)
         self.learned_in_ledger: set[str] = set()
         self.last_cycle: CycleFocus | None = None
+        #: signals whose newest window in ``health`` is a provisional one (``<prefix>health-early``)
+        self.early_keys: set[tuple[str, str, str, str]] = set()
 
     @property
     def dependencies(self) -> dict[str, list[str]]:
@@ -194,9 +197,26 @@ class Observations:
         trigger: str | None = None
         insight: Insight | None = None
         if isinstance(event, HealthWindow):
-            event = self._against_reference(event)
+            early = short == "health-early"
+            # a provisional window is judged against the reference but never becomes one (it is still filling)
+            event = (
+                against_reference(dict(self.reference), event, self.window) if early else self._against_reference(event)
+            )
             for s in event.signals:
-                self.health[(event.service, s.signal, s.metric, s.dependency or "")] = event
+                key = (event.service, s.signal, s.metric, s.dependency or "")
+                held = self.health.get(key)
+                # the newest window per signal; a closed window replaces the provisional one of the same start,
+                # never a newer one (a window closes only after the lateness, when the next one is shown early)
+                if (
+                    held is None
+                    or held.window_start < event.window_start
+                    or (held.window_start == event.window_start and (not early or key in self.early_keys))
+                ):
+                    self.health[key] = event
+                    if early:
+                        self.early_keys.add(key)
+                    else:
+                        self.early_keys.discard(key)
         elif isinstance(event, AnomalyScore):
             self.anomalies.append(event)
             if event.score >= self.strong and event.ts >= now - self.window:
