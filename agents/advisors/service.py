@@ -75,6 +75,8 @@ MAX_CYCLES = 2000
 MAX_EVENTS_PER_SERVICE = 5000
 #: How long an outcome seen on the topic may wait for its signed ledger entry before it is dropped.
 OUTCOME_WAIT_SECONDS = 30.0
+#: signals recorded per absent feature in the signed advice (``negative_evidence``)
+MAX_AGAINST = 5
 
 
 class AdviceProducer:
@@ -425,7 +427,9 @@ class AdvisorService:
             "features": ctx.features,
             # per service: the expected symptoms found at baseline, with the numbers (what argued against causes)
             "negative_evidence": {
-                svc: {f: [a.record() for a in items] for f, items in ab.items()} for svc, ab in ctx.absent.items() if ab
+                svc: {f: [a.record() for a in items[:MAX_AGAINST]] for f, items in ab.items()}
+                for svc, ab in ctx.absent.items()
+                if ab
             },
         }
         try:

@@ -346,7 +346,9 @@ class Observations:
         top_cause = max(known, key=lambda c: c.probability).cause if known else None
         if top_cause is None and d.ml_advice.root_causes:
             top_cause = d.ml_advice.root_causes[0]
-        books = d.ml_advice.recommended_playbooks
+        # the ranker's own first choice when its advice was read, else the directive's first playbook
+        ranked = advice.ranked_playbooks if advice else []
+        books = [max(ranked, key=lambda p: p.score).name] if ranked else d.ml_advice.recommended_playbooks
         self.accuracy.directive(
             d.directive_id, d.service, top_cause=top_cause, top_playbook=books[0] if books else None
         )
