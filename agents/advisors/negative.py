@@ -15,8 +15,8 @@ positive features' business) and never below :data:`LR_FLOOR`, so one absent sym
 cause's odds at most tenfold; no telemetry is no evidence (LR 1). Deployment and config-change
 markers are never negative evidence: a flag can be flipped without any counter moving.
 
-Per cause the ratios combine as the rule reads: every ``all`` feature is needed, so the most
-clearly absent one counts (min); one ``any`` feature is enough, so all must be absent (max). A
+Per cause the ratios combine as the rule reads: every ``all`` (and ``expect``) feature is needed, so
+the most clearly absent one counts (min); one ``any`` feature is enough, so all must be absent (max). A
 feature is absent only if *every* signal that could show it is at baseline (max over signals).
 
 >>> from metaheal.events import HealthWindow, SignalStats
@@ -212,7 +212,9 @@ def feature_ratio(items: list[Absence]) -> float:
 
 def cause_ratio(rule: object, absent: dict[str, list[Absence]]) -> tuple[float, list[str]]:
     """(LR, what argued against) of one knowledge-map rule: min over ``all`` features, max over ``any``."""
-    all_ = list(getattr(rule, "all", []))
+    all_ = list(getattr(rule, "all", [])) + [
+        f for f in getattr(rule, "expect", []) if f not in getattr(rule, "all", [])
+    ]
     any_ = list(getattr(rule, "any", []))
     lr = 1.0
     why: list[str] = []
