@@ -15,7 +15,7 @@ restart keeps the bad flag; scaling does not bring evicted keys back).
 >>> scenario_faults("nope")
 Traceback (most recent call last):
 ...
-ValueError: scenario: unknown 'nope'; known: bad_deployment, cache_eviction_storm, ..., upstream_outage
+ValueError: scenario: unknown 'nope'; known: bad_deployment, bad_deployment_nohint, ..., upstream_outage
 """
 
 from __future__ import annotations
