@@ -14,6 +14,7 @@ with the demo operator key, and says so.
     python benchmarks/bench_faults.py [--faults db_slow_query,traffic_surge,...] [--warmup 30]
                                       [--timeout 120] [--seed 0] [--bootstrap HOST:PORT] [--workdir DIR] [-v]
                                       [--deny PLAYBOOK ...]   # e.g. --faults bad_deployment --deny rollback_flag
+                                      [--cycle-seconds 5 --window-seconds 10 --lateness-seconds 5]
 
 Times are seconds from the injection (the simulator's own "scenario injected" log line) to:
   anomaly   - the first crossed AnomalyScore on a service the fault affects (its target or
@@ -63,7 +64,16 @@ from metaheal.simulator.faults import scenario_faults
 from metaheal.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-FAULTS = ("db_slow_query", "traffic_surge", "bad_deployment", "cache_eviction_storm", "upstream_outage")
+FAULTS = (
+    "db_slow_query",
+    "traffic_surge",
+    "bad_deployment",
+    "cache_eviction_storm",
+    "upstream_outage",
+    # the same faults without the simulator's telemetry hints (no deployment counter, no cache hit metric)
+    "bad_deployment_nohint",
+    "cache_eviction_storm_nohint",
+)
 CLI = [sys.executable, "-c", "from metaheal.cli import main; main()"]
 #: the simulator with the demo's fleet tunings (metaheal.demo.run_demo)
 SIM_ARGS = [
@@ -96,11 +106,26 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
 
 
-def prepare(kafka: KafkaSettings, workdir: Path, deny: list[str]) -> tuple[Settings, Path, Path]:
-    """Fresh prefix, the demo's tuned settings, keys and the demo operator; returns settings, config, operator key."""
+def prepare(
+    kafka: KafkaSettings, workdir: Path, deny: list[str], timing: dict[str, float] | None = None
+) -> tuple[Settings, Path, Path]:
+    """Fresh prefix, the demo's tuned settings, keys and the demo operator; returns settings, config, operator key.
+
+    ``timing`` overrides the demo's cycle and window settings (``cycle_seconds``, ``window_seconds``,
+    ``allowed_lateness_seconds``): e.g. 5 s cycles with the default 10 s windows and 5 s lateness.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = demo_settings(Settings(kafka=kafka), workdir, prefix)
+    timing = timing or {}
+    if "cycle_seconds" in timing:
+        settings.cycle.cycle_seconds = timing["cycle_seconds"]
+    if "window_seconds" in timing:
+        settings.streams.window_seconds = timing["window_seconds"]
+    if "allowed_lateness_seconds" in timing:
+        settings.streams.allowed_lateness_seconds = timing["allowed_lateness_seconds"]
+    span = settings.streams.window_seconds + settings.streams.allowed_lateness_seconds
+    settings.cycle.evidence_window_seconds = max(settings.cycle.evidence_window_seconds, 2 * span)
     if deny:
         settings.executor.deny_playbooks = {"*": list(deny)}
     settings.playbooks = resolve_playbooks(ROOT / "playbooks").resolve()
@@ -155,9 +180,10 @@ async def run_fault(
     seed: int,
     verbose: bool,
     deny: list[str],
+    timing: dict[str, float] | None = None,
 ) -> FaultRun:
     run = FaultRun(fault)
-    settings, config, operator_key = await asyncio.to_thread(prepare, kafka, workdir, deny)
+    settings, config, operator_key = await asyncio.to_thread(prepare, kafka, workdir, deny, timing)
     log = open(workdir / "timeline.log", "w")  # noqa: SIM115 (closed below)
 
     def emit(line: str) -> None:
@@ -285,6 +311,17 @@ async def main_async(args: argparse.Namespace) -> int:
     print("the script plays the operator 'demo-operator' for approval requests (demo rule and demo key)")
     if args.deny:
         print(f"denied playbooks (executor.deny_playbooks['*']): {', '.join(args.deny)}")
+    timing = {
+        k: float(v)
+        for k, v in (
+            ("cycle_seconds", args.cycle_seconds),
+            ("window_seconds", args.window_seconds),
+            ("allowed_lateness_seconds", args.lateness_seconds),
+        )
+        if v is not None
+    }
+    if timing:
+        print("timing overrides: " + ", ".join(f"{k}={v:g}" for k, v in timing.items()))
     runs: list[FaultRun] = []
     try:
         for f in faults:
@@ -298,6 +335,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 verbose=args.verbose,
                 deny=args.deny,
+                timing=timing,
             )
             runs.append(r)
             verdict = r.problem or (
@@ -350,6 +388,9 @@ def main() -> None:
         metavar="PLAYBOOK",
         help="deny this playbook everywhere (executor.deny_playbooks): what happens without the right fix",
     )
+    p.add_argument("--cycle-seconds", type=float, default=None, help="meta loop cycle (demo: 8)")
+    p.add_argument("--window-seconds", type=float, default=None, help="health window (demo: 2, default: 10)")
+    p.add_argument("--lateness-seconds", type=float, default=None, help="allowed lateness (demo: 1, default: 5)")
     p.add_argument("-v", "--verbose", action="store_true", help="print the timeline as it happens")
     sys.exit(asyncio.run(main_async(p.parse_args())))
 

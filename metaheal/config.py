@@ -156,6 +156,13 @@ class StreamSettings(_Section):
     checkpoint_interval_seconds: float = Field(
         120.0, ge=0, description="wall time between two model checkpoints of a series (docs/scaling.md)"
     )
+    early_interval_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="event time between two provisional health windows of a service's open windows "
+        "(<prefix>health-early, read by the meta loop and advisors only); 0 = off",
+    )
+    early_min_samples: int = Field(3, ge=1, description="samples a series needs in an open window to be shown early")
     idle_close: bool = Field(
         False,
         description="close a service's open windows once it sent nothing for window + allowed lateness (wall time)",

@@ -29,6 +29,7 @@ class TopicDecl:
 TOPICS: tuple[TopicDecl, ...] = (
     TopicDecl("telemetry", 4, {}, "raw metrics from producers (Metric/MetricBatch, Avro or JSON)"),
     TopicDecl("health", 4, {}, "per-service tumbling health windows"),
+    TopicDecl("health-early", 4, {}, "provisional health windows of still-open windows (the decision path only)"),
     TopicDecl("anomalies", 4, {}, "anomaly scores and per-window series summaries"),
     TopicDecl("cycles", 1, {}, "CycleFocus decisions of the meta loop"),
     TopicDecl("advice", 1, {}, "MLAdvice keyed by cycle_id"),

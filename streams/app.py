@@ -93,7 +93,7 @@ class KafkaSink:
         }
         self._producer = Producer(settings.kafka, **overrides).raw
         self._errors: list[Any] = []
-        self._topics = {k: settings.topics.name(k) for k in ("health", "anomalies", "deadletter")}
+        self._topics = {k: settings.topics.name(k) for k in ("health", "health-early", "anomalies", "deadletter")}
         self._health = AvroSerializer(HealthWindow)
         self._anomaly = AvroSerializer(AnomalyScore)
         self._dead = AvroSerializer(DeadLetter)
@@ -115,6 +115,9 @@ class KafkaSink:
 
     def health(self, event: HealthWindow) -> None:
         self._produce(self._topics["health"], self._health(event), event.service)
+
+    def early(self, event: HealthWindow) -> None:
+        self._produce(self._topics["health-early"], self._health(event), event.service)
 
     def anomaly(self, event: AnomalyScore) -> None:
         # AnomalyScore has flat fields only: its __dict__ is what model_dump() returns

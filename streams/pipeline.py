@@ -63,6 +63,7 @@ def progress_key(partition: int) -> bytes:
 
 class Sink(Protocol):
     def health(self, event: HealthWindow) -> None: ...
+    def early(self, event: HealthWindow) -> None: ...
     def anomaly(self, event: AnomalyScore) -> None: ...
     def dead_letter(self, event: DeadLetter) -> None: ...
 
@@ -72,11 +73,15 @@ class ListSink:
     """Collects outputs in memory (tests, in-process tools)."""
 
     health_windows: list[HealthWindow] = field(default_factory=list)
+    early_windows: list[HealthWindow] = field(default_factory=list)
     anomaly_events: list[AnomalyScore] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
     def health(self, event: HealthWindow) -> None:
         self.health_windows.append(event)
+
+    def early(self, event: HealthWindow) -> None:
+        self.early_windows.append(event)
 
     def anomaly(self, event: AnomalyScore) -> None:
         self.anomaly_events.append(event)
@@ -133,6 +138,7 @@ class Pipeline:
         self._dirty: dict[str, int] = {}  # services whose state changed since the last flush
         self._progress: dict[int, int] = {}  # partition -> last offset processed since the last flush
         self._states: dict[str, ServiceState] = {}
+        self._early_at: dict[str, float] = {}  # service -> event time of its last provisional windows
         self._state_partition: dict[str, int] = {}
         self.stats = PipelineStats()
         self._late_ser = AvroSerializer(MetricBatch)
@@ -265,6 +271,26 @@ class Pipeline:
         if refused:
             self._refuse_series(record, st, refused)
         self._emit_closed(service, record.partition, closed)
+        self._emit_early(st)
+
+    def _emit_early(self, st: ServiceState) -> None:
+        """Provisional windows of a service's open windows, every ``early_interval_seconds`` of its event time.
+
+        A tumbling window is only published once event time passed its end plus the allowed lateness;
+        for a decision that is up to ``window + lateness`` seconds after a fault began. These show what
+        an open window holds so far (against the baselines of the closed ones, which they do not
+        change) on ``<prefix>health-early``: evidence for the meta loop and the advisors only, never
+        for verification; the closed window replaces them.
+        """
+        cfg = self.settings
+        early = getattr(self.sink, "early", None)
+        if cfg.early_interval_seconds <= 0 or early is None or not st.open:
+            return
+        if st.max_ts - self._early_at.get(st.service, -math.inf) < cfg.early_interval_seconds:
+            return
+        self._early_at[st.service] = st.max_ts
+        for hw in st.provisional(cfg.window_seconds, cfg.early_min_samples):
+            early(hw)
 
     def _emit_closed(
         self, service: str, partition: int, closed: list[tuple[HealthWindow, list[tuple[str, SeriesWindow]]]]

@@ -146,7 +146,19 @@ class ServiceState:
             self.closed_until = max(self.closed_until, start + window)
         return out
 
-    def _health(self, start: float, window: float, bucket: dict[str, SeriesWindow]) -> HealthWindow:
+    def provisional(self, window: float, min_samples: int = 1) -> list[HealthWindow]:
+        """Every open window as it stands now (series with at least ``min_samples`` values), against the
+        baselines as they are: nothing is closed and no baseline learns from a window still filling."""
+        out = []
+        for start in sorted(self.open):
+            bucket = {k: sw for k, sw in self.open[start].items() if len(sw.values) >= min_samples}
+            if bucket:
+                out.append(self._health(start, window, bucket, learn=False))
+        return out
+
+    def _health(
+        self, start: float, window: float, bucket: dict[str, SeriesWindow], *, learn: bool = True
+    ) -> HealthWindow:
         signals = []
         total = 0
         for series, sw in sorted(bucket.items()):
@@ -159,11 +171,12 @@ class ServiceState:
                 mean = float((vals / n).sum())
             p50, p95 = (float(x) for x in np.percentile(vals, [50, 95]))
             prev = self.baselines.get(series)
-            self.baselines[series] = (
-                (mean, p95)
-                if prev is None
-                else (prev[0] + BASELINE_ALPHA * (mean - prev[0]), prev[1] + BASELINE_ALPHA * (p95 - prev[1]))
-            )
+            if learn:
+                self.baselines[series] = (
+                    (mean, p95)
+                    if prev is None
+                    else (prev[0] + BASELINE_ALPHA * (mean - prev[0]), prev[1] + BASELINE_ALPHA * (p95 - prev[1]))
+                )
             signals.append(
                 SignalStats(
                     signal=sw.signal or UNMAPPED,

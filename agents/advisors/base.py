@@ -118,6 +118,8 @@ class CycleContext:
     features: dict[str, dict[str, float]] = field(default_factory=dict)
     candidates: list[RootCauseCandidate] = field(default_factory=list)
     primary_service: str | None = None
+    #: service -> feature -> signals at baseline arguing against it (``negative.Absence``), set by root_cause
+    absent: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     #: service -> when the last outcome on it or on a service it calls or is called by arrived: a change
     #: (deployment, flag) from before it was already there when that remediation was verified
     changed_at: dict[str, float] = field(default_factory=dict)

@@ -6,7 +6,9 @@ Each cause is a rule over the symptom features of one service (feature values ar
 * ``all``: every one must be present (the rule's strength is the weakest of them);
 * ``any``: at least one must be present (the strongest counts);
 * ``boost``: optional corroboration (raises the match from 0.8 towards 1.0);
-* ``none``: features that explain the symptoms better elsewhere (they dampen the match).
+* ``none``: features that explain the symptoms better elsewhere (they dampen the match);
+* ``expect``: features the cause produces whenever telemetry can show them; they do not raise the
+  match, but found at baseline they argue against the cause (``negative``).
 
 Matches become probabilities by normalising against an explicit ``unknown`` weight,
 so a pattern that matches nothing leaves most of the mass on ``unknown`` instead
@@ -48,6 +50,7 @@ class Rule(BaseModel):
     any: list[str] = Field(default_factory=list)
     boost: list[str] = Field(default_factory=list)
     none: list[str] = Field(default_factory=list)
+    expect: list[str] = Field(default_factory=list)
 
     def match(self, f: dict[str, float]) -> float:
         """0..1: how well the features fit this rule."""
@@ -110,7 +113,7 @@ class KnowledgeMap(BaseModel):
         rule = self.causes.get(cause)
         if rule is None:
             return []
-        keys = [*rule.all, *rule.any, *rule.boost]
+        keys = list(dict.fromkeys([*rule.all, *rule.any, *rule.boost]))
         return [f"{k}={features[k]:.2f}" for k in keys if features.get(k, 0.0) > 0]
 
 
@@ -123,8 +126,15 @@ DEFAULT_MAP = {
             "boost": ["slow_query"],
             "none": ["cache_hit_down", "dep_load_up"],
         },
-        # the misses land on the database: its load and latency rising corroborate them
-        "cache_miss_rate_high": {"all": ["latency_up", "cache_hit_down"], "boost": ["dep_load_up", "db_latency_up"]},
+        # the misses land on the database: its load and latency rising corroborate them; without a hit-rate
+        # metric, a dependency loaded beyond this service's own traffic is what shows them (a hit rate at its
+        # baseline still argues against them)
+        "cache_miss_rate_high": {
+            "all": ["latency_up"],
+            "any": ["cache_hit_down", "dep_load_up"],
+            "boost": ["dep_load_up", "db_latency_up"],
+            "expect": ["cache_hit_down"],
+        },
         "cpu_saturation": {"all": ["latency_up", "cpu_up"], "boost": ["saturation_up"], "none": ["traffic_up"]},
         "traffic_surge": {"all": ["traffic_up", "saturation_up"], "boost": ["latency_up"]},
         "bad_deployment": {"all": ["errors_up"], "any": ["deploy_recent", "config_change_recent"]},

@@ -55,8 +55,9 @@ from metaheal.agents.advisors.base import (
     clamp01,
 )
 from metaheal.agents.advisors.knowledge_map import KnowledgeMap
+from metaheal.agents.advisors.negative import Absence, absences, cause_ratio
 from metaheal.agents.common.baselines import LOAD_AMPLIFICATION
-from metaheal.events import RootCauseCandidate
+from metaheal.events import HealthWindow, RootCauseCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ DEPLOY = re.compile(r"deploy|release|rollout", re.IGNORECASE)
 UPSTREAM = "upstream_outage"
 #: Nats by which a pattern must out-fit the average learned cause before "unknown" gives way.
 UNKNOWN_MARGIN = 2.0
+#: feature -> the signals at baseline that argue against it (``negative.absences``), per service
+Absent = dict[str, list[Absence]]
 
 
 def _put(f: dict[str, float], key: str, value: float) -> None:
@@ -182,7 +185,26 @@ class RootCauseSuggester(Advisor):
     def learned_weight(self) -> float:
         return self.learned / (self.learned + self.halfway)
 
-    def distribution(self, features: dict[str, float]) -> dict[str, float]:
+    def distribution(self, features: dict[str, float], absent: Absent | None = None) -> dict[str, float]:
+        """P(cause | features, absent symptoms): :meth:`positive`, each map cause weighed down by the
+        likelihood ratio of its expected symptoms sitting at baseline (:mod:`.negative`), renormalised."""
+        dist = self.positive(features)
+        if not absent:
+            return dist
+        ratios = {c: cause_ratio(rule, absent)[0] for c, rule in self.km.causes.items()}
+        weighed = {c: p * ratios.get(c, 1.0) for c, p in dist.items()}
+        total = sum(weighed.values())
+        return {c: v / total for c, v in weighed.items()} if total > 0 else dist
+
+    def against(self, cause: str, absent: Absent | None) -> list[str]:
+        """What argued against ``cause``: its expected symptoms found at baseline."""
+        rule = self.km.causes.get(cause)
+        if rule is None or not absent:
+            return []
+        lr, why = cause_ratio(rule, absent)
+        return [f"against: {w}" for w in why] if lr < 1.0 else []
+
+    def positive(self, features: dict[str, float]) -> dict[str, float]:
         """P(cause | features) over the map's causes, learned causes and ``unknown``.
 
         A geometric blend: ``(1 - w) * log P_map(cause | f) + w * log-likelihood ratio``,
@@ -249,20 +271,35 @@ class RootCauseSuggester(Advisor):
                 load[target] = load.get(target, 0.0) + s.strength
         return max(load, key=lambda k: (load[k], k)) if load else None
 
+    def absences_for(self, services: Iterable[str], health: list[HealthWindow]) -> dict[str, Absent]:
+        """Per service in scope (the services and what they depend on): the features shown absent."""
+        scope: set[str] = set()
+        for s in services:
+            scope |= {s} | closure(self.graph, s)
+        return {s: absences(health, s, closure(self.graph, s)) for s in sorted(scope)}
+
     def _service_candidates(
-        self, service: str, symptoms: list[Symptom], feats: dict[str, dict[str, float]]
+        self,
+        service: str,
+        symptoms: list[Symptom],
+        feats: dict[str, dict[str, float]],
+        absent: dict[str, Absent] | None = None,
     ) -> list[RootCauseCandidate]:
         f = feats.get(service) or symptom_features(symptoms, service, closure(self.graph, service))
-        dist = self.distribution(f)
+        ab = (absent or {}).get(service)
+        dist = self.distribution(f, ab)
         out: list[RootCauseCandidate] = []
         dep = self._worst_dependency(service, symptoms) if dist.get(UPSTREAM, 0.0) > 0.05 else None
         for cause, p in dist.items():
             if cause == UPSTREAM and dep is not None:
-                out.extend(self._upstream(service, dep, p, symptoms, feats, f))
+                out.extend(self._upstream(service, dep, p, symptoms, feats, f, absent))
                 continue
             out.append(
                 RootCauseCandidate(
-                    cause=cause, probability=clamp01(p), service=service, evidence=self.km.explain(cause, f)
+                    cause=cause,
+                    probability=clamp01(p),
+                    service=service,
+                    evidence=[*self.km.explain(cause, f), *self.against(cause, ab)],
                 )
             )
         return out
@@ -275,6 +312,7 @@ class RootCauseSuggester(Advisor):
         symptoms: list[Symptom],
         feats: dict[str, dict[str, float]],
         f: dict[str, float],
+        absent: dict[str, Absent] | None = None,
     ) -> list[RootCauseCandidate]:
         """``upstream_outage`` for the caller, refined by what is wrong *on* the dependency.
 
@@ -285,12 +323,17 @@ class RootCauseSuggester(Advisor):
         they are not disjoint from it.
         """
         dep_f = feats.get(dep) or symptom_features(symptoms, dep, closure(self.graph, dep))
-        dep_dist = self.distribution(dep_f) if dep_f else {UNKNOWN: 1.0}
+        dep_ab = (absent or {}).get(dep)
+        dep_dist = self.distribution(dep_f, dep_ab) if dep_f else {UNKNOWN: 1.0}
         located = sorted(
             ((c, p) for c, p in dep_dist.items() if c not in (UNKNOWN, UPSTREAM) and p * mass > 0.01),
             key=lambda cp: -cp[1],
         )
-        why = [f"{service} depends on {dep}", *self.km.explain(UPSTREAM, f)]
+        why = [
+            f"{service} depends on {dep}",
+            *self.km.explain(UPSTREAM, f),
+            *self.against(UPSTREAM, (absent or {}).get(service)),
+        ]
         why += [f"{dep}: {c} p={p:.2f}" for c, p in located[:3]]
         out = [RootCauseCandidate(cause=UPSTREAM, probability=clamp01(mass), service=service, evidence=why)]
         for cause, p in located:
@@ -299,15 +342,24 @@ class RootCauseSuggester(Advisor):
                     cause=cause,
                     probability=clamp01(mass * p),
                     service=dep,
-                    evidence=[f"explains {service} via upstream_outage", *self.km.explain(cause, dep_f)],
+                    evidence=[
+                        f"explains {service} via upstream_outage",
+                        *self.km.explain(cause, dep_f),
+                        *self.against(cause, dep_ab),
+                    ],
                 )
             )
         return out
 
     def candidates_for(
-        self, services: list[str], symptoms: list[Symptom], feats: dict[str, dict[str, float]] | None = None
+        self,
+        services: list[str],
+        symptoms: list[Symptom],
+        feats: dict[str, dict[str, float]] | None = None,
+        absent: dict[str, Absent] | None = None,
     ) -> list[RootCauseCandidate]:
-        """Ranked candidates over the focus services, weighted by how sick each one is."""
+        """Ranked candidates over the focus services, weighted by how sick each one is (``absent``: the
+        symptoms shown at baseline per service, :meth:`absences_for`)."""
         feats = feats if feats is not None else self.features_for(services, symptoms)
         if not services:
             return [RootCauseCandidate(cause=UNKNOWN, probability=1.0, evidence=["no target services"])]
@@ -315,7 +367,7 @@ class RootCauseSuggester(Advisor):
         total = sum(sick.values())
         merged: dict[tuple[str, str | None], RootCauseCandidate] = {}
         for s in services:
-            for c in self._service_candidates(s, symptoms, feats):
+            for c in self._service_candidates(s, symptoms, feats, absent):
                 key = (c.cause, c.service if c.cause != UNKNOWN else None)
                 p = c.probability * sick[s] / total
                 if key in merged:
@@ -338,7 +390,8 @@ class RootCauseSuggester(Advisor):
 
     def advise(self, ctx: CycleContext) -> AdvisorOutput:
         ctx.features = self.features_for(ctx.services, ctx.symptoms)
-        cands = self.candidates_for(ctx.services, ctx.symptoms, ctx.features)
+        ctx.absent = self.absences_for(ctx.services, ctx.health)
+        cands = self.candidates_for(ctx.services, ctx.symptoms, ctx.features, ctx.absent)
         ctx.candidates = [c for c in cands if c.probability >= 0.01 or c.cause == UNKNOWN][:10]
         top = ctx.candidates[0]
         out = AdvisorOutput(candidates=ctx.candidates)

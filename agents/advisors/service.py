@@ -76,6 +76,8 @@ MAX_CYCLES = 2000
 MAX_EVENTS_PER_SERVICE = 5000
 #: How long an outcome seen on the topic may wait for its signed ledger entry before it is dropped.
 OUTCOME_WAIT_SECONDS = 30.0
+#: signals recorded per absent feature in the signed advice (``negative_evidence``)
+MAX_AGAINST = 5
 
 
 class AdviceProducer:
@@ -197,6 +199,8 @@ class AdvisorService:
         self._cycle_features: OrderedDict[str, dict[str, dict[str, float]]] = OrderedDict()
         self._anomalies: dict[str, deque[AnomalyScore]] = {}
         self._health: dict[str, deque[HealthWindow]] = {}
+        #: (service, window_start) -> the latest provisional window of a window not closed yet
+        self._early: OrderedDict[tuple[str, float], HealthWindow] = OrderedDict()
         self._pending_outcomes: list[tuple[SignedOutcome, float]] = []
         self._outcome_ts: dict[str, float] = {}  # service -> latest outcome's ts (every outcome read, old ones too)
         self._reference: Reference = {}  # per signal: the baseline of its last healthy window (as the meta loop)
@@ -209,6 +213,7 @@ class AdvisorService:
             "cycles": t("cycles"),
             "anomalies": t("anomalies"),
             "health": t("health"),
+            "health-early": t("health-early"),
             "outcomes": t("outcomes"),
         }
 
@@ -344,9 +349,15 @@ class AdvisorService:
             for w in self._health.get(s, ())
             if lo <= w.window_end <= hi and w.window_start >= since[s]
         ]
+        closed = {(w.service, w.window_start) for w in health}
+        health += [  # windows still open: what they hold so far, unless the closed one is here
+            w
+            for (s, start), w in self._early.items()
+            if s in scope and (s, start) not in closed and lo <= w.window_end <= hi and start >= since[s]
+        ]
         return CycleContext(focus=focus, services=services, anomalies=anomalies, health=health, changed_at=since)
 
-    def observe(self, event: AnomalyScore | HealthWindow) -> None:
+    def observe(self, event: AnomalyScore | HealthWindow, *, early: bool = False) -> None:
         """Buffer one piece of evidence (what the loop does with every anomaly and health window).
 
         Health windows are judged against the baseline of their signal's last healthy window, as
@@ -354,7 +365,17 @@ class AdvisorService:
         windows, and a cycle decided on that fault would get advice that no longer sees it.
         """
         if isinstance(event, HealthWindow):
-            event = against_reference(self._reference, event, self.settings.streams.window_seconds)
+            window = self.settings.streams.window_seconds
+            if early:  # judged like the others, but a window still filling never becomes a reference
+                self._early[(event.service, event.window_start)] = against_reference(
+                    dict(self._reference), event, window
+                )
+                self._early.move_to_end((event.service, event.window_start))
+                while len(self._early) > MAX_EVENTS_PER_SERVICE:
+                    self._early.popitem(last=False)
+                return
+            event = against_reference(self._reference, event, window)
+            self._early.pop((event.service, event.window_start), None)
             self._buffer(self._health, event.service, event)
         else:
             self._buffer(self._anomalies, event.service, event)
@@ -417,6 +438,12 @@ class AdvisorService:
             "primary_service": ctx.primary_service,
             "diagnosis": ctx.diagnosis,
             "features": ctx.features,
+            # per service: the expected symptoms found at baseline, with the numbers (what argued against causes)
+            "negative_evidence": {
+                svc: {f: [a.record() for a in items[:MAX_AGAINST]] for f, items in ab.items()}
+                for svc, ab in ctx.absent.items()
+                if ab
+            },
         }
         try:
             await self.log.append(
@@ -457,6 +484,8 @@ class AdvisorService:
                 self._buffer(self._anomalies, a.service, a)
             elif topic == self.topics["health"]:
                 self.observe(self._de_health(value))
+            elif topic == self.topics["health-early"]:
+                self.observe(self._de_health(value), early=True)
             elif topic == self.topics["outcomes"]:
                 o = self._de_outcome(value)
                 self.observe_outcome(o)

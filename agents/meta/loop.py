@@ -106,6 +106,7 @@ class MetaLoop:
         )
         self.ids = CycleIds()
         self.playbooks, self.priors, self.fixes = focus_playbooks(settings)
+        self.obs.fixes = dict(self.fixes)
         self._ledger = ledger
         self._owns_ledger = ledger is None
         self._leading = False
@@ -256,6 +257,18 @@ class MetaLoop:
             raise LedgerFailed(f"ledger append of {action} failed: {exc}") from exc
 
     async def _ledger_insights(self) -> None:
+        self.obs.judge_advice(self.clock())
+        while self.obs.weight_updates:
+            update = self.obs.weight_updates[0]
+            if update.outcome_id not in self.obs.weights_in_ledger:
+                cycle = self.obs.last_cycle.cycle_id if self.obs.last_cycle else "none"
+                try:
+                    await self._append("learning_update", "advice_weights", update.payload(), cycle)
+                except LedgerFailed:
+                    return  # retried on the next pass
+                self.obs.weights_in_ledger.add(update.outcome_id)
+                logger.info("meta_loop learning_update advice_weights %s", update.sentence)
+            self.obs.weight_updates.popleft()
         while self._unledgered:
             insight = self._unledgered[0]
             if insight.outcome_id in self.obs.learned_in_ledger:
@@ -402,9 +415,11 @@ class MetaLoop:
         self, service: str, cf: CycleFocus, decision: FocusDecision, advice: MLAdvice | None
     ) -> tuple[float, DirectiveAdvice, str]:
         ml = self.settings.ml
+        # configured weights, moved by each advisor's record against verified outcomes (advice_accuracy)
+        weight = self.obs.accuracy.weights(cf.ts)
         # the service's own evidence, not the cycle's best (a target may be weaker than the strongest one)
         anomaly = round(min(1.0, decision.service_confidence.get(service, cf.confidence)), 4)
-        rc_weight = ml.ml_root_cause_weight
+        rc_weight = weight["root_cause"]
         if advice is None:
             # without advice the playbook term is what we learned about our own first choice
             books = list(cf.playbook_priorities)
@@ -429,8 +444,8 @@ class MetaLoop:
                 if p.confidence >= ml.ml_min_confidence
             ]
             pb = self._playbook_term(advice, books or list(cf.playbook_priorities))
-        total = ml.ml_anomaly_weight + rc_weight + ml.ml_playbook_weight
-        combined = round((ml.ml_anomaly_weight * anomaly + rc_weight * rc + ml.ml_playbook_weight * pb) / total, 4)
+        total = weight["anomaly"] + rc_weight + weight["playbook"]
+        combined = round((weight["anomaly"] * anomaly + rc_weight * rc + weight["playbook"] * pb) / total, 4)
         if advice is None:
             note = (
                 f"No ML advice for {cf.cycle_id} within {self.cfg.advice_wait_seconds:g}s: proceeding on focus "
@@ -457,6 +472,7 @@ class MetaLoop:
                 f"ML advice combined: anomaly {anomaly:.2f}, root cause {rc:.2f}, playbook {pb:.2f} -> {combined:.2f}"
             )
         scores = {"anomaly": anomaly, "root_cause": rc, "playbook": pb, "combined": combined}
+        scores |= {f"weight.{k}": v for k, v in weight.items()}
         if advice is not None:
             scores |= {f"advisor.{k}": v for k, v in advice.confidence_scores.items()}
         return (

@@ -15,6 +15,7 @@ from typing import Any
 
 from metaheal.agents.common.baselines import against_reference
 from metaheal.agents.common.graph import ServiceGraph, related
+from metaheal.agents.meta.advice_accuracy import AdviceAccuracy, WeightUpdate
 from metaheal.agents.meta.focus import Evidence, TrustViolation
 from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.config import Settings
@@ -45,6 +46,7 @@ ACTOR = "meta_loop"
 #: input topics (short names) and what they carry
 INPUTS: dict[str, tuple[type[Event], ...]] = {
     "health": (HealthWindow,),
+    "health-early": (HealthWindow,),  # provisional windows of still-open windows (streams early_interval_seconds)
     "anomalies": (AnomalyScore,),
     "outcomes": (SignedOutcome,),
     "approvals": (ApprovalRequest, ApprovalDecision),
@@ -112,6 +114,19 @@ class Observations:
         self.cycle_ids: deque[str] = deque(maxlen=MAX_REMEMBERED)
         self.learned_in_ledger: set[str] = set()
         self.last_cycle: CycleFocus | None = None
+        #: signals whose newest window in ``health`` is a provisional one (``<prefix>health-early``)
+        self.early_keys: set[tuple[str, str, str, str]] = set()
+        ml = settings.ml
+        #: each advisor's record against verified outcomes, and the combination weights it earns
+        self.accuracy = AdviceAccuracy(
+            {"anomaly": ml.ml_anomaly_weight, "root_cause": ml.ml_root_cause_weight, "playbook": ml.ml_playbook_weight},
+            half_life=settings.cycle.learning_half_life_seconds,
+        )
+        self.fixes: dict[str, frozenset[str]] = {}  # playbook -> the causes it declares it fixes (set by the loop)
+        self.directives: dict[str, Directive] = {}
+        self.weight_updates: deque[WeightUpdate] = deque(maxlen=1000)  # not yet in the ledger
+        self.weights_in_ledger: set[str] = set()  # outcome ids whose weight update the ledger holds
+        self._to_judge: deque[SignedOutcome] = deque(maxlen=1000)  # outcomes whose advice is not judged yet
 
     @property
     def dependencies(self) -> dict[str, list[str]]:
@@ -194,9 +209,26 @@ class Observations:
         trigger: str | None = None
         insight: Insight | None = None
         if isinstance(event, HealthWindow):
-            event = self._against_reference(event)
+            early = short == "health-early"
+            # a provisional window is judged against the reference but never becomes one (it is still filling)
+            event = (
+                against_reference(dict(self.reference), event, self.window) if early else self._against_reference(event)
+            )
             for s in event.signals:
-                self.health[(event.service, s.signal, s.metric, s.dependency or "")] = event
+                key = (event.service, s.signal, s.metric, s.dependency or "")
+                held = self.health.get(key)
+                # the newest window per signal; a closed window replaces the provisional one of the same start,
+                # never a newer one (a window closes only after the lateness, when the next one is shown early)
+                if (
+                    held is None
+                    or held.window_start < event.window_start
+                    or (held.window_start == event.window_start and (not early or key in self.early_keys))
+                ):
+                    self.health[key] = event
+                    if early:
+                        self.early_keys.add(key)
+                    else:
+                        self.early_keys.discard(key)
         elif isinstance(event, AnomalyScore):
             self.anomalies.append(event)
             if event.score >= self.strong and event.ts >= now - self.window:
@@ -234,6 +266,7 @@ class Observations:
                     event.ts + min(budget, OPEN_WORK_MAX_SECONDS),
                 )
         elif isinstance(event, Directive):
+            _bounded_put(self.directives, event.directive_id, event)
             self._directive(
                 event.directive_id, event.cycle_id, event.service, event.focus_area, event.ts, event.time_budget_seconds
             )
@@ -282,7 +315,55 @@ class Observations:
                 now,
             )
         focus = self.directive_focus.get(o.directive_id) or self.cycle_focus.get(o.cycle_id)
+        self._to_judge.append(o)
         return self.learner.observe(o, focus, now), trigger
+
+    def judge_advice(self, now: float) -> None:
+        """Score the advice behind each outcome read since the last call, once its directive is known.
+
+        Called by the loop once it has caught up with its topics, so a replay after a restart (topics
+        read in any interleaving) judges exactly what the live run judged: the directive and the advice
+        it was issued on are read by then. An outcome whose directive never shows up (an hour) is dropped.
+        """
+        waiting: deque[SignedOutcome] = deque(maxlen=self._to_judge.maxlen)
+        while self._to_judge:
+            o = self._to_judge.popleft()
+            if o.directive_id in self.directives:
+                self._judge_advice(o, now)
+            elif now - o.ts < OPEN_WORK_MAX_SECONDS:
+                waiting.append(o)
+        self._to_judge = waiting
+
+    def _judge_advice(self, o: SignedOutcome, now: float) -> None:
+        """Score the advice behind the outcome's directive (:mod:`~metaheal.agents.meta.advice_accuracy`)."""
+        d = self.directives[o.directive_id]
+        advice = self.advice.get(d.cycle_id)
+        known = [
+            c
+            for c in (advice.root_cause_candidates if advice else [])
+            if c.service in (None, d.service) and c.cause != "unknown"
+        ]
+        top_cause = max(known, key=lambda c: c.probability).cause if known else None
+        if top_cause is None and d.ml_advice.root_causes:
+            top_cause = d.ml_advice.root_causes[0]
+        # the ranker's own first choice when its advice was read, else the directive's first playbook
+        ranked = advice.ranked_playbooks if advice else []
+        books = [max(ranked, key=lambda p: p.score).name] if ranked else d.ml_advice.recommended_playbooks
+        self.accuracy.directive(
+            d.directive_id, d.service, top_cause=top_cause, top_playbook=books[0] if books else None
+        )
+        update = self.accuracy.observe(
+            o.outcome_id,
+            o.directive_id,
+            o.playbook,
+            o.result,
+            ts=o.ts,
+            fixes=self.fixes,
+            now=now,
+            verification_passed=o.verification_passed,
+        )
+        if update is not None:
+            self.weight_updates.append(update)
 
     def _violation(self, key: str, v: TrustViolation, now: float) -> str | None:
         new = key not in self.violations
@@ -308,7 +389,9 @@ class Observations:
             )
             ts = _iso_ts(e.timestamp) or now
             return self._violation(key, TrustViolation(service, "ledger", detail, ts), now)
-        if e.action == "learning_update" and e.actor == ACTOR and payload.get("outcome_id"):
+        if e.action == "learning_update" and e.actor == ACTOR and payload.get("kind") == "advice_weights":
+            self.weights_in_ledger.add(str(payload.get("for_outcome")))
+        elif e.action == "learning_update" and e.actor == ACTOR and payload.get("outcome_id"):
             # recorded by us or a previous leader: a restart or takeover must not record it again
             self.learned_in_ledger.add(str(payload["outcome_id"]))
         if e.action == "directive_issued" and e.actor == ACTOR:

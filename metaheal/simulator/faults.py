@@ -15,7 +15,7 @@ restart keeps the bad flag; scaling does not bring evicted keys back).
 >>> scenario_faults("nope")
 Traceback (most recent call last):
 ...
-ValueError: scenario: unknown 'nope'; known: bad_deployment, cache_eviction_storm, ..., upstream_outage
+ValueError: scenario: unknown 'nope'; known: bad_deployment, bad_deployment_nohint, ..., upstream_outage
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ class Fault:
     #: playbooks that neutralise the fault fully; for documentation and the demo's checks
     fixed_by: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, target: str | None = None) -> None:
+    def __init__(self, target: str | None = None, hide: tuple[str, ...] | list[str] = ()) -> None:
         self.target = target or self.default_target
         self.started_at: float | None = None
+        #: metrics the target never publishes in this scenario (a fleet without the hint this fault leaves)
+        self.hide = tuple(hide)
 
     def on_inject(self, fleet: Fleet, now: float) -> None:
         """One-off effects at injection time (a deployment, an eviction)."""
@@ -60,8 +62,14 @@ class TrafficSurge(Fault):
     default_target = "web"
     fixed_by = ("scale_up_instances",)
 
-    def __init__(self, target: str | None = None, factor: float = 1.9, ramp_seconds: float = 0.0) -> None:
-        super().__init__(target)
+    def __init__(
+        self,
+        target: str | None = None,
+        factor: float = 1.9,
+        ramp_seconds: float = 0.0,
+        hide: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        super().__init__(target, hide)
         self.factor = factor
         self.ramp_seconds = ramp_seconds
 
@@ -81,8 +89,14 @@ class InstanceSlowdown(Fault):
     default_target = "api_cluster"
     fixed_by = ("scale_up_instances",)
 
-    def __init__(self, target: str | None = None, capacity: float = 0.6, ramp_seconds: float = 0.0) -> None:
-        super().__init__(target)
+    def __init__(
+        self,
+        target: str | None = None,
+        capacity: float = 0.6,
+        ramp_seconds: float = 0.0,
+        hide: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        super().__init__(target, hide)
         if not 0 < capacity <= 1:
             raise ValueError(f"capacity: must be in (0, 1], got {capacity}")
         self.capacity = capacity
@@ -104,8 +118,8 @@ class DbSlowQuery(Fault):
     default_target = "db"
     fixed_by = ("failover_dependency",)
 
-    def __init__(self, target: str | None = None, factor: float = 6.0) -> None:
-        super().__init__(target)
+    def __init__(self, target: str | None = None, factor: float = 6.0, hide: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(target, hide)
         self.factor = factor
 
     def apply(self, fx: Effects, fleet: Fleet, now: float) -> None:
@@ -134,9 +148,14 @@ class BadDeployment(Fault):
     fixed_by = ("rollback_flag",)
 
     def __init__(
-        self, target: str | None = None, flag: str = "checkout_v2", version: str = "v2.4.1", error_rate: float = 0.18
+        self,
+        target: str | None = None,
+        flag: str = "checkout_v2",
+        version: str = "v2.4.1",
+        error_rate: float = 0.18,
+        hide: tuple[str, ...] | list[str] = (),
     ) -> None:
-        super().__init__(target)
+        super().__init__(target, hide)
         self.flag = flag
         self.version = version
         self.error_rate = error_rate
@@ -160,8 +179,8 @@ class CacheEvictionStorm(Fault):
     default_target = "api_cluster"
     fixed_by = ("warm_cache",)
 
-    def __init__(self, target: str | None = None, depth: float = 0.6) -> None:
-        super().__init__(target)
+    def __init__(self, target: str | None = None, depth: float = 0.6, hide: tuple[str, ...] | list[str] = ()) -> None:
+        super().__init__(target, hide)
         self.depth = depth
 
     def on_inject(self, fleet: Fleet, now: float) -> None:
@@ -183,8 +202,14 @@ class UpstreamOutage(Fault):
     default_target = "payments"
     fixed_by = ("failover_dependency",)
 
-    def __init__(self, target: str | None = None, error_rate: float = 0.6, latency_factor: float = 5.0) -> None:
-        super().__init__(target)
+    def __init__(
+        self,
+        target: str | None = None,
+        error_rate: float = 0.6,
+        latency_factor: float = 5.0,
+        hide: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        super().__init__(target, hide)
         self.error_rate = error_rate
         self.latency_factor = latency_factor
 
@@ -213,8 +238,10 @@ class MetricsAgentCrash(Fault):
     name = "metrics_agent_crash"
     default_target = "api_cluster"
 
-    def __init__(self, target: str | None = None, down_seconds: float = 240.0) -> None:
-        super().__init__(target)
+    def __init__(
+        self, target: str | None = None, down_seconds: float = 240.0, hide: tuple[str, ...] | list[str] = ()
+    ) -> None:
+        super().__init__(target, hide)
         self.down_seconds = down_seconds
 
     def silent_at(self, fleet: Any, now: float) -> bool:
@@ -250,6 +277,10 @@ SCENARIOS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     # inconclusive, the change stays, and an operator is asked to keep or roll it back
     "evidence_vanishes": [("bad_deployment", {}), ("metrics_agent_crash", {})],
     "quiet": [],
+    # the same faults on a fleet without the telemetry hints the simulator otherwise gives: a bad flag with
+    # no deployment counter, a cache storm with no cache hit metric
+    "bad_deployment_nohint": [("bad_deployment", {"hide": ["deployments", "deployment_age_s"]})],
+    "cache_eviction_storm_nohint": [("cache_eviction_storm", {"hide": ["cache_hit_rate"]})],
 }
 
 

@@ -244,6 +244,8 @@ class Fleet:
         self.switch_seconds = switch_seconds
         self.cache_recovery_seconds = cache_recovery_seconds
         self.faults: list[Fault] = []
+        #: service -> metrics it never publishes (a fleet without the telemetry hint a fault would leave)
+        self.hidden: dict[str, set[str]] = {}
         self.epoch = clock()
         self._rng = np.random.default_rng(seed)
         self._entry = self._entry_service()
@@ -600,7 +602,8 @@ class Fleet:
         out: dict[str, list[Metric]] = {}
         for name, v in views.items():
             if name not in silent:
-                out[name] = self._metrics(name, v, t)
+                hidden = self.hidden.get(name, set())
+                out[name] = [x for x in self._metrics(name, v, t) if x.metric not in hidden]
         return out
 
     def _noisy(self, x: float) -> float:

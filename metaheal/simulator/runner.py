@@ -57,7 +57,9 @@ class Simulator:
         self.interval = interval
         self.pending_scenario = scenario
         if scenario is not None:
-            scenario_faults(scenario)  # unknown name: error now, not in the middle of the run
+            for f in scenario_faults(scenario):  # unknown name: error now, not in the middle of the run
+                if f.hide:  # telemetry this fleet does not have, from the start
+                    self.fleet.hidden.setdefault(f.target, set()).update(f.hide)
         self.at = at
         self.duration = duration
         self.admin = AdminServers(self.fleet, host)

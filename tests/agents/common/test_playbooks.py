@@ -36,7 +36,7 @@ def test_default_set_is_complete_and_matches_the_design():
     assert applies["scale_up_instances"][0] == {"latency_drift", "capacity_strain"}
     assert {"cpu_saturation", "database_slow_query", "traffic_surge"} <= applies["scale_up_instances"][1]
     assert applies["warm_cache"] == (
-        {"latency_drift", "dependency_health"},
+        {"latency_drift", "dependency_health", "error_spike"},  # an eviction storm's misses fail the database
         {"cache_miss_rate_high", "database_slow_query"},
     )
     assert applies["restart_service"] == ({"error_spike", "latency_drift"}, {"memory_leak", "unknown"})
