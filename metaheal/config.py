@@ -296,6 +296,7 @@ class ExecutorSettings(_Section):
                 if not _HOSTNAME.fullmatch(h):
                     raise ValueError(f"[{i}] {h!r} is neither a host name nor an IP address/CIDR") from None
         return v
+
     symptom_tolerance: float = Field(
         1.0,
         ge=0,

@@ -300,7 +300,8 @@ async def test_a_restart_in_the_middle_of_an_incident_keeps_its_memory(faulty):
 @pytest.mark.parametrize("faulty", [BAD_FLAG], indirect=True)
 async def test_when_every_applicable_playbook_failed_the_incident_asks_a_human_instead_of_denying(faulty):
     settings, svc, _ = faulty
-    settings.executor.deny_playbooks = {"*": ["restart_service", "rollback_flag"]}  # failover is all that is left
+    # failover is all that is left (warm_cache applies to error spikes too)
+    settings.executor.deny_playbooks = {"*": ["restart_service", "rollback_flag", "warm_cache"]}
     ex = Executor(settings)
     await ex.start()
     try:
