@@ -55,6 +55,7 @@ from metaheal.kafka.serializers import (
 )
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import SELF_HEAL, SUBSYSTEM
+from metaheal.ledger.signing import RecordSigner
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class MetaLoop:
         self._ser_cycle = AvroSerializer(CycleFocus)
         self._ser_directive = AvroSerializer(Directive)
         self._ser_probe = AvroSerializer(ProbeCommand)
+        self._signer = RecordSigner(settings.keys, ACTOR)
+        self._violations_logged: dict[tuple[str, str], float] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class MetaLoop:
             while not stop.is_set():
                 await self._pump(0.2)
                 if self._leading and self._inputs.caught_up:
+                    await self._ledger_refused()
                     await self._ledger_insights()
                     trigger = self._due(self.clock())
                     if trigger is not None:
@@ -255,6 +259,28 @@ class MetaLoop:
             )
             raise LedgerFailed(f"ledger append of {action} failed: {exc}") from exc
 
+    async def _ledger_refused(self) -> None:
+        """A ``trust_violation`` entry for records refused while following (one per type and reason a minute)."""
+        while self._inputs.refused:
+            record_type, dl, exc = self._inputs.refused.popleft()
+            key = (record_type, exc.reason)
+            now = self.clock()
+            if now - self._violations_logged.get(key, float("-inf")) < 60.0:
+                continue
+            self._violations_logged[key] = now
+            payload = {
+                "record_type": record_type,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "topic": dl.source_topic,
+                "partition": dl.partition,
+                "offset": dl.offset,
+            }
+            try:
+                await self._append("trust_violation", f"records:{record_type}", payload, "none", result="refused")
+            except LedgerFailed:
+                return
+
     async def _ledger_insights(self) -> None:
         while self._unledgered:
             insight = self._unledgered[0]
@@ -270,8 +296,12 @@ class MetaLoop:
             self.obs.learned_in_ledger.add(insight.outcome_id)
             logger.info("meta_loop learning_update insight=%r", insight.sentence)
 
-    async def _publish(self, topic_short: str, key: str, value: bytes) -> None:
-        await asyncio.to_thread(self._producer.send, self.settings.topics.name(topic_short), value, key)
+    async def _publish(self, topic_short: str, key: str, value: bytes, signed: tuple[str, str] | None = None) -> None:
+        """``signed``: ``(record_type, record_id)`` to sign the record as the meta loop."""
+        headers = self._signer.sign(signed[0], value, key=key, record_id=signed[1]) if signed else None
+        await asyncio.to_thread(
+            self._producer.send, self.settings.topics.name(topic_short), value, key, headers=headers
+        )
 
     # --- one cycle ---------------------------------------------------------------------------
 
@@ -387,7 +417,7 @@ class MetaLoop:
                 cf.cycle_id,
             )
             for c in commands:
-                await self._publish("probes", c.probe, self._ser_probe(c))
+                await self._publish("probes", c.probe, self._ser_probe(c), ("probe_command", c.probe_id))
 
     async def _wait_for_advice(self, cycle_id: str, stop: asyncio.Event) -> MLAdvice | None:
         deadline = self.clock() + self.cfg.advice_wait_seconds
@@ -537,7 +567,9 @@ class MetaLoop:
                 await self._append("directive_issued", f"service:{service}", payload, cf.cycle_id)
             except LedgerFailed:
                 return
-            await self._publish("directives", service, self._ser_directive(directive))
+            await self._publish(
+                "directives", service, self._ser_directive(directive), ("directive", directive.directive_id)
+            )
             self.obs._directive(
                 directive.directive_id, cf.cycle_id, service, cf.focus_area, now, cf.time_budget_seconds
             )
