@@ -182,8 +182,9 @@ class Executor:
         self._ser_request = AvroSerializer(ApprovalRequest)
         self._ser_dead = AvroSerializer(DeadLetter)
         self._de_directive = AvroDeserializer(Directive)
-        # directives off the bus: signed by the meta loop, recent, each id once; stored ones: signature only
-        self._verify_directive = RecordVerifier.for_settings(settings, live=True, replay=True)
+        # directives off the bus: signed by the meta loop and recent (each id runs once: the durable state);
+        # stored ones (recovery): the signature only
+        self._verify_directive = RecordVerifier.for_settings(settings, live=True)
         self._verify_stored = RecordVerifier.for_settings(settings)
         self._signer = RecordSigner(settings.keys, "executor")
         self._violations_logged: dict[tuple[str, str], float] = {}

@@ -41,7 +41,7 @@ from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.agents.meta.observations import ACTOR, Inputs, Observations
 from metaheal.agents.meta.probes import probe_commands, probes_for
 from metaheal.config import Settings
-from metaheal.errors import LedgerFailed
+from metaheal.errors import LedgerFailed, LedgerKeyError
 from metaheal.events import (
     CycleFocus,
     Directive,
@@ -183,6 +183,9 @@ class MetaLoop:
             self._leading = await asyncio.to_thread(self._control.acquire_or_renew)
         except KafkaUnavailable as exc:
             logger.warning("meta_loop lease step failed replica=%s error=%s", self.replica_id, exc)
+            self._leading = False
+        except LedgerKeyError as exc:  # lease records are signed: without its key the meta loop cannot lead
+            logger.error("meta_loop cannot sign its lease replica=%s error=%s", self.replica_id, exc)
             self._leading = False
         if self._leading and not was:
             self._on_elected()

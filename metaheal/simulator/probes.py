@@ -6,8 +6,8 @@ errors by type; ``dependency_traces``: per-dependency span latency; ``stack_trac
 failing frames) until the TTL runs out. The topic is read from the beginning without a
 consumer group (no join delay); commands whose TTL has passed change nothing.
 Undecodable records, and records not signed by the meta loop (``probe_command`` in
-:data:`metaheal.ledger.signing.RECORD_WRITERS`, bounded age, each probe id once), go to
-the dead-letter topic with the reason.
+:data:`metaheal.ledger.signing.RECORD_WRITERS`; ``issued_at`` no later than the signing time),
+go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class ProbeListener:
         self.topic = settings.topics.name("probes")
         self.applied = 0
         self._decode = AvroDeserializer(ProbeCommand)
-        self._verifier = RecordVerifier.for_settings(settings, live=True, replay=True)
+        # read from the start: old commands are refused by their TTL, not their age (applying one twice is a no-op)
+        self._verifier = RecordVerifier.for_settings(settings)
         self.refused = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -70,7 +71,9 @@ class ProbeListener:
                 for msg in msgs:
                     try:
                         cmd = self._decode(msg.value() or b"")
-                        self._verifier.check("probe_command", msg, record_id=cmd.probe_id)
+                        signed = self._verifier.check("probe_command", msg, record_id=cmd.probe_id)
+                        if cmd.issued_at > signed.ts + self._verifier.max_skew:
+                            raise RecordRefused("future_ts", f"issued_at {cmd.issued_at:.3f} is after its signing time")
                     except DecodeError as exc:
                         logger.warning("probe rejected offset=%d error=%s", msg.offset(), exc)
                         refused = isinstance(exc, RecordRefused)

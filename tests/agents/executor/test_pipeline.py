@@ -28,6 +28,7 @@ from metaheal.events import (
 )
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer, EventDecoder
+from metaheal.ledger.signing import RecordSigner
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -424,12 +425,12 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
 
     try:
         with Producer(settings.kafka) as p:
-            p.send(topic, ser(d), key=d.service)
-            p.send(topic, ser(d), key=d.service)
+            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
+            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
             p.send(topic, b'{"not": "avro"}', key="api")
         await wait_until(lambda: outcomes(d.directive_id), 60, "first outcome", blocking=True)
         with Producer(settings.kafka) as p:  # same key, same partition: after the duplicate and the bad record
-            p.send(topic, ser(later), key=later.service)
+            p.send(topic, ser(later), key=later.service, headers=_signed(settings, later, later.service))
         await wait_until(lambda: outcomes(later.directive_id), 60, "second outcome", blocking=True)
     finally:
         stop.set()
@@ -445,6 +446,13 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
         assert await again.submit(d) is None
     finally:
         await again.close()
+
+
+def _signed(settings: Settings, d: Directive, key: str) -> dict[str, bytes]:
+    """The headers the meta loop would send a directive with."""
+    return RecordSigner(settings.keys, "meta_loop").sign(
+        "directive", AvroSerializer(Directive)(d), key=key, record_id=d.directive_id
+    )
 
 
 def _write_config(settings: Settings, path: Path) -> Path:
@@ -468,7 +476,12 @@ async def _kill_when(settings: Settings, svc, proc: subprocess.Popen, what: str,
     try:
         d = directive()
         with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+            p.send(
+                settings.topics.name("directives"),
+                AvroSerializer(Directive)(d),
+                key="api",
+                headers=_signed(settings, d, "api"),
+            )
         await wait_until(pred, 60, what)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -630,7 +643,12 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     try:
         d = directive()
         with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+            p.send(
+                settings.topics.name("directives"),
+                AvroSerializer(Directive)(d),
+                key="api",
+                headers=_signed(settings, d, "api"),
+            )
         await wait_until(lambda: svc.calls["GET /health"] == 1, 60, "verification in flight")
     finally:
         proc.send_signal(signal.SIGKILL)

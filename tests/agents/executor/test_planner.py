@@ -86,4 +86,6 @@ def test_ranked_playbook_that_does_not_apply_is_skipped():
 
 def test_verification_is_never_skipped_on_the_directive_s_word():
     p, _ = plan(directive(ranked=["warm_cache"], requires_verification=False), PLAYBOOKS, API)
-    assert p.verifications and p.verifications == plan(directive(ranked=["warm_cache"]), PLAYBOOKS, API)[0].verifications
+    assert (
+        p.verifications and p.verifications == plan(directive(ranked=["warm_cache"]), PLAYBOOKS, API)[0].verifications
+    )
