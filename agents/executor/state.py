@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from metaheal.config import Settings
-from metaheal.errors import RecordRefused
+from metaheal.errors import LedgerKeyError, RecordRefused
 from metaheal.events import DeadLetter
 from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroSerializer
@@ -187,7 +187,10 @@ class StateStore:
     def put_sync(self, record: PlanRecord) -> PlanRecord:
         record = record.model_copy(update={"updated_at": time.time()})
         value = record.model_dump_json().encode()
-        headers = self._signer.sign(self.RECORD, value, key=record.directive_id, record_id=record.directive_id)
+        try:
+            headers = self._signer.sign(self.RECORD, value, key=record.directive_id, record_id=record.directive_id)
+        except LedgerKeyError as exc:  # unsigned state would be refused on load: as good as not written
+            raise KafkaUnavailable(f"executor state not written: cannot sign it: {exc}") from exc
         self._producer.send(self.topic, value, key=record.directive_id, headers=headers)
         self.records[record.directive_id] = record
         return record
