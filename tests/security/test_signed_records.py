@@ -23,6 +23,7 @@ from metaheal.agents.executor.service import Executor
 from metaheal.agents.executor.state import PlanRecord
 from metaheal.agents.meta.leader import LEADER_KEY
 from metaheal.agents.meta.loop import MetaLoop
+from metaheal.agents.meta.status import StatusClient
 from metaheal.broker import free_port
 from metaheal.config import ServiceSettings, Settings
 from metaheal.events import (
@@ -304,6 +305,8 @@ async def test_forged_lease_with_a_huge_epoch_does_not_stop_cycles(env):
         view = loop._control.view
         assert view.leader is not None and view.leader.holder == "r1" and view.leader.epoch < 10
         assert loop._leading
+        shown = await asyncio.to_thread(StatusClient(settings).control)  # `metaheal status` is not fooled either
+        assert shown.leader is not None and shown.leader.holder == "r1"
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
@@ -398,3 +401,38 @@ def test_revoked_key_signs_nothing_that_is_accepted(topics: Settings) -> None:
     time.sleep(1.1)  # the verifier re-reads the registry at most once a second
     with pytest.raises(RecordRefused, match="key_revoked"):
         verifier.verify("directive", b"v", b"api", headers)
+
+
+async def test_unsigned_probe_command_switches_nothing_on(topics: Settings) -> None:
+    from metaheal.events import ProbeCommand
+    from metaheal.simulator.fleet import Fleet
+    from metaheal.simulator.probes import ProbeListener
+
+    init_system_keys(topics.keys)
+    fleet = Fleet()
+    listener = ProbeListener(topics, fleet)
+    ser = AvroSerializer(ProbeCommand)
+    now = time.time()
+
+    def probe(pid: str, probe: str, issued_at: float = now) -> ProbeCommand:
+        return ProbeCommand(probe_id=pid, cycle_id="c", probe=probe, services=["api_cluster"], ttl_seconds=600,
+                            issued_at=issued_at)  # fmt: skip
+
+    evil, ahead, good = probe("p-evil", "stack_traces"), probe("p-ahead", "error_tracking", now + 1e6), probe(
+        "p-good", "latency_histograms")  # fmt: skip
+    meta = RecordSigner(topics.keys, "meta_loop")
+    send(topics, "probes", ser(evil), "p-evil")
+    send(topics, "probes", ser(ahead), "p-ahead", meta.sign("probe_command", ser(ahead), key="p-ahead",
+                                                              record_id="p-ahead"))  # fmt: skip
+    send(topics, "probes", ser(good), "p-good", meta.sign("probe_command", ser(good), key="p-good",
+                                                            record_id="p-good"))  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        await await_for(lambda: listener.applied >= 1 and listener.refused >= 2, 20, "probes read")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert fleet.active_probes("api_cluster") == ["latency_histograms"]
+    reasons = sorted(x.reason for x in dead_letters(topics))
+    assert reasons == ["untrusted probe_command: future_ts", "untrusted probe_command: unsigned"]
