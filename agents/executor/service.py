@@ -94,6 +94,7 @@ from metaheal.agents.executor.verification import (
     overall,
     run_verification,
 )
+from metaheal.agents.meta.leader import GuardrailFollower, tighter
 from metaheal.config import ServiceSettings, Settings, load_settings
 from metaheal.errors import DecodeError, RecordRefused, TemplateError
 from metaheal.events import (
@@ -171,6 +172,8 @@ class Executor:
         self.state = StateStore(settings)
         self.telemetry = LiveTelemetry(settings)
         self.inbox = ApprovalInbox(settings)
+        #: the meta loop's signed guardrail level: a directive's level is never looser than it
+        self.guardrails = GuardrailFollower(settings)
         self.producer = Producer(settings.kafka)
         self._tasks: dict[str, asyncio.Task[SignedOutcome | None]] = {}
         self._sem = asyncio.Semaphore(settings.executor.max_concurrent_plans)
@@ -210,6 +213,7 @@ class Executor:
             self.policies.record_action(rec.service, rec.execution_started_at or 0.0)
         await asyncio.to_thread(self.telemetry.start)
         await asyncio.to_thread(self.inbox.start)
+        await asyncio.to_thread(self.guardrails.start)
         for rec in self.state.in_flight():
             if recover or rec.partition is None:
                 self._spawn(rec.directive_id, self._recover(rec))
@@ -229,6 +233,7 @@ class Executor:
         t0 = time.monotonic()
         self.telemetry.stop()
         self.inbox.stop()
+        self.guardrails.stop()
         self.producer.close(2.0)
         self.state.close()
         if self._own_log:
@@ -246,6 +251,7 @@ class Executor:
                 # fail closed: a reader that stopped (telemetry for verification, approvals) stops the executor
                 self.telemetry.check()
                 self.inbox.check()
+                self.guardrails.check()
                 msgs = await asyncio.to_thread(consumer.poll_batch, 20, 0.1)
                 for msg in msgs:
                     await self._accept(msg)
@@ -482,7 +488,10 @@ class Executor:
             },
             "planned",
         )
-        decision = self.policies.check(plan, d.guardrail_level)
+        level = self._level(d)
+        if level != d.guardrail_level:
+            run.note(f"guardrails {level}, not the directive's {d.guardrail_level}: the meta loop's signed level")
+        decision = self.policies.check(plan, level)
         try:  # from here on the service's lock may be held: release it whatever happens
             plan.trust_approval_required = decision.verdict == "needs_approval"
             await self._save(run, plan_json=plan.model_dump_json())
@@ -504,6 +513,10 @@ class Executor:
             return await self._execute(run)
         finally:
             self.policies.unlock(plan.service, plan.plan_id)
+
+    def _level(self, d: Directive) -> str:
+        """The directive's guardrail level, tightened to the meta loop's current signed level."""
+        return tighter(d.guardrail_level, self.guardrails.level)
 
     def _plan_variables(self, svc: ServiceSettings) -> dict[str, Any]:
         """Values from live telemetry that playbooks may use (absent ones stay undefined)."""
@@ -1168,9 +1181,10 @@ class Executor:
             stored.verifications,
         ):
             raise RecordRefused("plan_mismatch", f"plan {stored.plan_id} is not what {name} renders to now")
+        level = self._level(directive)
         exceeded = guardrail_reasons(
             self.settings,
-            directive.guardrail_level,
+            level,
             confidence=plan.confidence,
             impact=plan.risk_assessment.impact,
             blast_radius=plan.risk_assessment.blast_radius,
@@ -1179,8 +1193,7 @@ class Executor:
         if exceeded and not approved and rec.status != "accepted":
             raise RecordRefused(
                 "needs_approval",
-                f"{name} exceeds the directive's {directive.guardrail_level} guardrails and was "
-                f"not approved: {'; '.join(exceeded)}",
+                f"{name} exceeds the {level} guardrails and was not approved: {'; '.join(exceeded)}",
             )
         plan.trust_approval_required = bool(exceeded)
         return plan

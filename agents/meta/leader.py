@@ -53,9 +53,10 @@ from typing import Any
 from metaheal.config import KafkaSettings, Settings
 from metaheal.errors import RecordRefused
 from metaheal.events import DeadLetter
-from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
+from metaheal.kafka import OFFSET_BEGINNING, ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
 from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import AvroSerializer
+from metaheal.kafka.tail import TopicTail
 from metaheal.ledger.signing import RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
@@ -258,4 +259,61 @@ class ControlTopic:
             self._consumer.close()
 
 
-__all__ = ["CYCLE_KEY", "GUARDRAILS_KEY", "LEADER_KEY", "ControlTopic", "ControlView", "Lease"]
+#: strictest first
+LEVELS: tuple[str, ...] = ("tight", "maintain", "loose")
+
+
+def tighter(a: str, b: str | None) -> str:
+    """The stricter of two guardrail levels (``b`` None: ``a``).
+
+    >>> tighter("loose", "tight"), tighter("maintain", "loose"), tighter("loose", None)
+    ('tight', 'maintain', 'loose')
+    """
+    if b not in LEVELS:
+        return a
+    return min(a, b, key=LEVELS.index)
+
+
+class GuardrailFollower(TopicTail):
+    """Follows the meta loop's signed guardrail level on the control topic, for the executor: a directive's
+    level is never looser than it. Unsigned or older records are skipped (the meta loop dead-letters them)."""
+
+    name = "control-guardrails"
+    batch = 100
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.kafka)
+        self._topic = settings.topics.name("control")
+        self._verifier = RecordVerifier.for_settings(settings)
+        self.level: str | None = None
+        self.signed_at = float("-inf")
+
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        return [TopicPartition(self._topic, 0, OFFSET_BEGINNING)]
+
+    def handle(self, msg: ConsumedMessage) -> None:
+        value = msg.value()
+        if (msg.key() or b"") != GUARDRAILS_KEY.encode() or value is None:
+            return
+        try:
+            signed = self._verifier.check("control", msg, record_id=GUARDRAILS_KEY)
+        except RecordRefused as exc:
+            logger.warning("control guardrails record refused offset=%d reason=%s", msg.offset(), exc.reason)
+            return
+        doc = loads(value)
+        level = doc.get("level") if isinstance(doc, dict) else None
+        if level in LEVELS and signed.ts >= self.signed_at:
+            self.level, self.signed_at = str(level), signed.ts
+
+
+__all__ = [
+    "CYCLE_KEY",
+    "GUARDRAILS_KEY",
+    "LEADER_KEY",
+    "LEVELS",
+    "ControlTopic",
+    "ControlView",
+    "GuardrailFollower",
+    "Lease",
+    "tighter",
+]

@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 
 from metaheal.agents.executor.service import Executor
 from metaheal.agents.executor.state import PlanRecord
-from metaheal.agents.meta.leader import LEADER_KEY
+from metaheal.agents.meta.leader import GUARDRAILS_KEY, LEADER_KEY
 from metaheal.agents.meta.loop import MetaLoop
 from metaheal.agents.meta.status import StatusClient
 from metaheal.broker import free_port
@@ -269,6 +269,30 @@ async def test_forged_loose_directive_without_verification_is_refused_and_a_real
     assert {"unsigned", "unknown_key", "wrong_type", "stale_ts", "bad_signature"} <= found
     outcomes = read_all(settings, "outcomes", SignedOutcome)
     assert [o.verification_passed for o in outcomes if o.directive_id == real.directive_id] == [True]
+
+
+async def test_a_signed_loose_directive_is_held_to_the_meta_loop_s_signed_tight_level(env):
+    """The level a plan is checked against is never looser than the meta loop's signed control state."""
+    settings, svc = env
+    tight = json.dumps({"level": "tight", "ts": time.time()}).encode()
+    send(settings, "control", tight, GUARDRAILS_KEY, RecordSigner(settings.keys, "meta_loop").sign(
+        "control", tight, key=GUARDRAILS_KEY, record_id=GUARDRAILS_KEY))  # fmt: skip
+    loose = json.dumps({"level": "loose", "ts": time.time()}).encode()
+    send(settings, "control", loose, GUARDRAILS_KEY)  # unsigned: not followed
+    ex = Executor(settings)
+    await ex.start()
+    try:
+        await await_for(lambda: ex.guardrails.records >= 2, 20, "the control records")
+        assert ex.guardrails.level == "tight"
+        d = directive(guardrail_level="loose", confidence=0.9)  # auto-approved under loose, not under tight
+        await ex.submit(d)
+        await await_for(lambda: (r := ex.state.get(d.directive_id)) is not None and r.status == "awaiting_approval",
+                        20, "the approval request")  # fmt: skip
+        rec = ex.state.get(d.directive_id)
+        assert rec is not None and sum(svc.calls.values()) == 0
+        assert any("guardrails tight, not the directive's loose" in line for line in rec.rationale)
+    finally:
+        await ex.close()
 
 
 # --- meta loop --------------------------------------------------------------------------------------------------
