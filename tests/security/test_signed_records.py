@@ -412,7 +412,7 @@ async def test_unsigned_registration_does_not_register_a_service(env, tmp_path):
     assert [x.reason for x in dead_letters(settings)] == ["untrusted service registration: unsigned"] * 2
 
 
-def test_revoked_key_signs_nothing_that_is_accepted(topics: Settings) -> None:
+async def test_revoked_key_signs_nothing_that_is_accepted(topics: Settings) -> None:
     from metaheal.errors import RecordRefused
     from metaheal.ledger.keys import revoke_key
     from metaheal.ledger.signing import RecordVerifier
@@ -422,7 +422,7 @@ def test_revoked_key_signs_nothing_that_is_accepted(topics: Settings) -> None:
     verifier = RecordVerifier.for_settings(topics, live=True)
     assert verifier.verify("directive", b"v", b"api", headers).actor == "meta_loop"
     revoke_key(topics.keys, KeyRegistry.load(topics.keys).current("meta_loop").key_id)
-    time.sleep(1.1)  # the verifier re-reads the registry at most once a second
+    await asyncio.sleep(1.1)  # the verifier re-reads the registry at most once a second
     with pytest.raises(RecordRefused, match="key_revoked"):
         verifier.verify("directive", b"v", b"api", headers)
 
