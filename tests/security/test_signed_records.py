@@ -219,6 +219,36 @@ async def test_signed_state_is_recovered_from_the_playbook_not_from_its_stored_p
     assert any(v["reason"] == "plan_mismatch" for v in violations(settings))
 
 
+async def test_a_restart_recovers_a_mid_flight_plan_from_its_signed_directive(env):
+    """The legitimate path: state the executor signed, for a directive the meta loop signed, is resumed."""
+    settings, svc = env
+    first = Executor(settings)
+    d = directive()
+    value = AvroSerializer(Directive)(d)
+    sig = RecordSigner(settings.keys, "meta_loop").sign("directive", value, key="api", record_id=d.directive_id)
+    from metaheal.agents.executor.planner import plan as make_plan
+
+    plan, _ = make_plan(d, first.playbooks, settings.services[0])
+    first.state.put_sync(PlanRecord(
+        directive_id=d.directive_id, service="api", status="executing", plan_id=plan.plan_id,
+        directive_json=d.model_dump_json(), directive_avro=value.hex(), directive_key=b"api".hex(),
+        directive_envelope=sig[HEADER].decode(), plan_json=plan.model_dump_json(), trust_decision="auto_approved",
+        execution_started_at=time.time(),
+    ))  # fmt: skip  # as left by an executor that died after writing it
+    first.state.close()
+    first.producer.close(1.0)
+    ex = Executor(settings)  # the restart
+    await ex.start()
+    try:
+        await await_for(lambda: (r := ex.state.get(d.directive_id)) is not None and r.status == "done", 60, "resume")
+    finally:
+        await ex.close()
+    rec = ex.state.get(d.directive_id)
+    assert rec is not None and rec.result == "success", rec.rationale
+    assert svc.calls["POST /cache/warm"] == 1
+    assert any("recovered by" in line and "resume_steps" in line for line in rec.rationale)
+
+
 async def test_forged_loose_directive_without_verification_is_refused_and_a_real_one_runs_verified(env):
     settings, svc = env
     stop = asyncio.Event()
