@@ -232,6 +232,7 @@ class RegistryFollower(TopicTail):
         *,
         start_offset: int = 0,
         dead_letter: bool = False,
+        signed_at: dict[str, float] | None = None,
     ) -> None:
         super().__init__(settings.kafka)
         self._settings = settings
@@ -239,7 +240,8 @@ class RegistryFollower(TopicTail):
         self._on_change = on_change
         self._start = start_offset
         self._dead_letter = dead_letter
-        self._snap = Snapshot(verifier=RecordVerifier.for_settings(settings))
+        # signed_at: what the snapshot read up to start_offset had applied (an older record replayed later loses)
+        self._snap = Snapshot(verifier=RecordVerifier.for_settings(settings), signed_at=dict(signed_at or {}))
         self._producer: Producer | None = None
         self._ser_dead = AvroSerializer(DeadLetter)
 
