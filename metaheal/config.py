@@ -15,9 +15,12 @@ production. Precedence, highest first: explicit keyword arguments, environment
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -185,12 +188,56 @@ class LedgerSettings(_Section):
     lease_idle_release_seconds: float = Field(0.5, ge=0, description="give the lease back after this idle time")
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+def admin_url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as an admin URL, in words (None: its form is fine; hosts are checked elsewhere).
+
+    A playbook appends its path (``{{ service.admin_url }}/restart``), so a query or fragment would
+    swallow it, and userinfo would send credentials or disguise the host.
+
+    >>> admin_url_problem("http://10.0.0.5:8080/admin") is None
+    True
+    >>> admin_url_problem("http://api:1/x#")
+    'a fragment (#) would swallow the playbook path'
+    >>> admin_url_problem("http://evil@api:1")
+    'userinfo (user@) is not allowed'
+    """
+    if not url.startswith(("http://", "https://")):
+        return f"must be an http:// or https:// URL (got {url!r})"
+    if any(c in url for c in "#?"):
+        return f"a {'fragment (#)' if '#' in url else 'query (?)'} would swallow the playbook path"
+    if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
+        return "whitespace, control characters and backslashes are not allowed"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"invalid URL: {exc}"
+    if "@" in parts.netloc:
+        return "userinfo (user@) is not allowed"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
 class ServiceSettings(_Section):
     name: str
     admin_url: str | None = None
     dependencies: list[str] = Field(default_factory=list)
     criticality: Literal["low", "medium", "high", "critical"] = "medium"
     owner: str | None = None
+
+    @field_validator("admin_url")
+    @classmethod
+    def _admin_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            problem = admin_url_problem(v)
+            if problem is not None:
+                raise ValueError(problem)
+        return v
 
 
 class FreezeWindow(_Section):
@@ -226,14 +273,59 @@ class ExecutorSettings(_Section):
         1.0, gt=0, description="while awaiting a verdict: how often late telemetry and decisions are looked at"
     )
     max_concurrent_plans: int = Field(8, gt=0)
+    admin_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1", "localhost"],
+        description="hosts and CIDRs an admin URL may point at (configured or registered); link-local and "
+        "cloud-metadata addresses are refused even if listed",
+    )
+
+    @field_validator("admin_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for i, h in enumerate(v):
+            try:
+                ipaddress.ip_network(h, strict=False)
+            except ValueError:
+                if not _HOSTNAME.fullmatch(h):
+                    raise ValueError(f"[{i}] {h!r} is neither a host name nor an IP address/CIDR") from None
+        return v
+
+    symptom_tolerance: float = Field(
+        1.0,
+        ge=0,
+        le=4,
+        description="a fix succeeds only if the symptom that triggered it is back within this fraction above its "
+        "healthy baseline (1.0: at most twice it; never tighter than where the signal stops being a finding)",
+    )
+    symptom_lookback_seconds: float = Field(
+        120.0, gt=0, description="health windows this recent tell the executor which signals showed the symptom"
+    )
+    max_incident_attempts: int = Field(
+        3, ge=1, description="automatic plans per incident (service + focus area); further ones need an approval"
+    )
+    incident_window_seconds: float = Field(
+        1800.0, gt=0, description="an incident with no plan for this long is over; the next directive opens a new one"
+    )
 
 
 class OperatorSettings(_Section):
-    name: str
+    name: str = Field(min_length=1)
     public_key: str = Field(description="Ed25519 public key, hex")
     services: list[str] = Field(
         default_factory=lambda: ["*"], description="services this operator may approve; '*' = all"
     )
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519_hex(cls, v: str) -> str:
+        """A malformed key is a config error naming the field, not a crash when a decision arrives."""
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raise ValueError(f"must be a hex Ed25519 public key (64 hex digits), got {v[:80]!r}") from None
+        if len(raw) != 32:
+            raise ValueError(f"must be a 32-byte Ed25519 public key (64 hex digits), got {len(raw)} bytes")
+        return raw.hex()
 
 
 class SigningSettings(_Section):

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import httpx
 
 from metaheal.agents.common.graph import related
-from metaheal.agents.executor.approvals import load_signing_key, sign_decision
+from metaheal.agents.executor.approvals import load_signing_key, sign_for
 from metaheal.agents.meta.focus import UNHEALTHY_DIRECTION
 from metaheal.config import OperatorSettings, Settings
 from metaheal.errors import DecodeError
@@ -601,10 +601,9 @@ class Driver:
             f"({req.playbook} on {req.service}) with the demo operator key: {why}"
         )
         key = load_signing_key(self.operator_key_path)
-        signed = sign_decision(
+        signed = sign_for(
             key,
-            plan_id=req.plan_id,
-            request_id=req.request_id,
+            req,
             operator=DEMO_OPERATOR,
             decision=decision,
             reason=f"demo operator: {why}"[:300],

@@ -302,6 +302,10 @@ class ApprovalRequest(Event):
     plan_summary: str
     requested_at: float
     expires_at: float
+    #: sha256 of the fully rendered plan (service, playbook, steps, params, risk); a decision must sign it
+    plan_hash: str = ""
+    #: random per request: a decision signs it, so it answers this request and no other
+    nonce: str = ""
 
     @property
     def asks_verdict(self) -> bool:
@@ -321,6 +325,9 @@ class ApprovalDecision(Event):
     decided_at: float
     key_id: str
     signature: str
+    #: the request's ``plan_hash`` and ``nonce``, covered by the signature
+    plan_hash: str = ""
+    nonce: str = ""
 
 
 class SignedOutcome(Event):

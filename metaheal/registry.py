@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from metaheal.config import ServiceSettings, Settings
+from metaheal.config import ServiceSettings, Settings, admin_url_problem
 from metaheal.errors import DecodeError, LimitExceeded, RecordRefused
 from metaheal.events import DeadLetter, ServiceRegistration
 from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
@@ -77,8 +77,9 @@ def check(reg: ServiceRegistration) -> ServiceRegistration:
     problems = []
     if not NAME.fullmatch(reg.name):
         problems.append(f"name: only letters, digits, '_', '.', '-' allowed (got {reg.name!r})")
-    if reg.admin_url is not None and not reg.admin_url.startswith(("http://", "https://")):
-        problems.append(f"admin_url: must be an http:// or https:// URL (got {reg.admin_url!r})")
+    url_problem = admin_url_problem(reg.admin_url) if reg.admin_url is not None else None
+    if url_problem is not None:
+        problems.append(f"admin_url: {url_problem}")
     if reg.name in reg.dependencies:
         problems.append(f"dependencies: {reg.name!r} cannot depend on itself")
     bad = [d for d in reg.dependencies if not NAME.fullmatch(d)]

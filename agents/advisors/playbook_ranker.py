@@ -10,9 +10,13 @@
   that stopped working loses its record.
 * **Context.** A river ``LogisticRegression`` per (service, playbook) on time of
   day, load and dependency health nudges the estimate, weighted by its evidence.
-* **Exploration.** Where evidence is thin the score is a Thompson draw from the
-  posterior (seeded RNG), so an untried playbook gets a chance; with evidence the
-  draw concentrates on the mean.
+* **Exploration, deterministic and safe.** Where evidence is thin the score is a Thompson
+  draw from the posterior, so an untried playbook gets a chance; with evidence the draw
+  concentrates on the mean. The draw is seeded by the evidence itself (service, diagnosis,
+  playbook, its decayed counts rounded), so the same evidence always gives the same ranking
+  and a new outcome gives a new draw. Only playbooks that cannot make things worse than the
+  best expected one explore (no higher impact, no larger blast radius) and may draw above
+  it; the best expected and the riskier ones keep their mean.
 * **Never a certain refusal.** Playbooks the trust check's policy denies for the
   service (``policy``: normally ``metaheal.agents.common.policy.Policies.playbook_denied``,
   i.e. ``executor.deny_playbooks``/``allow_playbooks``) or whose impact/blast radius
@@ -41,6 +45,7 @@ so replay and live updates can overlap safely.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -158,7 +163,7 @@ class PlaybookRanker(Advisor):
         self.k = prior_pseudo_count
         self.half_life = half_life_hours * 3600.0
         self.explore = explore
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.counts: dict[tuple[str, str, str], _Counts] = {}
         self.context: dict[tuple[str, str], tuple[linear_model.LogisticRegression, int]] = {}
         self.seen: set[str] = set()
@@ -231,8 +236,8 @@ class PlaybookRanker(Advisor):
         now: float,
         features: Mapping[str, float] | None = None,
     ) -> list[Ranked]:
-        out = []
         ctx = context_features(now, features)
+        rows = []
         for pb in self.applicable(service, focus_area, diagnosis):
             prior = pb.prior_success
             if diagnosis != UNKNOWN and diagnosis not in pb.applies_to.root_causes:
@@ -240,16 +245,31 @@ class PlaybookRanker(Advisor):
             s, f = self._evidence(service, diagnosis, pb.name, now)
             a = prior * self.k + s + 1e-3
             b = (1 - prior) * self.k + f + 1e-3
-            mean = a / (a + b)
             model, n_ctx = self.context.get((service, pb.name), (None, 0))
             w_ctx = CONTEXT_WEIGHT * n_ctx / (n_ctx + 10.0)
             p_ctx = clamp01(model.predict_proba_one(ctx).get(True, 0.5)) if model is not None else 0.5
-            expected = (1 - w_ctx) * mean + w_ctx * p_ctx
-            draw = float(self.rng.beta(a, b)) if self.explore else mean
+            expected = (1 - w_ctx) * a / (a + b) + w_ctx * p_ctx
+            rows.append((pb, a, b, w_ctx, p_ctx, expected, s + f))
+        best = max(rows, key=lambda r: (r[5], r[0].name), default=None)
+        out: list[Ranked] = []
+        for pb, a, b, w_ctx, p_ctx, expected, n in rows:
+            # the best expected keeps its mean (a low draw must not let a riskier one through); others that are
+            # no riskier than it may draw above it
+            safe = best is not None and (
+                pb is not best[0]
+                and IMPACT_ORDER[pb.impact] <= IMPACT_ORDER[best[0].impact]
+                and pb.blast_radius <= best[0].blast_radius
+            )
+            draw = self._draw(service, diagnosis, pb.name, a, b) if self.explore and safe else a / (a + b)
             score = (1 - w_ctx) * draw + w_ctx * p_ctx
-            n = s + f
             out.append(Ranked(pb.name, clamp01(score), n / (n + CONFIDENCE_HALFWAY), clamp01(expected), n))
         return sorted(out, key=lambda r: (-r.score, r.name))
+
+    def _draw(self, service: str, diagnosis: str, playbook: str, a: float, b: float) -> float:
+        """A Thompson draw from Beta(a, b), the same for the same evidence (and seed)."""
+        key = f"{self.seed}|{service}|{diagnosis}|{playbook}|{a:.3f}|{b:.3f}".encode()
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+        return float(rng.beta(a, b))
 
     def advise(self, ctx: CycleContext) -> AdvisorOutput:
         service = ctx.primary_service or (ctx.services[0] if ctx.services else "")

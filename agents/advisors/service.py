@@ -48,6 +48,7 @@ from metaheal.agents.advisors.playbook_ranker import PlaybookLike, PlaybookRanke
 from metaheal.agents.advisors.root_cause import RootCauseSuggester, closure
 from metaheal.agents.common.baselines import Reference, against_reference
 from metaheal.agents.common.graph import ServiceGraph, related
+from metaheal.agents.common.outcomes import hollow_successes, symptom_recovered
 from metaheal.agents.common.playbooks import load_playbooks
 from metaheal.agents.common.policy import Policies
 from metaheal.config import Settings
@@ -236,16 +237,27 @@ class AdvisorService:
         while len(self._cycle_features) > MAX_CYCLES:
             self._cycle_features.popitem(last=False)
 
-    async def learn_from_entry(self, entry: Any) -> bool:
-        """Learn from one verified ``execution_outcome`` ledger entry; False if already learned."""
+    async def learn_from_entry(self, entry: Any, *, hollow: frozenset[str] | set[str] = frozenset()) -> bool:
+        """Learn from one verified ``execution_outcome`` ledger entry; False if already learned.
+
+        A success whose symptom did not recover (its ``symptom`` verdict, or ``hollow`` from
+        :func:`~metaheal.agents.common.outcomes.hollow_successes` on a replay) is no evidence: skipped."""
         try:
-            outcome = Outcome.from_payload(json.loads(entry.payload), cycle_id=entry.cycle_id)
+            payload = json.loads(entry.payload)
+            outcome = Outcome.from_payload(payload, cycle_id=entry.cycle_id)
         except (ValueError, TypeError) as exc:
             logger.warning("advisor outcome_skipped sequence=%s reason=%s", entry.sequence, exc)
             return False
         if outcome.outcome_id in self.learned:
             return False
         self.learned.add(outcome.outcome_id)
+        if outcome.result == "success" and (outcome.outcome_id in hollow or symptom_recovered(payload) is False):
+            logger.info(
+                "advisor outcome_not_evidence outcome=%s playbook=%s: recorded as success, symptom did not recover",
+                outcome.outcome_id,
+                outcome.playbook,
+            )
+            return False
         feats = await self._features_of_cycle(outcome.cycle_id) if outcome.cycle_id else None
         for advisor in self.advisors:
             try:
@@ -266,9 +278,10 @@ class AdvisorService:
         """Replay signed outcomes from the ledger, oldest first; returns how many were learned."""
         entries = await self.log.get_signed_outcomes(hours_back=self.settings.ml.replay_hours, limit=100_000)
         entries = sorted(entries, key=lambda e: e.sequence)
+        hollow = hollow_successes(entries)
         n = 0
         for e in entries:
-            n += await self.learn_from_entry(e)
+            n += await self.learn_from_entry(e, hollow=hollow)
         logger.info("advisor rebuilt outcomes=%d", n)
         return n
 

@@ -117,7 +117,7 @@ def _capacity(service: str, s: SignalStats) -> Finding | None:
     if not s.baseline_mean or s.baseline_mean <= 0:
         return None
     drop = 1 - s.mean / s.baseline_mean
-    strength = ramp(drop, 0.2, 0.5)
+    strength = ramp(drop, CAPACITY_DROP_MIN, 0.5)
     if strength <= 0:
         return None
     return Finding(
@@ -307,3 +307,47 @@ def loaded_by_callers(ratios: dict[str, float], dependencies: dict[str, list[str
         if known and r >= LOAD_RATIO_MIN and r >= LOAD_AMPLIFICATION * max(ratios[c] for c in known):
             out[d] = known
     return out
+
+
+#: a capacity drop of this fraction below baseline starts to be a finding (:func:`_capacity`)
+CAPACITY_DROP_MIN = 0.2
+#: signals a plan's fix is expected to bring back (traffic is load, not a symptom a playbook removes)
+SYMPTOM_SIGNALS = frozenset({"latency", "errors", "saturation", "capacity", "dependency"})
+
+
+def reference_stat(s: SignalStats) -> str:
+    """Which statistic a signal's healthy reference is kept in: p95 for latency-like signals that have one."""
+    return "p95" if s.signal in ("latency", "dependency") and s.baseline_p95 else "mean"
+
+
+def recovery_bound(signal: str, reference: float, tolerance: float) -> tuple[str, float, float]:
+    """``(op, threshold, factor)``: what a recovered signal satisfies against its healthy ``reference``.
+
+    The threshold is the reference times ``1 + tolerance``, but never tighter than the level at which
+    the signal stops being a finding at all (noise on a healthy service must not fail a fix): error
+    rates keep :data:`ERROR_BASELINE_FLOOR` and :data:`ERROR_RATIO_MIN`, saturation counts as recovered
+    below :data:`SATURATION_MIN`, capacity (ready instances) must be back to within the tolerance
+    *below* its reference, at most :data:`CAPACITY_DROP_MIN` (where a drop becomes a finding).
+
+    >>> recovery_bound("latency", 20.0, 0.2)
+    ('<=', 24.0, 1.2)
+    >>> recovery_bound("errors", 0.002, 0.2)
+    ('<=', 0.02, 2.0)
+    >>> recovery_bound("saturation", 40.0, 0.2)
+    ('<=', 75.0, 1.875)
+    >>> recovery_bound("capacity", 4.0, 0.5)
+    ('>=', 3.2, 0.8)
+    """
+    if signal == "capacity":
+        factor = 1.0 - min(tolerance, CAPACITY_DROP_MIN)  # a drop this large is a finding again
+        return ">=", round(reference * factor, 6), round(factor, 6)
+    if signal == "saturation":
+        scale = 100.0 if reference > 1.5 else 1.0
+        threshold = max(reference * (1.0 + tolerance), SATURATION_MIN * scale)
+        return "<=", round(threshold, 6), round(threshold / reference if reference > 0 else 1.0 + tolerance, 6)
+    if signal == "errors":
+        factor = max(1.0 + tolerance, ERROR_RATIO_MIN)
+        return "<=", round(max(reference, ERROR_BASELINE_FLOOR) * factor, 6), round(factor, 6)
+    minimum = {"latency": LATENCY_RATIO_MIN, "dependency": DEPENDENCY_RATIO_MIN}.get(signal, 1.0)
+    factor = max(1.0 + tolerance, minimum)
+    return "<=", round(reference * factor, 6), round(factor, 6)

@@ -38,6 +38,7 @@ metaheal.errors.PlaybookError: bad.yaml:5: impact: Input should be 'low', 'mediu
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,11 +98,50 @@ class Step(_Model):
         return v
 
 
+#: ``baseline``, ``baseline * 1.2``, ``baseline + 50``, ``baseline * 1.5 - 0.01``: a threshold relative to the
+#: service's healthy reference of the metric (parsed, never evaluated)
+_RELATIVE = re.compile(
+    r"^\s*baseline\s*(?:\*\s*(?P<factor>\d+(?:\.\d+)?))?\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?\s*$"
+)
+RELATIVE_SYNTAX = "'baseline', 'baseline * <factor>', 'baseline + <offset>' or 'baseline * <factor> +|- <offset>'"
+
+
+def relative_threshold(value: Any) -> tuple[float, float] | None:
+    """``(factor, offset)`` of a threshold written against the healthy baseline; None for anything else.
+
+    >>> relative_threshold("baseline * 1.2"), relative_threshold("baseline+50"), relative_threshold(200)
+    ((1.2, 0.0), (1.0, 50.0), None)
+    >>> relative_threshold("baseline * 2 - 0.5"), relative_threshold("__import__('os')")
+    ((2.0, -0.5), None)
+    """
+    if not isinstance(value, str):
+        return None
+    m = _RELATIVE.match(value)
+    if m is None:
+        return None
+    offset = float(m.group("offset") or 0.0)
+    return float(m.group("factor") or 1.0), -offset if m.group("sign") == "-" else offset
+
+
 class MetricThreshold(_Model):
     """Pass when live samples of ``metric`` satisfy ``op value`` within ``within`` seconds.
 
     ``source`` picks raw samples (``telemetry``) or a statistic (``stat``) of the
     health windows (``health``). No sample in the window is *inconclusive*.
+
+    ``value`` is a number, a template (``"{{ ... }}"``) or a threshold relative to the service's
+    healthy reference of the metric (``"baseline * 1.2"``, see :data:`RELATIVE_SYNTAX`): p95
+    reference for ``stat`` p95/max where the signal has one, else the mean. Without a known
+    baseline such a check is inconclusive.
+
+    >>> MetricThreshold(type="metric_threshold", metric="latency_p95_ms", op="<=", value="baseline * 1.2").value
+    'baseline * 1.2'
+    >>> MetricThreshold(type="metric_threshold", metric="m", op="<=", value="baseline ** 9")
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for MetricThreshold
+    value
+      Value error, expected a number, a template '{{ ... }}' or ...
     """
 
     type: Literal["metric_threshold"]
@@ -112,6 +152,19 @@ class MetricThreshold(_Model):
     source: Literal["telemetry", "health"] = "telemetry"
     stat: Literal["mean", "p50", "p95", "max"] = "p95"
     min_samples: int = Field(1, ge=1)
+
+    @field_validator("value")
+    @classmethod
+    def _known_value(cls, v: float | str) -> float | str:
+        if isinstance(v, str) and "{{" not in v and relative_threshold(v) is None:
+            try:
+                float(v)
+            except ValueError:
+                raise ValueError(
+                    f"expected a number, a template '{{{{ ... }}}}' or a threshold relative to the healthy baseline: "
+                    f"{RELATIVE_SYNTAX}"
+                ) from None
+        return v
 
 
 class HttpCheck(_Model):

@@ -7,6 +7,11 @@ switch, a change freeze, a deny/allow list, the per-service rate limit, the
 one-plan-per-service lock — is a hard stop: the plan is denied and the denial is
 a signed ``trust_violation``.
 
+Policies are checked twice: once for the plan (:meth:`Policies.check`) and again
+right before every step that changes something, rollback and recovery steps
+included (:meth:`Policies.before_step`): a kill switch engaged or a freeze that
+began while a plan waited for approval stops it before its first call.
+
 >>> from metaheal.config import Settings
 >>> s = Settings()
 >>> guardrail_reasons(s, "tight", confidence=0.97, impact="medium", blast_radius=1)
@@ -135,6 +140,41 @@ class Policies:
         with self._mutex:
             if self._locks.get(service) == plan_id:
                 del self._locks[service]
+
+    # --- right before a mutating step ----------------------------------------------------------------
+
+    def before_step(self, service: str, plan_id: str, *, counted: bool = True) -> tuple[list[str], list[str]]:
+        """``(reasons, violations)`` that forbid a mutating step of ``plan_id`` now (both empty: go ahead).
+
+        ``counted``: the plan's own action is already in the hour's history (it started executing),
+        so only actions beyond it count against the rate limit. The lock is taken if free.
+
+        >>> from metaheal.config import Settings
+        >>> p = Policies(Settings())
+        >>> p.before_step("api", "p1", counted=False)
+        ([], [])
+        >>> p.kill_switch = True
+        >>> p.before_step("api", "p1")
+        (['global kill switch engaged'], ['kill_switch'])
+        """
+        now = self.clock()
+        reasons, violations = [], []
+        if self.kill_switch_engaged():
+            reasons.append("global kill switch engaged")
+            violations.append("kill_switch")
+        freeze = self.frozen(service, now)
+        if freeze:
+            reasons.append(freeze)
+            violations.append("change_freeze")
+        used, limit = self.actions_last_hour(service, now) - (1 if counted else 0), self.limit_for(service)
+        if used >= limit:
+            reasons.append(f"rate limit: {used} other action(s) on {service} in the last hour (max {limit})")
+            violations.append("rate_limit")
+        holder = self.try_lock(service, plan_id)
+        if holder is not None:
+            reasons.append(f"lock: plan {holder} is running on {service}")
+            violations.append("lock")
+        return reasons, violations
 
     # --- the check ---------------------------------------------------------------------------------
 

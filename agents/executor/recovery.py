@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 CRASH_ENV = "METAHEAL_TEST_CRASH_AT"
 #: where a test may kill the executor: after a mutating step's write-ahead entry, after its call
 #: returned (before the result is recorded), between two verification checks, and between the
-#: ``execution_outcome`` entry and the outcome's publication
-CRASH_POINTS = ("after_write_ahead", "after_call", "during_verification", "before_publish")
+#: ``execution_outcome`` entry and the outcome's publication, and after an approval was taken in (its
+#: ``approval_received`` entry) before the plan's state says it is executing
+CRASH_POINTS = ("after_write_ahead", "after_call", "during_verification", "before_publish", "after_approval")
 MAX_BACKOFF = 30.0
 
 

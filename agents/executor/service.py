@@ -48,6 +48,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,13 +63,18 @@ from metaheal.agents.executor.actuators import (
     StepResult,
     get_actuator,
 )
+from metaheal.agents.executor.actuators.urls import url_problem
 from metaheal.agents.executor.approvals import (
     VERDICT_MEANING,
     ApprovalInbox,
     build_request,
     build_verdict_request,
+    load_registry,
+    plan_hash,
     rejection_reason,
+    used_decisions,
 )
+from metaheal.agents.executor.incidents import Incident, IncidentMemory
 from metaheal.agents.executor.planner import (
     NoApplicablePlaybook,
     PlanContext,
@@ -85,12 +91,15 @@ from metaheal.agents.executor.recovery import (
     outcome_id_for,
     outcome_published,
     published,
+    verified_entry,
 )
 from metaheal.agents.executor.state import PlanRecord, StateStore
 from metaheal.agents.executor.templating import render
 from metaheal.agents.executor.verification import (
     LiveTelemetry,
+    Symptom,
     Verdict,
+    check_symptom,
     overall,
     run_verification,
 )
@@ -110,6 +119,7 @@ from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import SUBSYSTEM
+from metaheal.ledger.keys import KeyRegistry
 from metaheal.ledger.signing import HEADER, RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
@@ -119,6 +129,8 @@ MUTATING = frozenset({"http.post", "command"})
 CANCEL_GRACE = 1.0
 #: While awaiting a verdict, how long each look at late telemetry (or the health endpoint) may take.
 RECHECK_WINDOW = 0.2
+#: While awaiting an approval, how often the kill switch and freeze windows are looked at.
+POLICY_RECHECK = 0.25
 
 
 def _utc(ts: float) -> str:
@@ -143,6 +155,15 @@ class Run:
     insights: list[str] = field(default_factory=list)
     #: a non-idempotent step sent without an acknowledgement (recovery): it may or may not have run
     in_doubt: int | None = None
+    #: the incident (service + focus area) this plan is an attempt in, as it stood when the plan was made
+    incident: Incident | None = None
+
+    @property
+    def symptoms(self) -> list[Symptom]:
+        """What this plan must bring back to the healthy baseline (fixed at plan time, survives restarts)."""
+        if not self.record.symptoms_json:
+            return []
+        return [Symptom.model_validate(s) for s in json.loads(self.record.symptoms_json)]
 
     @property
     def rationale(self) -> list[str]:
@@ -180,6 +201,8 @@ class Executor:
         self._started = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._seen_decisions: set[str] = set()
+        #: cycles whose ledger entries were read for used decision ids (durable replay protection)
+        self._seeded_cycles: set[str] = set()
         self._ser_plan = AvroSerializer(AgenticPlan)
         self._ser_outcome = AvroSerializer(SignedOutcome)
         self._ser_request = AvroSerializer(ApprovalRequest)
@@ -463,12 +486,53 @@ class Executor:
         svc = self._service(d.service)
         if svc is None:
             return await self._deny(run, [f"service {d.service} is not configured"], ["unknown_service"])
+        if svc.admin_url is not None:
+            problem = url_problem(svc.admin_url, self.settings.executor.admin_hosts)
+            if problem is not None:
+                why = f"admin_url of {svc.name} refused: {problem}"
+                return await self._deny(
+                    run, [why], ["admin_url"], TrustDecision(verdict="deny", level=d.guardrail_level, reasons=[why])
+                )
         extra = self._plan_variables(svc)
-        run.record = run.record.model_copy(update={"outputs": {**run.record.outputs, **extra}})
+        incident = run.incident = await self._incident(d)
+        excluded = incident.failed if incident is not None else {}
+        symptoms = self._symptoms(d, incident)
+        run.record = run.record.model_copy(
+            update={
+                "outputs": {**run.record.outputs, **extra},
+                "symptoms_json": json.dumps([s.model_dump() for s in symptoms]) if symptoms else None,
+            }
+        )
+        if incident is not None:
+            run.note(
+                f"incident {d.service}/{d.focus_area} open since {_utc(incident.opened_at)}: attempt "
+                f"{incident.automatic_attempts + 1}; tried {incident.tried()}"
+                + (f"; not again: {', '.join(sorted(excluded))}" if excluded else "")
+            )
+        for sym in symptoms:
+            run.note(
+                f"symptom to clear: {sym.series} on {sym.service} back to {sym.op} {sym.threshold:g} "
+                f"(healthy {sym.stat} {sym.reference:g} x{sym.tolerance:g})"
+                + (f": {sym.finding}" if sym.finding else "")
+            )
+
+        def allowed(service: str, name: str) -> str | None:
+            return excluded.get(name) or self.policies.playbook_denied(service, name)
+
+        exhausted = False
         try:
-            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra)
+            plan, skipped = make_plan(d, self.playbooks, svc, policy_filter=allowed, extra=extra)
         except NoApplicablePlaybook as exc:
-            return await self._deny(run, exc.reasons, ["no_playbook"])
+            if not excluded:
+                return await self._deny(run, exc.reasons, ["no_playbook"])
+            # every applicable playbook failed in this incident: a human decides whether the best one is tried again
+            exhausted = True
+            try:
+                plan, skipped = make_plan(
+                    d, self.playbooks, svc, policy_filter=self.policies.playbook_denied, extra=extra
+                )
+            except NoApplicablePlaybook as again:
+                return await self._deny(run, again.reasons, ["no_playbook"])
         run.plan = plan
         if "dependency" in extra:
             run.note(f"suspect dependency {extra['dependency']} (worst error rate/latency from {d.service})")
@@ -485,6 +549,8 @@ class Executor:
                 "skipped": skipped,
                 "risk": plan.risk_assessment.model_dump(),
                 "estimated_duration": plan.estimated_duration,
+                "symptoms": [s.model_dump() for s in symptoms],
+                "incident": incident.summary() if incident is not None else None,
             },
             "planned",
         )
@@ -492,6 +558,27 @@ class Executor:
         if level != d.guardrail_level:
             run.note(f"guardrails {level}, not the directive's {d.guardrail_level}: the meta loop's signed level")
         decision = self.policies.check(plan, level)
+        limit = self.settings.executor.max_incident_attempts
+        if incident is not None and (exhausted or incident.automatic_attempts >= limit) and decision.verdict != "deny":
+            evidence = "; ".join(s.finding or f"{s.series} off its healthy {s.stat} {s.reference:g}" for s in symptoms)
+            why = (
+                f"every applicable playbook failed in this incident, {plan.selected_playbook} again"
+                if exhausted
+                else f"next: {plan.selected_playbook}"
+            )
+            decision = decision.model_copy(
+                update={
+                    "verdict": "needs_approval",
+                    "reasons": [
+                        *decision.reasons,
+                        f"incident {d.service}/{d.focus_area} since {_utc(incident.opened_at)}: "
+                        f"{incident.automatic_attempts} automatic attempt(s) did not fix it ({incident.tried()}); "
+                        f"evidence: {evidence or 'no symptom signal known'}; {why}; "
+                        f"a human decides (executor.max_incident_attempts {limit})",
+                    ],
+                }
+            )
+            run.insights.append(f"incident {d.service}/{d.focus_area}: {why}; asked a human")
         try:  # from here on the service's lock may be held: release it whatever happens
             plan.trust_approval_required = decision.verdict == "needs_approval"
             await self._save(run, plan_json=plan.model_dump_json())
@@ -518,6 +605,32 @@ class Executor:
         """The directive's guardrail level, tightened to the meta loop's current signed level."""
         return tighter(d.guardrail_level, self.guardrails.level)
 
+    async def _incident(self, d: Directive) -> Incident | None:
+        """The open incident of ``d``'s service and focus area, rebuilt from the signed outcomes in the ledger."""
+        cfg = self.settings.executor
+        entries = await self.log.get_signed_outcomes(
+            subsystem=SUBSYSTEM, hours_back=max(24.0, 2 * cfg.incident_window_seconds / 3600), limit=2000
+        )
+        memory = IncidentMemory.from_entries(
+            entries, window=cfg.incident_window_seconds, max_attempts=cfg.max_incident_attempts
+        )
+        return memory.current(d.service, d.focus_area, now=time.time())
+
+    def _symptoms(self, d: Directive, incident: Incident | None, *, since: float | None = None) -> list[Symptom]:
+        """The incident's symptoms (judged against the reference of its first attempt), else the live view's."""
+        if incident is not None and incident.symptoms:
+            out = []
+            for raw in incident.symptoms:
+                try:
+                    out.append(Symptom.model_validate(raw))
+                except ValueError as exc:
+                    logger.warning("incident_symptom_skipped service=%s error=%s", d.service, exc)
+            if out:
+                return out
+        cfg = self.settings.executor
+        since = time.time() - cfg.symptom_lookback_seconds if since is None else since
+        return self.telemetry.focus_symptoms(d.service, d.focus_area, since=since, tolerance=cfg.symptom_tolerance)
+
     def _plan_variables(self, svc: ServiceSettings) -> dict[str, Any]:
         """Values from live telemetry that playbooks may use (absent ones stay undefined)."""
         dep = self.telemetry.worst_dependency(svc.name, svc.dependencies, since=time.time() - 300)
@@ -540,14 +653,64 @@ class Executor:
         run.insights.append(f"denied by policy: {', '.join(violations)}")
         return await self._finish(run, "denied", None)
 
+    async def _seed_used_decisions(self, cycle_id: str) -> None:
+        """Decision ids the ledger of ``cycle_id`` shows as taken in (a restart must not forget them)."""
+        if cycle_id in self._seeded_cycles:
+            return
+        entries = await asyncio.to_thread(self.log.replay_cycle_sync, cycle_id)
+        registry = KeyRegistry.load(self.settings.keys)
+        self._seen_decisions |= used_decisions(entries, lambda e: verified_entry(e, registry))
+        self._seeded_cycles.add(cycle_id)
+
+    @contextlib.asynccontextmanager
+    async def _slot_released(self) -> AsyncIterator[None]:
+        """Give the plan's concurrency slot back while it waits for a human (taken again afterwards)."""
+        task = asyncio.current_task()
+        holds = task is not None and task.get_name().startswith("plan-")
+        if holds:
+            self._sem.release()
+        try:
+            yield
+        finally:
+            if holds:
+                await asyncio.shield(self._sem.acquire())
+
+    def _decision_problem(self, dec: Any, request: ApprovalRequest, run: Run, received_at: float) -> str | None:
+        assert run.plan is not None
+        registry = load_registry(self.settings)
+        if registry is None:  # fail closed: a revocation could not be seen
+            return f"unverifiable: the key registry in {self.settings.keys} cannot be read"
+        return rejection_reason(
+            dec,
+            request,
+            self.settings,
+            seen=self._seen_decisions,
+            received_at=received_at,
+            registry=registry,
+            current_hash=plan_hash(run.plan),
+        )
+
     async def _await_approval(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
-        """Wait for a valid decision; returns an outcome for deny/expiry, None to go on executing."""
+        """Wait for a valid decision; returns an outcome for deny/expiry/a policy stop, None to go on executing.
+
+        The wait holds no concurrency slot, and the kill switch and freeze windows are looked at
+        every :data:`POLICY_RECHECK` seconds: engaging one stops the waiting plan.
+        """
+        assert run.plan is not None
+        await self._seed_used_decisions(run.directive.cycle_id)
+        async with self._slot_released():
+            return await self._take_decision(run, request)
+
+    async def _take_decision(self, run: Run, request: ApprovalRequest) -> SignedOutcome | None:
         assert run.plan is not None
         used = 0
         while True:
             remaining = request.expires_at - time.time()
-            batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, remaining))
+            batch = await self.inbox.next_decisions(request.plan_id, used, max(0.0, min(POLICY_RECHECK, remaining)))
             if not batch:
+                stop = self._waiting_stopped(run)
+                if stop is not None:
+                    return await stop
                 if time.time() >= request.expires_at:
                     await self._ledger(
                         run,
@@ -562,7 +725,7 @@ class Executor:
                 continue
             used += len(batch)
             for received_at, dec in batch:
-                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                why = self._decision_problem(dec, request, run, received_at)
                 if why is not None:
                     await self._ledger(
                         run,
@@ -582,6 +745,7 @@ class Executor:
                     continue
                 self._seen_decisions.add(dec.decision_id)
                 await self._ledger(run, "executor", "approval_received", dec.model_dump(), dec.decision)
+                crash_point("after_approval")
                 if dec.decision == "approve":
                     run.trust_decision = f"approved_by:{dec.operator}"
                     run.note(f"approved by {dec.operator}: {dec.reason or 'no reason given'}")
@@ -590,6 +754,48 @@ class Executor:
                 run.note(f"denied by {dec.operator}: {dec.reason or 'no reason given'}")
                 run.insights.append(f"operator {dec.operator} denied {run.plan.selected_playbook}")
                 return await self._finish(run, "denied", None)
+
+    def _waiting_stopped(self, run: Run) -> Coroutine[Any, Any, SignedOutcome] | None:
+        """A coroutine finishing the plan as denied if the kill switch or a freeze began while it waited; else None."""
+        assert run.plan is not None
+        reasons, violations = [], []
+        if self.policies.kill_switch_engaged():
+            reasons.append("global kill switch engaged while the plan awaited approval")
+            violations.append("kill_switch")
+        freeze = self.policies.frozen(run.plan.service, time.time())
+        if freeze:
+            reasons.append(f"{freeze} began while the plan awaited approval")
+            violations.append("change_freeze")
+        if not violations:
+            return None
+        decision = TrustDecision(verdict="deny", level=run.directive.guardrail_level, reasons=reasons)
+        return self._deny(run, reasons, violations, decision)
+
+    async def _policy_gate(self, run: Run, index: int, *, rollback: bool, counted: bool = True) -> str | None:
+        """Policies right before a mutating step (rollback and recovery included): None to go ahead, else why not.
+
+        A refusal is a signed ``trust_violation`` naming the policy and the step that was not run.
+        """
+        assert run.plan is not None
+        service = run.plan.service
+        if self._service(service) is None:
+            reasons, violations = [f"service {service} is neither configured nor registered"], ["unknown_service"]
+        else:
+            reasons, violations = self.policies.before_step(service, run.plan.plan_id, counted=counted)
+        if not violations:
+            return None
+        what = f"{'rollback ' if rollback else ''}step {index}"
+        await self._ledger(
+            run,
+            "executor",
+            "trust_violation",
+            {"reasons": reasons, "violations": violations, "phase": "before_step", "step": index, "rollback": rollback},
+            "denied",
+        )
+        why = f"policy stopped {what} before it ran: {'; '.join(reasons)}"
+        run.note(why)
+        run.insights.append(f"stopped by policy: {', '.join(violations)}")
+        return why
 
     # --- execution -----------------------------------------------------------------------------
 
@@ -608,6 +814,8 @@ class Executor:
             allowed_hosts=hosts,
             started_at=time.time(),
             idempotency_key=key,
+            admin_url=svc.admin_url if svc is not None else None,
+            admin_hosts=tuple(self.settings.executor.admin_hosts),
         )
 
     async def _run_step(
@@ -629,6 +837,11 @@ class Executor:
         if self.settings.executor.dry_run:
             await self._dry_run(run)
             return None
+        if mutates(plan.steps, len(plan.steps)):
+            stopped = await self._policy_gate(run, 0, rollback=False, counted=False)
+            if stopped is not None:
+                run.trust_decision = "denied"
+                return await self._finish(run, "denied", None)
         await self._ledger(
             run,
             "executor",
@@ -675,6 +888,14 @@ class Executor:
             timeout = min(step.timeout, remaining)
             budget_bound = timeout < step.timeout
             mutating = step.action in MUTATING
+            if mutating:
+                stopped = await self._policy_gate(run, i, rollback=False)
+                if stopped is not None:
+                    if not mutates(plan.steps, run.record.steps_done):
+                        run.trust_decision = "denied"
+                        return await self._finish(run, "denied", None)
+                    failure = stopped
+                    break
             key = idempotency_key(plan.plan_id, i) if mutating else None
             again = run.record.step_started == i  # its write-ahead exists: a re-send after a crash
             # Write-ahead: the start is durable before the actuator is called.
@@ -755,16 +976,39 @@ class Executor:
                         )
                         break
                     spec["within"] = min(float(spec.get("within", 60.0)), remaining)
-                verdict = await run_verification(spec, service=plan.service, since=since, telemetry=self.telemetry)
+                verdict = await run_verification(
+                    spec, service=plan.service, since=since, telemetry=self.telemetry, baselines=self._baselines(run)
+                )
             verdicts.append(verdict)
             await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
             crash_point("during_verification")
             run.note(f"verify {verdict.check}: {verdict.status} ({verdict.reason or 'ok'})")
             if verdict.status != "pass":
                 break  # one failing check decides; the rest would only delay the rollback
+        expected = len(plan.verifications)
+        if len(verdicts) == expected and all(v.status == "pass" for v in verdicts):
+            # the playbook's own checks hold: now the symptom that made the meta loop act must be gone too
+            symptoms, missing = await self._symptoms_to_check(run)
+            expected += len(symptoms) + (missing is not None)
+            if missing is not None:
+                verdicts.append(missing)
+                await self._ledger(run, "executor", "verification_result", missing.model_dump(), missing.status)
+                run.note(f"verify symptom: {missing.status} ({missing.reason})")
+            within = self._symptom_within(plan)
+            for sym in symptoms if missing is None else []:
+                if deadline is not None:
+                    within = min(within, deadline - time.monotonic())
+                if within <= 0:
+                    break
+                verdict = await check_symptom(sym, since=since, within=within, telemetry=self.telemetry)
+                verdicts.append(verdict)
+                await self._ledger(run, "executor", "verification_result", verdict.model_dump(), verdict.status)
+                run.note(f"verify symptom: {verdict.status} ({verdict.reason})")
+                if verdict.status != "pass":
+                    break
         run.verdicts = verdicts
-        passed = overall(verdicts) if plan.verifications else True
-        if len(verdicts) < len(plan.verifications) and passed is True:
+        passed = overall(verdicts) if verdicts else True
+        if len(verdicts) < expected and passed is True:
             passed = None
         if passed:
             run.insights.append(f"{plan.selected_playbook} resolved {run.directive.focus_area} on {plan.service}")
@@ -774,6 +1018,43 @@ class Executor:
             return await self._inconclusive(run, since, "verification inconclusive (missing telemetry is never a pass)")
         run.insights.append(f"{plan.selected_playbook} on {plan.service}: verification failed")
         return await self._undo(run, "verification failed", verification_passed=False)
+
+    async def _symptoms_to_check(self, run: Run) -> tuple[list[Symptom], Verdict | None]:
+        """The plan's symptoms; found now if the plan was made before any health window showed them.
+
+        ``(symptoms, None)``, or ``([], verdict)`` with an inconclusive verdict when the service's health
+        windows show no symptom signal with a healthy baseline. Without any health window of the service
+        (no streams worker) only the playbook's checks can judge; the rationale says so."""
+        assert run.plan is not None
+        if not run.directive.requires_verification:
+            return [], None
+        symptoms = run.symptoms
+        if not symptoms:
+            started = run.record.execution_started_at or time.time()
+            symptoms = self._symptoms(
+                run.directive, None, since=started - self.settings.executor.symptom_lookback_seconds
+            )
+            if symptoms:
+                await self._save(run, symptoms_json=json.dumps([s.model_dump() for s in symptoms]))
+        if symptoms:
+            return symptoms, None
+        service, focus = run.plan.service, run.directive.focus_area
+        if self.telemetry.health_seen(service):
+            return [], Verdict(
+                check="symptom",
+                status="inconclusive",
+                query={"service": service, "focus_area": focus, "source": "health"},
+                reason=f"no {focus} signal of {service} with a healthy baseline in its health windows: "
+                "the symptom cannot be judged",
+            )
+        run.note(f"no health window of {service} seen (is a streams worker running?): only the playbook's checks judge")
+        return [], None
+
+    def _symptom_within(self, plan: AgenticPlan) -> float:
+        """How long the symptom may take to clear: the playbook's longest metric check, else 60 s."""
+        specs = [json.loads(v.spec_json) for v in plan.verifications if v.type == "metric_threshold"]
+        spans = [float(spec.get("within", 60.0)) for spec in specs]
+        return max(spans, default=60.0)
 
     # --- inconclusive: keep the change, ask for a verdict ---------------------------------------
 
@@ -862,6 +1143,7 @@ class Executor:
         since = rec.verify_since or rec.inconclusive_at or time.time()
         waiting_since = rec.inconclusive_at or time.time()
         expires_at = rec.verdict_expires_at or time.time()
+        await self._seed_used_decisions(run.directive.cycle_id)
         used = 0
         while True:
             every = min(self.settings.executor.verdict_recheck_seconds, max(0.0, expires_at - time.time()))
@@ -872,7 +1154,7 @@ class Executor:
             for received_at, dec in batch:
                 if request is None or dec.request_id != request.request_id:
                     continue  # e.g. the approval that let the plan run
-                why = rejection_reason(dec, request, self.settings, seen=self._seen_decisions, received_at=received_at)
+                why = self._decision_problem(dec, request, run, received_at)
                 self._seen_decisions.add(dec.decision_id)
                 if why is not None:
                     await self._ledger(
@@ -904,10 +1186,10 @@ class Executor:
                 return await self._undo(
                     run, f"operator {dec.operator} asked for a rollback", verification_passed=None, settled_after=delay
                 )
-            verdicts = await self._recheck(run, since)
+            verdicts, expected = await self._recheck(run, since)
             passed = (
                 overall(verdicts)
-                if len(verdicts) == len(plan.verifications)
+                if len(verdicts) == expected
                 else (False if any(v.status == "fail" for v in verdicts) else None)
             )
             if passed is not None:
@@ -947,24 +1229,45 @@ class Executor:
                 run.insights.append(f"{plan.selected_playbook} on {plan.service} kept unverified")
                 return await self._finish(run, "inconclusive", None, settled_after=delay)
 
-    async def _recheck(self, run: Run, since: float) -> list[Verdict]:
-        """The plan's checks on what arrived since ``since``, patiently: a pass or a clear violation, or nothing."""
+    async def _recheck(self, run: Run, since: float) -> tuple[list[Verdict], int]:
+        """The plan's checks, then its symptoms, on what arrived since ``since``, patiently: a pass or a clear
+        violation, or nothing; plus how many verdicts a complete pass has."""
         assert run.plan is not None
-        verdicts = []
+        verdicts: list[Verdict] = []
+        symptoms = run.symptoms if run.directive.requires_verification else []
+        expected = len(run.plan.verifications) + len(symptoms)
         for v in run.plan.verifications:
             try:
                 spec = render(json.loads(v.spec_json), self._variables(run))
             except TemplateError as exc:
-                return [Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")]
+                return [Verdict(check=v.type, status="inconclusive", reason=f"cannot render: {exc}")], expected
             spec.setdefault("settle", min(20.0, float(spec.get("within", 60.0)) / 2))
             spec["within"] = RECHECK_WINDOW
             verdict = await run_verification(
-                spec, service=run.plan.service, since=since, telemetry=self.telemetry, patient=True
+                spec,
+                service=run.plan.service,
+                since=since,
+                telemetry=self.telemetry,
+                patient=True,
+                baselines=self._baselines(run),
+            )
+            verdicts.append(verdict)
+            if verdict.status != "pass":
+                return verdicts, expected
+        settle = min(20.0, self._symptom_within(run.plan) / 2)
+        for sym in symptoms:
+            verdict = await check_symptom(
+                sym, since=since, within=RECHECK_WINDOW, telemetry=self.telemetry, settle=settle, patient=True
             )
             verdicts.append(verdict)
             if verdict.status != "pass":
                 break
-        return verdicts
+        return verdicts, expected
+
+    @staticmethod
+    def _baselines(run: Run) -> dict[str, float]:
+        """Healthy references of the plan's symptom series (what ``value: "baseline * k"`` thresholds resolve to)."""
+        return {s.series: s.reference for s in run.symptoms}
 
     async def _undo(self, run: Run, reason: str, *, verification_passed: bool | None, **extra: Any) -> SignedOutcome:
         assert run.plan is not None
@@ -1001,6 +1304,9 @@ class Executor:
                 run.note(f"rollback step {j} cannot be rendered: {exc}")
                 return False
             key = idempotency_key(run.plan.plan_id, j, rollback=True) if step.action in MUTATING else None
+            if step.action in MUTATING and await self._policy_gate(run, j, rollback=True) is not None:
+                run.insights.append(f"rollback of {run.plan.selected_playbook} stopped by policy at step {j}: escalate")
+                return False
             again = run.record.rollback_started == j  # written ahead before a crash: a re-send
             await self._ledger(
                 run,
@@ -1099,13 +1405,15 @@ class Executor:
             "rationale": [*run.rationale, f"result: {shown}"],
             "learned_insights": run.insights,
             "verdicts": [v.model_dump() for v in run.verdicts],
+            "symptoms": [s.model_dump() for s in run.symptoms],
+            "incident": run.incident.summary() if run.incident is not None else None,
             "confirmed_by": confirmed_by,
             "settled_after_seconds": settled_after,
             "verdict_request_id": verdict_request_id,
         }
         entry = await self._ledger(run, "executor", "execution_outcome", body, ledger_result or result)
         outcome = SignedOutcome(
-            **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area")},
+            **{k: v for k, v in body.items() if k not in ("verdicts", "focus_area", "symptoms", "incident")},
             actor="executor",
             actor_signature=entry.signature,
             ts=time.time(),

@@ -75,6 +75,8 @@ class PlanRecord(BaseModel):
     #: when verification came out inconclusive and the change was kept, awaiting a verdict
     inconclusive_at: float | None = None
     verdict_request_json: str | None = None
+    #: the symptoms (``Symptom`` dumps) this plan must bring back to their healthy baseline, fixed at plan time
+    symptoms_json: str | None = None
     verdict_expires_at: float | None = None
     #: what the change ends with if no verdict arrives in time ("keep" or "rollback")
     verdict_on_expiry: str | None = None

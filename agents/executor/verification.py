@@ -33,11 +33,21 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
+from metaheal.agents.common.baselines import (
+    SIGNAL_FOCUS,
+    SYMPTOM_SIGNALS,
+    Reference,
+    against_reference,
+    health_findings,
+    recovery_bound,
+    reference_stat,
+)
+from metaheal.agents.common.playbooks import relative_threshold
 from metaheal.agents.executor.actuators.base import compare
-from metaheal.agents.executor.actuators.http import tls_context
+from metaheal.agents.executor.actuators.http import excerpt, tls_context
 from metaheal.config import Settings
 from metaheal.errors import DecodeError
-from metaheal.events import HealthWindow, Metric
+from metaheal.events import HealthWindow, Metric, SignalStats
 from metaheal.kafka import OFFSET_BEGINNING, OFFSET_END, ConsumedMessage, Consumer, KafkaUnavailable, TopicPartition
 from metaheal.kafka.serializers import (
     AvroDeserializer,
@@ -62,6 +72,39 @@ class Verdict(BaseModel):
     threshold: float | int | None = None
     op: str | None = None
     reason: str = ""
+    #: for checks against a healthy baseline: the reference value and the tolerance (a factor of it)
+    reference: float | None = None
+    tolerance: float | None = None
+
+
+class Symptom(BaseModel):
+    """One signal that made the meta loop act, with the healthy reference it must return to.
+
+    ``series`` is the raw telemetry series the check reads after the action (``metric@dependency``
+    for a per-dependency signal); ``op``/``threshold`` come from :func:`~metaheal.agents.common.
+    baselines.recovery_bound` (``tolerance`` is the factor of the reference that threshold allows).
+
+    >>> Symptom(service="api", signal="latency", metric="latency_p95_ms", stat="p95", reference=20.0,
+    ...         op="<=", threshold=24.0, tolerance=1.2).series
+    'latency_p95_ms'
+    """
+
+    service: str
+    signal: str
+    metric: str
+    dependency: str | None = None
+    stat: Literal["mean", "p95"] = "mean"
+    reference: float
+    op: str
+    threshold: float
+    tolerance: float
+    #: the value seen when the plan was made (the window that showed the symptom), if it deviated
+    observed: float | None = None
+    finding: str = ""
+
+    @property
+    def series(self) -> str:
+        return f"{self.metric}@{self.dependency}" if self.dependency else self.metric
 
 
 def evaluate_samples(samples: list[tuple[float, float]], *, op: str, threshold: float, min_samples: int) -> Status:
@@ -125,7 +168,12 @@ class LiveTelemetry(TopicTail):
     poll_timeout = 0.1
 
     def __init__(
-        self, settings: Settings, *, max_per_series: int = 2000, start_at: Literal["end", "beginning"] = "end"
+        self,
+        settings: Settings,
+        *,
+        max_per_series: int = 2000,
+        start_at: Literal["end", "beginning"] = "end",
+        max_judged_windows: int = 120,
     ):
         super().__init__(settings.kafka)
         self._settings = settings
@@ -134,6 +182,9 @@ class LiveTelemetry(TopicTail):
             lambda: deque(maxlen=max_per_series)
         )
         self._lock = threading.Lock()
+        #: healthy references and the latest windows judged against them, per service (what the meta loop sees)
+        self._reference: Reference = {}
+        self._judged: dict[str, deque[HealthWindow]] = defaultdict(lambda: deque(maxlen=max_judged_windows))
         self._telemetry = TelemetryDeserializer(
             max_bytes=settings.streams.max_record_bytes, max_depth=settings.streams.max_json_depth
         )
@@ -154,6 +205,8 @@ class LiveTelemetry(TopicTail):
             for s in w.signals:
                 for stat in ("mean", "p50", "p95", "max"):
                     self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat)))
+            seconds = max(w.window_end - w.window_start, 1e-3)
+            self._judged[w.service].append(against_reference(self._reference, w, seconds))
 
     def assignment(self, consumer: Consumer) -> list[TopicPartition]:
         parts = []
@@ -200,6 +253,53 @@ class LiveTelemetry(TopicTail):
         key = ("telemetry" if source == "telemetry" else f"health.{stat}", service, metric)
         with self._lock:
             return sorted((ts, v) for ts, v in self._series.get(key, ()) if ts >= since)
+
+    def health_seen(self, service: str) -> bool:
+        """Whether any health window of ``service`` was read (the streams worker judges it)."""
+        with self._lock:
+            return bool(self._judged.get(service))
+
+    def baseline(self, service: str, metric: str, *, stat: str = "p95") -> float | None:
+        """The healthy reference of ``metric`` (``metric@dependency`` for one edge) on ``service``, if known:
+        its p95 reference when ``stat`` is p95/max and it has one, else its mean reference."""
+        name, _, dep = metric.partition("@")
+        with self._lock:
+            for (svc, _signal, m, d), (mean, p95) in self._reference.items():
+                if svc == service and m == name and d == dep:
+                    return p95 if stat in ("p95", "max") and p95 is not None else mean
+        return None
+
+    def focus_symptoms(self, service: str, focus_area: str, *, since: float, tolerance: float) -> list[Symptom]:
+        """The signals of ``service`` that show the ``focus_area`` symptom in the windows ending after ``since``.
+
+        Newest window first, one per series, judged against the healthy reference (the same
+        :func:`~metaheal.agents.common.baselines.against_reference` the meta loop uses). Signals of
+        another focus area count only when none of the focus area deviates; when nothing deviates,
+        the focus area's signals in the newest window (the fix must keep them there). Empty when the
+        service has no such signal (the caller decides what that means).
+        """
+        with self._lock:
+            recent = [w for w in self._judged.get(service, ()) if w.window_end >= since]
+        windows = sorted(recent, key=lambda w: -w.window_end)
+        found: dict[tuple[str, str], tuple[str, Symptom]] = {}
+        for w in windows:
+            seconds = max(w.window_end - w.window_start, 1e-3)
+            for s in w.signals:
+                key = (s.metric, s.dependency or "")
+                if s.signal not in SYMPTOM_SIGNALS or key in found:
+                    continue
+                one = w.model_copy(update={"signals": [s]})
+                findings = health_findings(one, seconds)
+                sym = _symptom(service, s, tolerance, findings[0][1].sentence if findings else "")
+                if findings and sym is not None:
+                    found[key] = (findings[0][0], sym)
+        focus = [sym for area, sym in found.values() if area == focus_area]
+        if focus or found:
+            return focus or [sym for _, sym in found.values()]
+        if not windows:
+            return []
+        calm = [_symptom(service, s, tolerance, "") for s in windows[0].signals if s.signal in SYMPTOM_SIGNALS]
+        return [s for s in calm if s is not None and SIGNAL_FOCUS.get(s.signal) == focus_area]
 
     def worst_dependency(self, service: str, dependencies: list[str], *, since: float) -> str | None:
         """The dependency that looks worst from ``service`` (error rate first, then latency), if any data.
@@ -306,6 +406,73 @@ class LiveTelemetry(TopicTail):
         )
 
 
+def _symptom(service: str, s: SignalStats, tolerance: float, finding: str) -> Symptom | None:
+    stat = reference_stat(s)
+    reference = s.baseline_p95 if stat == "p95" else s.baseline_mean
+    if reference is None or (reference <= 0 and s.signal != "errors"):
+        return None  # no healthy reference to return to
+    op, threshold, factor = recovery_bound(s.signal, reference, tolerance)
+    return Symptom(
+        service=service,
+        signal=s.signal,
+        metric=s.metric,
+        dependency=s.dependency,
+        stat=stat,
+        reference=reference,
+        op=op,
+        threshold=threshold,
+        tolerance=factor,
+        observed=(s.p95 if stat == "p95" else s.mean) if finding else None,
+        finding=finding,
+    )
+
+
+async def check_symptom(
+    sym: Symptom,
+    *,
+    since: float,
+    within: float,
+    telemetry: LiveTelemetry | None,
+    settle: float | None = None,
+    min_samples: int = 3,
+    patient: bool = False,
+) -> Verdict:
+    """Did the symptom return to within its tolerance of the healthy reference, on samples taken after ``since``?
+
+    Reads the raw telemetry series; no fresh sample is *inconclusive* (never a pass)."""
+    query = {
+        "source": "telemetry",
+        "service": sym.service,
+        "metric": sym.series,
+        "signal": sym.signal,
+        "reference_stat": sym.stat,
+        "since": since,
+        "within": within,
+        "min_samples": min_samples,
+        "finding": sym.finding,
+    }
+    extra = {"reference": sym.reference, "tolerance": sym.tolerance}
+    if telemetry is None or telemetry.problem:
+        why = "no live telemetry reader" if telemetry is None else str(telemetry.problem)
+        return Verdict(
+            check="symptom", status="inconclusive", query=query, threshold=sym.threshold, op=sym.op, reason=why, **extra
+        )
+    v = await telemetry.wait_for(
+        service=sym.service,
+        metric=sym.series,
+        op=sym.op,
+        threshold=sym.threshold,
+        within=within,
+        since=since,
+        min_samples=min_samples,
+        check="symptom",
+        settle=settle,
+        patient=patient,
+    )
+    where = f"{sym.series} on {sym.service}: healthy {sym.stat} {sym.reference:g}, tolerance x{sym.tolerance:g}"
+    return v.model_copy(update={"query": {**v.query, **query}, "reason": f"{v.reason} ({where})", **extra})
+
+
 async def http_check(url: str, *, expect_status: int, within: float, timeout: float) -> Verdict:
     """Poll ``url`` until it answers ``expect_status`` or ``within`` runs out."""
     deadline = time.monotonic() + within
@@ -318,7 +485,7 @@ async def http_check(url: str, *, expect_status: int, within: float, timeout: fl
                 statuses.append(resp.status_code)
                 if resp.status_code == expect_status:
                     break
-                last_error = f"status {resp.status_code}: {resp.text[:200]}"
+                last_error = f"status {resp.status_code}: {excerpt(resp.text, 200)}"  # redacted, as step bodies are
             except httpx.HTTPError as exc:
                 last_error = f"{exc!r}"
             if time.monotonic() >= deadline:
@@ -341,9 +508,19 @@ async def http_check(url: str, *, expect_status: int, within: float, timeout: fl
 
 
 async def run_verification(
-    spec: dict[str, Any], *, service: str, since: float, telemetry: LiveTelemetry | None, patient: bool = False
+    spec: dict[str, Any],
+    *,
+    service: str,
+    since: float,
+    telemetry: LiveTelemetry | None,
+    patient: bool = False,
+    baselines: dict[str, float] | None = None,
 ) -> Verdict:
-    """Run one rendered verification spec (a ``PlanVerification`` body); ``patient``: see ``wait_for``."""
+    """Run one rendered verification spec (a ``PlanVerification`` body); ``patient``: see ``wait_for``.
+
+    A threshold written against the baseline (``value: "baseline * 1.2"``) is resolved here from
+    ``baselines`` (series -> healthy reference, e.g. the incident's recorded symptoms) or the live
+    healthy references; without one the check is inconclusive, never a pass."""
     kind = spec.get("type")
     if kind == "http_check":
         return await http_check(
@@ -357,11 +534,28 @@ async def run_verification(
             return Verdict(check=kind, status="inconclusive", reason="no live telemetry reader", query=spec)
         if telemetry.problem:
             return Verdict(check=kind, status="inconclusive", reason=telemetry.problem, query=spec)
-        return await telemetry.wait_for(
-            service=spec.get("service", service),
+        target = str(spec.get("service", service))
+        relative = relative_threshold(spec["value"])
+        reference = None
+        if relative is not None:
+            reference = (baselines or {}).get(spec["metric"]) if target == service else None
+            if reference is None:
+                reference = telemetry.baseline(target, spec["metric"], stat=str(spec.get("stat", "p95")))
+            if reference is None:
+                return Verdict(
+                    check=kind,
+                    status="inconclusive",
+                    query=spec,
+                    op=spec["op"],
+                    reason=f"threshold {spec['value']!r} needs a healthy baseline of {spec['metric']} on {target}: "
+                    "none known (no healthy health window seen)",
+                )
+        threshold = relative[0] * reference + relative[1] if relative is not None and reference is not None else None
+        verdict = await telemetry.wait_for(
+            service=target,
             metric=spec["metric"],
             op=spec["op"],
-            threshold=float(spec["value"]),
+            threshold=threshold if threshold is not None else float(spec["value"]),
             within=float(spec.get("within", 60.0)),
             since=since,
             source=spec.get("source", "telemetry"),
@@ -371,4 +565,8 @@ async def run_verification(
             fail_after=int(spec["fail_after"]) if spec.get("fail_after") is not None else None,
             patient=patient,
         )
+        if relative is not None:
+            verdict.query["value"] = spec["value"]
+            verdict = verdict.model_copy(update={"reference": reference, "tolerance": relative[0]})
+        return verdict
     return Verdict(check=str(kind), status="inconclusive", reason=f"unknown verification type {kind!r}")

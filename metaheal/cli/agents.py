@@ -49,6 +49,13 @@ KeyOpt = Annotated[
     ),
 ]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why; recorded with the decision.")]
+PlanHashOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--plan-hash",
+        help="The plan hash (or a prefix of it) you reviewed (`approvals list`); refuse to sign if the plan changed.",
+    ),
+]
 OperatorOpt = Annotated[
     str | None, typer.Option("--operator", help="Operator name (default: found by the key in settings.operators).")
 ]
@@ -104,10 +111,19 @@ def list_requests(
             doc = {**req.model_dump(), "kind": kind, "state": state, "decisions": [d.decision for d in answered]}
             print(json.dumps(doc))
         return
-    table = Table("plan_id", "kind", "service", "playbook", "reason", "expires in", "state")
+    table = Table("plan_id", "kind", "service", "playbook", "plan hash", "reason", "expires in", "state")
     for req, state, _ in rows:
         kind = "verdict (keep/rollback)" if req.asks_verdict else "approval"
-        table.add_row(req.plan_id, kind, req.service, req.playbook, req.reason, f"{req.expires_at - now:.0f}s", state)
+        table.add_row(
+            req.plan_id,
+            kind,
+            req.service,
+            req.playbook,
+            req.plan_hash[:12],
+            req.reason,
+            f"{req.expires_at - now:.0f}s",
+            state,
+        )
     Console().print(table)
 
 
@@ -143,8 +159,9 @@ def _decide(
     config: Path | None,
     bootstrap: str | None,
     verdict: str | None = None,
+    expect_hash: str | None = None,
 ) -> None:
-    from metaheal.agents.executor.approvals import VERDICT_MEANING, load_signing_key, sign_decision
+    from metaheal.agents.executor.approvals import VERDICT_MEANING, load_signing_key, sign_for
     from metaheal.ledger.keys import key_id_of
 
     s = require_bootstrap(settings_from(config, bootstrap))
@@ -172,16 +189,21 @@ def _decide(
         if req.asks_verdict:
             raise _fail(f"PLAN_ID: the verdict request for plan {plan_id} expired; the playbook's default applied")
         raise _fail(f"PLAN_ID: the request for plan {plan_id} expired; the plan was cancelled")
-    signed = sign_decision(
-        sk, plan_id=plan_id, request_id=req.request_id, operator=operator, decision=decision, reason=reason
-    )
+    if expect_hash is not None and len(expect_hash) < 8:
+        raise _fail(f"--plan-hash: give at least 8 hex digits of the plan hash, got {expect_hash!r}", 2)
+    if expect_hash is not None and not req.plan_hash.startswith(expect_hash.lower()):
+        raise _fail(
+            f"--plan-hash: plan {plan_id} is now {req.plan_hash[:12]}, not the {expect_hash} you reviewed: "
+            "review it again (`metaheal approvals show`)"
+        )
+    signed = sign_for(sk, req, operator=operator, decision=decision, reason=reason)
     try:
         with Producer(s.kafka) as p:
             p.send(s.topics.name("approvals"), AvroSerializer(ApprovalDecision)(signed), key=plan_id)
     except KafkaUnavailable as exc:
         raise _fail(str(exc)) from None
     said = verdict or (VERDICT_MEANING[decision] if req.asks_verdict else decision)
-    print(f"{said} {plan_id} by {operator} (decision {signed.decision_id})")
+    print(f"{said} {plan_id} by {operator} (decision {signed.decision_id}, plan hash {req.plan_hash[:12]})")
 
 
 @approvals_app.command("approve")
@@ -190,11 +212,12 @@ def approve(
     key: KeyOpt,
     reason: ReasonOpt = "",
     operator: OperatorOpt = None,
+    plan_hash: PlanHashOpt = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Sign and publish an approval for PLAN_ID."""
-    _decide(plan_id, key, reason, operator, "approve", config, bootstrap)
+    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, expect_hash=plan_hash)
 
 
 @approvals_app.command("deny")
@@ -203,11 +226,12 @@ def deny(
     key: KeyOpt,
     reason: ReasonOpt = "",
     operator: OperatorOpt = None,
+    plan_hash: PlanHashOpt = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."""
-    _decide(plan_id, key, reason, operator, "deny", config, bootstrap)
+    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, expect_hash=plan_hash)
 
 
 @approvals_app.command("keep")
@@ -216,11 +240,12 @@ def keep(
     key: KeyOpt,
     reason: ReasonOpt = "",
     operator: OperatorOpt = None,
+    plan_hash: PlanHashOpt = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Keep the unverified change of PLAN_ID (the plan ends as success, confirmed by you)."""
-    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, verdict="keep")
+    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, verdict="keep", expect_hash=plan_hash)
 
 
 @approvals_app.command("rollback")
@@ -229,8 +254,9 @@ def rollback(
     key: KeyOpt,
     reason: ReasonOpt = "",
     operator: OperatorOpt = None,
+    plan_hash: PlanHashOpt = None,
     config: ConfigOpt = None,
     bootstrap: BootstrapOpt = None,
 ) -> None:
     """Roll back the unverified change of PLAN_ID (the executor runs the playbook's rollback)."""
-    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, verdict="rollback")
+    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, verdict="rollback", expect_hash=plan_hash)

@@ -11,7 +11,8 @@ with a reason an operator can act on, when
 * no request exists for the plan, or the request was already answered,
 * :func:`~metaheal.agents.executor.approvals.rejection_reason` (the executor's own
   check against the operator registry: operator known, key registered for them,
-  signature valid, request and plan ids, service allowed, not replayed, not expired)
+  key not revoked or expired in the key registry, signature valid, request and plan ids, the
+  request's plan hash and nonce, service allowed, not replayed, not backdated, not expired)
   finds a problem,
 * the plan now differs from the one the operator reviewed (its digest changed).
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from metaheal.agents.executor.approvals import decision_message, rejection_reason
+from metaheal.agents.executor.approvals import decision_message, load_registry, rejection_reason
 from metaheal.config import Settings
 from metaheal.console.view import FleetView
 from metaheal.errors import MetahealError
@@ -38,6 +39,10 @@ _MEANING = {
     "unauthorised": "operator not allowed for this service",
     "replayed": "decision already used",
     "expired": "request expired",
+    "revoked": "operator key revoked",
+    "key_expired": "operator key not valid at that time",
+    "plan_mismatch": "decision signed for a different plan",
+    "backdated": "decided before the request was made",
 }
 
 
@@ -66,7 +71,10 @@ def check_decision(view: FleetView, settings: Settings, body: Any, *, now: float
     if row is None:
         raise DecisionRefused(404, "unknown", f"no approval request for plan {d.plan_id}")
     seen = {x.decision_id for x in row.decisions}
-    why = rejection_reason(d, row.request, settings, seen=seen, received_at=now)
+    registry = load_registry(settings)
+    if registry is None:
+        raise DecisionRefused(503, "unverifiable", f"Refused: the key registry in {settings.keys} cannot be read")
+    why = rejection_reason(d, row.request, settings, seen=seen, received_at=now, registry=registry)
     if why is not None:
         kind = why.split(":", 1)[0]
         status = 410 if kind == "expired" else 403

@@ -2,7 +2,8 @@
 
 - :class:`ForecastResidual`: calibrated residual of the best of several online forecasters;
 - :class:`AnomalyLikelihood`: Numenta's anomaly likelihood over a detector's surprises;
-- :class:`RangeNovelty`: a value beyond the range the series has ever shown.
+- :class:`RangeNovelty`: a value beyond the range the series has ever shown;
+- :class:`WindowDensity`: the last few values together are in a rarely visited region (Half-Space Trees).
 
 :class:`metaheal.streams.scorer.AnomalyScorer` combines them.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from metaheal.errors import StateError
 from metaheal.streams.detectors.base import SeriesDetector
+from metaheal.streams.detectors.density import WindowDensity
 from metaheal.streams.detectors.likelihood import AnomalyLikelihood
 from metaheal.streams.detectors.novelty import RangeNovelty
 from metaheal.streams.detectors.residual import ForecastResidual, TailCalibrator
@@ -22,11 +24,12 @@ __all__ = [
     "SeriesDetector",
     "StateError",
     "TailCalibrator",
+    "WindowDensity",
     "detector_from_state",
 ]
 
 DETECTORS: dict[str, type[SeriesDetector]] = {
-    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty)
+    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty, WindowDensity)
 }
 
 

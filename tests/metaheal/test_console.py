@@ -23,7 +23,7 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from metaheal.agents.executor.approvals import DECODER, sign_decision
+from metaheal.agents.executor.approvals import DECODER, plan_hash, sign_decision, sign_for
 from metaheal.config import OperatorSettings, Settings
 from metaheal.console import ConsoleServer, ConsoleUnavailable
 from metaheal.console.view import plan_digest
@@ -80,6 +80,8 @@ def request(plan_id: str, *, expires_in: float = 600.0) -> ApprovalRequest:
         plan_summary="rollback_flag on api",
         requested_at=now,
         expires_at=now + expires_in,
+        plan_hash=plan_hash(plan(plan_id)),
+        nonce=f"nonce-{plan_id}",
     )
 
 
@@ -182,7 +184,7 @@ async def test_a_valid_decision_is_published_and_bad_ones_refused(
     digest = plan_digest(server.view.plans["p-ok"])
 
     def signed(key: SigningKey, plan_id: str, operator: str = "alice") -> ApprovalDecision:
-        return sign_decision(key, plan_id=plan_id, request_id=f"req-{plan_id}", operator=operator, decision="approve")
+        return sign_for(key, server.view.requests[plan_id], operator=operator, decision="approve")
 
     r = await client.post("/api/decisions", json=body(signed(MALLORY, "p-ok"), digest))
     assert r.status_code == 403 and "wrong key" in r.json()["message"] and "not operator alice's" in r.json()["message"]
@@ -201,6 +203,15 @@ async def test_a_valid_decision_is_published_and_bad_ones_refused(
         "/api/decisions", json=body(signed(ALICE, "p-ok"), digest), headers={"Sec-Fetch-Site": "cross-site"}
     )
     assert r.status_code == 403 and r.json()["kind"] == "cross_site"
+    req = server.view.requests["p-ok"]
+    other_plan = sign_decision(
+        ALICE, plan_id="p-ok", request_id=req.request_id, operator="alice", decision="approve",
+        plan_hash="ab" * 32, nonce=req.nonce,
+    )  # fmt: skip
+    r = await client.post("/api/decisions", json=body(other_plan, digest))
+    assert r.status_code == 403 and "signed for a different plan" in r.json()["message"], r.text
+    page = (await client.get("/approvals")).text
+    assert f'data-plan-hash="{plan_hash(plan("p-ok"))}"' in page and 'data-nonce="nonce-p-ok"' in page
     r = await client.post("/api/decisions", json={"decision": {"plan_id": "p-ok"}, "plan_digest": digest})
     assert r.status_code == 400 and "decision.decision_id" in r.json()["message"]
 
@@ -225,7 +236,7 @@ async def test_a_verdict_request_is_answered_keep_or_rollback_in_the_console(
     # p-kept ran after its approval; its verification was inconclusive, so the change waits for a verdict
     publish(settings, "plans", plan("p-kept"), "api")
     publish(settings, "approvals", request("p-kept"), "p-kept")
-    ran = sign_decision(ALICE, plan_id="p-kept", request_id="req-p-kept", operator="alice", decision="approve")
+    ran = sign_for(ALICE, request("p-kept"), operator="alice", decision="approve")
     publish(settings, "approvals", ran, "p-kept")
     verdict = request("p-kept").model_copy(
         update={
@@ -246,7 +257,7 @@ async def test_a_verdict_request_is_answered_keep_or_rollback_in_the_console(
     assert "(change kept, awaiting verdict)" in (await client.get("/outcomes")).text
     # the approval that let it run does not answer the verdict; a keep signed for the verdict request does
     digest = plan_digest(server.view.plans["p-kept"])
-    keep = sign_decision(ALICE, plan_id="p-kept", request_id="verdict-p-kept", operator="alice", decision="approve")
+    keep = sign_for(ALICE, verdict, operator="alice", decision="approve")
     r = await client.post("/api/decisions", json=body(keep, digest))
     assert r.status_code == 200 and r.json()["message"].startswith("Kept the change of plan p-kept"), r.text
 

@@ -227,6 +227,7 @@ def test_console_in_chromium(fleet: tuple[Settings, str, Path, Path], tmp_path: 
         payload = json.loads(received[0].payload)  # the decision, plus the executor's directive_id and service
         decision = ApprovalDecision.model_validate({k: payload[k] for k in ApprovalDecision.model_fields})
         assert decision.operator == "alice" and decision.reason == REASON
+        assert len(decision.plan_hash) == 64 and decision.nonce  # signed in the browser, bound to the plan
         assert verify_signature(decision, s.operators[0].public_key)
         assert "trust_violation" not in {e.action for e in entries if e.cycle_id == received[0].cycle_id}
 

@@ -60,6 +60,10 @@ class StepContext:
     #: ``plan_id/step`` for a mutating step: sent as the ``Idempotency-Key`` header (HTTP) or the
     #: :data:`IDEMPOTENCY_ENV` variable (commands), so a re-send after a crash is applied once
     idempotency_key: str | None = None
+    #: the service's admin URL; with ``admin_hosts`` set, every URL must stay under it
+    admin_url: str | None = None
+    #: ``executor.admin_hosts`` (see :mod:`~metaheal.agents.executor.actuators.urls`); None = no allow-list
+    admin_hosts: tuple[str, ...] | None = None
 
 
 #: environment variable carrying the idempotency key to a ``command`` step

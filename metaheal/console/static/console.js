@@ -177,6 +177,9 @@
       reason: (article.querySelector("input.reason") || {}).value || "",
       decided_at: Date.now() / 1000,
       key_id: key.keyId,
+      // the request's plan hash and nonce: the signature binds the decision to this very plan
+      plan_hash: article.dataset.planHash || "",
+      nonce: article.dataset.nonce || "",
     };
     const message = new TextEncoder().encode(canonical(unsigned));
     const sig = new Uint8Array(await crypto.subtle.sign({ name: "Ed25519" }, key.privateKey, message));

@@ -365,3 +365,47 @@ async def test_advice_that_cannot_be_signed_is_not_published(cfg: Settings, tmp_
         assert count(cfg, "advice") == 0
     finally:
         lg.close()
+
+
+async def test_successes_whose_symptom_did_not_recover_are_not_learned(cfg: Settings, log: ImmutableLog) -> None:
+    cycle = f"c-{uuid.uuid4().hex[:8]}"
+
+    async def outcome(playbook: str, verdicts: list[dict], focus: str = "latency_drift") -> None:
+        oid = f"o-{uuid.uuid4().hex[:8]}"
+        payload = {
+            "plan_id": f"p-{oid}",
+            "directive_id": f"d-{oid}",
+            "outcome_id": oid,
+            "service": "api",
+            "playbook": playbook,
+            "focus_area": focus,
+            "root_cause": "database_slow_query",
+            "result": "success",
+            "verification_passed": True,
+            "verdicts": verdicts,
+            "ts": time.time(),
+        }
+        await log.append(
+            actor="executor",
+            action="execution_outcome",
+            resource="api",
+            subsystem="agents",
+            payload=payload,
+            result="success",
+            cycle_id=cycle,
+        )
+
+    # written before symptom verdicts: a "success" that the next plan on the same incident shows was hollow
+    await outcome("scale_up_instances", [])
+    await outcome("warm_cache", [])
+    # a success whose symptom verdict failed (never written by the executor, but not evidence if it were)
+    await outcome("restart_service", [{"check": "symptom", "status": "fail"}], focus="error_spike")
+    fresh_log = ImmutableLog(cfg)
+    try:
+        async with Running(AdvisorService(cfg, log=fresh_log)) as svc:
+            ranker = next(a for a in svc.advisors if isinstance(a, PlaybookRanker))
+            learned = {pb for (service, cause, pb) in ranker.counts if service == "api" and cause == "*"}
+            assert learned == {"warm_cache"}, (ranker.counts, svc.learned)
+            assert len(svc.learned) == 3  # read, and two of them knowingly not learned
+    finally:
+        fresh_log.close()

@@ -116,3 +116,24 @@ def test_on_inconclusive_defaults_to_ask_with_expiry_keep_and_rejects_anything_e
     assert (pb.on_inconclusive, pb.verdict_expiry_seconds) == ("rollback", 120)
     with pytest.raises(PlaybookError, match=r"demo.yaml:10: on_inconclusive: Input should be 'keep', 'rollback'"):
         parse_playbook(GOOD + "on_inconclusive: maybe\n", source="demo.yaml")
+
+
+@pytest.mark.parametrize(
+    "value", ["baseline", "baseline * 1.2", "baseline + 50", "baseline * 2 - 0.01", 200, "{{ x }}"]
+)
+def test_relative_thresholds_load(value):
+    text = (
+        GOOD + f'verifications:\n  - {{type: metric_threshold, metric: latency_p95_ms, op: "<=", value: "{value}"}}\n'
+    )
+    assert parse_playbook(text, source="rel.yaml").verifications[0].value == str(value)
+
+
+@pytest.mark.parametrize("value", ["baseline ** 2", "__import__('os').system('true')", "base * 2", "baseline * x"])
+def test_a_bad_relative_threshold_fails_at_load_naming_the_field(value):
+    text = (
+        GOOD + f'verifications:\n  - {{type: metric_threshold, metric: latency_p95_ms, op: "<=", value: "{value}"}}\n'
+    )
+    with pytest.raises(PlaybookError) as err:
+        parse_playbook(text, source="rel.yaml")
+    assert str(err.value).startswith("rel.yaml:11: verifications.0.value: ")
+    assert "baseline * <factor>" in str(err.value)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from nacl.signing import SigningKey
 
-from metaheal.agents.executor.approvals import load_signing_key, sign_decision
+from metaheal.agents.executor.approvals import load_signing_key, sign_for
 from metaheal.agents.executor.service import Executor
 from metaheal.config import Settings
 from metaheal.events import (
@@ -156,10 +156,9 @@ async def test_approval_required_then_approved(env, executor: Executor):
     assert svc.calls["POST /flags/rollback"] == 0  # nothing happens before the approval
     send_decision(
         settings,
-        sign_decision(
+        sign_for(
             load_signing_key(alice_key),
-            plan_id=req.plan_id,
-            request_id=req.request_id,
+            req,
             operator="alice",
             decision="approve",
             reason="go",
@@ -179,10 +178,9 @@ async def test_approval_denied_runs_nothing(env, executor: Executor):
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
     send_decision(
         settings,
-        sign_decision(
+        sign_for(
             load_signing_key(alice_key),
-            plan_id=req.plan_id,
-            request_id=req.request_id,
+            req,
             operator="alice",
             decision="deny",
             reason="not now",
@@ -205,9 +203,7 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
         mallory = SigningKey.generate()  # claims to be alice
         send_decision(
             settings,
-            sign_decision(
-                mallory, plan_id=req.plan_id, request_id=req.request_id, operator="alice", decision="approve"
-            ),
+            sign_for(mallory, req, operator="alice", decision="approve"),
         )
         bob_key = next(
             p
@@ -216,10 +212,9 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
         )
         send_decision(
             settings,
-            sign_decision(
+            sign_for(
                 load_signing_key(bob_key),
-                plan_id=req.plan_id,
-                request_id=req.request_id,
+                req,
                 operator="bob",
                 decision="approve",
             ),
@@ -247,10 +242,9 @@ async def test_late_valid_approval_is_rejected_as_expired(env):
         req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
         send_decision(
             settings,
-            sign_decision(
+            sign_for(
                 load_signing_key(alice_key),
-                plan_id=req.plan_id,
-                request_id=req.request_id,
+                req,
                 operator="alice",
                 decision="approve",
                 decided_at=req.expires_at + 1,
@@ -350,10 +344,9 @@ async def test_lock_denies_a_second_plan_on_the_same_service(env, executor: Exec
     assert violation["violations"] == ["lock"] and req.plan_id in violation["reasons"][0]
     send_decision(
         settings,
-        sign_decision(
+        sign_for(
             load_signing_key(alice_key),
-            plan_id=req.plan_id,
-            request_id=req.request_id,
+            req,
             operator="alice",
             decision="deny",
         ),
@@ -612,6 +605,14 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
         runner.invoke, app, ["approvals", "approve", "plan-nope", "--key", str(alice_key), "--config", str(cfg)]
     )
     assert wrong.exit_code == 1 and "no approval request for plan plan-nope" in wrong.output
+    req = await pending_request(settings, plan_id)
+    changed = await asyncio.to_thread(
+        runner.invoke,
+        app,
+        ["approvals", "approve", plan_id, "--key", str(alice_key), "--plan-hash", "00000000", "--config", str(cfg)],
+    )
+    assert changed.exit_code == 1 and "you reviewed" in changed.output and "00000000" in changed.output
+    assert [r["plan_hash"] for r in rows] == [req.plan_hash]
     ok = await asyncio.to_thread(
         runner.invoke,
         app,
@@ -623,6 +624,8 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
             str(alice_key),
             "--reason",
             "checked dashboards",
+            "--plan-hash",
+            req.plan_hash[:12],
             "--config",
             str(cfg),
         ],

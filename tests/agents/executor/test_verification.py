@@ -163,3 +163,45 @@ async def test_an_unhealthy_telemetry_reader_is_inconclusive_and_a_patient_check
     tel.error = RuntimeError("broker connection lost")  # the reader thread died: what it holds is stale
     v = await run_verification(spec, service="api", since=now, telemetry=tel)
     assert v.status == "inconclusive" and v.reason == "telemetry reader failed: broker connection lost"
+
+
+def _latency_window(now: float, value: float, baseline: float) -> HealthWindow:
+    s = SignalStats(
+        signal="latency",
+        metric="latency_p95_ms",
+        count=4,
+        mean=value,
+        p50=value,
+        p95=value,
+        max=value,
+        baseline_mean=baseline,
+        baseline_p95=baseline,
+    )
+    return HealthWindow(service="api", window_start=now - 1, window_end=now, sample_count=4, signals=[s])
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_relative_threshold_resolves_against_the_healthy_reference_not_the_drifted_baseline():
+    tel = LiveTelemetry(Settings())
+    now = time.time()
+    tel.add_health(_latency_window(now - 5, 20.0, 20.0))  # healthy: the reference
+    tel.add_health(_latency_window(now - 4, 120.0, 90.0))  # the fault; the streams baseline has drifted
+    assert tel.baseline("api", "latency_p95_ms") == 20.0
+    symptoms = tel.focus_symptoms("api", "latency_drift", since=now - 60, tolerance=0.2)
+    assert [(s.metric, s.reference, s.threshold, s.observed) for s in symptoms] == [
+        ("latency_p95_ms", 20.0, 24.0, 120.0)
+    ]
+    for i in range(3):
+        tel.add_metric(Metric(service="api", metric="latency_p95_ms", value=120.0, ts=now + i * 0.01))
+    spec = {"type": "metric_threshold", "metric": "latency_p95_ms", "op": "<=", "value": "baseline * 1.5"}
+    v = await run_verification({**spec, "within": 0.3, "min_samples": 3}, service="api", since=now, telemetry=tel)
+    assert (v.status, v.threshold, v.reference, v.tolerance) == ("fail", 30.0, 20.0, 1.5)
+    assert v.query["value"] == "baseline * 1.5" and v.observed == [120.0, 120.0, 120.0]
+    # an absolute threshold on the same samples passes: exactly what the symptom check is for
+    v = await run_verification(
+        {**spec, "value": 200, "within": 0.3, "min_samples": 3}, service="api", since=now, telemetry=tel
+    )
+    assert v.status == "pass"
+    # without a healthy reference the relative check is inconclusive, never a pass
+    v = await run_verification({**spec, "metric": "error_rate", "within": 0.3}, service="api", since=now, telemetry=tel)
+    assert v.status == "inconclusive" and "healthy baseline" in v.reason

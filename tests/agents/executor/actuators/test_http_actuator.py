@@ -32,6 +32,8 @@ async def server():
             raise web.HTTPFound("/ok")
         if request.path == "/elsewhere":
             raise web.HTTPFound("http://example.invalid/steal")
+        if request.path == "/admin/outside":
+            raise web.HTTPFound("/private")  # same host, out of the admin path
         if request.path == "/slow":
             await asyncio.sleep(5)
         return web.Response(status=404)
@@ -60,13 +62,13 @@ async def test_post_sends_json_and_text_is_captured(server):
     res = await get_actuator("http.post").run({"url": f"{url}/ok", "json": {"delta": 2}}, CTX, 2)
     assert res.ok and res.value["echo"] == {"delta": 2} and seen[-1] == ("POST", "/ok", {"delta": 2})
     res = await get_actuator("http.get").run({"url": f"{url}/text"}, CTX, 2)
-    assert res.ok and res.value is None and res.detail["body"] == "plain"
+    assert res.ok and res.value is None and res.detail["body_excerpt"] == "plain"
 
 
 async def test_error_status_fails_unless_expected(server):
     url, _ = server
     res = await get_actuator("http.get").run({"url": f"{url}/boom"}, CTX, 2)
-    assert not res.ok and "500" in res.error and res.detail["body"] == {"error": "x"}
+    assert not res.ok and "500" in res.error and res.detail["body_excerpt"] == '{"error": "x"}'
     res = await get_actuator("http.get").run({"url": f"{url}/boom", "expect_status": 500}, CTX, 2)
     assert res.ok
 
@@ -107,3 +109,30 @@ async def test_post_carries_the_idempotency_key_header(server):
     assert keyed.ok and keyed.value == {"key": "plan-1/1"} and keyed.detail["idempotency_key"] == "plan-1/1"
     plain = await get_actuator("http.post").run({"url": f"{url}/key", "json": {"delta": 2}}, CTX, 2)
     assert plain.ok and plain.value == {"key": None}
+
+
+async def test_under_the_executor_every_url_is_checked_before_the_call(server):
+    """With the allow-list in the context, a URL outside the admin URL, with userinfo or a fragment, or at a
+    metadata address is refused before any request, and a redirect out of the admin path is not followed."""
+    url, seen = server
+    ctx = StepContext(service="api", admin_url=f"{url}/admin", admin_hosts=("127.0.0.0/8", "169.254.0.0/16"))
+    ok = await get_actuator("http.get").run({"url": f"{url}/admin/ok?verbose=1"}, ctx, 2)
+    assert ok.detail["status"] == 404 and seen[-1][:2] == ("GET", "/admin/ok")  # under the admin URL: called
+    calls = len(seen)
+    refused = {
+        f"{url}/private": "is not under the admin URL of api",
+        f"{url}/administrator": "is not under the admin URL of api",
+        f"{url}/admin/x#frag": "fragment",
+        url.replace("http://", "http://u:p@") + "/admin/x": "userinfo",
+        "http://169.254.169.254/admin/x": "link-local or cloud-metadata address",
+        "http://10.0.0.1/admin/x": "not on executor.admin_hosts",
+    }
+    for target, why in refused.items():
+        res = await get_actuator("http.post").run({"url": target, "json": {}}, ctx, 2)
+        assert not res.ok and res.error.startswith("refused") and why in res.error, (target, res.error)
+    assert len(seen) == calls  # not one request
+    res = await get_actuator("http.get").run({"url": f"{url}/admin/outside"}, ctx, 2)
+    assert not res.ok and "redirect" in res.error and seen[-1][1] == "/admin/outside"
+    none = StepContext(service="ghost", admin_url=None, admin_hosts=("127.0.0.0/8",))
+    res = await get_actuator("http.post").run({"url": f"{url}/ok", "json": {}}, none, 2)
+    assert not res.ok and "neither configured nor registered" in res.error and seen[-1][1] == "/admin/outside"
