@@ -29,7 +29,14 @@ LEGACY_SUBSYSTEMS: frozenset[str] = frozenset({"meta_loop", "advisors", "agents"
 
 ACTIONS: dict[str, frozenset[str]] = {
     "meta_loop": frozenset(
-        {"cycle_focus_decided", "probes_enabled", "directive_issued", "learning_update", "guardrail_changed"}
+        {
+            "cycle_focus_decided",
+            "probes_enabled",
+            "directive_issued",
+            "learning_update",
+            "guardrail_changed",
+            "trust_violation",
+        }
     ),
     "ml_advisors": frozenset({"advice_provided", "model_updated"}),
     "agentic_planner": frozenset({"plan_created", "trust_checked", "trust_violation", "approval_requested"}),
@@ -50,10 +57,12 @@ ACTIONS: dict[str, frozenset[str]] = {
     ),
     "operator": frozenset({"approval_decided"}),
     "ledger": frozenset({"checkpoint"}),
+    # signs service registrations on the bus (metaheal.ledger.signing.RECORD_WRITERS); appends nothing
+    "registrar": frozenset(),
 }
 
 #: Actors that get a key from ``metaheal keys init`` (operators are created by name).
-SYSTEM_ACTORS: tuple[str, ...] = ("meta_loop", "ml_advisors", "agentic_planner", "executor", "ledger")
+SYSTEM_ACTORS: tuple[str, ...] = ("meta_loop", "ml_advisors", "agentic_planner", "executor", "ledger", "registrar")
 
 
 def role(actor: str) -> str:

@@ -335,6 +335,17 @@ class OperatorSettings(_Section):
         return raw.hex()
 
 
+class SigningSettings(_Section):
+    """Signed records on the bus (``metaheal.ledger.signing``): how far a record's signing time may be from now."""
+
+    max_clock_skew_seconds: float = Field(
+        30.0, gt=0, description="a record signed more than this ahead of the reader's clock is refused"
+    )
+    max_record_age_seconds: float = Field(
+        900.0, gt=0, description="directives and probe commands signed longer ago than this are refused (replays)"
+    )
+
+
 class ObservabilitySettings(_Section):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="serve /metrics, /healthz and /readyz on this port (`up`); None = off"
@@ -400,6 +411,7 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
 
     @field_validator("services")
     @classmethod

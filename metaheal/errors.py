@@ -14,7 +14,8 @@ The modules that raise these re-export them under their old names
     ├── ConfigError                (ValueError)  settings or a config file
     │   └── NotConfigured                            a setting a default handle needs is missing
     ├── DecodeError                (ValueError)  a record that cannot become an event
-    │   └── LimitExceeded                            a record over a size or nesting bound
+    │   ├── LimitExceeded                            a record over a size or nesting bound
+    │   └── RecordRefused                            a record whose signature or writer does not check out
     ├── KafkaUnavailable           (RuntimeError) the broker did not answer in time
     │   ├── LedgerUnavailable                    an entry was not durably appended
     │   └── ReaderFailed                         a background topic reader stopped
@@ -70,6 +71,7 @@ __all__ = [
     "PlaybookError",
     "ProofError",
     "ReaderFailed",
+    "RecordRefused",
     "RoleUnavailable",
     "StateError",
     "TemplateError",
@@ -97,6 +99,19 @@ class DecodeError(MetahealError, ValueError):
 
 class LimitExceeded(DecodeError):
     """A record larger than ``max_record_bytes`` or JSON nested deeper than ``max_json_depth``; names the bound."""
+
+
+class RecordRefused(DecodeError):
+    """A record that cannot be trusted: unsigned, mis-signed, stale, replayed or by a writer not allowed.
+
+    ``reason`` is one word (``unsigned``, ``bad_signature``, ``not_allowed``, ...) for dead letters and
+    ``trust_violation`` entries; the message says what exactly was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 # --- Kafka and the ledger ------------------------------------------------------------------------

@@ -13,6 +13,12 @@ value) removes a name.
 Configured services win: what an operator wrote beats what a service says about
 itself, except a missing ``admin_url``, which a registration fills in.
 
+Registrations (and deregistering tombstones) are signed records
+(``service_registration`` in :data:`metaheal.ledger.signing.RECORD_WRITERS`): written with
+the control plane's ``registrar`` key (``metaheal services register`` and ``metaheal
+simulate`` where the keys folder is) or an operator's key. An unsigned or mis-signed
+record, or an older one replayed after a newer one, is rejected (dead letter with the reason).
+
 >>> from metaheal.config import ServiceSettings
 >>> conf = [ServiceSettings(name="db", criticality="critical")]
 >>> reg = [ServiceSettings(name="db", admin_url="http://h:1", criticality="low"), ServiceSettings(name="web")]
@@ -35,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from metaheal.config import ServiceSettings, Settings, admin_url_problem
-from metaheal.errors import DecodeError, LimitExceeded
+from metaheal.errors import DecodeError, LimitExceeded, RecordRefused
 from metaheal.events import DeadLetter, ServiceRegistration
 from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
 from metaheal.kafka.limits import loads
@@ -46,10 +52,13 @@ from metaheal.kafka.serializers import (
     validate,
 )
 from metaheal.kafka.tail import TopicTail
+from metaheal.ledger.signing import RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
 
 TOPIC = "services"
+#: the record type in ``RECORD_WRITERS``
+RECORD = "service_registration"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 _avro_in = AvroDeserializer(ServiceRegistration)
@@ -130,9 +139,10 @@ def merged_services(
 class RegistryPublisher:
     """Registers and deregisters services; ``register`` returns once the broker acknowledged."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, actor: str = "registrar") -> None:
         self.topic = settings.topics.name(TOPIC)
         self._producer = Producer(settings.kafka)
+        self._signer = RecordSigner(settings.keys, actor)
 
     def register(self, regs: Iterable[ServiceRegistration]) -> int:
         return self._send((reg.name, _avro_out(reg)) for reg in regs)
@@ -143,7 +153,8 @@ class RegistryPublisher:
     def _send(self, records: Iterable[tuple[str, bytes | None]]) -> int:
         n = 0
         for key, value in records:
-            self._producer.produce(self.topic, value, key=key)
+            headers = self._signer.sign(RECORD, value, key=key, record_id=key)
+            self._producer.produce(self.topic, value, key=key, headers=headers)
             n += 1
         self._producer.flush(15.0)
         return n
@@ -159,11 +170,14 @@ class Snapshot:
     services: dict[str, ServiceRegistration] = field(default_factory=dict)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # offset, key, error
     next_offset: int = 0
+    #: checks each record's signature (None: not checked, for tools that only display)
+    verifier: RecordVerifier | None = None
+    signed_at: dict[str, float] = field(default_factory=dict)  # name -> signing time of the record applied
 
 
 def read_registry(settings: Settings, timeout: float = 30.0) -> Snapshot:
     """Read ``<prefix>services`` to its end (partition EOF; tansu's watermarks are unreliable)."""
-    snap = Snapshot()
+    snap = Snapshot(verifier=RecordVerifier.for_settings(settings))
     with Consumer(settings.kafka) as c:
         for m in c.read_to_end(settings.topics.name(TOPIC), partitions=[0], timeout=timeout):
             snap.next_offset = m.offset() + 1
@@ -175,6 +189,15 @@ def apply_record(snap: Snapshot, m: ConsumedMessage) -> ServiceRegistration | De
     """Fold one record into ``snap``; returns the registration, ``None`` for a tombstone, or the error."""
     key = (m.key() or b"").decode("utf-8", "replace")
     value = m.value()
+    if snap.verifier is not None:
+        try:
+            signed = snap.verifier.check(RECORD, m, record_id=key)
+            if signed.ts < snap.signed_at.get(key, float("-inf")) - snap.verifier.max_skew:
+                raise RecordRefused("replayed", f"{key} signed at {signed.ts:.3f}, before the record already applied")
+        except RecordRefused as exc:
+            snap.rejected.append((m.offset(), key, str(exc)))
+            return exc
+        snap.signed_at[key] = max(signed.ts, snap.signed_at.get(key, float("-inf")))
     if value is None:
         snap.services.pop(key, None)
         return None
@@ -210,6 +233,7 @@ class RegistryFollower(TopicTail):
         *,
         start_offset: int = 0,
         dead_letter: bool = False,
+        signed_at: dict[str, float] | None = None,
     ) -> None:
         super().__init__(settings.kafka)
         self._settings = settings
@@ -217,7 +241,8 @@ class RegistryFollower(TopicTail):
         self._on_change = on_change
         self._start = start_offset
         self._dead_letter = dead_letter
-        self._snap = Snapshot()
+        # signed_at: what the snapshot read up to start_offset had applied (an older record replayed later loses)
+        self._snap = Snapshot(verifier=RecordVerifier.for_settings(settings), signed_at=dict(signed_at or {}))
         self._producer: Producer | None = None
         self._ser_dead = AvroSerializer(DeadLetter)
 
@@ -230,14 +255,15 @@ class RegistryFollower(TopicTail):
         if isinstance(got, DecodeError):
             logger.warning("service registration rejected key=%s offset=%d error=%s", key, msg.offset(), got)
             if self._dead_letter:
-                self._send_dead_letter(msg, str(got))
+                why = f"untrusted service registration: {got.reason}" if isinstance(got, RecordRefused) else None
+                self._send_dead_letter(msg, str(got), why)
             return
         self._on_change(got.name if got is not None else key, got)
 
-    def _send_dead_letter(self, msg: ConsumedMessage, error: str) -> None:
+    def _send_dead_letter(self, msg: ConsumedMessage, error: str, reason: str | None = None) -> None:
         if self._producer is None:
             self._producer = Producer(self._kafka)
-        dl = DeadLetter.of(msg, "invalid service registration", error)
+        dl = DeadLetter.of(msg, reason or "invalid service registration", error)
         try:
             self._producer.send(self._settings.topics.name("deadletter"), self._ser_dead(dl), key=msg.key())
         except KafkaUnavailable as exc:  # the warning above already names the record

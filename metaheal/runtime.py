@@ -434,7 +434,11 @@ class Runtime:
             loop.call_soon_threadsafe(self.registry_changed, name, reg)
 
         self.registry = RegistryFollower(
-            self.settings, on_change, start_offset=snap.next_offset, dead_letter="executor" in self.roles
+            self.settings,
+            on_change,
+            start_offset=snap.next_offset,
+            dead_letter="executor" in self.roles,
+            signed_at=snap.signed_at,
         )
         await asyncio.to_thread(self.registry.start)
 

@@ -181,7 +181,9 @@ def build_plan(
         service=directive.service,
         selected_playbook=playbook.name,
         steps=steps,
-        verifications=verifications if directive.requires_verification else [],
+        # always: whether a change is verified is the playbook's to say, never a record's (requires_verification
+        # on a directive is kept for schema compatibility and ignored)
+        verifications=verifications,
         rollback_plan=rollback,
         trust_approval_required=False,
         estimated_duration=float(estimated),

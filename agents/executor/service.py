@@ -56,7 +56,7 @@ from typing import Any
 import httpx
 
 from metaheal.agents.common.playbooks import Playbook, load_playbooks
-from metaheal.agents.common.policy import Policies, TrustDecision
+from metaheal.agents.common.policy import Policies, TrustDecision, guardrail_reasons
 from metaheal.agents.executor.actuators import (
     ActuatorError,
     StepContext,
@@ -78,6 +78,7 @@ from metaheal.agents.executor.incidents import Incident, IncidentMemory
 from metaheal.agents.executor.planner import (
     NoApplicablePlaybook,
     PlanContext,
+    build_plan,
     plan_id_for,
 )
 from metaheal.agents.executor.planner import plan as make_plan
@@ -93,7 +94,7 @@ from metaheal.agents.executor.recovery import (
     verified_entry,
 )
 from metaheal.agents.executor.state import PlanRecord, StateStore
-from metaheal.agents.executor.templating import TemplateError, render
+from metaheal.agents.executor.templating import render
 from metaheal.agents.executor.verification import (
     LiveTelemetry,
     Symptom,
@@ -102,8 +103,9 @@ from metaheal.agents.executor.verification import (
     overall,
     run_verification,
 )
+from metaheal.agents.meta.leader import GuardrailFollower, tighter
 from metaheal.config import ServiceSettings, Settings, load_settings
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, RecordRefused, TemplateError
 from metaheal.events import (
     AgenticPlan,
     ApprovalRequest,
@@ -118,6 +120,7 @@ from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import SUBSYSTEM
 from metaheal.ledger.keys import KeyRegistry
+from metaheal.ledger.signing import HEADER, RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +193,8 @@ class Executor:
         self.state = StateStore(settings)
         self.telemetry = LiveTelemetry(settings)
         self.inbox = ApprovalInbox(settings)
+        #: the meta loop's signed guardrail level: a directive's level is never looser than it
+        self.guardrails = GuardrailFollower(settings)
         self.producer = Producer(settings.kafka)
         self._tasks: dict[str, asyncio.Task[SignedOutcome | None]] = {}
         self._sem = asyncio.Semaphore(settings.executor.max_concurrent_plans)
@@ -203,6 +208,13 @@ class Executor:
         self._ser_request = AvroSerializer(ApprovalRequest)
         self._ser_dead = AvroSerializer(DeadLetter)
         self._de_directive = AvroDeserializer(Directive)
+        # directives off the bus: signed by the meta loop and recent (each id runs once: the durable state);
+        # stored ones (recovery): the signature only
+        self._verify_directive = RecordVerifier.for_settings(settings, live=True)
+        self._verify_stored = RecordVerifier.for_settings(settings)
+        self._signer = RecordSigner(settings.keys, "executor")
+        self._violations_logged: dict[tuple[str, str], float] = {}
+        self._reporting: asyncio.Future[None] | None = None
         self.ready = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -219,15 +231,19 @@ class Executor:
         self._started = True
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.state.load)
+        await self._report_refused_state()
         for rec in self.state.recent_actions(time.time() - 3600):
             self.policies.record_action(rec.service, rec.execution_started_at or 0.0)
         await asyncio.to_thread(self.telemetry.start)
         await asyncio.to_thread(self.inbox.start)
+        await asyncio.to_thread(self.guardrails.start)
         for rec in self.state.in_flight():
             if recover or rec.partition is None:
                 self._spawn(rec.directive_id, self._recover(rec))
 
     def _recover_partitions(self, partitions: set[int]) -> None:
+        if self.state.refused:
+            self._reporting = asyncio.ensure_future(self._report_refused_state())
         for rec in self.state.in_flight():
             if rec.partition in partitions and rec.directive_id not in self._tasks:
                 self._spawn(rec.directive_id, self._recover(rec))
@@ -240,6 +256,7 @@ class Executor:
         t0 = time.monotonic()
         self.telemetry.stop()
         self.inbox.stop()
+        self.guardrails.stop()
         self.producer.close(2.0)
         self.state.close()
         if self._own_log:
@@ -257,6 +274,7 @@ class Executor:
                 # fail closed: a reader that stopped (telemetry for verification, approvals) stops the executor
                 self.telemetry.check()
                 self.inbox.check()
+                self.guardrails.check()
                 msgs = await asyncio.to_thread(consumer.poll_batch, 20, 0.1)
                 for msg in msgs:
                     await self._accept(msg)
@@ -276,17 +294,70 @@ class Executor:
         logger.info("executor_assigned id=%s partitions=%s", self.id, [p.partition for p in partitions])
 
     async def _accept(self, msg: ConsumedMessage) -> None:
+        """A directive off the bus: acted on only once the meta loop's signature checks out."""
         try:
+            signed = self._verify_directive.check("directive", msg)
             directive = self._de_directive(msg.value() or b"")
+            if signed.record_id != directive.directive_id:
+                raise RecordRefused(
+                    "id_mismatch", f"envelope id {signed.record_id!r} is not directive {directive.directive_id!r}"
+                )
+        except RecordRefused as exc:
+            await self._dead_letter(msg, f"untrusted directive: {exc.reason}", str(exc))
+            await self._trust_violation("directive", msg, exc)
+            return
         except DecodeError as exc:
             await self._dead_letter(msg, "invalid directive", str(exc))
             return
-        await self.submit(directive, partition=msg.partition())
+        envelope = dict(msg.headers() or []).get(HEADER)
+        await self.submit(
+            directive,
+            partition=msg.partition(),
+            signed=(msg.value() or b"", msg.key(), envelope or b""),
+        )
+
+    async def _trust_violation(self, record_type: str, msg: ConsumedMessage | DeadLetter, exc: RecordRefused) -> None:
+        """A ``trust_violation`` ledger entry for a refused record: at most one per record type and reason a
+        minute (a flood of forged records is dead-lettered whole but cannot flood the ledger)."""
+        key = (record_type, exc.reason)
+        now = time.time()
+        if now - self._violations_logged.get(key, 0.0) < 60.0:
+            return
+        self._violations_logged[key] = now
+        if isinstance(msg, DeadLetter):
+            where = {"topic": msg.source_topic, "partition": msg.partition, "offset": msg.offset}
+        else:
+            where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+        try:
+            await self.log.append(
+                actor="executor",
+                action="trust_violation",
+                resource=f"records:{record_type}",
+                subsystem=SUBSYSTEM,
+                payload={"record_type": record_type, "reason": exc.reason, "detail": exc.detail, **where},
+                result="refused",
+                cycle_id="none",
+            )
+        except KafkaUnavailable as err:  # the dead letter holds the record; the log line names it
+            logger.warning("trust_violation not recorded record_type=%s error=%s", record_type, err)
+
+    async def _report_refused_state(self) -> None:
+        while self.state.refused:
+            dl, exc = self.state.refused.pop(0)
+            await self._trust_violation("executor_state", dl, exc)
 
     async def submit(
-        self, directive: Directive, *, partition: int | None = None
+        self,
+        directive: Directive,
+        *,
+        partition: int | None = None,
+        signed: tuple[bytes, bytes | None, bytes] | None = None,
     ) -> asyncio.Task[SignedOutcome | None] | None:
-        """Take a directive unless it was seen before; returns its task (None for a duplicate)."""
+        """Take a directive unless it was seen before; returns its task (None for a duplicate).
+
+        ``signed``: the record's value, key and ``metaheal-sig`` envelope as read off the bus (kept in the
+        durable state so recovery re-verifies them); callers in this process submit trusted directives without.
+        """
         if directive.directive_id in self._tasks or self.state.get(directive.directive_id) is not None:
             logger.info(
                 "directive_duplicate directive=%s service=%s (not executed again)",
@@ -300,6 +371,9 @@ class Executor:
             status="accepted",
             plan_id=plan_id_for(directive.directive_id),
             directive_json=directive.model_dump_json(),
+            directive_avro=signed[0].hex() if signed else None,
+            directive_key=signed[1].hex() if signed and signed[1] is not None else None,
+            directive_envelope=signed[2].decode("utf-8", "replace") if signed else None,
             owner=self.id,
             partition=partition,
         )
@@ -384,6 +458,13 @@ class Executor:
     async def _publish(self, topic: str, key: str, value: bytes) -> None:
         await asyncio.to_thread(self.producer.send, self.settings.topics.name(topic), value, key=key)
 
+    async def _publish_outcome(self, outcome: SignedOutcome) -> None:
+        """On ``<prefix>outcomes``, signed by the executor (the meta loop learns only from those)."""
+        value = self._ser_outcome(outcome)
+        headers = self._signer.sign("outcome", value, key=outcome.service, record_id=outcome.outcome_id)
+        topic = self.settings.topics.name("outcomes")
+        await asyncio.to_thread(self.producer.send, topic, value, key=outcome.service, headers=headers)
+
     # --- the pipeline ----------------------------------------------------------------------------
 
     def _service(self, name: str) -> ServiceSettings | None:
@@ -400,6 +481,8 @@ class Executor:
             f"root causes: {', '.join(causes) or 'none given'}; "
             f"advised playbooks: {', '.join(d.ml_advice.recommended_playbooks) or 'none'}"
         )
+        if not d.requires_verification:
+            run.note("the directive says requires_verification=false: ignored, every change is verified")
         svc = self._service(d.service)
         if svc is None:
             return await self._deny(run, [f"service {d.service} is not configured"], ["unknown_service"])
@@ -471,7 +554,10 @@ class Executor:
             },
             "planned",
         )
-        decision = self.policies.check(plan, d.guardrail_level)
+        level = self._level(d)
+        if level != d.guardrail_level:
+            run.note(f"guardrails {level}, not the directive's {d.guardrail_level}: the meta loop's signed level")
+        decision = self.policies.check(plan, level)
         limit = self.settings.executor.max_incident_attempts
         if incident is not None and (exhausted or incident.automatic_attempts >= limit) and decision.verdict != "deny":
             evidence = "; ".join(s.finding or f"{s.series} off its healthy {s.stat} {s.reference:g}" for s in symptoms)
@@ -514,6 +600,10 @@ class Executor:
             return await self._execute(run)
         finally:
             self.policies.unlock(plan.service, plan.plan_id)
+
+    def _level(self, d: Directive) -> str:
+        """The directive's guardrail level, tightened to the meta loop's current signed level."""
+        return tighter(d.guardrail_level, self.guardrails.level)
 
     async def _incident(self, d: Directive) -> Incident | None:
         """The open incident of ``d``'s service and focus area, rebuilt from the signed outcomes in the ledger."""
@@ -1332,7 +1422,7 @@ class Executor:
         crash_point("before_publish")
         # Publish, then mark done: a crash in between is found by recovery through the ledger entry,
         # which publishes the outcome only if the topic does not have it (one outcome per plan).
-        await self._publish("outcomes", d.service, self._ser_outcome(outcome))
+        await self._publish_outcome(outcome)
         if final:
             await self._save(run, status="done", result=ledger_result or result)
         logger.info(
@@ -1349,18 +1439,119 @@ class Executor:
 
     # --- recovery ------------------------------------------------------------------------------
 
+    def _trusted_directive(self, rec: PlanRecord) -> Directive:
+        """The directive of a stored plan, re-verified: the meta loop's signature over the bytes it came in."""
+        if rec.directive_avro is None:
+            # submitted in this process (no bus record): the executor's own signed state vouches for it
+            return Directive.model_validate_json(rec.directive_json or "{}")
+        try:
+            value = bytes.fromhex(rec.directive_avro)
+            key = bytes.fromhex(rec.directive_key) if rec.directive_key else None
+        except ValueError:
+            raise RecordRefused("bad_envelope", "stored directive bytes are not hex") from None
+        signed = self._verify_stored.verify(
+            "directive", value, key, {HEADER: (rec.directive_envelope or "").encode()}, record_id=rec.directive_id
+        )
+        directive = self._de_directive(value)
+        if directive.directive_id != rec.directive_id or directive.service != rec.service:
+            raise RecordRefused("id_mismatch", f"stored directive {directive.directive_id} is not {rec.directive_id}")
+        logger.debug("recovery directive verified directive=%s signed_by=%s", rec.directive_id, signed.actor)
+        return directive
+
+    def _rebuilt_plan(self, directive: Directive, rec: PlanRecord) -> AgenticPlan | None:
+        """The stored plan rebuilt from the loaded playbooks and the verified directive, trust-checked again.
+
+        The stored ``plan_json`` only names the playbook; steps, rollback and verifications come from the
+        playbook as loaded now, and must render to what was stored (step progress counts refer to them).
+        """
+        if not rec.plan_json:
+            return None
+        stored = AgenticPlan.model_validate_json(rec.plan_json)
+        name = stored.selected_playbook
+        pb = self.playbooks.get(name)
+        if pb is None:
+            raise RecordRefused("unknown_playbook", f"playbook {name!r} of plan {stored.plan_id} is not loaded")
+        svc = self._service(directive.service)
+        if svc is None:
+            raise RecordRefused("unknown_service", f"service {directive.service} is neither configured nor registered")
+        denied = self.policies.playbook_denied(directive.service, name)
+        if denied:
+            raise RecordRefused("policy", denied)
+        extra = {k: rec.outputs[k] for k in ("dependency",) if k in rec.outputs}
+        try:
+            plan = build_plan(directive, pb, svc, now=stored.ts, extra=extra)
+        except TemplateError as exc:
+            raise RecordRefused("plan_mismatch", f"{name} no longer renders for {svc.name}: {exc}") from None
+        if (plan.plan_id, plan.steps, plan.rollback_plan, plan.verifications) != (
+            stored.plan_id,
+            stored.steps,
+            stored.rollback_plan,
+            stored.verifications,
+        ):
+            raise RecordRefused("plan_mismatch", f"plan {stored.plan_id} is not what {name} renders to now")
+        level = self._level(directive)
+        exceeded = guardrail_reasons(
+            self.settings,
+            level,
+            confidence=plan.confidence,
+            impact=plan.risk_assessment.impact,
+            blast_radius=plan.risk_assessment.blast_radius,
+        )
+        approved = (rec.trust_decision or "").startswith("approved_by:") or rec.status == "awaiting_approval"
+        if exceeded and not approved and rec.status != "accepted":
+            raise RecordRefused(
+                "needs_approval",
+                f"{name} exceeds the {level} guardrails and was not approved: {'; '.join(exceeded)}",
+            )
+        plan.trust_approval_required = bool(exceeded)
+        return plan
+
     async def _recover(self, rec: PlanRecord) -> SignedOutcome | None:
-        directive = Directive.model_validate_json(rec.directive_json or "{}")
+        try:
+            directive = self._trusted_directive(rec)
+            plan = self._rebuilt_plan(directive, rec)
+        except (RecordRefused, DecodeError, ValueError) as exc:
+            refused = exc if isinstance(exc, RecordRefused) else RecordRefused("bad_state", str(exc))
+            await self._refuse_recovery(rec, refused)
+            return None
         run = Run(directive, rec)
         run.trust_decision = rec.trust_decision or "auto_approved"
-        if rec.plan_json:
-            run.plan = AgenticPlan.model_validate_json(rec.plan_json)
+        if plan is not None:
+            run.plan = plan
             self.policies.try_lock(run.plan.service, run.plan.plan_id)
         try:
             return await self._recover_run(run, rec)
         finally:
             if run.plan is not None:
                 self.policies.unlock(run.plan.service, run.plan.plan_id)
+
+    async def _refuse_recovery(self, rec: PlanRecord, exc: RecordRefused) -> None:
+        """A stored plan that does not check out any more: nothing is run, the refusal is recorded."""
+        logger.error("recovery_refused directive=%s reason=%s error=%s", rec.directive_id, exc.reason, exc)
+        await self.log.append(
+            actor="executor",
+            action="trust_violation",
+            resource=f"plan/{rec.plan_id or rec.directive_id}",
+            subsystem=SUBSYSTEM,
+            payload={
+                "record_type": "executor_state",
+                "directive_id": rec.directive_id,
+                "plan_id": rec.plan_id,
+                "service": rec.service,
+                "status": rec.status,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "recovery": "refused: nothing run; manual check needed",
+            },
+            result="refused",
+            cycle_id="none",
+        )
+        await self.state.put(
+            rec.model_copy(
+                update={"status": "done", "result": f"recovery_refused:{exc.reason}", "rationale": [str(exc)]}
+            )
+        )
+        return None
 
     async def _recover_run(self, run: Run, rec: PlanRecord) -> SignedOutcome | None:
         async def recovered(action: str, why: str) -> None:
@@ -1462,7 +1653,7 @@ class Executor:
         outcome = outcome_from_entry(entry)
         published = await asyncio.to_thread(outcome_published, self.settings, outcome.outcome_id)
         if not published:
-            await self._publish("outcomes", outcome.service, self._ser_outcome(outcome))
+            await self._publish_outcome(outcome)
         logger.info(
             "outcome_recovered directive=%s plan=%s result=%s ledger_sequence=%d published_now=%s",
             outcome.directive_id,

@@ -7,6 +7,12 @@ whole latest state of one directive, keyed by directive id; compaction keeps the
 last one. Every write is acknowledged by the broker before the executor goes on
 (write-ahead), which is what makes the record trustworthy after SIGKILL.
 
+Every record is signed by the executor's key (``executor_state`` in
+:data:`metaheal.ledger.signing.RECORD_WRITERS`) and verified on load: an unsigned,
+mis-signed or foreign record, or an older signed record replayed after a newer one, is
+refused (dead letter with the reason, listed in :attr:`StateStore.refused` for the
+executor's ``trust_violation`` entry) and never recovered.
+
 >>> r = PlanRecord(directive_id="d1", service="api", status="executing", step_started=1, steps_done=1)
 >>> r.interrupted_step()
 1
@@ -26,7 +32,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from metaheal.config import Settings
-from metaheal.kafka import Consumer, KafkaUnavailable, Producer
+from metaheal.errors import LedgerKeyError, RecordRefused
+from metaheal.events import DeadLetter
+from metaheal.kafka import ConsumedMessage, Consumer, KafkaUnavailable, Producer
+from metaheal.kafka.serializers import AvroSerializer
+from metaheal.ledger.signing import RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +52,11 @@ class PlanRecord(BaseModel):
     status: Status
     plan_id: str | None = None
     directive_json: str | None = None
+    #: the directive exactly as it came off the bus (Avro, hex) and its ``metaheal-sig`` envelope, so that
+    #: recovery re-verifies the meta loop's signature (None: submitted in process, not from the bus)
+    directive_avro: str | None = None
+    directive_envelope: str | None = None
+    directive_key: str | None = None
     plan_json: str | None = None
     approval_request_json: str | None = None
     trust_decision: str | None = None
@@ -90,11 +105,19 @@ class PlanRecord(BaseModel):
 class StateStore:
     """Latest :class:`PlanRecord` per directive, mirrored in memory, written through to Kafka."""
 
+    RECORD = "executor_state"
+
     def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
         self.settings = settings
         self.topic = settings.topics.name("executor-state")
         self._producer = producer or Producer(settings.kafka)
         self.records: dict[str, PlanRecord] = {}
+        self._signer = RecordSigner(settings.keys, "executor")
+        self._verifier = RecordVerifier.for_settings(settings)
+        #: refused records not yet reported: (dead letter, reason); the executor drains it into the ledger
+        self.refused: list[tuple[DeadLetter, RecordRefused]] = []
+        self._refused_at: set[tuple[int, int]] = set()
+        self._ser_dead = AvroSerializer(DeadLetter)
 
     def load(self, timeout: float = 30.0) -> dict[str, PlanRecord]:
         """Read the topic to its end (blocking) and keep the last record per directive."""
@@ -103,15 +126,31 @@ class StateStore:
         fast: dict[str, Any] = {"fetch.wait.max.ms": 50}
         consumer = Consumer(self.settings.kafka, **fast)
         try:
+            signed_at: dict[str, float] = {}
             for msg in consumer.read_to_end(self.topic, timeout=timeout):
-                key, value = (msg.key() or b"").decode(), msg.value()
+                key, value = (msg.key() or b"").decode("utf-8", "replace"), msg.value()
+                try:
+                    env = self._verifier.check(self.RECORD, msg, record_id=key)
+                    if env.ts < signed_at.get(key, float("-inf")):
+                        raise RecordRefused(
+                            "replayed", f"state of {key} signed at {env.ts:.3f}, older than the one already read"
+                        )
+                except RecordRefused as exc:
+                    self._refuse(msg, exc)
+                    continue
+                signed_at[key] = env.ts
                 if value is None:
                     records.pop(key, None)
                     continue
                 try:
-                    records[key] = PlanRecord.model_validate_json(value)
+                    rec = PlanRecord.model_validate_json(value)
                 except ValueError as exc:
                     logger.error("executor_state_corrupt key=%s offset=%s error=%s", key, msg.offset(), exc)
+                    continue
+                if rec.directive_id != key:
+                    self._refuse(msg, RecordRefused("id_mismatch", f"state of {rec.directive_id} stored under {key}"))
+                    continue
+                records[key] = rec
         finally:
             consumer.close()
         for key, rec in records.items():
@@ -124,12 +163,37 @@ class StateStore:
         )
         return records
 
+    def _refuse(self, msg: ConsumedMessage, exc: RecordRefused) -> None:
+        where = (msg.partition(), msg.offset())
+        if where in self._refused_at:  # read again on a later load (rebalance): reported once
+            return
+        self._refused_at.add(where)
+        logger.error(
+            "executor_state_refused key=%r partition=%d offset=%d reason=%s error=%s",
+            msg.key(),
+            msg.partition(),
+            msg.offset(),
+            exc.reason,
+            exc,
+        )
+        dl = DeadLetter.of(msg, f"untrusted executor_state: {exc.reason}", str(exc))
+        self.refused.append((dl, exc))
+        try:
+            self._producer.send(self.settings.topics.name("deadletter"), self._ser_dead(dl), key=msg.key())
+        except KafkaUnavailable as err:
+            logger.warning("executor_state dead_letter_failed offset=%d error=%s", msg.offset(), err)
+
     def get(self, directive_id: str) -> PlanRecord | None:
         return self.records.get(directive_id)
 
     def put_sync(self, record: PlanRecord) -> PlanRecord:
         record = record.model_copy(update={"updated_at": time.time()})
-        self._producer.send(self.topic, record.model_dump_json().encode(), key=record.directive_id)
+        value = record.model_dump_json().encode()
+        try:
+            headers = self._signer.sign(self.RECORD, value, key=record.directive_id, record_id=record.directive_id)
+        except LedgerKeyError as exc:  # unsigned state would be refused on load: as good as not written
+            raise KafkaUnavailable(f"executor state not written: cannot sign it: {exc}") from exc
+        self._producer.send(self.topic, value, key=record.directive_id, headers=headers)
         self.records[record.directive_id] = record
         return record
 

@@ -23,6 +23,12 @@ compacted topic gives the same holder.
 The same topic holds the durable meta-loop state that must survive restarts: the
 guardrail level (``meta_loop.guardrails``) and the last cycle id (``meta_loop.cycle``).
 
+Every record is signed by the meta loop's key (``control`` in
+:data:`metaheal.ledger.signing.RECORD_WRITERS`); :class:`ControlTopic` folds only records
+whose signature checks out and that are not older (beyond the clock skew) than the newest
+one already folded under their key, so neither a forged lease with a huge epoch nor a
+replayed old one can take the lease; refused records go to the dead-letter topic.
+
 >>> v = ControlView()
 >>> v.apply("meta_loop.leader", {"holder": "a", "epoch": 1, "expires_at": 10.0})
 >>> v.apply("meta_loop.leader", {"holder": "b", "epoch": 1, "expires_at": 11.0})  # lost the race
@@ -45,8 +51,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from metaheal.config import KafkaSettings, Settings
-from metaheal.kafka import ConsumedMessage, Consumer, Producer
+from metaheal.errors import RecordRefused
+from metaheal.events import DeadLetter
+from metaheal.kafka import OFFSET_BEGINNING, ConsumedMessage, Consumer, KafkaUnavailable, Producer, TopicPartition
 from metaheal.kafka.limits import loads
+from metaheal.kafka.serializers import AvroSerializer
+from metaheal.kafka.tail import TopicTail
+from metaheal.ledger.signing import RecordSigner, RecordVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +139,13 @@ class ControlTopic:
         self._producer = Producer(settings.kafka)
         # heartbeats run in their own task while a cycle fences itself: one client user at a time
         self._lock = threading.RLock()
+        self._deadletter = settings.topics.name("deadletter")
+        self._signer = RecordSigner(settings.keys, "meta_loop")
+        self._verifier = RecordVerifier.for_settings(settings)
+        self._newest: dict[str, float] = {}  # key -> signing time of the newest record folded
+        #: records refused so far: (offset, key, reason)
+        self.refused: list[tuple[int, str, RecordRefused]] = []
+        self._followed = False  # dead letters only for records that arrive after the first full read
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -142,18 +160,40 @@ class ControlTopic:
             key = (m.key() or b"").decode("utf-8", "replace")
             value = m.value()
             try:
+                signed = self._verifier.check("control", m, record_id=key)
+                if signed.ts < self._newest.get(key, float("-inf")) - self._verifier.max_skew:
+                    raise RecordRefused("replayed", f"{key} signed at {signed.ts:.3f}, before the newest one folded")
+            except RecordRefused as exc:
+                self._refuse(m, key, exc)
+                continue
+            self._newest[key] = max(signed.ts, self._newest.get(key, float("-inf")))
+            try:
                 doc = loads(value) if value else None
             except ValueError:  # DecodeError, including records over the size/depth limits
                 logger.warning("control ignored undecodable record offset=%d key=%s", m.offset(), key)
                 continue
             self.view.apply(key, doc)
+        self._followed = True
         return self.view
+
+    def _refuse(self, m: ConsumedMessage, key: str, exc: RecordRefused) -> None:
+        logger.warning("control refused record offset=%d key=%s reason=%s error=%s", m.offset(), key, exc.reason, exc)
+        self.refused.append((m.offset(), key, exc))
+        if not self._followed:  # a restart re-reads the topic: the first reader to follow it filed this one
+            return
+        dl = DeadLetter.of(m, f"untrusted control record: {exc.reason}", str(exc))
+        try:
+            self._producer.send(self._deadletter, AvroSerializer(DeadLetter)(dl), key=m.key())
+        except KafkaUnavailable as err:
+            logger.warning("control dead_letter_failed offset=%d error=%s", m.offset(), err)
 
     # --- writing -------------------------------------------------------------------------------
 
     def put(self, key: str, doc: dict[str, Any]) -> None:
         with self._lock:
-            self._producer.send(self.topic, json.dumps(doc, sort_keys=True).encode(), key=key, partition=0)
+            value = json.dumps(doc, sort_keys=True).encode()
+            headers = self._signer.sign("control", value, key=key, record_id=key)
+            self._producer.send(self.topic, value, key=key, partition=0, headers=headers)
 
     @property
     def epoch(self) -> int:
@@ -219,4 +259,61 @@ class ControlTopic:
             self._consumer.close()
 
 
-__all__ = ["CYCLE_KEY", "GUARDRAILS_KEY", "LEADER_KEY", "ControlTopic", "ControlView", "Lease"]
+#: strictest first
+LEVELS: tuple[str, ...] = ("tight", "maintain", "loose")
+
+
+def tighter(a: str, b: str | None) -> str:
+    """The stricter of two guardrail levels (``b`` None: ``a``).
+
+    >>> tighter("loose", "tight"), tighter("maintain", "loose"), tighter("loose", None)
+    ('tight', 'maintain', 'loose')
+    """
+    if b not in LEVELS:
+        return a
+    return min(a, b, key=LEVELS.index)
+
+
+class GuardrailFollower(TopicTail):
+    """Follows the meta loop's signed guardrail level on the control topic, for the executor: a directive's
+    level is never looser than it. Unsigned or older records are skipped (the meta loop dead-letters them)."""
+
+    name = "control-guardrails"
+    batch = 100
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.kafka)
+        self._topic = settings.topics.name("control")
+        self._verifier = RecordVerifier.for_settings(settings)
+        self.level: str | None = None
+        self.signed_at = float("-inf")
+
+    def assignment(self, consumer: Consumer) -> list[TopicPartition]:
+        return [TopicPartition(self._topic, 0, OFFSET_BEGINNING)]
+
+    def handle(self, msg: ConsumedMessage) -> None:
+        value = msg.value()
+        if (msg.key() or b"") != GUARDRAILS_KEY.encode() or value is None:
+            return
+        try:
+            signed = self._verifier.check("control", msg, record_id=GUARDRAILS_KEY)
+        except RecordRefused as exc:
+            logger.warning("control guardrails record refused offset=%d reason=%s", msg.offset(), exc.reason)
+            return
+        doc = loads(value)
+        level = doc.get("level") if isinstance(doc, dict) else None
+        if level in LEVELS and signed.ts >= self.signed_at:
+            self.level, self.signed_at = str(level), signed.ts
+
+
+__all__ = [
+    "CYCLE_KEY",
+    "GUARDRAILS_KEY",
+    "LEADER_KEY",
+    "LEVELS",
+    "ControlTopic",
+    "ControlView",
+    "GuardrailFollower",
+    "Lease",
+    "tighter",
+]

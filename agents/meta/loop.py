@@ -41,7 +41,7 @@ from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.agents.meta.observations import ACTOR, Inputs, Observations
 from metaheal.agents.meta.probes import probe_commands, probes_for
 from metaheal.config import Settings
-from metaheal.errors import LedgerFailed
+from metaheal.errors import LedgerFailed, LedgerKeyError
 from metaheal.events import (
     CycleFocus,
     Directive,
@@ -55,6 +55,7 @@ from metaheal.kafka.serializers import (
 )
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.authz import SELF_HEAL, SUBSYSTEM
+from metaheal.ledger.signing import RecordSigner
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class MetaLoop:
         self._ser_cycle = AvroSerializer(CycleFocus)
         self._ser_directive = AvroSerializer(Directive)
         self._ser_probe = AvroSerializer(ProbeCommand)
+        self._signer = RecordSigner(settings.keys, ACTOR)
+        self._violations_logged: dict[tuple[str, str], float] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -131,6 +134,7 @@ class MetaLoop:
             while not stop.is_set():
                 await self._pump(0.2)
                 if self._leading and self._inputs.caught_up:
+                    await self._ledger_refused()
                     await self._ledger_insights()
                     trigger = self._due(self.clock())
                     if trigger is not None:
@@ -180,6 +184,9 @@ class MetaLoop:
             self._leading = await asyncio.to_thread(self._control.acquire_or_renew)
         except KafkaUnavailable as exc:
             logger.warning("meta_loop lease step failed replica=%s error=%s", self.replica_id, exc)
+            self._leading = False
+        except LedgerKeyError as exc:  # lease records are signed: without its key the meta loop cannot lead
+            logger.error("meta_loop cannot sign its lease replica=%s error=%s", self.replica_id, exc)
             self._leading = False
         if self._leading and not was:
             self._on_elected()
@@ -256,6 +263,28 @@ class MetaLoop:
             )
             raise LedgerFailed(f"ledger append of {action} failed: {exc}") from exc
 
+    async def _ledger_refused(self) -> None:
+        """A ``trust_violation`` entry for records refused while following (one per type and reason a minute)."""
+        while self._inputs.refused:
+            record_type, dl, exc = self._inputs.refused.popleft()
+            key = (record_type, exc.reason)
+            now = self.clock()
+            if now - self._violations_logged.get(key, float("-inf")) < 60.0:
+                continue
+            self._violations_logged[key] = now
+            payload = {
+                "record_type": record_type,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "topic": dl.source_topic,
+                "partition": dl.partition,
+                "offset": dl.offset,
+            }
+            try:
+                await self._append("trust_violation", f"records:{record_type}", payload, "none", result="refused")
+            except LedgerFailed:
+                return
+
     async def _ledger_insights(self) -> None:
         self.obs.judge_advice(self.clock())
         while self.obs.weight_updates:
@@ -283,8 +312,12 @@ class MetaLoop:
             self.obs.learned_in_ledger.add(insight.outcome_id)
             logger.info("meta_loop learning_update insight=%r", insight.sentence)
 
-    async def _publish(self, topic_short: str, key: str, value: bytes) -> None:
-        await asyncio.to_thread(self._producer.send, self.settings.topics.name(topic_short), value, key)
+    async def _publish(self, topic_short: str, key: str, value: bytes, signed: tuple[str, str] | None = None) -> None:
+        """``signed``: ``(record_type, record_id)`` to sign the record as the meta loop."""
+        headers = self._signer.sign(signed[0], value, key=key, record_id=signed[1]) if signed else None
+        await asyncio.to_thread(
+            self._producer.send, self.settings.topics.name(topic_short), value, key, headers=headers
+        )
 
     # --- one cycle ---------------------------------------------------------------------------
 
@@ -400,7 +433,7 @@ class MetaLoop:
                 cf.cycle_id,
             )
             for c in commands:
-                await self._publish("probes", c.probe, self._ser_probe(c))
+                await self._publish("probes", c.probe, self._ser_probe(c), ("probe_command", c.probe_id))
 
     async def _wait_for_advice(self, cycle_id: str, stop: asyncio.Event) -> MLAdvice | None:
         deadline = self.clock() + self.cfg.advice_wait_seconds
@@ -553,7 +586,9 @@ class MetaLoop:
                 await self._append("directive_issued", f"service:{service}", payload, cf.cycle_id)
             except LedgerFailed:
                 return
-            await self._publish("directives", service, self._ser_directive(directive))
+            await self._publish(
+                "directives", service, self._ser_directive(directive), ("directive", directive.directive_id)
+            )
             self.obs._directive(
                 directive.directive_id, cf.cycle_id, service, cf.focus_area, now, cf.time_budget_seconds
             )

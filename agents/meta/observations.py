@@ -19,13 +19,14 @@ from metaheal.agents.meta.advice_accuracy import AdviceAccuracy, WeightUpdate
 from metaheal.agents.meta.focus import Evidence, TrustViolation
 from metaheal.agents.meta.learning import Insight, Learner
 from metaheal.config import Settings
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, RecordRefused
 from metaheal.events import (
     AgenticPlan,
     AnomalyScore,
     ApprovalDecision,
     ApprovalRequest,
     CycleFocus,
+    DeadLetter,
     Directive,
     Event,
     HealthWindow,
@@ -33,11 +34,13 @@ from metaheal.events import (
     MLAdvice,
     SignedOutcome,
 )
-from metaheal.kafka import Consumer, KafkaError, KafkaUnavailable
+from metaheal.kafka import Consumer, KafkaError, KafkaUnavailable, Producer
 from metaheal.kafka.serializers import (
     AvroDeserializer,
+    AvroSerializer,
     EventDecoder,
 )
+from metaheal.ledger.signing import RecordVerifier
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ INPUTS: dict[str, tuple[type[Event], ...]] = {
     "cycles": (CycleFocus,),
     "ledger": (LedgerEntry,),
 }
+#: input topics whose records must be signed (record type in ``metaheal.ledger.signing.RECORD_WRITERS``)
+SIGNED_INPUTS: dict[str, str] = {"outcomes": "outcome", "directives": "directive"}
 OPEN_WORK_MAX_SECONDS = 3600.0  # a plan without outcome older than this is considered lost, not running
 #: after a verdict request expires, how long its executor has to publish the settling outcome before the
 #: service is considered free again (the executor settles it at expiry; this only covers a lost executor)
@@ -433,6 +438,12 @@ class Inputs:
                 self.decoders[short] = EventDecoder(models)
         parts = self.consumer.assign_topics(self.names)
         self.pending_eof = {(tp.topic, tp.partition) for tp in parts}
+        self.verifier = RecordVerifier.for_settings(settings)
+        #: refused records that arrived while following (not during the replay from the start): the meta loop
+        #: records them as ``trust_violation``; each is dead-lettered here
+        self.refused: deque[tuple[str, DeadLetter, RecordRefused]] = deque(maxlen=1000)
+        self.refused_count = 0
+        self._dlq: Producer | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -454,7 +465,12 @@ class Inputs:
             if short is None or value is None:
                 continue
             try:
-                out.append((short, self.decoders[short](value)))
+                event = self.decoders[short](value)
+                if short in SIGNED_INPUTS:
+                    self._check(short, m, event)
+                out.append((short, event))
+            except RecordRefused as exc:
+                self._refuse(short, m, exc)
             except DecodeError as exc:
                 # the record stays on its topic (nothing lost); its producer owns the dead-letter path
                 logger.warning(
@@ -462,5 +478,32 @@ class Inputs:
                 )
         return out
 
+    def _check(self, short: str, m: Any, event: Event) -> None:
+        """The record's signature, and an event time no later than its signing time (plus the clock skew)."""
+        record_id = event.outcome_id if isinstance(event, SignedOutcome) else getattr(event, "directive_id", None)
+        signed = self.verifier.check(SIGNED_INPUTS[short], m, record_id=record_id)
+        ts = float(getattr(event, "ts", signed.ts))
+        if ts > signed.ts + self.verifier.max_skew:
+            raise RecordRefused(
+                "future_ts", f"{short} record stamped {ts:.3f}, {ts - signed.ts:.1f}s after it was signed"
+            )
+
+    def _refuse(self, short: str, m: Any, exc: RecordRefused) -> None:
+        self.refused_count += 1
+        logger.warning(
+            "meta_loop refused record topic=%s offset=%d reason=%s error=%s", m.topic(), m.offset(), exc.reason, exc
+        )
+        if not self.caught_up:  # replayed from the start: whoever followed the topic then filed it
+            return
+        dl = DeadLetter.of(m, f"untrusted {SIGNED_INPUTS[short]}: {exc.reason}", str(exc))
+        self.refused.append((SIGNED_INPUTS[short], dl, exc))
+        try:
+            self._dlq = self._dlq or Producer(self.settings.kafka)
+            self._dlq.send(self.settings.topics.name("deadletter"), AvroSerializer(DeadLetter)(dl), key=m.key())
+        except KafkaUnavailable as err:
+            logger.warning("meta_loop dead_letter_failed offset=%d error=%s", m.offset(), err)
+
     def close(self) -> None:
         self.consumer.close()
+        if self._dlq is not None:
+            self._dlq.close(2.0)

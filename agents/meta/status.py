@@ -36,12 +36,14 @@ from metaheal.events import (
 )
 from metaheal.kafka.limits import loads
 from metaheal.kafka.serializers import AvroDeserializer, EventDecoder
+from metaheal.ledger.signing import RecordVerifier
 
 
 class StatusClient:
     def __init__(self, settings: Settings, *, timeout: float = 15.0) -> None:
         self.settings = settings
         self.timeout = timeout
+        self._verifier = RecordVerifier.for_settings(settings)
 
     def _read(self, short: str) -> list[bytes]:
         topic = self.settings.topics.name(short)
@@ -78,11 +80,13 @@ class StatusClient:
         with fast_reader(self.settings.kafka) as c:
             for m in read_to_end(c, topic, timeout=self.timeout):
                 value = m.value()
+                key = (m.key() or b"").decode("utf-8", "replace")
                 try:
+                    self._verifier.check("control", m, record_id=key)  # shown only if the meta loop signed it
                     doc = loads(value) if value else None
-                except ValueError:
+                except ValueError:  # RecordRefused and DecodeError
                     continue
-                view.apply((m.key() or b"").decode("utf-8", "replace"), doc)
+                view.apply(key, doc)
         return view
 
     def guardrail_level(self) -> str:
@@ -158,6 +162,10 @@ class StatusClient:
             for m in read_to_end(c, topic, timeout=self.timeout):
                 key = (m.key() or b"").decode("utf-8", "replace")
                 raw = m.value()
+                try:  # shown only if the executor signed it (what the executor itself would recover)
+                    self._verifier.check("executor_state", m, record_id=key)
+                except ValueError:
+                    continue
                 if raw is None:
                     latest.pop(key, None)
                     continue

@@ -23,6 +23,7 @@ from metaheal.cli.options import (
     settings_from,
 )
 from metaheal.config import Settings
+from metaheal.errors import LedgerKeyError
 from metaheal.events import ServiceRegistration
 from metaheal.kafka import KafkaUnavailable
 from metaheal.registry import RegistryPublisher, check, read_registry, registered_by
@@ -48,6 +49,9 @@ def list_services(
         snap = read_registry(settings)
     except KafkaUnavailable as exc:
         typer.echo(f"error: kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except LedgerKeyError as exc:  # registrations are signed with the registrar key of settings.keys
+        typer.echo(f"error: cannot sign the registration: {exc} (run `metaheal keys init`)", err=True)
         raise typer.Exit(1) from None
     if as_json:
         for reg in snap.services.values():
@@ -137,6 +141,9 @@ def _publish(settings: Settings, act: Callable[[Any], T]) -> tuple[T, str]:
         return act(publisher), publisher.topic
     except KafkaUnavailable as exc:
         typer.echo(f"error: kafka: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except LedgerKeyError as exc:  # registrations are signed with the registrar key of settings.keys
+        typer.echo(f"error: cannot sign the registration: {exc} (run `metaheal keys init`)", err=True)
         raise typer.Exit(1) from None
     finally:
         publisher.close()

@@ -5,7 +5,9 @@ emit more detail (``latency_histograms``: percentile buckets; ``error_tracking``
 errors by type; ``dependency_traces``: per-dependency span latency; ``stack_traces``:
 failing frames) until the TTL runs out. The topic is read from the beginning without a
 consumer group (no join delay); commands whose TTL has passed change nothing.
-Undecodable records go to the dead-letter topic with the reason.
+Undecodable records, and records not signed by the meta loop (``probe_command`` in
+:data:`metaheal.ledger.signing.RECORD_WRITERS`; ``issued_at`` no later than the signing time),
+go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import asyncio
 import logging
 
 from metaheal.config import Settings
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, RecordRefused
 from metaheal.events import DeadLetter, ProbeCommand
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
+from metaheal.ledger.signing import RecordVerifier
 from metaheal.simulator.fleet import Fleet
 
 logger = logging.getLogger(__name__)
@@ -54,6 +57,9 @@ class ProbeListener:
         self.topic = settings.topics.name("probes")
         self.applied = 0
         self._decode = AvroDeserializer(ProbeCommand)
+        # read from the start: old commands are refused by their TTL, not their age (applying one twice is a no-op)
+        self._verifier = RecordVerifier.for_settings(settings)
+        self.refused = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = Consumer(self.settings.kafka)
@@ -65,10 +71,20 @@ class ProbeListener:
                 for msg in msgs:
                     try:
                         cmd = self._decode(msg.value() or b"")
+                        signed = self._verifier.check("probe_command", msg, record_id=cmd.probe_id)
+                        if cmd.issued_at > signed.ts + self._verifier.max_skew:
+                            raise RecordRefused("future_ts", f"issued_at {cmd.issued_at:.3f} is after its signing time")
                     except DecodeError as exc:
                         logger.warning("probe rejected offset=%d error=%s", msg.offset(), exc)
+                        refused = isinstance(exc, RecordRefused)
+                        self.refused += refused
+                        reason = (
+                            f"untrusted probe_command: {exc.reason}"
+                            if isinstance(exc, RecordRefused)
+                            else "undecodable ProbeCommand"
+                        )
                         dlq = dlq or Producer(self.settings.kafka)
-                        dead = DeadLetter.of(msg, "undecodable ProbeCommand", str(exc))
+                        dead = DeadLetter.of(msg, reason, str(exc))
                         await asyncio.to_thread(
                             dlq.send,
                             self.settings.topics.name("deadletter"),

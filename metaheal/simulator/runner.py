@@ -18,6 +18,7 @@ from typing import Any
 
 from metaheal.config import ServiceSettings, Settings
 from metaheal.kafka import KafkaUnavailable
+from metaheal.ledger.keys import init_system_keys
 from metaheal.registry import RegistryPublisher, registered_by, registration
 from metaheal.simulator.admin_api import AdminServers
 from metaheal.simulator.faults import Fault, scenario_faults
@@ -94,6 +95,8 @@ class Simulator:
         """Register every service (admin URL, dependencies, criticality, owner); returns the names."""
         by = registered_by("metaheal simulate")
         regs = [registration(s, by) for s in self.services_config()]
+        # registrations are signed with the control plane's registrar key (the same keys folder as `metaheal up`)
+        await asyncio.to_thread(init_system_keys, self.settings.keys)
         publisher = RegistryPublisher(self.settings)
         try:
             await asyncio.to_thread(publisher.register, regs)

@@ -16,6 +16,8 @@ from metaheal.config import ServiceSettings, Settings
 from metaheal.events import DeadLetter, ServiceRegistration
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroDeserializer
+from metaheal.ledger.keys import init_system_keys
+from metaheal.ledger.signing import RecordSigner
 from metaheal.registry import RegistryPublisher, read_registry, registration
 from metaheal.runtime import Runtime
 
@@ -31,6 +33,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 def publish(settings: Settings, *services: ServiceSettings) -> None:
+    init_system_keys(settings.keys)  # registrations are signed with the registrar key
     pub = RegistryPublisher(settings)
     try:
         pub.register([registration(s, "test") for s in services])
@@ -76,8 +79,11 @@ async def test_invalid_registration_goes_to_the_dead_letter_topic_with_the_field
     await runtime.follow_registry()
     try:
         bad = {"name": "pay", "admin_url": "tcp://10.0.0.1", "registered_by": "script", "ts": 1.0}
+        init_system_keys(topics.keys)
+        value = json.dumps(bad).encode()  # signed: what is refused here is the URL, not the writer
+        headers = RecordSigner(topics.keys, "registrar").sign("service_registration", value, key="pay", record_id="pay")
         with Producer(topics.kafka) as p:
-            p.send(topics.topics.name("services"), json.dumps(bad).encode(), key="pay")
+            p.send(topics.topics.name("services"), value, key="pay", headers=headers)
         publish(topics, ServiceSettings(name="after", admin_url="http://127.0.0.1:4"))
         await until(lambda: topics.service("after") is not None)
         assert topics.service("pay") is None
@@ -119,7 +125,12 @@ def test_components_see_the_dependency_graph_of_later_registrations(topics: Sett
 
 
 def test_services_cli_registers_lists_and_rejects_bad_input_naming_the_field(topics: Settings, tmp_path: Path) -> None:
-    env = {"METAHEAL_TOPICS__PREFIX": topics.topics.prefix, "METAHEAL_BOOTSTRAP": topics.kafka.bootstrap or ""}
+    init_system_keys(topics.keys)
+    env = {
+        "METAHEAL_TOPICS__PREFIX": topics.topics.prefix,
+        "METAHEAL_BOOTSTRAP": topics.kafka.bootstrap or "",
+        "METAHEAL_KEYS": str(topics.keys),
+    }
     run = CliRunner().invoke
     r = run(app, ["services", "register", "db", "--admin-url", "localhost:9000"], env=env)
     assert r.exit_code == 2 and "admin_url: must be an http:// or https:// URL (got 'localhost:9000')" in r.output

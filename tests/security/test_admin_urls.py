@@ -22,12 +22,14 @@ from aiohttp import web
 from metaheal.agents.executor.service import Executor
 from metaheal.broker import free_port
 from metaheal.config import ServiceSettings, Settings
+from metaheal.kafka import Producer
 from metaheal.ledger.keys import init_system_keys
+from metaheal.ledger.signing import RecordSigner
 from metaheal.registry import RegistryFollower, merged_services, to_service
 from tests.agents.executor.conftest import FakeService, fast_playbooks
 from tests.agents.executor.test_pipeline import directive, flag_directive
 
-from .conftest import attack, dead_letters
+from .conftest import dead_letters
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -74,11 +76,14 @@ async def test_registrations_that_redirect_the_executor_are_refused(topics: Sett
                 "meta6": "http://[fd00:ec2::254]/latest",
                 "elsewhere": "http://10.9.8.7:8080",
             }
-            attack(
-                topics,
-                topics.topics.name("services"),
-                [(n.encode(), registration(n, u)) for n, u in {**swallowing, **outside}.items()],
-            )
+            # signed with the registrar key: what is refused here is the URL, not the writer (an unsigned
+            # registration is refused before its URL is looked at: tests/security/test_signed_records.py)
+            signer = RecordSigner(topics.keys, "registrar")
+            with Producer(topics.kafka) as p:
+                for n, u in {**swallowing, **outside}.items():
+                    value = registration(n, u)
+                    headers = signer.sign("service_registration", value, key=n, record_id=n)
+                    p.send(topics.topics.name("services"), value, key=n, headers=headers)
             deadline = time.monotonic() + 30
             while not all(n in registered for n in outside) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)

@@ -34,8 +34,10 @@ from metaheal.agents.executor.service import Executor
 from metaheal.cli import app
 from metaheal.config import OperatorSettings, ServiceSettings, Settings
 from metaheal.events import AgenticPlan, ApprovalDecision, Directive
+from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.ledger.keys import init_operator_key, init_system_keys, revoke_key
+from metaheal.ledger.signing import RecordSigner
 from tests.agents.executor.conftest import FakeService, fast_playbooks
 from tests.agents.executor.test_pipeline import flag_directive, pending_request, wait_until
 
@@ -171,7 +173,10 @@ async def test_replayed_decision_after_restart_is_refused(env, tmp_path: Path) -
         )
     try:
         d = flag_directive(guardrail_level="tight", confidence=0.97)
-        attack(settings, settings.topics.name("directives"), [(b"api", AvroSerializer(Directive)(d))])
+        value = AvroSerializer(Directive)(d)  # as the meta loop sends it: signed with its key
+        headers = RecordSigner(settings.keys, "meta_loop").sign("directive", value, key="api", record_id=d.directive_id)
+        with Producer(settings.kafka) as p:
+            p.send(settings.topics.name("directives"), value, key="api", headers=headers)
         req = await pending_request(settings, plan_id_for(d.directive_id))
         used = sign_for(alice, req, operator="alice", decision="approve", reason="go")
         forge(settings, used)

@@ -23,6 +23,7 @@ from metaheal.cli import app
 from metaheal.events import Directive, SignedOutcome
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
+from metaheal.ledger.signing import RecordSigner
 from tests.agents.executor.test_pipeline import (
     _write_config,
     actions,
@@ -214,7 +215,10 @@ async def test_sigkill_before_the_interim_outcome_is_published_recovers_it_once(
     try:
         d = flag_directive()
         with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+            headers = RecordSigner(settings.keys, "meta_loop").sign(
+                "directive", AvroSerializer(Directive)(d), key="api", record_id=d.directive_id
+            )
+            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api", headers=headers)
         assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL, (tmp_path / "executor.log").read_text()
     finally:
         if proc.poll() is None:

@@ -28,6 +28,7 @@ from metaheal.events import (
 )
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer, EventDecoder
+from metaheal.ledger.signing import RecordSigner
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -417,12 +418,18 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
 
     try:
         with Producer(settings.kafka) as p:
-            p.send(topic, ser(d), key=d.service)
-            p.send(topic, ser(d), key=d.service)
-            p.send(topic, b'{"not": "avro"}', key="api")
+            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
+            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
+            junk = b'{"not": "avro"}'  # signed, so what is refused is the encoding (unsigned: tests/security)
+            p.send(
+                topic,
+                junk,
+                key="api",
+                headers=RecordSigner(settings.keys, "meta_loop").sign("directive", junk, key="api"),
+            )
         await wait_until(lambda: outcomes(d.directive_id), 60, "first outcome", blocking=True)
         with Producer(settings.kafka) as p:  # same key, same partition: after the duplicate and the bad record
-            p.send(topic, ser(later), key=later.service)
+            p.send(topic, ser(later), key=later.service, headers=_signed(settings, later, later.service))
         await wait_until(lambda: outcomes(later.directive_id), 60, "second outcome", blocking=True)
     finally:
         stop.set()
@@ -438,6 +445,13 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
         assert await again.submit(d) is None
     finally:
         await again.close()
+
+
+def _signed(settings: Settings, d: Directive, key: str) -> dict[str, bytes]:
+    """The headers the meta loop would send a directive with."""
+    return RecordSigner(settings.keys, "meta_loop").sign(
+        "directive", AvroSerializer(Directive)(d), key=key, record_id=d.directive_id
+    )
 
 
 def _write_config(settings: Settings, path: Path) -> Path:
@@ -461,7 +475,12 @@ async def _kill_when(settings: Settings, svc, proc: subprocess.Popen, what: str,
     try:
         d = directive()
         with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+            p.send(
+                settings.topics.name("directives"),
+                AvroSerializer(Directive)(d),
+                key="api",
+                headers=_signed(settings, d, "api"),
+            )
         await wait_until(pred, 60, what)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -633,7 +652,12 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     try:
         d = directive()
         with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api")
+            p.send(
+                settings.topics.name("directives"),
+                AvroSerializer(Directive)(d),
+                key="api",
+                headers=_signed(settings, d, "api"),
+            )
         await wait_until(lambda: svc.calls["GET /health"] == 1, 60, "verification in flight")
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -673,10 +697,12 @@ async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_led
     ex = Executor(settings)
     await ex.start()
     try:
-        executor_key = KeyRegistry.load(settings.keys).current("executor").key_id
-        key_file = settings.keys / f"{executor_key}.key"
+        # the planner's ledger key (its first append: plan_created) goes: the ledger refuses, fail closed
+        # (the executor's own key stays: it signs the durable state that shows the halt)
+        planner_key = KeyRegistry.load(settings.keys).current("agentic_planner").key_id
+        key_file = settings.keys / f"{planner_key}.key"
         saved = key_file.read_bytes()
-        key_file.unlink()  # the executor can no longer sign: fail closed
+        key_file.unlink()
         d = directive()
         task = await ex.submit(d)
         halted = await wait_until(
@@ -700,8 +726,10 @@ async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_led
         rec = ex.state.get(d.directive_id)
         assert rec.status == "done" and rec.halted is None
         acts = [a for a, _ in await actions(ex, d.cycle_id)]
-        assert acts[:2] == ["plan_created", "trust_checked"] and acts.count("execution_outcome") == 1
-        assert "plan_recovered" in acts
+        # each resume records itself (plan_recovered), then the plan is made once it can be recorded
+        planned = acts.index("plan_created")
+        assert set(acts[:planned]) == {"plan_recovered"} and acts[planned + 1] == "trust_checked"
+        assert acts.count("plan_created") == 1 and acts.count("execution_outcome") == 1
         shown = await asyncio.to_thread(StatusClient(settings).plans_in_flight)
         assert d.directive_id not in {p["directive_id"] for p in shown}
     finally:

@@ -84,6 +84,8 @@ def test_ranked_playbook_that_does_not_apply_is_skipped():
     assert skipped == ["rollback_flag: does not apply to focus area capacity_strain"]
 
 
-def test_no_verification_when_the_directive_does_not_ask():
+def test_verification_is_never_skipped_on_the_directive_s_word():
     p, _ = plan(directive(ranked=["warm_cache"], requires_verification=False), PLAYBOOKS, API)
-    assert p.verifications == []
+    assert (
+        p.verifications and p.verifications == plan(directive(ranked=["warm_cache"]), PLAYBOOKS, API)[0].verifications
+    )

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -17,6 +17,7 @@ from metaheal.events import Event, HealthWindow, SignalStats, SignedOutcome
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer, DecodeError
 from metaheal.ledger.keys import init_system_keys
+from metaheal.ledger.signing import RecordSigner
 
 
 class Bus:
@@ -26,8 +27,21 @@ class Bus:
         self.settings = settings
         self.producer = Producer(settings.kafka)
 
-    def publish(self, short: str, event: Event, key: str) -> None:
-        self.producer.send(self.settings.topics.name(short), AvroSerializer(type(event))(event), key)
+    #: topics whose records the meta loop reads only when signed: record type, signing actor, id field
+    SIGNED: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "outcomes": ("outcome", "executor", "outcome_id"),
+        "directives": ("directive", "meta_loop", "directive_id"),
+    }
+
+    def publish(self, short: str, event: Event, key: str, *, signed: bool = True) -> None:
+        """Publish as the actor that writes ``short`` would (signed), or unsigned as an attacker would."""
+        value = AvroSerializer(type(event))(event)
+        headers = None
+        if signed and short in self.SIGNED:
+            record_type, actor, id_field = self.SIGNED[short]
+            signer = RecordSigner(self.settings.keys, actor)
+            headers = signer.sign(record_type, value, key=key, record_id=getattr(event, id_field))
+        self.producer.send(self.settings.topics.name(short), value, key, headers=headers)
 
     def read(self, short: str, model: type) -> list[Any]:
         de = AvroDeserializer(model)

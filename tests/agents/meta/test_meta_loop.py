@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -210,13 +211,15 @@ async def test_every_decision_is_in_the_ledger_before_it_is_published(h: Any, me
 
 
 async def test_no_directive_when_the_ledger_is_unavailable(h: Any, meta: Settings, bus: Any, tmp_path) -> None:
-    meta.keys = tmp_path / "no-keys"  # broker reachable, meta_loop's signing key missing: the ledger refuses
+    # broker reachable, meta_loop's signing key missing: it can sign neither its lease nor a ledger entry
+    meta.keys = tmp_path / "no-keys"
     service, make = EVIDENCE["error_spike"]
     bus.publish("health", make(h), service)
     loop = MetaLoop(meta, replica_id="r1")
     async with h.running(loop):
-        await h.until(lambda: loop.cycles_run >= 1)
-        await h.until(lambda: loop._control.view.last_cycle is not None)
+        await h.until(lambda: getattr(loop, "_inputs", None) is not None and loop._inputs.caught_up)
+        await asyncio.sleep(2 * meta.cycle.lease_seconds)
+        assert not loop._leading and loop.cycles_run == 0
     assert loop.directives_issued == []
     assert await bus.aread("cycles", CycleFocus) == []
     assert await bus.aread("directives", Directive) == []

@@ -16,6 +16,8 @@ from metaheal.kafka.serializers import (
     AvroSerializer,
     TelemetryDeserializer,
 )
+from metaheal.ledger.keys import init_system_keys
+from metaheal.ledger.signing import RecordSigner
 from metaheal.simulator.runner import Simulator
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session")]
@@ -85,9 +87,12 @@ async def test_probe_commands_change_what_is_emitted(topics: Settings) -> None:
             probe_id="p0", cycle_id="c0", probe="dependency_traces", services=["*"], ttl_seconds=5, issued_at=now - 3600
         ),  # long expired: changes nothing
     ]
+    init_system_keys(topics.keys)
+    signer = RecordSigner(topics.keys, "meta_loop")  # as the meta loop publishes them
     with Producer(topics.kafka) as p:
         for c in cmds:
-            p.produce(topics.topics.name("probes"), ser(c), key=c.probe_id)
+            headers = signer.sign("probe_command", ser(c), key=c.probe_id, record_id=c.probe_id)
+            p.produce(topics.topics.name("probes"), ser(c), key=c.probe_id, headers=headers)
         p.produce(topics.topics.name("probes"), b"not a probe", key=b"junk")
     sim = Simulator(topics, seed=2, interval=0.05)
     stop = asyncio.Event()
