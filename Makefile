@@ -22,7 +22,7 @@ demo: install
 	$(VENV)/bin/metaheal demo
 
 test: install tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile  # two processes, a broker each; a file's tests stay together
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml; `.ci/run` runs this before the tests.
 lint: install
