@@ -40,6 +40,7 @@ from metaheal.events import Directive, DirectiveAdvice, SignedOutcome
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger.keys import init_system_keys
+from metaheal.ledger.signing import RecordSigner
 from metaheal.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,11 +125,14 @@ async def main(runs: int, steps: int) -> None:
                         if o.directive_id == directive_id:
                             return o
 
+            signer = RecordSigner(settings.keys, "meta_loop")
             latencies = []
             for i in range(runs + 1):
                 d = directive("scale_up_instances")
                 t0 = time.perf_counter()
-                producer.send(settings.topics.name("directives"), ser(d), key=d.service)
+                value = ser(d)  # signed as the meta loop signs it: the executor verifies it before planning
+                headers = signer.sign("directive", value, key=d.service, record_id=d.directive_id)
+                producer.send(settings.topics.name("directives"), value, key=d.service, headers=headers)
                 o = await asyncio.to_thread(wait_outcome, d.directive_id)
                 dt = time.perf_counter() - t0
                 assert o.result == "success", o.rationale

@@ -53,7 +53,7 @@ from metaheal.kafka.serializers import (
     AvroDeserializer,
     TelemetryDeserializer,
 )
-from metaheal.kafka.tail import TopicTail
+from metaheal.kafka.tail import TopicTail, received_at
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,18 @@ class LiveTelemetry(TopicTail):
     join delay) and keeps the last ``max_per_series`` samples per
     (service, metric). Checks then only look at samples stamped after their
     start, so it does not matter where reading began.
+
+    A sample's own ``ts`` is the producer's word. Each sample is therefore also kept with the
+    time this reader *received* it (or the broker's log-append time, when the topic has
+    ``message.timestamp.type=LogAppendTime``, if earlier): a sample counts as taken after a
+    change only if it was both stamped and received after it, and a sample stamped more than
+    ``signing.max_clock_skew_seconds`` ahead of its receipt is dropped (``future_samples``). So a
+    "healthy" sample written before a fix, whatever its stamp, cannot pass the fix's check.
+
+    >>> tel = LiveTelemetry(Settings())
+    >>> tel.add_metric(Metric(service="api", metric="errors", value=0.0, ts=time.time() + 3600))
+    >>> tel.future_samples, tel.samples("api", "errors", since=0.0)
+    (1, [])
     """
 
     name = "live-telemetry"
@@ -178,9 +190,12 @@ class LiveTelemetry(TopicTail):
         super().__init__(settings.kafka)
         self._settings = settings
         self._start = OFFSET_END if start_at == "end" else OFFSET_BEGINNING
-        self._series: dict[tuple[str, str, str], deque[tuple[float, float]]] = defaultdict(
+        #: per series: (event ts, value, trusted receive time)
+        self._series: dict[tuple[str, str, str], deque[tuple[float, float, float]]] = defaultdict(
             lambda: deque(maxlen=max_per_series)
         )
+        self._skew = settings.signing.max_clock_skew_seconds
+        self.future_samples = 0  # samples (and health windows) dropped: stamped too far ahead of their receipt
         self._lock = threading.Lock()
         #: healthy references and the latest windows judged against them, per service (what the meta loop sees)
         self._reference: Reference = {}
@@ -192,19 +207,34 @@ class LiveTelemetry(TopicTail):
 
     # --- feeding -------------------------------------------------------------------------------
 
-    def add_metric(self, m: Metric) -> None:
+    def _too_far_ahead(self, ts: float, seen: float) -> bool:
+        if ts > seen + self._skew:
+            self.future_samples += 1
+            logger.debug("live_telemetry_future_sample ts=%s received=%s", ts, seen)
+            return True
+        return False
+
+    def add_metric(self, m: Metric, *, seen: float | None = None) -> None:
+        """Keep ``m``; ``seen`` is when it was received (a trusted time; default: now)."""
+        seen = time.time() if seen is None else seen
+        if self._too_far_ahead(m.ts, seen):
+            return
         with self._lock:
-            self._series[("telemetry", m.service, m.metric)].append((m.ts, m.value))
+            self._series[("telemetry", m.service, m.metric)].append((m.ts, m.value, seen))
             dep = m.labels.get("dependency")
             if dep:
                 # Per-edge series too: "dependency_error_rate@payments" is one dependency's view.
-                self._series[("telemetry", m.service, f"{m.metric}@{dep}")].append((m.ts, m.value))
+                self._series[("telemetry", m.service, f"{m.metric}@{dep}")].append((m.ts, m.value, seen))
 
-    def add_health(self, w: HealthWindow) -> None:
+    def add_health(self, w: HealthWindow, *, seen: float | None = None) -> None:
+        """Keep ``w``'s statistics, stamped by its ``window_end``; ``seen`` as for :meth:`add_metric`."""
+        seen = time.time() if seen is None else seen
+        if self._too_far_ahead(w.window_end, seen):
+            return
         with self._lock:
             for s in w.signals:
                 for stat in ("mean", "p50", "p95", "max"):
-                    self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat)))
+                    self._series[(f"health.{stat}", w.service, s.metric)].append((w.window_end, getattr(s, stat), seen))
             seconds = max(w.window_end - w.window_start, 1e-3)
             self._judged[w.service].append(against_reference(self._reference, w, seconds))
 
@@ -218,15 +248,15 @@ class LiveTelemetry(TopicTail):
         return parts
 
     def handle(self, msg: ConsumedMessage) -> None:
-        self._ingest(msg.topic() == self._settings.topics.name("health"), msg.value())
+        self._ingest(msg.topic() == self._settings.topics.name("health"), msg.value(), received_at(msg))
 
-    def _ingest(self, is_health: bool, data: bytes | None) -> None:
+    def _ingest(self, is_health: bool, data: bytes | None, seen: float | None = None) -> None:
         try:
             if is_health:
-                self.add_health(self._health(data or b""))
+                self.add_health(self._health(data or b""), seen=seen)
             else:
                 for m in self._telemetry(data):
-                    self.add_metric(m)
+                    self.add_metric(m, seen=seen)
         except DecodeError as exc:
             # The streams worker dead-letters bad telemetry; here it simply does not count.
             logger.debug("live_telemetry_skip error=%s", exc)
@@ -250,9 +280,10 @@ class LiveTelemetry(TopicTail):
     def samples(
         self, service: str, metric: str, *, since: float, source: str = "telemetry", stat: str = "p95"
     ) -> list[tuple[float, float]]:
+        """``(ts, value)`` of the samples stamped *and received* at or after ``since``, by ``ts``."""
         key = ("telemetry" if source == "telemetry" else f"health.{stat}", service, metric)
         with self._lock:
-            return sorted((ts, v) for ts, v in self._series.get(key, ()) if ts >= since)
+            return sorted((ts, v) for ts, v, seen in self._series.get(key, ()) if ts >= since and seen >= since)
 
     def health_seen(self, service: str) -> bool:
         """Whether any health window of ``service`` was read (the streams worker judges it)."""

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, TopicPartition
 
 from metaheal.config import KafkaSettings
 from metaheal.errors import ReaderFailed
@@ -27,6 +28,18 @@ from metaheal.kafka.errors import KafkaUnavailable
 from metaheal.kafka.message import ConsumedMessage
 
 logger = logging.getLogger(__name__)
+
+
+def received_at(msg: ConsumedMessage) -> float:
+    """When ``msg`` reached the broker or this reader, by clocks the reader trusts.
+
+    The reader's own clock (now), or the broker's log-append time if the record has one and it
+    is earlier; a producer's ``CreateTime`` is its own word and is not used."""
+    now = time.time()
+    kind, ms = msg.timestamp()
+    if kind == TIMESTAMP_LOG_APPEND_TIME and ms > 0:
+        return min(now, ms / 1000.0)
+    return now
 
 
 class TopicTail:
