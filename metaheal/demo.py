@@ -444,6 +444,10 @@ class Driver:
         off_focus: dict[str, int] = {}
         directives: dict[str, Directive] = {}
         outcomes: list[SignedOutcome] = []
+        # directives and outcomes may reach the timeline before the cycle record that makes them this flow's
+        # (different topics): kept until their cycle is known, then judged in arrival order
+        seen_directives: dict[str, tuple[float, Directive]] = {}
+        seen_outcomes: list[tuple[float, SignedOutcome]] = []
         index = 0
         while time.monotonic() < deadline:
             events = self.timeline.snapshot()
@@ -469,10 +473,8 @@ class Driver:
                         res.detected_at = s.at
                     if e.focus_area != flow.expect_focus:
                         off_focus[e.focus_area] = off_focus.get(e.focus_area, 0) + 1
-                if isinstance(e, Directive) and e.cycle_id in res.cycle_ids:
-                    directives[e.directive_id] = e
-                    if res.directive_at is None:
-                        res.directive_at = s.at
+                if isinstance(e, Directive):
+                    seen_directives.setdefault(e.directive_id, (s.at, e))
                 if (
                     isinstance(e, ApprovalRequest)
                     and not e.asks_verdict
@@ -481,23 +483,34 @@ class Driver:
                 ):
                     approved.add(e.request_id)  # answered by the operator task
                     unexpected_approvals += not flow.expect_approval
-                if isinstance(e, SignedOutcome) and e.directive_id in directives:
-                    outcomes.append(e)
-                    if e.result == "inconclusive" and res.inconclusive_at is None:
-                        res.inconclusive_at = s.at
-                    # healed: a verified success, or one an operator confirmed where the evidence had vanished
-                    if e.result == "success" and (e.verification_passed is True or e.confirmed_by):
-                        unhealthy = await self._unhealthy(sorted(services))  # healed = the whole fleet healthy
-                        if not unhealthy:
-                            res.ok, res.fixed_at, res.playbook, res.service = True, s.at, e.playbook, e.service
-                            res.key_cycles = list(dict.fromkeys([*res.cycle_ids[:1], e.cycle_id]))
-                        else:
-                            logger.info(
-                                "demo outcome_not_healing playbook=%s service=%s still=%s",
-                                e.playbook,
-                                e.service,
-                                unhealthy,
-                            )
+                if isinstance(e, SignedOutcome):
+                    seen_outcomes.append((s.at, e))
+            for at, d in seen_directives.values():
+                if d.cycle_id in res.cycle_ids and d.directive_id not in directives:
+                    directives[d.directive_id] = d
+                    res.directive_at = at if res.directive_at is None else min(res.directive_at, at)
+            waiting: list[tuple[float, SignedOutcome]] = []
+            for at, e in seen_outcomes:
+                if e.directive_id not in directives:
+                    waiting.append((at, e))
+                    continue
+                outcomes.append(e)
+                if e.result == "inconclusive" and res.inconclusive_at is None:
+                    res.inconclusive_at = at
+                # healed: a verified success, or one an operator confirmed where the evidence had vanished
+                if e.result == "success" and (e.verification_passed is True or e.confirmed_by):
+                    unhealthy = await self._unhealthy(sorted(services))  # healed = the whole fleet healthy
+                    if not unhealthy:
+                        res.ok, res.fixed_at, res.playbook, res.service = True, at, e.playbook, e.service
+                        res.key_cycles = list(dict.fromkeys([*res.cycle_ids[:1], e.cycle_id]))
+                    else:
+                        logger.info(
+                            "demo outcome_not_healing playbook=%s service=%s still=%s",
+                            e.playbook,
+                            e.service,
+                            unhealthy,
+                        )
+            seen_outcomes = waiting
             index = len(events)
             if res.ok:
                 break
