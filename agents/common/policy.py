@@ -63,6 +63,14 @@ def guardrail_reasons(
     return reasons
 
 
+def plan_guardrail_reasons(settings: Settings, level: str, plan: AgenticPlan) -> list[str]:
+    """:func:`guardrail_reasons` for a rendered plan's confidence and risk assessment."""
+    risk = plan.risk_assessment
+    return guardrail_reasons(
+        settings, level, confidence=plan.confidence, impact=risk.impact, blast_radius=risk.blast_radius
+    )
+
+
 def _listed(table: dict[str, list[str]], service: str) -> list[str] | None:
     if service in table:
         return table[service]
@@ -207,13 +215,7 @@ class Policies:
                 "trust_denied plan=%s service=%s violations=%s", plan.plan_id, plan.service, ",".join(violations)
             )
             return TrustDecision(verdict="deny", level=level, reasons=reasons, violations=violations)
-        exceeded = guardrail_reasons(
-            self.settings,
-            level,
-            confidence=plan.confidence,
-            impact=plan.risk_assessment.impact,
-            blast_radius=plan.risk_assessment.blast_radius,
-        )
+        exceeded = plan_guardrail_reasons(self.settings, level, plan)
         if exceeded:
             return TrustDecision(verdict="needs_approval", level=level, reasons=exceeded)
         return TrustDecision(

@@ -56,7 +56,7 @@ from typing import Any
 import httpx
 
 from metaheal.agents.common.playbooks import Playbook, load_playbooks
-from metaheal.agents.common.policy import Policies, TrustDecision, guardrail_reasons
+from metaheal.agents.common.policy import Policies, TrustDecision, plan_guardrail_reasons
 from metaheal.agents.executor.actuators import (
     ActuatorError,
     StepContext,
@@ -1490,13 +1490,7 @@ class Executor:
         ):
             raise RecordRefused("plan_mismatch", f"plan {stored.plan_id} is not what {name} renders to now")
         level = self._level(directive)
-        exceeded = guardrail_reasons(
-            self.settings,
-            level,
-            confidence=plan.confidence,
-            impact=plan.risk_assessment.impact,
-            blast_radius=plan.risk_assessment.blast_radius,
-        )
+        exceeded = plan_guardrail_reasons(self.settings, level, plan)
         approved = (rec.trust_decision or "").startswith("approved_by:") or rec.status == "awaiting_approval"
         if exceeded and not approved and rec.status != "accepted":
             raise RecordRefused(
