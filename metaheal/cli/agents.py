@@ -206,57 +206,35 @@ def _decide(
     print(f"{said} {plan_id} by {operator} (decision {signed.decision_id}, plan hash {req.plan_hash[:12]})")
 
 
-@approvals_app.command("approve")
-def approve(
-    plan_id: str,
-    key: KeyOpt,
-    reason: ReasonOpt = "",
-    operator: OperatorOpt = None,
-    plan_hash: PlanHashOpt = None,
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-) -> None:
-    """Sign and publish an approval for PLAN_ID."""
-    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, expect_hash=plan_hash)
+def _decision_command(name: str, decision: Literal["approve", "deny"], verdict: str | None, doc: str) -> None:
+    """Register ``approvals NAME``: sign ``decision`` (for a verdict request: ``verdict``) for a plan."""
+
+    def command(
+        plan_id: str,
+        key: KeyOpt,
+        reason: ReasonOpt = "",
+        operator: OperatorOpt = None,
+        plan_hash: PlanHashOpt = None,
+        config: ConfigOpt = None,
+        bootstrap: BootstrapOpt = None,
+    ) -> None:
+        _decide(plan_id, key, reason, operator, decision, config, bootstrap, verdict=verdict, expect_hash=plan_hash)
+
+    command.__doc__ = doc
+    command.__name__ = name
+    approvals_app.command(name)(command)
 
 
-@approvals_app.command("deny")
-def deny(
-    plan_id: str,
-    key: KeyOpt,
-    reason: ReasonOpt = "",
-    operator: OperatorOpt = None,
-    plan_hash: PlanHashOpt = None,
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-) -> None:
-    """Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."""
-    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, expect_hash=plan_hash)
-
-
-@approvals_app.command("keep")
-def keep(
-    plan_id: str,
-    key: KeyOpt,
-    reason: ReasonOpt = "",
-    operator: OperatorOpt = None,
-    plan_hash: PlanHashOpt = None,
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-) -> None:
-    """Keep the unverified change of PLAN_ID (the plan ends as success, confirmed by you)."""
-    _decide(plan_id, key, reason, operator, "approve", config, bootstrap, verdict="keep", expect_hash=plan_hash)
-
-
-@approvals_app.command("rollback")
-def rollback(
-    plan_id: str,
-    key: KeyOpt,
-    reason: ReasonOpt = "",
-    operator: OperatorOpt = None,
-    plan_hash: PlanHashOpt = None,
-    config: ConfigOpt = None,
-    bootstrap: BootstrapOpt = None,
-) -> None:
-    """Roll back the unverified change of PLAN_ID (the executor runs the playbook's rollback)."""
-    _decide(plan_id, key, reason, operator, "deny", config, bootstrap, verdict="rollback", expect_hash=plan_hash)
+_decision_command("approve", "approve", None, "Sign and publish an approval for PLAN_ID.")
+_decision_command(
+    "deny", "deny", None, "Sign and publish a denial for PLAN_ID (the plan ends with outcome ``denied``)."
+)
+_decision_command(
+    "keep", "approve", "keep", "Keep the unverified change of PLAN_ID (the plan ends as success, confirmed by you)."
+)
+_decision_command(
+    "rollback",
+    "deny",
+    "rollback",
+    "Roll back the unverified change of PLAN_ID (the executor runs the playbook's rollback).",
+)
