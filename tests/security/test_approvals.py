@@ -29,16 +29,13 @@ from typer.testing import CliRunner
 
 from metaheal.agents.executor.approvals import build_request, load_signing_key, plan_hash, sign_decision, sign_for
 from metaheal.agents.executor.planner import plan_id_for
-from metaheal.agents.executor.recovery import CRASH_ENV
 from metaheal.agents.executor.service import Executor
 from metaheal.cli import app
 from metaheal.config import OperatorSettings, ServiceSettings, Settings
 from metaheal.events import AgenticPlan, ApprovalDecision, Directive
-from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.ledger.keys import init_operator_key, init_system_keys, revoke_key
-from metaheal.ledger.signing import RecordSigner
-from tests.agents.executor.conftest import FakeService, fast_playbooks
+from tests.agents.executor.conftest import FakeService, fast_playbooks, send_directive, spawn_executor
 from tests.agents.executor.test_pipeline import flag_directive, pending_request, wait_until
 
 from .conftest import attack
@@ -159,24 +156,10 @@ async def test_replayed_decision_after_restart_is_refused(env, tmp_path: Path) -
     (on the topic, and sent again by the attacker) is refused as replayed: the ledger remembers it."""
     settings, svc, alice = env
     settings.ledger.writer_lease_seconds = 1.5  # the killed writer's ledger lease lapses sooner
-    cfg = tmp_path / "metaheal.yaml"
-    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    env_vars[CRASH_ENV] = "after_approval"
-    with open(tmp_path / "executor.log", "w") as log:
-        proc = subprocess.Popen(  # its own process group: the crash point kills the whole group
-            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-            env=env_vars,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
+    proc = spawn_executor(settings, tmp_path, crash="after_approval")
     try:
         d = flag_directive(guardrail_level="tight", confidence=0.97)
-        value = AvroSerializer(Directive)(d)  # as the meta loop sends it: signed with its key
-        headers = RecordSigner(settings.keys, "meta_loop").sign("directive", value, key="api", record_id=d.directive_id)
-        with Producer(settings.kafka) as p:
-            p.send(settings.topics.name("directives"), value, key="api", headers=headers)
+        send_directive(settings, d)
         req = await pending_request(settings, plan_id_for(d.directive_id))
         used = sign_for(alice, req, operator="alice", decision="approve", reason="go")
         forge(settings, used)

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 
+from metaheal.agents.executor.recovery import CRASH_ENV
 from metaheal.agents.executor.service import Executor
 from metaheal.broker import free_port
 from metaheal.config import OperatorSettings, ServiceSettings, Settings
-from metaheal.events import Metric
+from metaheal.events import Directive, Metric
 from metaheal.kafka import Producer
 from metaheal.kafka.serializers import AvroSerializer
 from metaheal.ledger.keys import init_operator_key, init_system_keys
+from metaheal.ledger.signing import RecordSigner
 
 
 @dataclass
@@ -166,6 +172,46 @@ def fast_playbooks(folder: Path) -> Path:
         text = text.replace("timeout: 30", "timeout: 2")
         (folder / src.name).write_text(text)
     return folder
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    return path
+
+
+def spawn_executor(settings: Settings, tmp_path: Path, *, crash: str | None = None) -> subprocess.Popen:
+    """The executor as its own process, logging to ``tmp_path/executor.log``. With ``crash``, it kills
+    itself at that crash point (``CRASH_ENV``), in a process group of its own."""
+    cfg = write_config(settings, tmp_path / "metaheal.yaml")
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
+    if crash is not None:
+        env_vars[CRASH_ENV] = crash
+    with open(tmp_path / "executor.log", "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
+            env=env_vars,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=crash is not None,
+        )
+
+
+def signed_headers(settings: Settings, d: Directive, key: str) -> dict[str, bytes]:
+    """The headers the meta loop would send a directive with."""
+    return RecordSigner(settings.keys, "meta_loop").sign(
+        "directive", AvroSerializer(Directive)(d), key=key, record_id=d.directive_id
+    )
+
+
+def send_directive(settings: Settings, d: Directive, key: str = "api") -> None:
+    """Publish ``d`` on the directives topic as the meta loop would: signed with its key."""
+    with Producer(settings.kafka) as p:
+        p.send(
+            settings.topics.name("directives"),
+            AvroSerializer(Directive)(d),
+            key=key,
+            headers=signed_headers(settings, d, key),
+        )
 
 
 @pytest.fixture

@@ -7,25 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from metaheal.agents.executor.approvals import is_verdict_request
-from metaheal.agents.executor.recovery import CRASH_ENV
 from metaheal.agents.executor.service import Executor
 from metaheal.cli import app
-from metaheal.events import Directive, SignedOutcome
-from metaheal.kafka import Producer
-from metaheal.kafka.serializers import AvroSerializer
-from metaheal.ledger.signing import RecordSigner
+from metaheal.events import SignedOutcome
+from tests.agents.executor.conftest import send_directive, spawn_executor, write_config
 from tests.agents.executor.test_pipeline import (
-    _write_config,
     actions,
     flag_directive,
     pending_request,
@@ -86,7 +79,7 @@ async def test_operator_keeps_the_change_plan_ends_success_confirmed_by_operator
     env, executor: Executor, tmp_path: Path
 ):
     settings, svc, alice_key = env
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    cfg = write_config(settings, tmp_path / "metaheal.yaml")
     d, task, plan_id, req = await kept_unverified(env, executor)
     runner = CliRunner()
     listed = await asyncio.to_thread(runner.invoke, app, ["approvals", "list", "--json", "--config", str(cfg)])
@@ -177,7 +170,7 @@ async def test_a_restarted_executor_resumes_the_wait_for_a_verdict(env, tmp_path
     await second.start()  # recovers in-flight plans from the durable state
     try:
         await wait_until(lambda: second.state.get(d.directive_id).status == "awaiting_verdict", what="recovery")
-        cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+        cfg = write_config(settings, tmp_path / "metaheal.yaml")
         args = ["approvals", "keep", plan_id, "--key", str(alice_key), "--config", str(cfg)]
         kept = await asyncio.to_thread(CliRunner().invoke, app, args)
         assert kept.exit_code == 0, kept.output
@@ -201,24 +194,11 @@ async def test_sigkill_before_the_interim_outcome_is_published_recovers_it_once(
     settings, svc, alice_key = env
     svc.mute_on.add(FIX)
     settings.ledger.writer_lease_seconds = 1.5  # the killed writer's ledger lease lapses sooner
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
-    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    env_vars[CRASH_ENV] = "before_publish"
-    with open(tmp_path / "executor.log", "w") as log:
-        proc = subprocess.Popen(  # its own process group: the crash point kills the whole group
-            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-            env=env_vars,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
+    cfg = write_config(settings, tmp_path / "metaheal.yaml")
+    proc = spawn_executor(settings, tmp_path, crash="before_publish")
     try:
         d = flag_directive()
-        with Producer(settings.kafka) as p:
-            headers = RecordSigner(settings.keys, "meta_loop").sign(
-                "directive", AvroSerializer(Directive)(d), key="api", record_id=d.directive_id
-            )
-            p.send(settings.topics.name("directives"), AvroSerializer(Directive)(d), key="api", headers=headers)
+        send_directive(settings, d)
         assert await asyncio.to_thread(proc.wait, 60) == -signal.SIGKILL, (tmp_path / "executor.log").read_text()
     finally:
         if proc.poll() is None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 from nacl.signing import SigningKey
 
 from metaheal.agents.executor.approvals import load_signing_key, sign_for
@@ -29,6 +26,7 @@ from metaheal.events import (
 from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroSerializer, EventDecoder
 from metaheal.ledger.signing import RecordSigner
+from tests.agents.executor.conftest import send_directive, signed_headers, spawn_executor, write_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -418,8 +416,8 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
 
     try:
         with Producer(settings.kafka) as p:
-            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
-            p.send(topic, ser(d), key=d.service, headers=_signed(settings, d, d.service))
+            p.send(topic, ser(d), key=d.service, headers=signed_headers(settings, d, d.service))
+            p.send(topic, ser(d), key=d.service, headers=signed_headers(settings, d, d.service))
             junk = b'{"not": "avro"}'  # signed, so what is refused is the encoding (unsigned: tests/security)
             p.send(
                 topic,
@@ -429,7 +427,7 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
             )
         await wait_until(lambda: outcomes(d.directive_id), 60, "first outcome", blocking=True)
         with Producer(settings.kafka) as p:  # same key, same partition: after the duplicate and the bad record
-            p.send(topic, ser(later), key=later.service, headers=_signed(settings, later, later.service))
+            p.send(topic, ser(later), key=later.service, headers=signed_headers(settings, later, later.service))
         await wait_until(lambda: outcomes(later.directive_id), 60, "second outcome", blocking=True)
     finally:
         stop.set()
@@ -447,40 +445,10 @@ async def test_duplicate_and_invalid_directives_on_the_topic(env):
         await again.close()
 
 
-def _signed(settings: Settings, d: Directive, key: str) -> dict[str, bytes]:
-    """The headers the meta loop would send a directive with."""
-    return RecordSigner(settings.keys, "meta_loop").sign(
-        "directive", AvroSerializer(Directive)(d), key=key, record_id=d.directive_id
-    )
-
-
-def _write_config(settings: Settings, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    return path
-
-
-def _spawn_executor(settings: Settings, tmp_path: Path) -> subprocess.Popen:
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
-    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    with open(tmp_path / "executor.log", "a") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-            env=env_vars,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
 async def _kill_when(settings: Settings, svc, proc: subprocess.Popen, what: str, pred) -> Directive:
     try:
         d = directive()
-        with Producer(settings.kafka) as p:
-            p.send(
-                settings.topics.name("directives"),
-                AvroSerializer(Directive)(d),
-                key="api",
-                headers=_signed(settings, d, "api"),
-            )
+        send_directive(settings, d)
         await wait_until(pred, 60, what)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -513,7 +481,7 @@ async def test_sigkill_mid_call_resends_an_idempotent_step_with_its_key(env, tmp
     svc.hang.add("POST /scale")  # the executor is killed while step 1 is in flight
     settings.ledger.writer_lease_seconds = 1.5  # the dead writer's ledger lease lapses sooner
     settings.kafka.session_timeout_ms = 3000  # tansu group joins take about half of it
-    proc = _spawn_executor(settings, tmp_path)
+    proc = spawn_executor(settings, tmp_path)
     d = await _kill_when(settings, svc, proc, "step 1 in flight", lambda: svc.calls["POST /scale"] == 1)
     entries = await _recover(settings, d)
     assert svc.calls["GET /capacity"] == 1
@@ -553,7 +521,7 @@ async def test_sigkill_after_a_non_idempotent_call_applied_verifies_it_instead_o
     svc.hang_after.add("POST /scale")  # the scale-up takes effect; its answer never comes back
     settings.ledger.writer_lease_seconds = 1.5
     settings.kafka.session_timeout_ms = 3000
-    proc = _spawn_executor(settings, tmp_path)
+    proc = spawn_executor(settings, tmp_path)
     d = await _kill_when(settings, svc, proc, "step 1 applied", lambda: svc.instances == 5)
     entries = await _recover(settings, d)
     assert [b["delta"] for k, b in svc.log if k == "POST /scale"] == [2]  # never repeated, never undone
@@ -573,7 +541,7 @@ async def test_sigkill_before_a_non_idempotent_call_ran_is_not_compensated_blind
     svc.hang.add("POST /scale")  # killed before the service applied anything
     settings.ledger.writer_lease_seconds = 1.5
     settings.kafka.session_timeout_ms = 3000
-    proc = _spawn_executor(settings, tmp_path)
+    proc = spawn_executor(settings, tmp_path)
     d = await _kill_when(settings, svc, proc, "step 1 in flight", lambda: svc.calls["POST /scale"] == 1)
     entries = await _recover(settings, d)
     # no effect to see (latency stays high): not repeated, and no compensating scale-down of a step that never ran
@@ -591,7 +559,7 @@ async def test_cli_lists_and_approves_a_pending_plan(env, executor: Executor, tm
     from metaheal.cli import app
 
     settings, _svc, alice_key = env
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    cfg = write_config(settings, tmp_path / "metaheal.yaml")
     d = flag_directive(guardrail_level="tight", confidence=0.97)
     task = await executor.submit(d)
     plan_id = executor.state.get(d.directive_id).plan_id
@@ -640,24 +608,10 @@ async def test_sigkill_during_verification_resumes_verification(env, tmp_path: P
     svc.hang.add("GET /health")  # killed while the http_check is in flight
     settings.kafka.session_timeout_ms = 3000  # the dead member's partitions are reassigned sooner
     settings.ledger.writer_lease_seconds = 1.5  # and its ledger lease lapses sooner
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
-    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("METAHEAL_")}
-    with open(tmp_path / "executor.log", "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "metaheal.agents.executor.service", "--config", str(cfg)],
-            env=env_vars,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    proc = spawn_executor(settings, tmp_path)
     try:
         d = directive()
-        with Producer(settings.kafka) as p:
-            p.send(
-                settings.topics.name("directives"),
-                AvroSerializer(Directive)(d),
-                key="api",
-                headers=_signed(settings, d, "api"),
-            )
+        send_directive(settings, d)
         await wait_until(lambda: svc.calls["GET /health"] == 1, 60, "verification in flight")
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -716,7 +670,7 @@ async def test_ledger_failure_halts_the_plan_which_resumes_in_place_when_the_led
         row = next(p for p in shown if p["directive_id"] == d.directive_id)
         assert row["status"] == "halted" and row["halted"] and row["next_resume_at"] is not None
         shown = await asyncio.to_thread(
-            CliRunner().invoke, app, ["status", "--config", str(_write_config(settings, tmp_path / "m.yaml"))]
+            CliRunner().invoke, app, ["status", "--config", str(write_config(settings, tmp_path / "m.yaml"))]
         )
         assert shown.exit_code == 0 and "Plans in flight" in shown.stdout and "halted" in shown.stdout, shown.output
         key_file.write_bytes(saved)  # the ledger is back: the plan resumes without a restart

@@ -19,8 +19,8 @@ from metaheal.notify import Notifier
 from metaheal.observability import WEBHOOK_DELIVERIES
 from metaheal.watch import EventWatcher
 
-from .conftest import DEFAULT_PLAYBOOKS
-from .test_pipeline import _write_config, flag_directive, wait_until
+from .conftest import DEFAULT_PLAYBOOKS, write_config
+from .test_pipeline import flag_directive, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
 
@@ -81,7 +81,7 @@ async def test_approval_requested_webhook_carries_a_working_approve_command(
         ),
         WebhookSettings(url=f"http://127.0.0.1:{dead_port}/hook", events=["approval_requested"], max_attempts=2),
     ]
-    cfg = _write_config(settings, tmp_path / "metaheal.yaml")
+    cfg = write_config(settings, tmp_path / "metaheal.yaml")
     failed_before = delivered("approval_requested", "failed")
     ok_before = delivered("approval_requested", "delivered")
     notifier = Notifier(settings, config_path=str(cfg)).start()
