@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -95,6 +96,11 @@ def send_decision(settings: Settings, decision: ApprovalDecision) -> None:
         p.send(settings.topics.name("approvals"), AvroSerializer(ApprovalDecision)(decision), key=decision.plan_id)
 
 
+def decide(settings: Settings, key: Path, req: ApprovalRequest, operator: str, decision: str, **kw: Any) -> None:
+    """Sign ``decision`` for ``req`` with the operator's key file and publish it."""
+    send_decision(settings, sign_for(load_signing_key(key), req, operator=operator, decision=decision, **kw))
+
+
 # --- the auto-approved path ----------------------------------------------------------------------
 
 
@@ -152,16 +158,7 @@ async def test_approval_required_then_approved(env, executor: Executor):
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
     assert "impact medium exceeds tight limit low" in req.reason
     assert svc.calls["POST /flags/rollback"] == 0  # nothing happens before the approval
-    send_decision(
-        settings,
-        sign_for(
-            load_signing_key(alice_key),
-            req,
-            operator="alice",
-            decision="approve",
-            reason="go",
-        ),
-    )
+    decide(settings, alice_key, req, "alice", "approve", reason="go")
     outcome = await task
     assert outcome.result == "success" and outcome.trust_decision == "approved_by:alice"
     assert svc.calls["POST /flags/rollback"] == 1
@@ -174,16 +171,7 @@ async def test_approval_denied_runs_nothing(env, executor: Executor):
     d = flag_directive(guardrail_level="tight", confidence=0.97)
     task = await executor.submit(d)
     req = await pending_request(settings, executor.state.get(d.directive_id).plan_id)
-    send_decision(
-        settings,
-        sign_for(
-            load_signing_key(alice_key),
-            req,
-            operator="alice",
-            decision="deny",
-            reason="not now",
-        ),
-    )
+    decide(settings, alice_key, req, "alice", "deny", reason="not now")
     outcome = await task
     assert outcome.result == "denied" and outcome.trust_decision == "denied"
     assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
@@ -208,15 +196,7 @@ async def test_forged_and_unauthorised_rejected_then_expiry_cancels(env):
             for p in settings.keys.glob("*.key")
             if p != alice_key and load_signing_key(p).verify_key.encode().hex() == settings.operators[1].public_key
         )
-        send_decision(
-            settings,
-            sign_for(
-                load_signing_key(bob_key),
-                req,
-                operator="bob",
-                decision="approve",
-            ),
-        )
+        decide(settings, bob_key, req, "bob", "approve")
         outcome = await task
         assert outcome.result == "expired" and outcome.trust_decision == "expired"
         assert sum(n for k, n in svc.calls.items() if k.startswith("POST")) == 0
@@ -238,16 +218,7 @@ async def test_late_valid_approval_is_rejected_as_expired(env):
         d = flag_directive(guardrail_level="tight", confidence=0.97)
         task = await ex.submit(d)
         req = await pending_request(settings, ex.state.get(d.directive_id).plan_id)
-        send_decision(
-            settings,
-            sign_for(
-                load_signing_key(alice_key),
-                req,
-                operator="alice",
-                decision="approve",
-                decided_at=req.expires_at + 1,
-            ),
-        )
+        decide(settings, alice_key, req, "alice", "approve", decided_at=req.expires_at + 1)
         outcome = await task
         assert outcome.result == "expired" and svc.calls["POST /flags/rollback"] == 0
     finally:
@@ -340,15 +311,7 @@ async def test_lock_denies_a_second_plan_on_the_same_service(env, executor: Exec
     entries = await executor.log.replay_cycle(d2.cycle_id)
     violation = json.loads(next(e.payload for e in entries if e.action == "trust_violation"))
     assert violation["violations"] == ["lock"] and req.plan_id in violation["reasons"][0]
-    send_decision(
-        settings,
-        sign_for(
-            load_signing_key(alice_key),
-            req,
-            operator="alice",
-            decision="deny",
-        ),
-    )
+    decide(settings, alice_key, req, "alice", "deny")
     assert (await task).result == "denied"
 
 
