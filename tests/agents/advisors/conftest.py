@@ -7,7 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from metaheal.agents.advisors.base import Symptom
+from metaheal.agents.advisors.anomaly import AnomalyAdvisor
+from metaheal.agents.advisors.base import CycleContext, Symptom
+from metaheal.agents.advisors.root_cause import RootCauseSuggester
+from metaheal.events import CycleFocus, HealthWindow, RootCauseCandidate, SignalStats
 
 
 def sym(
@@ -24,6 +27,46 @@ def sym(
     if dependency:
         labels["dependency"] = dependency
     return Symptom(service, metric, signal, direction, size, strength, dependency, labels)
+
+
+def signal_stats(
+    signal: str, metric: str, mean: float, base: float, dependency: str | None = None, *, spread: float = 0.2
+) -> SignalStats:
+    """A health-window signal whose p95 and max sit ``spread`` and ``2 * spread`` above its mean."""
+    return SignalStats(
+        signal=signal,
+        metric=metric,
+        count=20,
+        mean=mean,
+        p50=mean,
+        p95=mean * (1 + spread),
+        max=mean * (1 + 2 * spread),
+        baseline_mean=base,
+        dependency=dependency,
+    )
+
+
+def window(service: str, *signals: SignalStats) -> HealthWindow:
+    return HealthWindow(service=service, window_start=80.0, window_end=90.0, sample_count=100, signals=list(signals))
+
+
+def diagnose(windows: list[HealthWindow], graph: dict[str, list[str]], target: str = "api") -> list[RootCauseCandidate]:
+    """One cycle's diagnosis of ``target``: the anomaly advisor, then the root-cause suggester."""
+    focus = CycleFocus(
+        cycle_id="c1",
+        ts=100.0,
+        focus_area="latency_drift",
+        confidence=0.9,
+        reasoning=[],
+        guardrail_adjustment="maintain",
+        guardrail_level="maintain",
+        time_budget_seconds=60,
+        target_services=[target],
+    )
+    ctx = CycleContext(focus=focus, services=[target], health=windows)
+    AnomalyAdvisor().advise(ctx)
+    RootCauseSuggester(graph=graph).advise(ctx)
+    return ctx.candidates
 
 
 #: cause -> symptoms on service "api" (with "orders-db" and "payments" as dependencies)

@@ -10,70 +10,32 @@ from __future__ import annotations
 
 import pytest
 
-from metaheal.agents.advisors.anomaly import AnomalyAdvisor, health_strength, move_size
-from metaheal.agents.advisors.base import CycleContext
-from metaheal.agents.advisors.root_cause import RootCauseSuggester
-from metaheal.events import CycleFocus, HealthWindow, RootCauseCandidate, SignalStats
+from metaheal.agents.advisors.anomaly import health_strength, move_size
+from metaheal.events import HealthWindow
+from tests.agents.advisors.conftest import diagnose, signal_stats, window
 
 GRAPH = {"web": ["api"], "api": ["orders-db", "cache", "payments"]}
 
 
-def _sig(signal: str, metric: str, mean: float, base: float, dependency: str | None = None) -> SignalStats:
-    return SignalStats(
-        signal=signal,
-        metric=metric,
-        count=20,
-        mean=mean,
-        p50=mean,
-        p95=mean * 1.2,
-        max=mean * 1.4,
-        baseline_mean=base,
-        dependency=dependency,
-    )
-
-
-def _win(service: str, *signals: SignalStats) -> HealthWindow:
-    return HealthWindow(service=service, window_start=80.0, window_end=90.0, sample_count=100, signals=list(signals))
-
-
-def _diagnose(windows: list[HealthWindow], target: str = "api") -> list[RootCauseCandidate]:
-    focus = CycleFocus(
-        cycle_id="c1",
-        ts=100.0,
-        focus_area="latency_drift",
-        confidence=0.9,
-        reasoning=[],
-        guardrail_adjustment="maintain",
-        guardrail_level="maintain",
-        time_budget_seconds=60,
-        target_services=[target],
-    )
-    ctx = CycleContext(focus=focus, services=[target], health=windows)
-    AnomalyAdvisor().advise(ctx)
-    rc = RootCauseSuggester(graph=GRAPH)
-    rc.advise(ctx)
-    return ctx.candidates
-
-
 def _api(latency: float, hit: float, rps: float, db_latency: float, db_errors: float = 0.003) -> HealthWindow:
-    return _win(
+    return window(
         "api",
-        _sig("latency", "latency_p95_ms", latency, 110.0),
-        _sig("unknown", "cache_hit_rate", hit, 0.95),
-        _sig("traffic", "requests_per_s", rps, 400.0),
-        _sig("errors", "error_rate", 0.004 + db_errors / 2, 0.004),
-        _sig("dependency", "dependency_latency_ms", db_latency, 12.0, "orders-db"),
-        _sig("dependency", "dependency_error_rate", db_errors, 0.003, "orders-db"),
+        signal_stats("latency", "latency_p95_ms", latency, 110.0),
+        signal_stats("unknown", "cache_hit_rate", hit, 0.95),
+        signal_stats("traffic", "requests_per_s", rps, 400.0),
+        signal_stats("errors", "error_rate", 0.004 + db_errors / 2, 0.004),
+        signal_stats("dependency", "dependency_latency_ms", db_latency, 12.0, "orders-db"),
+        signal_stats("dependency", "dependency_error_rate", db_errors, 0.003, "orders-db"),
     )
 
 
 def _db(latency: float, rps: float, cpu: float, errors: float = 0.003) -> HealthWindow:
-    return _win(
+    return window(
         "orders-db",
-        _sig("latency", "latency_p95_ms", latency, 12.0),
-        _sig("traffic", "requests_per_s", rps, 140.0),
-        _sig("saturation", "cpu_utilization", cpu, 0.35),
-        _sig("errors", "error_rate", errors, 0.003),
+        signal_stats("latency", "latency_p95_ms", latency, 12.0),
+        signal_stats("traffic", "requests_per_s", rps, 140.0),
+        signal_stats("saturation", "cpu_utilization", cpu, 0.35),
+        signal_stats("errors", "error_rate", errors, 0.003),
     )
 
 
@@ -85,11 +47,12 @@ def test_a_hit_rate_drop_is_measured_on_its_misses() -> None:
 
 def test_cache_misses_that_overload_the_database_are_the_cause_not_the_database() -> None:
     # hit rate 0.95 -> 0.45: the database gets ~3x the queries at the same api traffic and slows down, sheds a little
-    cands = _diagnose(
+    cands = diagnose(
         [
             _api(latency=420.0, hit=0.45, rps=405.0, db_latency=95.0, db_errors=0.04),
             _db(latency=95.0, rps=430.0, cpu=0.97, errors=0.04),
-        ]
+        ],
+        GRAPH,
     )
     top = cands[0]
     assert (top.cause, top.service) == ("cache_miss_rate_high", "api")
@@ -100,34 +63,38 @@ def test_cache_misses_that_overload_the_database_are_the_cause_not_the_database(
 
 
 def test_a_slow_database_at_unchanged_load_is_still_a_slow_query() -> None:
-    cands = _diagnose(
-        [_api(latency=420.0, hit=0.95, rps=405.0, db_latency=95.0), _db(latency=95.0, rps=141.0, cpu=0.4)]
+    cands = diagnose(
+        [_api(latency=420.0, hit=0.95, rps=405.0, db_latency=95.0), _db(latency=95.0, rps=141.0, cpu=0.4)], GRAPH
     )
     assert (cands[0].cause, cands[0].service) == ("database_slow_query", "api")
 
 
 def test_an_edge_surge_reaching_a_failing_provider_is_still_an_upstream_outage() -> None:
     # twice the traffic everywhere, and payments failing: its load rose only as much as ours did
-    api = _win(
+    api = window(
         "api",
-        _sig("traffic", "requests_per_s", 800.0, 400.0),
-        _sig("errors", "error_rate", 0.2, 0.004),
-        _sig("dependency", "dependency_error_rate", 0.5, 0.003, "payments"),
+        signal_stats("traffic", "requests_per_s", 800.0, 400.0),
+        signal_stats("errors", "error_rate", 0.2, 0.004),
+        signal_stats("dependency", "dependency_error_rate", 0.5, 0.003, "payments"),
     )
-    pay = _win("payments", _sig("traffic", "requests_per_s", 160.0, 80.0), _sig("errors", "error_rate", 0.5, 0.003))
-    cands = _diagnose([api, pay])
+    pay = window(
+        "payments",
+        signal_stats("traffic", "requests_per_s", 160.0, 80.0),
+        signal_stats("errors", "error_rate", 0.5, 0.003),
+    )
+    cands = diagnose([api, pay], GRAPH)
     assert (cands[0].cause, cands[0].service) == ("upstream_outage", "api")
 
 
 def test_a_dependency_its_callers_routed_away_from_is_not_down() -> None:
     # the api failed over from orders-db to its replica: the primary serves nothing, which is no outage
-    api = _win(
+    api = window(
         "api",
-        _sig("latency", "latency_p95_ms", 420.0, 110.0),
-        _sig("traffic", "requests_per_s", 760.0, 400.0),
-        _sig("saturation", "cpu_utilization", 0.97, 0.5),
+        signal_stats("latency", "latency_p95_ms", 420.0, 110.0),
+        signal_stats("traffic", "requests_per_s", 760.0, 400.0),
+        signal_stats("saturation", "cpu_utilization", 0.97, 0.5),
     )
-    db = _win("orders-db", _sig("traffic", "requests_per_s", 0.0, 140.0))
-    cands = _diagnose([api, db])
+    db = window("orders-db", signal_stats("traffic", "requests_per_s", 0.0, 140.0))
+    cands = diagnose([api, db], GRAPH)
     assert (cands[0].cause, cands[0].service) == ("traffic_surge", "api")
     assert all(c.cause != "upstream_outage" or c.probability < 0.05 for c in cands)
