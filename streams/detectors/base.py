@@ -49,7 +49,7 @@ from river.base.typing import FeatureName
 
 from metaheal.errors import StateError
 
-__all__ = ["SeriesDetector", "StateError", "decode_floats", "encode_floats"]
+__all__ = ["SeriesDetector", "StateError", "decode_array", "decode_floats", "encode_array", "encode_floats"]
 
 
 def encode_floats(values: Any) -> str:
@@ -69,10 +69,34 @@ def decode_floats(text: str) -> list[float]:
     return values
 
 
+def encode_array(values: Any, dtype: str) -> str:
+    """A fixed-width numeric array as base64 of its byte planes (every value's first byte, then every
+    second byte, ...): the high bytes of small counts and the exponents of similar floats line up
+    into runs that zlib compresses. ``dtype`` is a little-endian numpy type such as ``"<u2"``.
+
+    >>> decode_array(encode_array([1, 2, 515], "<u2"), "<u2", 3).tolist()
+    [1, 2, 515]
+    """
+    a = np.ascontiguousarray(values, dtype=dtype).reshape(-1)
+    return base64.b64encode(a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes()).decode("ascii")
+
+
+def decode_array(text: str, dtype: str, count: int) -> np.ndarray[Any, Any]:
+    """The ``count`` values of ``dtype`` that :func:`encode_array` wrote; :class:`StateError` on any other length."""
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    dt = np.dtype(dtype)
+    if len(raw) != count * dt.itemsize:
+        raise StateError(f"array of {len(raw)} bytes is not {count} values of {dtype}")
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, count)
+    return np.ascontiguousarray(planes.T).view(dt).reshape(count)
+
+
 class SeriesDetector(base.AnomalyDetector):
     """A univariate streaming detector over ``{"ts", "value"}`` samples, checkpointed as data."""
 
     state_version: ClassVar[int] = 1
+    #: older state versions :meth:`from_state` still reads, through :meth:`_upgrade_state`
+    read_versions: ClassVar[tuple[int, ...]] = ()
 
     def score_learn_one(self, x: dict[FeatureName, Any]) -> float:
         """Score ``x`` against the past, then learn it (one pass)."""
@@ -92,6 +116,11 @@ class SeriesDetector(base.AnomalyDetector):
     def _set_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def _upgrade_state(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """``state`` of an older ``version`` (one of :attr:`read_versions`) in the current layout."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
         """The learnt state and the parameters, as JSON types (``json.dumps`` works on it)."""
         return {"kind": type(self).__name__, "version": self.state_version, "state": self._get_state()}
@@ -102,13 +131,15 @@ class SeriesDetector(base.AnomalyDetector):
         if not isinstance(data, dict) or data.get("kind") != cls.__name__:
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
             raise StateError(f"not a {cls.__name__} state: {kind!r}")
-        if data.get("version") != cls.state_version:
-            raise StateError(
-                f"{cls.__name__} state version {data.get('version')} is not supported (expected {cls.state_version})"
-            )
+        version = data.get("version")
+        if version != cls.state_version and version not in cls.read_versions:
+            raise StateError(f"{cls.__name__} state version {version} is not supported (expected {cls.state_version})")
         obj = cls.__new__(cls)
         try:
-            obj._set_state(data["state"])
+            state = data["state"]
+            if version != cls.state_version:
+                state = cls._upgrade_state(state, version)
+            obj._set_state(state)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StateError(f"{cls.__name__} state is malformed: {exc!r}") from None
         return obj
