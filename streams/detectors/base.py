@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import sys
+from array import array
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -50,6 +52,8 @@ from river.base.typing import FeatureName
 from metaheal.errors import StateError
 
 __all__ = ["SeriesDetector", "StateError", "decode_array", "decode_floats", "encode_array", "encode_floats"]
+
+_BIG_ENDIAN = sys.byteorder == "big"  # checkpoints are little-endian on every host
 
 
 def encode_floats(values: Any) -> str:
@@ -69,26 +73,44 @@ def decode_floats(text: str) -> list[float]:
     return values
 
 
-def encode_array(values: Any, dtype: str) -> str:
-    """A fixed-width numeric array as base64 of its byte planes (every value's first byte, then every
-    second byte, ...): the high bytes of small counts and the exponents of similar floats line up
-    into runs that zlib compresses. ``dtype`` is a little-endian numpy type such as ``"<u2"``.
+def encode_array(values: array[Any], keep: int | None = None) -> str:
+    """A fixed-width array as base64 of its little-endian byte planes (every value's first byte, then
+    every second byte, ...): the high bytes of small counts and the exponents of similar floats line
+    up into runs that zlib compresses. ``keep`` stores only the low ``keep`` planes (values known to
+    fit; anything in the planes left out is an error).
 
-    >>> decode_array(encode_array([1, 2, 515], "<u2"), "<u2", 3).tolist()
-    [1, 2, 515]
+    >>> text = encode_array(array("I", [1, 2, 515]), keep=2)
+    >>> text, decode_array(text, "I", 3, keep=2).tolist()
+    ('AQIDAAAC', [1, 2, 515])
     """
-    a = np.ascontiguousarray(values, dtype=dtype).reshape(-1)
-    return base64.b64encode(a.view(np.uint8).reshape(-1, a.itemsize).T.tobytes()).decode("ascii")
+    if _BIG_ENDIAN:
+        values = array(values.typecode, values)
+        values.byteswap()
+    raw = values.tobytes()
+    width = values.itemsize
+    planes = [raw[i::width] for i in range(width)]
+    if keep is not None:
+        if any(plane.strip(b"\0") for plane in planes[keep:]):
+            raise ValueError(f"values do not fit in {keep} bytes")
+        planes = planes[:keep]
+    return base64.b64encode(b"".join(planes)).decode("ascii")
 
 
-def decode_array(text: str, dtype: str, count: int) -> np.ndarray[Any, Any]:
-    """The ``count`` values of ``dtype`` that :func:`encode_array` wrote; :class:`StateError` on any other length."""
+def decode_array(text: str, typecode: str, count: int, keep: int | None = None) -> array[Any]:
+    """The ``count`` values that :func:`encode_array` wrote; :class:`StateError` on any other length."""
     raw = base64.b64decode(text.encode("ascii"), validate=True)
-    dt = np.dtype(dtype)
-    if len(raw) != count * dt.itemsize:
-        raise StateError(f"array of {len(raw)} bytes is not {count} values of {dtype}")
-    planes = np.frombuffer(raw, dtype=np.uint8).reshape(dt.itemsize, count)
-    return np.ascontiguousarray(planes.T).view(dt).reshape(count)
+    values = array(typecode)
+    width = values.itemsize
+    stored = width if keep is None else keep
+    if len(raw) != count * stored:
+        raise StateError(f"array of {len(raw)} bytes is not {count} values of {stored} bytes")
+    out = bytearray(count * width)
+    for i in range(stored):
+        out[i::width] = raw[i * count : (i + 1) * count]
+    values.frombytes(out)
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
 
 
 class SeriesDetector(base.AnomalyDetector):

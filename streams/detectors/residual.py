@@ -45,7 +45,6 @@ import math
 from array import array
 from typing import Any
 
-import numpy as np
 from river.base.typing import FeatureName
 
 from metaheal.streams.detectors.base import SeriesDetector, StateError, decode_array, decode_floats, encode_array
@@ -186,7 +185,7 @@ class _Profile:
     def state(self) -> dict[str, Any]:
         """Scalars, and the slots as float32 byte planes (one array of ``slots`` values each)."""
         out: dict[str, Any] = {f: getattr(self, f) for f in self._FIELDS}
-        out["values"], out["weights"] = encode_array(self.values, "<f4"), encode_array(self.weights, "<f4")
+        out["values"], out["weights"] = encode_array(self.values), encode_array(self.weights)
         return out
 
     @classmethod
@@ -198,13 +197,10 @@ class _Profile:
         if not isinstance(prof.slots, int) or not 1 <= prof.slots <= 1 << 16:
             raise StateError(f"profile has {prof.slots!r} slots")
         for name in ("values", "weights"):
-            if legacy:
-                values = np.asarray(decode_floats(state[name]), dtype=np.float32)
-                if len(values) != prof.slots:
-                    raise StateError(f"profile of {prof.slots} slots has {len(values)} {name}")
-            else:
-                values = decode_array(state[name], "<f4", prof.slots)
-            setattr(prof, name, array("f", values.astype(np.float32).tobytes()))
+            values = array("f", decode_floats(state[name])) if legacy else decode_array(state[name], "f", prof.slots)
+            if len(values) != prof.slots:
+                raise StateError(f"profile of {prof.slots} slots has {len(values)} {name}")
+            setattr(prof, name, values)
         return prof
 
 

@@ -37,10 +37,9 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
-
-import numpy as np
 
 from metaheal.errors import StateError
 from metaheal.streams.detectors.base import decode_array, encode_array
@@ -75,16 +74,7 @@ def _bin(d: float) -> int:
     return 0 if b < 0 else (_NBINS - 1 if b >= _NBINS else b)
 
 
-def _deltas(codes: array[int]) -> list[int]:
-    """Sorted codes as their first value and the gaps after it (small numbers: they compress)."""
-    out, prev = [], 0
-    for c in codes:
-        out.append(c - prev)
-        prev = c
-    return out
-
-
-def _from_deltas(deltas: list[int]) -> array[int]:
+def _from_deltas(deltas: Sequence[int]) -> array[int]:
     codes = list(accumulate(int(d) for d in deltas))
     if codes and (min(deltas) < 0 or codes[-1] > 65535):
         raise StateError("calibrator codes are not sorted 16-bit codes")
@@ -236,17 +226,24 @@ class TailCalibrator:
         the gaps: sorted codes give small numbers; ``min(positives, tail)`` of them, zeros after)
         and its histogram; arrays as byte planes (:func:`~metaheal.streams.detectors.base.encode_array`)."""
         cap, tail, nb = self.capacity, self.tail, len(self._sizes)
-        tops = [0] * (cap * tail)
+        gaps = array("H", bytes(2 * cap * tail))
         for i, top in enumerate(self._tops):
-            tops[i * tail : i * tail + len(top)] = _deltas(top)
-        hists = b"".join(h.tobytes() for h in self._hists) + bytes(4 * _NBINS * (cap - nb))
+            prev, j = 0, i * tail
+            for code in top:
+                gaps[j] = code - prev
+                prev = code
+                j += 1
+        hists = array("I")
+        for h in self._hists:
+            hists.extend(h)
+        hists.frombytes(bytes(4 * _NBINS * (cap - nb)))
         return {
             "window": self.window,
             "tail": tail,
             "blocks": nb,
-            "sizes": encode_array(self._sizes + [0] * (cap - nb), "<u4"),
-            "tops": encode_array(tops, "<u2"),
-            "hists": encode_array(np.frombuffer(hists, dtype=np.uint32), _count_type(self.block)),
+            "sizes": encode_array(array("I", self._sizes + [0] * (cap - nb))),
+            "tops": encode_array(gaps),
+            "hists": encode_array(hists, keep=_count_bytes(self.block)),
         }
 
     @classmethod
@@ -256,20 +253,23 @@ class TailCalibrator:
         cap, tail, nb = cal.capacity, cal.tail, int(state["blocks"])
         if not 1 <= nb <= cap:
             raise StateError(f"calibrator has {nb} blocks, room for 1..{cap}")
-        sizes = decode_array(state["sizes"], "<u4", cap).tolist()
-        flat_tops = decode_array(state["tops"], "<u2", cap * tail).tolist()
-        flat_hists = decode_array(state["hists"], _count_type(cal.block), cap * _NBINS)
-        if any(sizes[nb:]) or any(flat_tops[nb * tail :]) or flat_hists[nb * _NBINS :].any():
+        sizes = decode_array(state["sizes"], "I", cap).tolist()
+        gaps = decode_array(state["tops"], "H", cap * tail)
+        flat = decode_array(state["hists"], "I", cap * _NBINS, keep=_count_bytes(cal.block))
+        if any(sizes[nb:]) or any(flat[nb * _NBINS :]) or any(gaps[nb * tail :]):
             raise StateError("calibrator blocks beyond the ones in use are not empty")
-        hists = [array("I", flat_hists[i * _NBINS : (i + 1) * _NBINS].astype(np.uint32).tobytes()) for i in range(nb)]
+        hists = [flat[i * _NBINS : (i + 1) * _NBINS] for i in range(nb)]
+        pos = [sum(h) for h in hists]
         tops = []
-        for i, h in enumerate(hists):
-            kept = min(sum(h), tail)
-            deltas = flat_tops[i * tail : (i + 1) * tail]
-            if any(deltas[kept:]):
+        for i, p in enumerate(pos):
+            kept = min(p, tail)
+            if any(gaps[i * tail + kept : (i + 1) * tail]):
                 raise StateError("calibrator block keeps more codes than it has positive values")
-            tops.append(_from_deltas(deltas[:kept]))
-        cal._restore(sizes[:nb], tops, hists)
+            try:
+                tops.append(array("H", accumulate(gaps[i * tail : i * tail + kept])))
+            except OverflowError:
+                raise StateError("calibrator codes are not sorted 16-bit codes") from None
+        cal._restore(sizes[:nb], pos, tops, hists)
         return cal
 
     @classmethod
@@ -287,20 +287,22 @@ class TailCalibrator:
             hists.append(h)
         if not (len(sizes) == len(tops) == len(hists) >= 1) or len(sizes) > cal.capacity:
             raise StateError(f"calibrator blocks do not match: {len(sizes)} sizes, {len(tops)} tops")
-        cal._restore(sizes, tops, hists)
+        cal._restore(sizes, [sum(h) for h in hists], tops, hists)
         return cal
 
-    def _restore(self, sizes: list[int], tops: list[array[int]], hists: list[array[int]]) -> None:
-        pos = [sum(h) for h in hists]
+    def _restore(self, sizes: list[int], pos: list[int], tops: list[array[int]], hists: list[array[int]]) -> None:
         for size, p, top in zip(sizes, pos, tops, strict=True):
             if not 0 <= p <= size <= self.block or len(top) > min(p, self.tail):  # tops: sorted by construction
                 raise StateError("calibrator block does not fit its size")
         self._sizes, self._pos, self._tops, self._hists = sizes, pos, tops, hists
-        self._merged = array("H", sorted(c for top in tops for c in top))
+        merged = array("H")
+        for top in tops:
+            merged.extend(top)
+        self._merged = array("H", sorted(merged))
         self._cut = max((top[0] for top, p in zip(tops, pos, strict=True) if p > len(top)), default=-1)
         self._n, self._npos = sum(sizes), sum(pos)
 
 
-def _count_type(block: int) -> str:
-    """Histogram counts are at most a block's size: 16 bits for the default windows."""
-    return "<u2" if block < 1 << 16 else "<u4"
+def _count_bytes(block: int) -> int:
+    """Histogram counts are at most a block's size: 2 bytes for the default windows."""
+    return 2 if block < 1 << 16 else 4
