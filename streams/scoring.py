@@ -9,9 +9,10 @@ changelog-backed store (the faust table whose changelog is the compacted
 ``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
 ``streams.checkpoint_interval_seconds`` of wall time. A worker that gets the partition
 (restart, rebalance) restores the model from the store on first use, so scoring continues
-warm instead of starting a new warm-up with its burst of low-confidence scores. A
-checkpoint that does not parse as a state of this model (another version, corrupt bytes)
-is logged and the series starts cold: nothing in it is executed.
+warm instead of starting a new warm-up with its burst of low-confidence scores (checkpoints
+of the previous release too: their detector states are upgraded exactly). A checkpoint that
+does not parse as a state of this model (an unknown version, corrupt bytes) is logged and the
+series starts cold: nothing in it is executed.
 
 >>> store = {}
 >>> reg = ScorerRegistry(store)
