@@ -194,8 +194,9 @@ class _Profile:
         prof = cls.__new__(cls)
         for f in cls._FIELDS:
             setattr(prof, f, state[f])
-        if not isinstance(prof.slots, int) or not 1 <= prof.slots <= 1 << 16:
-            raise StateError(f"profile has {prof.slots!r} slots")
+        slots: object = state["slots"]
+        if not isinstance(slots, int) or not 1 <= slots <= 1 << 16:
+            raise StateError(f"profile has {slots!r} slots")
         for name in ("values", "weights"):
             values = array("f", decode_floats(state[name])) if legacy else decode_array(state[name], "f", prof.slots)
             if len(values) != prof.slots:
