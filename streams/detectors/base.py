@@ -7,9 +7,9 @@ change the model, ``learn_one`` does. A stream is scored *test-then-train*, so t
 copy.
 
 Checkpoints are data, never code: :meth:`~SeriesDetector.state_dict` returns JSON types only
-(numbers, strings, lists, dicts; float arrays as base64 float32), tagged with the class name and a
-``version``; :meth:`~SeriesDetector.from_state` rebuilds a detector and refuses any other class or
-version with :class:`StateError`.
+(numbers, strings, lists, dicts; numeric arrays as base64), tagged with the class name and a
+``version``; :meth:`~SeriesDetector.from_state` rebuilds a detector, upgrades the older versions a
+class lists in ``read_versions``, and refuses any other class or version with :class:`StateError`.
 
 >>> class Mean(SeriesDetector):
 ...     state_version = 1

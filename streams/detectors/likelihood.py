@@ -69,6 +69,7 @@ _NULL_TABLE = (
 _MIN_MEAN = 0.03  # Numenta's lower bounds on the long-run distribution of averaged raw scores
 _MIN_VAR = 0.0003
 _SQRT2 = math.sqrt(2.0)
+_MAX_WINDOW = 1 << 19  # an upgraded state's window must still fit a checkpoint (1 MB of JSON)
 
 
 def null_tail(tail: float) -> float:
@@ -249,6 +250,7 @@ class AnomalyLikelihood(SeriesDetector):
     def _upgrade_state(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
         """Version 2 kept only the counts of real samples: zeros in front make the fixed ``window`` bytes."""
         history = base64.b64decode(state["history"].encode("ascii"), validate=True)
-        if len(history) != min(int(state["n"]), int(state["window"])):
+        window = int(state["window"])
+        if len(history) != min(int(state["n"]), window) or window > _MAX_WINDOW:
             raise StateError("likelihood history does not fit its window")
-        return {**state, "history": base64.b64encode(bytes(int(state["window"]) - len(history)) + history).decode()}
+        return {**state, "history": base64.b64encode(bytes(window - len(history)) + history).decode()}

@@ -14,6 +14,7 @@ import pytest
 
 from metaheal.errors import DecodeError, StateError
 from metaheal.streams.checkpoints import CHECKPOINT_SIZE
+from metaheal.streams.detectors import AnomalyLikelihood
 from metaheal.streams.detectors.base import decode_array, encode_array
 from metaheal.streams.detectors.tails import TailCalibrator, encode_code
 from metaheal.streams.scorer import AnomalyScorer
@@ -148,6 +149,14 @@ def test_bad_checkpoints_are_refused_not_run(caplog: pytest.LogCaptureFixture) -
     assert reg.created == 1 and reg.restored == 0
     assert scorer.score_then_learn(0.0, 1.0).confidence == 0.0  # started cold
     assert "starting cold" in caplog.text
+
+
+def test_an_old_likelihood_state_cannot_claim_a_huge_window() -> None:
+    """Upgrading a version 2 state pads its window: a forged window would allocate that much."""
+    state = AnomalyLikelihood(None).state_dict()
+    old = {**state, "version": 2, "state": {**state["state"], "history": "", "window": 10**12}}
+    with pytest.raises(StateError, match="does not fit"):
+        AnomalyLikelihood.from_state(old)
 
 
 def test_a_calibrator_state_holding_more_than_its_blocks_say_is_refused() -> None:
