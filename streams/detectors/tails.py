@@ -292,7 +292,7 @@ class TailCalibrator:
 
     def _restore(self, sizes: list[int], pos: list[int], tops: list[array[int]], hists: list[array[int]]) -> None:
         for size, p, top in zip(sizes, pos, tops, strict=True):
-            if not 0 <= p <= size <= self.block or len(top) > min(p, self.tail):  # tops: sorted by construction
+            if not 0 <= p <= size <= self.block or len(top) != min(p, self.tail):  # tops: sorted by construction
                 raise StateError("calibrator block does not fit its size")
         self._sizes, self._pos, self._tops, self._hists = sizes, pos, tops, hists
         merged = array("H")
