@@ -1,22 +1,21 @@
-"""Checkpoint records of the per-series scorers: data only, compact, and one size at every age.
+"""Checkpoint records of the per-series scorers: data only, compact, and bounded at every age.
 
 A checkpoint is a scorer's :meth:`~metaheal.streams.scorer.AnomalyScorer.state_dict` (JSON types, a
 model name and version; arrays as base64 byte planes) as compact JSON, zlib-compressed against a
 preset dictionary (the shape of a scorer state: its key names and default parameters, which every
-checkpoint repeats), then padded with zero bytes to :data:`CHECKPOINT_SIZE`. So a series writes
-the same number of bytes from its first checkpoint to its last, and the changelog holds and
-receives series x :data:`CHECKPOINT_SIZE` bytes whatever the series' ages. A state that compresses
-to more than that is written as it is, unpadded.
+checkpoint repeats). The state has a fixed layout (every array at its full size from the first
+sample), so its JSON is the same size at every age; compressed, a young state is smaller (less in
+it) and a mature one stays under :data:`CHECKPOINT_BUDGET`.
 
-Reading accepts what earlier workers wrote too (plain JSON; zlib without a dictionary or padding):
+Reading accepts what earlier workers wrote too (plain JSON; zlib without a dictionary):
 the zlib header names its dictionary by Adler-32 checksum, and only this module's dictionaries
 are used. Decompression stops at :data:`MAX_CHECKPOINT_BYTES` (a small record cannot expand into
-gigabytes), anything but zero bytes after the stream is refused, and the JSON goes through the
+gigabytes), anything after the stream is refused, and the JSON goes through the
 bounded reader of :mod:`metaheal.kafka.limits`. Nothing in a checkpoint is executed.
 
 >>> blob = encode_checkpoint({"model": "m", "version": 1})
->>> len(blob) == CHECKPOINT_SIZE, decode_checkpoint(blob)
-(True, {'model': 'm', 'version': 1})
+>>> decode_checkpoint(blob)
+{'model': 'm', 'version': 1}
 >>> decode_checkpoint(zlib.compress(b'{"model": "m"}'))  # as the previous release wrote it
 {'model': 'm'}
 >>> decode_checkpoint(blob + b"x")
@@ -34,11 +33,11 @@ from typing import Any
 from metaheal.errors import DecodeError
 from metaheal.kafka.limits import loads
 
-__all__ = ["CHECKPOINT_SIZE", "MAX_CHECKPOINT_BYTES", "decode_checkpoint", "encode_checkpoint"]
+__all__ = ["CHECKPOINT_BUDGET", "MAX_CHECKPOINT_BYTES", "decode_checkpoint", "encode_checkpoint"]
 
-#: bytes of every checkpoint record (zero-padded): a mature scorer compresses to about 2.9-3.4 KB,
-#: and one record every 120 s (``streams.checkpoint_interval_seconds``) stays under 2 KB a minute
-CHECKPOINT_SIZE = 3584
+#: the most a scorer's checkpoint takes, compressed (a mature one: 2.9-3.4 KB), so one record every
+#: 120 s (``streams.checkpoint_interval_seconds``) stays under 2 KB a minute; checked by the tests
+CHECKPOINT_BUDGET = 3584
 #: the largest checkpoint accepted, decompressed (a scorer's is about 17 KB)
 MAX_CHECKPOINT_BYTES = 1 << 20
 _LEVEL = 6
@@ -68,8 +67,7 @@ _DICTIONARIES = {zlib.adler32(d): d for d in (_DICT_1,)}
 def encode_checkpoint(state: dict[str, Any]) -> bytes:
     """A scorer state as the bytes stored in ``scorer-state`` (see the module doc)."""
     z = zlib.compressobj(_LEVEL, zdict=_DICT_1)
-    blob = z.compress(json.dumps(state, separators=(",", ":")).encode()) + z.flush()
-    return blob + bytes(CHECKPOINT_SIZE - len(blob)) if len(blob) < CHECKPOINT_SIZE else blob
+    return z.compress(json.dumps(state, separators=(",", ":")).encode()) + z.flush()
 
 
 def decode_checkpoint(blob: bytes) -> Any:
@@ -98,6 +96,6 @@ def decode_checkpoint(blob: bytes) -> Any:
         raise DecodeError(f"checkpoint expands beyond {MAX_CHECKPOINT_BYTES} bytes")
     if not d.eof:
         raise DecodeError("checkpoint is truncated")
-    if d.unused_data.strip(b"\0"):
+    if d.unused_data:
         raise DecodeError("checkpoint has data after its zlib stream")
     return loads(text, max_bytes=MAX_CHECKPOINT_BYTES)

@@ -3,10 +3,10 @@
 One :class:`~metaheal.streams.scorer.AnomalyScorer` per series (service, metric,
 dependency label). Models live in memory while their partition is assigned; a
 checkpoint is the scorer's state as zlib-compressed JSON (data only, versioned:
-:meth:`AnomalyScorer.state_dict`; one record size, :data:`~metaheal.streams.checkpoints.CHECKPOINT_SIZE`,
-whatever the series' age: :mod:`metaheal.streams.checkpoints`), written to a
-changelog-backed store (the faust table whose changelog is the compacted
-``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
+:meth:`AnomalyScorer.state_dict`; a fixed layout, at most
+:data:`~metaheal.streams.checkpoints.CHECKPOINT_BUDGET` compressed at any age:
+:mod:`metaheal.streams.checkpoints`), written to a changelog-backed store (the faust table whose
+changelog is the compacted ``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
 ``streams.checkpoint_interval_seconds`` of wall time. A worker that gets the partition
 (restart, rebalance) restores the model from the store on first use, so scoring continues
 warm instead of starting a new warm-up with its burst of low-confidence scores (checkpoints
@@ -160,7 +160,7 @@ class ScorerRegistry:
 
         The cadence is wall-clock, not per window: replaying a backlog closes windows far
         faster than real time, and a checkpoint per window per series would then dominate the
-        worker's work and the changelog's traffic (a checkpoint is 3.5 KB, ``CHECKPOINT_SIZE``:
+        worker's work and the changelog's traffic (a checkpoint is at most 3.5 KB, ``CHECKPOINT_BUDGET``:
         every 120 s, under 2 KB per series per minute).
         """
         scorer = self.live.get(series)
