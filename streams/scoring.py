@@ -3,14 +3,16 @@
 One :class:`~metaheal.streams.scorer.AnomalyScorer` per series (service, metric,
 dependency label). Models live in memory while their partition is assigned; a
 checkpoint is the scorer's state as zlib-compressed JSON (data only, versioned:
-:meth:`AnomalyScorer.state_dict`; a few KB whatever the series' age), written to a
-changelog-backed store (the faust table whose changelog is the compacted
-``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
+:meth:`AnomalyScorer.state_dict`; a fixed layout, at most
+:data:`~metaheal.streams.checkpoints.CHECKPOINT_BUDGET` compressed at any age:
+:mod:`metaheal.streams.checkpoints`), written to a changelog-backed store (the faust table whose
+changelog is the compacted ``<prefix>scorer-state`` topic) when a window of that series closes, at most once per
 ``streams.checkpoint_interval_seconds`` of wall time. A worker that gets the partition
 (restart, rebalance) restores the model from the store on first use, so scoring continues
-warm instead of starting a new warm-up with its burst of low-confidence scores. A
-checkpoint that does not parse as a state of this model (another version, corrupt bytes)
-is logged and the series starts cold: nothing in it is executed.
+warm instead of starting a new warm-up with its burst of low-confidence scores (checkpoints
+of the previous release too: their detector states are upgraded exactly). A checkpoint that
+does not parse as a state of this model (an unknown version, corrupt bytes) is logged and the
+series starts cold: nothing in it is executed.
 
 >>> store = {}
 >>> reg = ScorerRegistry(store)
@@ -26,17 +28,15 @@ is logged and the series starts cold: nothing in it is executed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from metaheal.errors import DecodeError
 from metaheal.events import AnomalyScore
-from metaheal.kafka.limits import loads
+from metaheal.streams.checkpoints import decode_checkpoint, encode_checkpoint
 from metaheal.streams.detectors import StateError
 from metaheal.streams.scorer import AnomalyScorer, Score
 from metaheal.streams.windows import SeriesWindow
@@ -104,40 +104,6 @@ def as_store(store: Store | dict[bytes, bytes]) -> Store:
     return DictStore(store) if isinstance(store, dict) else store
 
 
-#: the largest checkpoint accepted, decompressed (a mature scorer's is about 11 KB)
-MAX_CHECKPOINT_BYTES = 1 << 20
-
-
-def encode_checkpoint(state: dict[str, Any]) -> bytes:
-    """A scorer state as the bytes stored in ``scorer-state``: compact JSON, zlib-compressed."""
-    return zlib.compress(json.dumps(state, separators=(",", ":")).encode(), 6)
-
-
-def decode_checkpoint(blob: bytes) -> Any:
-    """The JSON value of a checkpoint (zlib or, as older workers wrote, plain JSON); data only.
-
-    Decompression stops at :data:`MAX_CHECKPOINT_BYTES` (a small record cannot expand into
-    gigabytes) and the JSON goes through the bounded reader of :mod:`metaheal.kafka.limits`.
-
-    >>> decode_checkpoint(encode_checkpoint({"model": "m"}))
-    {'model': 'm'}
-    >>> decode_checkpoint(zlib.compress(b" " * (MAX_CHECKPOINT_BYTES + 1)))
-    Traceback (most recent call last):
-    ...
-    metaheal.errors.DecodeError: checkpoint expands beyond 1048576 bytes
-    """
-    if blob[:1] == b"{":
-        return loads(blob, max_bytes=MAX_CHECKPOINT_BYTES)
-    d = zlib.decompressobj()
-    try:
-        text = d.decompress(blob, MAX_CHECKPOINT_BYTES)
-    except zlib.error as exc:
-        raise DecodeError(f"checkpoint is neither JSON nor zlib: {exc}") from None
-    if d.unconsumed_tail:
-        raise DecodeError(f"checkpoint expands beyond {MAX_CHECKPOINT_BYTES} bytes")
-    return loads(text, max_bytes=MAX_CHECKPOINT_BYTES)
-
-
 class ScorerRegistry:
     """Live scorers by series id, restored from and checkpointed to ``store``."""
 
@@ -194,7 +160,7 @@ class ScorerRegistry:
 
         The cadence is wall-clock, not per window: replaying a backlog closes windows far
         faster than real time, and a checkpoint per window per series would then dominate the
-        worker's work and the changelog's traffic (a mature scorer's checkpoint is ~3.5 KB:
+        worker's work and the changelog's traffic (a checkpoint is at most 3.5 KB, ``CHECKPOINT_BUDGET``:
         every 120 s, under 2 KB per series per minute).
         """
         scorer = self.live.get(series)

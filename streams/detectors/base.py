@@ -7,9 +7,9 @@ change the model, ``learn_one`` does. A stream is scored *test-then-train*, so t
 copy.
 
 Checkpoints are data, never code: :meth:`~SeriesDetector.state_dict` returns JSON types only
-(numbers, strings, lists, dicts; float arrays as base64 float32), tagged with the class name and a
-``version``; :meth:`~SeriesDetector.from_state` rebuilds a detector and refuses any other class or
-version with :class:`StateError`.
+(numbers, strings, lists, dicts; numeric arrays as base64), tagged with the class name and a
+``version``; :meth:`~SeriesDetector.from_state` rebuilds a detector, upgrades the older versions a
+class lists in ``read_versions``, and refuses any other class or version with :class:`StateError`.
 
 >>> class Mean(SeriesDetector):
 ...     state_version = 1
@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import sys
+from array import array
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -49,7 +51,9 @@ from river.base.typing import FeatureName
 
 from metaheal.errors import StateError
 
-__all__ = ["SeriesDetector", "StateError", "decode_floats", "encode_floats"]
+__all__ = ["SeriesDetector", "StateError", "decode_array", "decode_floats", "encode_array", "encode_floats"]
+
+_BIG_ENDIAN = sys.byteorder == "big"  # checkpoints are little-endian on every host
 
 
 def encode_floats(values: Any) -> str:
@@ -69,10 +73,52 @@ def decode_floats(text: str) -> list[float]:
     return values
 
 
+def encode_array(values: array[Any], keep: int | None = None) -> str:
+    """A fixed-width array as base64 of its little-endian byte planes (every value's first byte, then
+    every second byte, ...): the high bytes of small counts and the exponents of similar floats line
+    up into runs that zlib compresses. ``keep`` stores only the low ``keep`` planes (values known to
+    fit; anything in the planes left out is an error).
+
+    >>> text = encode_array(array("I", [1, 2, 515]), keep=2)
+    >>> text, decode_array(text, "I", 3, keep=2).tolist()
+    ('AQIDAAAC', [1, 2, 515])
+    """
+    if _BIG_ENDIAN:
+        values = array(values.typecode, values)
+        values.byteswap()
+    raw = values.tobytes()
+    width = values.itemsize
+    planes = [raw[i::width] for i in range(width)]
+    if keep is not None:
+        if any(plane.strip(b"\0") for plane in planes[keep:]):
+            raise ValueError(f"values do not fit in {keep} bytes")
+        planes = planes[:keep]
+    return base64.b64encode(b"".join(planes)).decode("ascii")
+
+
+def decode_array(text: str, typecode: str, count: int, keep: int | None = None) -> array[Any]:
+    """The ``count`` values that :func:`encode_array` wrote; :class:`StateError` on any other length."""
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    values = array(typecode)
+    width = values.itemsize
+    stored = width if keep is None else keep
+    if len(raw) != count * stored:
+        raise StateError(f"array of {len(raw)} bytes is not {count} values of {stored} bytes")
+    out = bytearray(count * width)
+    for i in range(stored):
+        out[i::width] = raw[i * count : (i + 1) * count]
+    values.frombytes(out)
+    if _BIG_ENDIAN:
+        values.byteswap()
+    return values
+
+
 class SeriesDetector(base.AnomalyDetector):
     """A univariate streaming detector over ``{"ts", "value"}`` samples, checkpointed as data."""
 
     state_version: ClassVar[int] = 1
+    #: older state versions :meth:`from_state` still reads, through :meth:`_upgrade_state`
+    read_versions: ClassVar[tuple[int, ...]] = ()
 
     def score_learn_one(self, x: dict[FeatureName, Any]) -> float:
         """Score ``x`` against the past, then learn it (one pass)."""
@@ -92,6 +138,11 @@ class SeriesDetector(base.AnomalyDetector):
     def _set_state(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def _upgrade_state(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """``state`` of an older ``version`` (one of :attr:`read_versions`) in the current layout."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
         """The learnt state and the parameters, as JSON types (``json.dumps`` works on it)."""
         return {"kind": type(self).__name__, "version": self.state_version, "state": self._get_state()}
@@ -102,13 +153,15 @@ class SeriesDetector(base.AnomalyDetector):
         if not isinstance(data, dict) or data.get("kind") != cls.__name__:
             kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
             raise StateError(f"not a {cls.__name__} state: {kind!r}")
-        if data.get("version") != cls.state_version:
-            raise StateError(
-                f"{cls.__name__} state version {data.get('version')} is not supported (expected {cls.state_version})"
-            )
+        version = data.get("version")
+        if version != cls.state_version and version not in cls.read_versions:
+            raise StateError(f"{cls.__name__} state version {version} is not supported (expected {cls.state_version})")
         obj = cls.__new__(cls)
         try:
-            obj._set_state(data["state"])
+            state = data["state"]
+            if version != cls.state_version:
+                state = cls._upgrade_state(state, version)
+            obj._set_state(state)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StateError(f"{cls.__name__} state is malformed: {exc!r}") from None
         return obj

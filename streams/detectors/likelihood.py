@@ -69,6 +69,7 @@ _NULL_TABLE = (
 _MIN_MEAN = 0.03  # Numenta's lower bounds on the long-run distribution of averaged raw scores
 _MIN_VAR = 0.0003
 _SQRT2 = math.sqrt(2.0)
+_MAX_WINDOW = 1 << 19  # an upgraded state's window must still fit a checkpoint (1 MB of JSON)
 
 
 def null_tail(tail: float) -> float:
@@ -111,7 +112,8 @@ class AnomalyLikelihood(SeriesDetector):
     0.9871 1e-03
     """
 
-    state_version = 2  # 2: the window of counts as a ring of bytes
+    state_version = 3  # 2: the window of counts as a ring of bytes; 3: always ``window`` bytes
+    read_versions = (2,)
 
     def __init__(
         self,
@@ -213,8 +215,9 @@ class AnomalyLikelihood(SeriesDetector):
         state: dict[str, Any] = {name: getattr(self, name) for name in self._PARAMS}
         state["detector"] = None if self.detector is None else self.detector.state_dict()
         state["recent"] = [int(v) for v in self._recent]
-        h = self._head
-        state["history"] = base64.b64encode(self._history[h:] + self._history[:h]).decode("ascii")
+        # oldest first, always ``window`` bytes: zeros before the first sample (``n`` says how many are real)
+        h, history = self._head, self._history
+        state["history"] = base64.b64encode(bytes(self.window - len(history)) + history[h:] + history[:h]).decode()
         state["n"] = self._n
         state["was_red"] = self._was_red
         return state
@@ -228,12 +231,26 @@ class AnomalyLikelihood(SeriesDetector):
         )
         history = base64.b64decode(state["history"].encode("ascii"), validate=True)
         recent = [int(bool(v)) for v in state["recent"]]
-        if len(history) > self.window or len(recent) > self.short or max(history, default=0) > self.short:
+        n = int(state["n"])
+        real = min(n, self.window)  # counts of real samples, at the end
+        if len(history) != self.window or history[: self.window - real].strip(b"\0"):
+            raise StateError("likelihood history does not fit its window")
+        history = history[self.window - real :]
+        if len(recent) > self.short or max(history, default=0) > self.short:
             raise StateError("likelihood history does not fit its window")
         self._recent.extend(recent)
         self._k = sum(recent)
         self._history = bytearray(history)
         self._s1 = sum(history)
         self._s2 = sum(map(mul, history, history))
-        self._n = int(state["n"])
+        self._n = n
         self._was_red = bool(state["was_red"])
+
+    @classmethod
+    def _upgrade_state(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 2 kept only the counts of real samples: zeros in front make the fixed ``window`` bytes."""
+        history = base64.b64decode(state["history"].encode("ascii"), validate=True)
+        window = int(state["window"])
+        if len(history) != min(int(state["n"]), window) or window > _MAX_WINDOW:
+            raise StateError("likelihood history does not fit its window")
+        return {**state, "history": base64.b64encode(bytes(window - len(history)) + history).decode()}

@@ -47,7 +47,7 @@ from typing import Any
 
 from river.base.typing import FeatureName
 
-from metaheal.streams.detectors.base import SeriesDetector, StateError, decode_floats, encode_floats
+from metaheal.streams.detectors.base import SeriesDetector, StateError, decode_array, decode_floats, encode_array
 from metaheal.streams.detectors.tails import TailCalibrator
 
 __all__ = ["ForecastResidual", "TailCalibrator"]
@@ -183,19 +183,25 @@ class _Profile:
     _FIELDS = ("err", "level", "period", "scale", "slots", "start", "width")
 
     def state(self) -> dict[str, Any]:
+        """Scalars, and the slots as float32 byte planes (one array of ``slots`` values each)."""
         out: dict[str, Any] = {f: getattr(self, f) for f in self._FIELDS}
-        out["values"], out["weights"] = encode_floats(self.values), encode_floats(self.weights)
+        out["values"], out["weights"] = encode_array(self.values), encode_array(self.weights)
         return out
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> _Profile:
+    def from_state(cls, state: dict[str, Any], *, legacy: bool = False) -> _Profile:
+        """The profile :meth:`state` wrote (``legacy``: as ``ForecastResidual`` version 2 wrote it)."""
         prof = cls.__new__(cls)
         for f in cls._FIELDS:
             setattr(prof, f, state[f])
-        prof.values = array("f", decode_floats(state["values"]))
-        prof.weights = array("f", decode_floats(state["weights"]))
-        if len(prof.values) != prof.slots or len(prof.weights) != prof.slots:
-            raise StateError(f"profile of {prof.slots} slots has {len(prof.values)} values")
+        slots: object = state["slots"]
+        if not isinstance(slots, int) or not 1 <= slots <= 1 << 16:
+            raise StateError(f"profile has {slots!r} slots")
+        for name in ("values", "weights"):
+            values = array("f", decode_floats(state[name])) if legacy else decode_array(state[name], "f", prof.slots)
+            if len(values) != prof.slots:
+                raise StateError(f"profile of {prof.slots} slots has {len(values)} {name}")
+            setattr(prof, name, values)
         return prof
 
 
@@ -221,7 +227,8 @@ class ForecastResidual(SeriesDetector):
     ValueError: value must be a finite number, got nan
     """
 
-    state_version = 2  # 2: bounded calibrators (tails.py), float32 profiles
+    state_version = 3  # 2: bounded calibrators (tails.py), float32 profiles; 3: fixed-layout calibrators
+    read_versions = (2,)
 
     def __init__(
         self,
@@ -583,3 +590,20 @@ class ForecastResidual(SeriesDetector):
             raise StateError(f"expected 0 or 2 profiles, got {len(profiles)}")
         self._profiles = profiles  # type: ignore[assignment]
         self._cal_run = TailCalibrator.from_state(state["_cal_run"])
+
+    @classmethod
+    def _upgrade_state(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """A version 2 state (variable-length calibrators, plain float32 profiles) as version 3: the
+        same model, so a series checkpointed by the previous release restores warm and exact."""
+        out = dict(state)
+        out["_tracks"] = [
+            {
+                **t,
+                "point": TailCalibrator.from_legacy_state(t["point"]).state(),
+                "sustained": TailCalibrator.from_legacy_state(t["sustained"]).state(),
+            }
+            for t in state["_tracks"]
+        ]
+        out["_profiles"] = [_Profile.from_state(p, legacy=True).state() for p in state["_profiles"]]
+        out["_cal_run"] = TailCalibrator.from_legacy_state(state["_cal_run"]).state()
+        return out

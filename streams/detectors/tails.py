@@ -14,9 +14,10 @@ Only the *tail* of the window decides a p-value small enough to matter (a surpri
   smallest kept value, i.e. in the whole region where p-values are small; below it, where the
   count is at least ``tail``, it is read from the histograms (linear within a power of two).
 
-So the state is at most ``6 x tail`` codes and ``6 x 52`` counts whatever the series' age, and
-its checkpoint (:meth:`TailCalibrator.state`) holds exactly what the live calibrator holds: a
-restored calibrator answers bit for bit like the one that wrote it.
+So the state is at most :attr:`~TailCalibrator.capacity` blocks (5 for the default window) of
+``tail`` codes and 52 counts whatever the series' age. Its checkpoint (:meth:`TailCalibrator.state`)
+has a fixed layout, every block of the capacity present (unused ones all zeros), and holds exactly
+what the live calibrator holds: a restored calibrator answers bit for bit like the one that wrote it.
 
 >>> cal = TailCalibrator(window=100, tail=10)
 >>> for i in range(100):
@@ -36,10 +37,12 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_left, insort
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
 from metaheal.errors import StateError
+from metaheal.streams.detectors.base import decode_array, encode_array
 
 __all__ = ["TailCalibrator", "decode_code", "encode_code"]
 
@@ -71,16 +74,7 @@ def _bin(d: float) -> int:
     return 0 if b < 0 else (_NBINS - 1 if b >= _NBINS else b)
 
 
-def _deltas(codes: array[int]) -> list[int]:
-    """Sorted codes as their first value and the gaps after it (small numbers: they compress)."""
-    out, prev = [], 0
-    for c in codes:
-        out.append(c - prev)
-        prev = c
-    return out
-
-
-def _from_deltas(deltas: list[int]) -> array[int]:
+def _from_deltas(deltas: Sequence[int]) -> array[int]:
     codes = list(accumulate(int(d) for d in deltas))
     if codes and (min(deltas) < 0 or codes[-1] > 65535):
         raise StateError("calibrator codes are not sorted 16-bit codes")
@@ -216,19 +210,72 @@ class TailCalibrator:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    @property
+    def capacity(self) -> int:
+        """The most blocks the calibrator holds between two samples: every checkpoint has this many.
+
+        >>> [TailCalibrator(w, 2).capacity for w in (2, 10, 100, 2000)]
+        [3, 6, 5, 5]
+        """
+        block = self.block
+        return -(-(self.window - block // 2) // block) + 1
+
     def state(self) -> dict[str, Any]:
-        """The blocks as they are: sizes, kept codes (the first, then the gaps: sorted codes give small
-        numbers) and sparse histograms (``[bin, count, bin, count, ...]``)."""
+        """The blocks in a fixed layout: :attr:`capacity` blocks whatever the series' age, unused ones
+        all zeros, ``blocks`` the number in use. Per block its size, its kept codes (the first, then
+        the gaps: sorted codes give small numbers; ``min(positives, tail)`` of them, zeros after)
+        and its histogram; arrays as byte planes (:func:`~metaheal.streams.detectors.base.encode_array`)."""
+        cap, tail, nb = self.capacity, self.tail, len(self._sizes)
+        gaps = array("H", bytes(2 * cap * tail))
+        for i, top in enumerate(self._tops):
+            prev, j = 0, i * tail
+            for code in top:
+                gaps[j] = code - prev
+                prev = code
+                j += 1
+        hists = array("I")
+        for h in self._hists:
+            hists.extend(h)
+        hists.frombytes(bytes(4 * _NBINS * (cap - nb)))
         return {
             "window": self.window,
-            "tail": self.tail,
-            "sizes": list(self._sizes),
-            "tops": [_deltas(top) for top in self._tops],
-            "hists": [[x for b, c in enumerate(h) if c for x in (b, c)] for h in self._hists],
+            "tail": tail,
+            "blocks": nb,
+            "sizes": encode_array(array("I", self._sizes + [0] * (cap - nb))),
+            "tops": encode_array(gaps),
+            "hists": encode_array(hists, keep=_count_bytes(self.block)),
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TailCalibrator:
+        """The calibrator :meth:`state` wrote; :class:`StateError` if the blocks do not fit together."""
+        cal = cls(int(state["window"]), int(state["tail"]))
+        cap, tail, nb = cal.capacity, cal.tail, int(state["blocks"])
+        if not 1 <= nb <= cap:
+            raise StateError(f"calibrator has {nb} blocks, room for 1..{cap}")
+        sizes = decode_array(state["sizes"], "I", cap).tolist()
+        gaps = decode_array(state["tops"], "H", cap * tail)
+        flat = decode_array(state["hists"], "I", cap * _NBINS, keep=_count_bytes(cal.block))
+        if any(sizes[nb:]) or any(flat[nb * _NBINS :]) or any(gaps[nb * tail :]):
+            raise StateError("calibrator blocks beyond the ones in use are not empty")
+        hists = [flat[i * _NBINS : (i + 1) * _NBINS] for i in range(nb)]
+        pos = [sum(h) for h in hists]
+        tops = []
+        for i, p in enumerate(pos):
+            kept = min(p, tail)
+            if any(gaps[i * tail + kept : (i + 1) * tail]):
+                raise StateError("calibrator block keeps more codes than it has positive values")
+            try:
+                tops.append(array("H", accumulate(gaps[i * tail : i * tail + kept])))
+            except OverflowError:
+                raise StateError("calibrator codes are not sorted 16-bit codes") from None
+        cal._restore(sizes[:nb], pos, tops, hists)
+        return cal
+
+    @classmethod
+    def from_legacy_state(cls, state: dict[str, Any]) -> TailCalibrator:
+        """A calibrator from the variable-length state of ``ForecastResidual`` version 2 (lists of
+        gaps, sparse histograms ``[bin, count, ...]``)."""
         cal = cls(int(state["window"]), int(state["tail"]))
         sizes = [int(s) for s in state["sizes"]]
         tops = [_from_deltas(t) for t in state["tops"]]
@@ -238,14 +285,24 @@ class TailCalibrator:
             for b, c in zip(flat[::2], flat[1::2], strict=True):
                 h[int(b)] = int(c)
             hists.append(h)
-        if not (len(sizes) == len(tops) == len(hists) >= 1) or len(sizes) > _BLOCKS + 3:
+        if not (len(sizes) == len(tops) == len(hists) >= 1) or len(sizes) > cal.capacity:
             raise StateError(f"calibrator blocks do not match: {len(sizes)} sizes, {len(tops)} tops")
-        pos = [sum(h) for h in hists]
-        for size, p, top in zip(sizes, pos, tops, strict=True):
-            if not 0 <= p <= size <= cal.block or len(top) > min(p, cal.tail):  # tops: sorted by construction
-                raise StateError("calibrator block does not fit its size")
-        cal._sizes, cal._pos, cal._tops, cal._hists = sizes, pos, tops, hists
-        cal._merged = array("H", sorted(c for top in tops for c in top))
-        cal._cut = max((top[0] for top, p in zip(tops, pos, strict=True) if p > len(top)), default=-1)
-        cal._n, cal._npos = sum(sizes), sum(pos)
+        cal._restore(sizes, [sum(h) for h in hists], tops, hists)
         return cal
+
+    def _restore(self, sizes: list[int], pos: list[int], tops: list[array[int]], hists: list[array[int]]) -> None:
+        for size, p, top in zip(sizes, pos, tops, strict=True):
+            if not 0 <= p <= size <= self.block or len(top) != min(p, self.tail):  # tops: sorted by construction
+                raise StateError("calibrator block does not fit its size")
+        self._sizes, self._pos, self._tops, self._hists = sizes, pos, tops, hists
+        merged = array("H")
+        for top in tops:
+            merged.extend(top)
+        self._merged = array("H", sorted(merged))
+        self._cut = max((top[0] for top, p in zip(tops, pos, strict=True) if p > len(top)), default=-1)
+        self._n, self._npos = sum(sizes), sum(pos)
+
+
+def _count_bytes(block: int) -> int:
+    """Histogram counts are at most a block's size: 2 bytes for the default windows."""
+    return 2 if block < 1 << 16 else 4

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 import tracemalloc
+import zlib
+from pathlib import Path
 
 import pytest
 
-from metaheal.errors import DecodeError
+from metaheal.errors import DecodeError, StateError
+from metaheal.streams.checkpoints import CHECKPOINT_BUDGET
+from metaheal.streams.detectors import AnomalyLikelihood
+from metaheal.streams.detectors.base import decode_array, encode_array
 from metaheal.streams.detectors.tails import TailCalibrator, encode_code
 from metaheal.streams.scorer import AnomalyScorer
 from metaheal.streams.scoring import DictStore, ScorerRegistry, decode_checkpoint, encode_checkpoint
+
+DATA = Path(__file__).parent / "data"
 
 
 def daily(i: int, rng: random.Random) -> float:
@@ -23,21 +31,28 @@ def daily(i: int, rng: random.Random) -> float:
     return v + (80.0 if i % 997 == 0 else 0.0)
 
 
-def checkpoint_sizes(counts: tuple[int, ...]) -> dict[int, int]:
+def checkpoint_sizes(counts: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """Per sample count: the checkpoint record's bytes, and the bytes of the state it holds (JSON)."""
     rng, scorer, out = random.Random(1), AnomalyScorer(), {}
     for i in range(1, max(counts) + 1):
         scorer.score_then_learn(60.0 * i, daily(i, rng))
         if i in counts:
-            out[i] = len(encode_checkpoint(scorer.state_dict()))
+            blob = encode_checkpoint(scorer.state_dict())
+            out[i] = (len(blob), len(json.dumps(decode_checkpoint(blob), separators=(",", ":"))))
     return out
 
 
-def test_checkpoint_size_stops_growing_with_age() -> None:
-    """Windows fill by 2,000 samples and the weekly profile by 10,080 one-minute samples; after that
-    the checkpoint keeps its size (before: ~90 KB at 10,000 samples and growing)."""
-    sizes = checkpoint_sizes((1_000, 10_000, 20_000, 40_000))
-    assert sizes[1_000] <= sizes[10_000] <= 4500, sizes
-    assert abs(sizes[40_000] - sizes[20_000]) <= 0.05 * sizes[20_000], sizes
+def test_checkpoint_size_does_not_depend_on_age() -> None:
+    """Every array of the state has its full size from the start (calibrator blocks, the likelihood's
+    window, the profiles): the state a checkpoint holds is the same size after 1,000 samples (the windows
+    half full, no daily track), 10,000 (no weekly track yet) and 40,000 (everything full); compressed, the
+    record stays within the budget at every age. Before: states of 7.3 / 11.0 / 12.0 KB, records 1.9 /
+    3.6 / 4.0 KB."""
+    sizes = checkpoint_sizes((1_000, 10_000, 40_000))
+    records = [record for record, _ in sizes.values()]
+    states = [state for _, state in sizes.values()]
+    assert max(states) <= 1.01 * min(states), sizes
+    assert max(records) <= CHECKPOINT_BUDGET, sizes
 
 
 def test_restored_scorer_scores_exactly_like_the_uninterrupted_one() -> None:
@@ -50,6 +65,35 @@ def test_restored_scorer_scores_exactly_like_the_uninterrupted_one() -> None:
     for i in range(6000, 9000):
         assert a.score_then_learn(60.0 * i, values[i]) == b.score_then_learn(60.0 * i, values[i]), i
     assert encode_checkpoint(a.state_dict()) == encode_checkpoint(b.state_dict())
+
+
+def test_a_checkpoint_of_the_previous_release_restores_exactly() -> None:
+    """``scorer-state-v2.zlib``: the scorer of the test above after 6,000 samples, checkpointed by the
+    previous release (plain zlib, ``ForecastResidual`` and ``AnomalyLikelihood`` state 2)."""
+    rng = random.Random(2)
+    values = [daily(i, rng) for i in range(9000)]
+    a = AnomalyScorer()
+    for i in range(6000):
+        a.score_then_learn(60.0 * i, values[i])
+    b = AnomalyScorer.from_state(decode_checkpoint((DATA / "scorer-state-v2.zlib").read_bytes()))
+    assert encode_checkpoint(a.state_dict()) == encode_checkpoint(b.state_dict())
+    for i in range(6000, 9000):
+        assert a.score_then_learn(60.0 * i, values[i]) == b.score_then_learn(60.0 * i, values[i]), i
+
+
+@pytest.mark.parametrize("window", [2, 3, 7, 10, 33, 100, 2001])
+def test_calibrator_blocks_fit_the_fixed_layout_and_restore_exactly(window: int) -> None:
+    rng = random.Random(window)
+    cal = TailCalibrator(window, tail=2)
+    layout = {k: len(v) for k, v in cal.state().items() if isinstance(v, str)}
+    for step in range(5 * window + 10):
+        cal.learn(rng.expovariate(1.0) if rng.random() < 0.7 else 0.0)
+        state = cal.state()
+        assert {k: len(v) for k, v in state.items() if isinstance(v, str)} == layout
+        back = TailCalibrator.from_state(state)
+        assert back.state() == state and len(back) == len(cal)
+        for d in (0.1, 1.0, 3.0, 30.0):
+            assert back.p_value(d) == cal.p_value(d), (step, d)
 
 
 def test_scorer_memory_is_bounded() -> None:
@@ -91,12 +135,52 @@ def test_tail_counts_are_exact_where_p_values_are_small() -> None:
 def test_bad_checkpoints_are_refused_not_run(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(DecodeError):
         decode_checkpoint(b"\x78\x9cnot zlib")
+    blob = encode_checkpoint({"model": "m"})
+    with pytest.raises(DecodeError, match="data after"):
+        decode_checkpoint(blob + b"\x01")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_checkpoint(blob[:8])
+    z = zlib.compressobj(zdict=b'{"model":')  # a dictionary this worker does not know
+    with pytest.raises(DecodeError, match="unknown zlib dictionary"):
+        decode_checkpoint(z.compress(b'{"model":"m"}') + z.flush())
     store = DictStore({b"api/latency_ms": encode_checkpoint({"model": "os.system", "version": 3})})
     reg = ScorerRegistry(store)
     scorer = reg.get("api/latency_ms", partition=0)
     assert reg.created == 1 and reg.restored == 0
     assert scorer.score_then_learn(0.0, 1.0).confidence == 0.0  # started cold
     assert "starting cold" in caplog.text
+
+
+def test_an_old_likelihood_state_cannot_claim_a_huge_window() -> None:
+    """Upgrading a version 2 state pads its window: a forged window would allocate that much."""
+    state = AnomalyLikelihood(None).state_dict()
+    old = {**state, "version": 2, "state": {**state["state"], "history": "", "window": 10**12}}
+    with pytest.raises(StateError, match="does not fit"):
+        AnomalyLikelihood.from_state(old)
+
+
+def test_a_calibrator_state_holding_more_than_its_blocks_say_is_refused() -> None:
+    cal = TailCalibrator(100, 5)  # blocks of 25 samples, room for 5
+    for i in range(27):
+        cal.learn(float(i))
+    state = cal.state()  # two blocks in use: 25 samples (24 positive, 5 kept) and 2 (both kept)
+    assert state["blocks"] == 2 and cal.capacity == 5
+    TailCalibrator.from_state(state)
+    sizes = decode_array(state["sizes"], "I", 5)
+    sizes[3] = 1
+    gaps = decode_array(state["tops"], "H", 5 * 5)
+    gaps[5 + 2] = 7  # a third code in the second block
+    hists = decode_array(state["hists"], "I", 5 * 52, keep=2)
+    hists[3 * 52 + 1] = 1
+    for bad, match in (
+        ({"sizes": encode_array(sizes)}, "not empty"),
+        ({"tops": encode_array(gaps)}, "more codes"),
+        ({"hists": encode_array(hists, keep=2)}, "not empty"),
+        ({"blocks": 6}, "room for"),
+        ({"tops": state["tops"][:-4]}, "not 25 values"),
+    ):
+        with pytest.raises(StateError, match=match):
+            TailCalibrator.from_state({**state, **bad})
 
 
 def test_registry_writes_a_series_at_most_once_per_interval_and_forgets_by_partition() -> None:
