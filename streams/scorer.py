@@ -34,11 +34,12 @@ from typing import Any, NamedTuple
 
 from metaheal.streams.detectors import AnomalyLikelihood, ForecastResidual, RangeNovelty, StateError
 from metaheal.streams.detectors.likelihood import null_tail
+from metaheal.streams.detectors.transitions import TransitionNovelty
 
 __all__ = ["RED_ZONE", "STATE_VERSION", "AnomalyScorer", "Score"]
 
 MODEL_NAME = "metaheal-likelihood/2"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: + transition novelty and its likelihood
 #: the score of Numenta's red zone (likelihood tail 1e-5), about 0.9988: where one threshold over
 #: the NAB development split does best, and a sensible ``streams.anomaly_threshold``
 RED_ZONE = 1.0 - null_tail(1e-5)
@@ -84,6 +85,8 @@ class AnomalyScorer:
         self.residual = ForecastResidual(warmup=warmup, **residual)
         self.likelihood = AnomalyLikelihood(self.residual, learning=warmup)
         self.novelty = RangeNovelty()
+        self.transitions = TransitionNovelty()
+        self.context = AnomalyLikelihood(None, learning=warmup)
 
     def score_then_learn(self, ts: float, value: float) -> Score:
         """Score ``value`` observed at ``ts`` (epoch seconds) against the past, then learn it."""
@@ -92,6 +95,9 @@ class AnomalyScorer:
         raw, baseline, conf = residual.update(ts, value)  # validates before any state changes
         residual.baseline, residual.confidence = baseline, conf
         score = likelihood.likelihood(raw >= likelihood.surprise)
+        context = self.context.likelihood(self.transitions.update(float(value)))
+        if context > score:
+            score = context
         if self.novelty.score_learn_one({"value": float(value)}):
             score = 1.0
         if likelihood._n < likelihood.learning:
@@ -110,6 +116,8 @@ class AnomalyScorer:
             "seed": self.seed,
             "likelihood": self.likelihood.state_dict(),
             "novelty": self.novelty.state_dict(),
+            "transitions": self.transitions.state_dict(),
+            "context": self.context.state_dict(),
         }
 
     @classmethod
@@ -133,4 +141,8 @@ class AnomalyScorer:
             raise StateError(f"the likelihood wraps {type(residual).__name__}, not a ForecastResidual")
         scorer.residual = residual
         scorer.novelty = RangeNovelty.from_state(data["novelty"])
+        scorer.transitions = TransitionNovelty.from_state(data["transitions"])
+        scorer.context = AnomalyLikelihood.from_state(data["context"])
+        if scorer.context.detector is not None:
+            raise StateError("the transition likelihood wraps a detector, expected none")
         return scorer
