@@ -95,9 +95,10 @@ class AnomalyScorer:
         raw, baseline, conf = residual.update(ts, value)  # validates before any state changes
         residual.baseline, residual.confidence = baseline, conf
         score = likelihood.likelihood(raw >= likelihood.surprise)
-        context = self.context.likelihood(self.transitions.update(float(value)))
-        if context > score:
-            score = context
+        context = self.context
+        c = context.likelihood(self.transitions.update(float(value)))
+        if context.tail <= context.red and c > score:  # only its red zone: see the module doc
+            score = c
         if self.novelty.score_learn_one({"value": float(value)}):
             score = 1.0
         if likelihood._n < likelihood.learning:
