@@ -86,7 +86,7 @@ class AnomalyScorer:
         self.likelihood = AnomalyLikelihood(self.residual, learning=warmup)
         self.novelty = RangeNovelty()
         self.transitions = TransitionNovelty()
-        self.context = AnomalyLikelihood(None, learning=warmup)
+        self.context = AnomalyLikelihood(None, learning=warmup, calibrated=False)
 
     def score_then_learn(self, ts: float, value: float) -> Score:
         """Score ``value`` observed at ``ts`` (epoch seconds) against the past, then learn it."""
@@ -96,9 +96,11 @@ class AnomalyScorer:
         residual.baseline, residual.confidence = baseline, conf
         score = likelihood.likelihood(raw >= likelihood.surprise)
         context = self.context
-        c = context.likelihood(self.transitions.update(float(value)))
-        if context.tail <= context.red and c > score:  # only its red zone: see the module doc
-            score = c
+        context.likelihood(self.transitions.update(float(value)))
+        if context.tail <= context.red:  # only its red zone (see the module doc), mapped as the other
+            c = 1.0 - null_tail(context.tail)
+            if c > score:
+                score = c
         if self.novelty.score_learn_one({"value": float(value)}):
             score = 1.0
         if likelihood._n < likelihood.learning:
