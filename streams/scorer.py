@@ -32,9 +32,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from metaheal.streams.detectors import AnomalyLikelihood, ForecastResidual, RangeNovelty, StateError
+from metaheal.streams.detectors import (
+    AnomalyLikelihood,
+    ForecastResidual,
+    RangeNovelty,
+    StateError,
+    TransitionNovelty,
+)
 from metaheal.streams.detectors.likelihood import null_tail
-from metaheal.streams.detectors.transitions import TransitionNovelty
 
 __all__ = ["RED_ZONE", "STATE_VERSION", "AnomalyScorer", "Score"]
 

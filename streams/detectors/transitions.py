@@ -17,11 +17,13 @@ of ``(2 * levels + 1) ** 2`` pairs, their context totals and five numbers. Count
 a transition seen once is known for good. The first ``after`` samples only learn (300, as
 :class:`~metaheal.streams.detectors.RangeNovelty`).
 
->>> det = TransitionNovelty(after=20)
->>> calm = [det.score_learn_one({"ts": float(t), "value": 10.0 + (t % 3) * 0.1}) for t in range(200)]
->>> sum(calm)
-0.0
->>> det.score_learn_one({"ts": 200.0, "value": 30.0}), det.symbol
+>>> import random
+>>> rng = random.Random(1)
+>>> det = TransitionNovelty()
+>>> calm = [det.score_learn_one({"ts": 60.0 * t, "value": 100 + rng.gauss(0, 5)}) for t in range(1000)]
+>>> sum(calm[:300]), sum(calm[300:])  # learning; then noise makes a new move rarely
+(0.0, 1.0)
+>>> det.score_learn_one({"ts": 60000.0, "value": 160.0}), det.symbol  # 12 sigma: never seen
 (1.0, 4)
 """
 
