@@ -1,13 +1,18 @@
 """Per-series online anomaly scorer with a calibrated score: the detectors of
 :mod:`metaheal.streams.detectors` combined.
 
-``score = max(likelihood, novelty)`` where
+``score = max(likelihood, context, novelty)`` where
 
 - *likelihood* is the :class:`~metaheal.streams.detectors.AnomalyLikelihood` of the surprises of a
   :class:`~metaheal.streams.detectors.ForecastResidual` (a surprise: a residual with tail
   probability <= 1 %): is the recent rate of surprises unusual for this series? Numenta's tail
   probability, mapped to how often calibrated noise gets that far; a burst is reported once (its
   first red sample; later ones at most 0.987);
+- *context* is the same likelihood over the surprises of a
+  :class:`~metaheal.streams.detectors.TransitionNovelty` (the series moved in a way it never has:
+  a well-known previous state followed by a state it never led to), counted only in its red zone
+  (tail <= 1e-5) so that one novel move is no alarm and below the red zone the score is the
+  residual likelihood's alone;
 - *novelty* is 1.0 when the value leaves the range the series has shown by more than 5 % of its
   width (:class:`~metaheal.streams.detectors.RangeNovelty`), after its first 300 samples.
 
