@@ -89,25 +89,30 @@ class TransitionNovelty(SeriesDetector):
         level = self._level
         n = self._n + 1
         self._n = n
+        levels = self.levels
         if level is None:
             self._level = x
-            self._prev = self.levels
+            self._prev = levels
             self.symbol = 0
             return False
         scale = self._scale
         e = x - level
-        levels = self.levels
         if scale > 0.0:
-            s = round(e / (self.width * scale))
-            s = -levels if s < -levels else (levels if s > levels else s)
+            q = e / (self.width * scale)
+            s = int(q + 0.5) if q >= 0.0 else -int(0.5 - q)  # rounded half away from zero
+            if s > levels:
+                s = levels
+            elif s < -levels:
+                s = -levels
             lim = 4.0 * scale
-            step = lim if e > lim else (-lim if e < -lim else e)
+            self._level = level + self._alpha * (lim if e > lim else (-lim if e < -lim else e))
         else:
             s = 0
-            step = e
-        self._level = level + self._alpha * step
-        ae = e if e >= 0 else -e
-        sa = self._scale_alpha if n * self._scale_alpha >= 1.0 else 1.0 / n
+            self._level = level + self._alpha * e
+        ae = e if e >= 0.0 else -e
+        sa = self._scale_alpha
+        if n * sa < 1.0:
+            sa = 1.0 / n
         if n > 10 and ae > 5.0 * scale:
             ae = 5.0 * scale
         self._scale = scale + sa * (ae - scale)
@@ -115,12 +120,14 @@ class TransitionNovelty(SeriesDetector):
         s += levels
         prev = self._prev
         self._prev = s
-        at = prev * (2 * levels + 1) + s
-        seen = self._counts[at]
-        novel = seen == 0 and n > self.after and self._totals[prev] >= self.known
-        self._counts[at] = seen + 1
-        self._totals[prev] += 1
-        return novel
+        at = prev * (levels + levels + 1) + s
+        counts = self._counts
+        seen = counts[at]
+        counts[at] = seen + 1
+        totals = self._totals
+        known = totals[prev]
+        totals[prev] = known + 1
+        return seen == 0 and known >= self.known and n > self.after
 
     # -- checkpoints ----------------------------------------------------------------------------
 
