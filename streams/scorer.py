@@ -1,13 +1,18 @@
 """Per-series online anomaly scorer with a calibrated score: the detectors of
 :mod:`metaheal.streams.detectors` combined.
 
-``score = max(likelihood, novelty)`` where
+``score = max(likelihood, context, novelty)`` where
 
 - *likelihood* is the :class:`~metaheal.streams.detectors.AnomalyLikelihood` of the surprises of a
   :class:`~metaheal.streams.detectors.ForecastResidual` (a surprise: a residual with tail
   probability <= 1 %): is the recent rate of surprises unusual for this series? Numenta's tail
   probability, mapped to how often calibrated noise gets that far; a burst is reported once (its
   first red sample; later ones at most 0.987);
+- *context* is the same likelihood over the surprises of a
+  :class:`~metaheal.streams.detectors.TransitionNovelty` (the series moved in a way it never has:
+  a well-known previous state followed by a state it never led to), counted only in its red zone
+  (tail <= 1e-5) so that one novel move is no alarm and below the red zone the score is the
+  residual likelihood's alone;
 - *novelty* is 1.0 when the value leaves the range the series has shown by more than 5 % of its
   width (:class:`~metaheal.streams.detectors.RangeNovelty`), after its first 300 samples.
 
@@ -32,13 +37,19 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from metaheal.streams.detectors import AnomalyLikelihood, ForecastResidual, RangeNovelty, StateError
+from metaheal.streams.detectors import (
+    AnomalyLikelihood,
+    ForecastResidual,
+    RangeNovelty,
+    StateError,
+    TransitionNovelty,
+)
 from metaheal.streams.detectors.likelihood import null_tail
 
 __all__ = ["RED_ZONE", "STATE_VERSION", "AnomalyScorer", "Score"]
 
 MODEL_NAME = "metaheal-likelihood/2"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: + transition novelty and its likelihood
 #: the score of Numenta's red zone (likelihood tail 1e-5), about 0.9988: where one threshold over
 #: the NAB development split does best, and a sensible ``streams.anomaly_threshold``
 RED_ZONE = 1.0 - null_tail(1e-5)
@@ -84,6 +95,8 @@ class AnomalyScorer:
         self.residual = ForecastResidual(warmup=warmup, **residual)
         self.likelihood = AnomalyLikelihood(self.residual, learning=warmup)
         self.novelty = RangeNovelty()
+        self.transitions = TransitionNovelty()
+        self.context = AnomalyLikelihood(None, learning=warmup, calibrated=False)
 
     def score_then_learn(self, ts: float, value: float) -> Score:
         """Score ``value`` observed at ``ts`` (epoch seconds) against the past, then learn it."""
@@ -92,6 +105,12 @@ class AnomalyScorer:
         raw, baseline, conf = residual.update(ts, value)  # validates before any state changes
         residual.baseline, residual.confidence = baseline, conf
         score = likelihood.likelihood(raw >= likelihood.surprise)
+        context = self.context
+        context.likelihood(self.transitions.update(float(value)))
+        if context.tail <= context.red:  # only its red zone (see the module doc), mapped as the other
+            c = 1.0 - null_tail(context.tail)
+            if c > score:
+                score = c
         if self.novelty.score_learn_one({"value": float(value)}):
             score = 1.0
         if likelihood._n < likelihood.learning:
@@ -110,6 +129,8 @@ class AnomalyScorer:
             "seed": self.seed,
             "likelihood": self.likelihood.state_dict(),
             "novelty": self.novelty.state_dict(),
+            "transitions": self.transitions.state_dict(),
+            "context": self.context.state_dict(),
         }
 
     @classmethod
@@ -133,4 +154,8 @@ class AnomalyScorer:
             raise StateError(f"the likelihood wraps {type(residual).__name__}, not a ForecastResidual")
         scorer.residual = residual
         scorer.novelty = RangeNovelty.from_state(data["novelty"])
+        scorer.transitions = TransitionNovelty.from_state(data["transitions"])
+        scorer.context = AnomalyLikelihood.from_state(data["context"])
+        if scorer.context.detector is not None:
+            raise StateError("the transition likelihood wraps a detector, expected none")
         return scorer

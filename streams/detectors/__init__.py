@@ -3,6 +3,7 @@
 - :class:`ForecastResidual`: calibrated residual of the best of several online forecasters;
 - :class:`AnomalyLikelihood`: Numenta's anomaly likelihood over a detector's surprises;
 - :class:`RangeNovelty`: a value beyond the range the series has ever shown;
+- :class:`TransitionNovelty`: the series moved in a way it never has (a contextual detector);
 - :class:`WindowDensity`: the last few values together are in a rarely visited region (Half-Space Trees).
 
 :class:`metaheal.streams.scorer.AnomalyScorer` combines them.
@@ -16,6 +17,7 @@ from metaheal.streams.detectors.density import WindowDensity
 from metaheal.streams.detectors.likelihood import AnomalyLikelihood
 from metaheal.streams.detectors.novelty import RangeNovelty
 from metaheal.streams.detectors.residual import ForecastResidual, TailCalibrator
+from metaheal.streams.detectors.transitions import TransitionNovelty
 
 __all__ = [
     "AnomalyLikelihood",
@@ -24,12 +26,13 @@ __all__ = [
     "SeriesDetector",
     "StateError",
     "TailCalibrator",
+    "TransitionNovelty",
     "WindowDensity",
     "detector_from_state",
 ]
 
 DETECTORS: dict[str, type[SeriesDetector]] = {
-    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty, WindowDensity)
+    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty, TransitionNovelty, WindowDensity)
 }
 
 

@@ -72,7 +72,7 @@ def test_checkpoint_is_json_and_continues_identically() -> None:
     a = AnomalyScorer(seed=0)
     run(values[:2000], scorer=a)
     blob = json.dumps(a.state_dict())
-    assert json.loads(blob)["version"] == 2 and len(blob) < 150_000  # bounded: calibration windows as float32
+    assert json.loads(blob)["version"] == 3 and len(blob) < 150_000  # bounded: calibration windows as float32
     b = AnomalyScorer.from_state(json.loads(blob))
     for i, v in enumerate(values[2000:], start=2000):
         x, y = a.score_then_learn(1.7e9 + 60.0 * i, v), b.score_then_learn(1.7e9 + 60.0 * i, v)
