@@ -143,9 +143,10 @@ class AnomalyScorer:
         >>> a.score_then_learn(400.0, 3.0) == b.score_then_learn(400.0, 3.0)
         True
         """
-        if not isinstance(data, dict) or data.get("model") != MODEL_NAME or data.get("version") != STATE_VERSION:
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or data.get("model") != MODEL_NAME or version not in (2, STATE_VERSION):
             got = (data.get("model"), data.get("version")) if isinstance(data, dict) else type(data).__name__
-            raise StateError(f"not a {MODEL_NAME} state version {STATE_VERSION}: {got}")
+            raise StateError(f"not a {MODEL_NAME} state version 2 or {STATE_VERSION}: {got}")
         scorer = cls.__new__(cls)
         scorer.seed = int(data["seed"])
         scorer.likelihood = AnomalyLikelihood.from_state(data["likelihood"])
@@ -154,6 +155,10 @@ class AnomalyScorer:
             raise StateError(f"the likelihood wraps {type(residual).__name__}, not a ForecastResidual")
         scorer.residual = residual
         scorer.novelty = RangeNovelty.from_state(data["novelty"])
+        if version == 2:  # the previous release's: the transition detector starts learning
+            scorer.transitions = TransitionNovelty()
+            scorer.context = AnomalyLikelihood(None, learning=residual.warmup, calibrated=False)
+            return scorer
         scorer.transitions = TransitionNovelty.from_state(data["transitions"])
         scorer.context = AnomalyLikelihood.from_state(data["context"])
         if scorer.context.detector is not None:
