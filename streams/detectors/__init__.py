@@ -4,7 +4,6 @@
 - :class:`AnomalyLikelihood`: Numenta's anomaly likelihood over a detector's surprises;
 - :class:`RangeNovelty`: a value beyond the range the series has ever shown;
 - :class:`TransitionNovelty`: the series moved in a way it never has (a contextual detector);
-- :class:`WindowDensity`: the last few values together are in a rarely visited region (Half-Space Trees).
 
 :class:`metaheal.streams.scorer.AnomalyScorer` combines them.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 from metaheal.errors import StateError
 from metaheal.streams.detectors.base import SeriesDetector
-from metaheal.streams.detectors.density import WindowDensity
 from metaheal.streams.detectors.likelihood import AnomalyLikelihood
 from metaheal.streams.detectors.novelty import RangeNovelty
 from metaheal.streams.detectors.residual import ForecastResidual, TailCalibrator
@@ -27,12 +25,11 @@ __all__ = [
     "StateError",
     "TailCalibrator",
     "TransitionNovelty",
-    "WindowDensity",
     "detector_from_state",
 ]
 
 DETECTORS: dict[str, type[SeriesDetector]] = {
-    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty, TransitionNovelty, WindowDensity)
+    cls.__name__: cls for cls in (AnomalyLikelihood, ForecastResidual, RangeNovelty, TransitionNovelty)
 }
 
 
