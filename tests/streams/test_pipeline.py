@@ -275,3 +275,48 @@ def test_metric_series_records_give_the_same_windows_and_scores_as_batches():
         outputs.append(([h.model_dump() for h in sink.health_windows], [a.model_dump() for a in sink.anomaly_events]))
     assert outputs[0] == outputs[1]
     assert len(outputs[0][0]) == 5 and any(a["kind"] == "sample" and a["crossed"] for a in outputs[0][1])
+
+
+def test_window_statistics_are_numpys_bit_for_bit() -> None:
+    """Small windows are summarised in Python: the floats must be numpy's mean/percentile/max exactly."""
+    from array import array
+
+    from metaheal.streams.windows import SMALL, _stats
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        n = rng.randint(1, SMALL + 40)
+        scale = 10 ** rng.uniform(-3, 6)
+        values = array(
+            "d", (rng.gauss(100, 30) * scale if rng.random() < 0.9 else rng.choice([0.0, 1.0]) for _ in range(n))
+        )
+        a = np.frombuffer(values, dtype=np.float64)
+        assert _stats(values) == (float(a.mean()), *(float(x) for x in np.percentile(a, [50, 95])), float(a.max()))
+
+
+def test_metadata_record_written_directly_is_the_avro_encoding() -> None:
+    """``encode_meta`` assembles the Avro bytes itself: they must be what the schema's encoder writes."""
+    from metaheal.streams.windows import _META, Point, ServiceState, encode_meta, meta_dict
+
+    rng = random.Random(3)
+    for t in range(200):
+        st = ServiceState(f"svc{t}")
+        for w in range(rng.randint(0, 4)):
+            for i in range(rng.randint(1, 6)):
+                for m in range(rng.randint(1, 25)):
+                    signal = rng.choice([None, "latency", "errors"])
+                    dep = rng.choice([None, "db", "dépendance"])
+                    st.add(
+                        Point(f"svc{t}/m{m}", f"m{m}", signal, dep, rng.gauss(0, 1e3), w * 5 + i * rng.random()), 5.0
+                    )
+            if rng.random() < 0.5:
+                st.close_ready(5.0, 1.0)
+        for p in range(rng.randint(0, 3)):
+            st.mark_applied(p, rng.randint(0, 10**12))
+        for bucket in st.open.values():
+            for sw in bucket.values():
+                sw.flushed, sw.max_score, sw.crossed = len(sw.values), rng.random(), rng.randint(0, 300)
+                sw.confidence = rng.random()
+        blob = encode_meta(st)
+        assert blob == _META.encode(meta_dict(st))
+        assert _META.decode(blob) == meta_dict(st)
