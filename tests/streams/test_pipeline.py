@@ -320,3 +320,7 @@ def test_metadata_record_written_directly_is_the_avro_encoding() -> None:
         blob = encode_meta(st)
         assert blob == _META.encode(meta_dict(st))
         assert _META.decode(blob) == meta_dict(st)
+        # a later window closes: the baselines (kept encoded between flushes) change with it
+        st.add(Point(f"svc{t}/m0", "m0", None, None, 1.0, st.max_ts + 20.0 if st.open else 30.0), 5.0)
+        st.close_ready(5.0, 1.0)
+        assert encode_meta(st) == _META.encode(meta_dict(st))
