@@ -61,6 +61,7 @@ from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import MAGIC, AvroSerializer
 from metaheal.observability import CONSUMER_LAG, DEADLETTERS, STREAMS_HEARTBEAT, TELEMETRY_SAMPLES
 from metaheal.streams.changelog import ChangelogStore, ChangelogWriter, windows_changelog
+from metaheal.streams.encoders import HealthWriter
 from metaheal.streams.intake import Record
 from metaheal.streams.otlp_bridge import OtlpBridge
 from metaheal.streams.pipeline import Pipeline
@@ -95,7 +96,7 @@ class KafkaSink:
         self._producer = Producer(settings.kafka, **overrides).raw
         self._errors: list[Any] = []
         self._topics = {k: settings.topics.name(k) for k in ("health", "health-early", "anomalies", "deadletter")}
-        self._health = AvroSerializer(HealthWindow)
+        self._health = HealthWriter()
         self._anomaly = AvroSerializer(AnomalyScore)
         self._dead = AvroSerializer(DeadLetter)
         self._pending: list[dict[str, Any]] = []  # anomaly events of the current input record
