@@ -347,6 +347,7 @@ META_SCHEMA: dict[str, Any] = {
 _CHUNK = RecordCodec(CHUNK_SCHEMA, max_bytes=1 << 30)
 _META = RecordCodec(META_SCHEMA, max_bytes=1 << 30)
 _META_HEADER = MAGIC + _META.fingerprint
+_CHUNK_HEADER = MAGIC + _CHUNK.fingerprint
 _SERIES_FLOATS = ("max_score", "last_value", "last_ts", "baseline", "confidence")
 _SWAP = sys.byteorder != "little"  # values are stored little-endian whatever the host
 
@@ -396,7 +397,7 @@ def state_writes(st: ServiceState) -> list[tuple[bytes, bytes | None]]:
                 sw.flushed = n
         if new:
             k = st.chunks.get(start, 0)
-            writes.append((chunk_key(st.service, start, k), _CHUNK.encode({"version": STATE_VERSION, "series": new})))
+            writes.append((chunk_key(st.service, start, k), encode_chunk(new)))
             st.chunks[start] = k + 1
     writes.append((st.service.encode(), encode_meta(st)))
     for start, n in st.gone:
@@ -494,6 +495,16 @@ def _series_prefix(series: str, sw: SeriesWindow) -> bytes:
             _string(series) + _string(sw.metric) + _optional(sw.signal) + _optional(sw.dependency)
         )
     return out
+
+
+def encode_chunk(new: dict[str, bytes]) -> bytes:
+    """``_CHUNK.encode({"version": STATE_VERSION, "series": new})``, byte for byte."""
+    parts = [_CHUNK_HEADER, _VERSION]
+    if new:
+        parts.append(_long(len(new)))
+        parts.extend(_cached_string(series) + _long(len(raw)) + raw for series, raw in new.items())
+    parts.append(b"\x00")
+    return b"".join(parts)
 
 
 def encode_meta(st: ServiceState) -> bytes:

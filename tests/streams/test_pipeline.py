@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metaheal.config import StreamSettings
-from metaheal.events import MetricBatch
+from metaheal.events import AnomalyScore, MetricBatch
 from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import ListSink, Pipeline
@@ -228,6 +228,22 @@ def test_sample_events_equal_validated_models() -> None:
     assert (ev.crossed, ev.kind, ev.model_fields_set) == (True, "sample", set(AnomalyScore.model_fields))
 
 
+@pytest.mark.parametrize("dependency", [None, "db"])
+def test_summary_events_equal_validated_ones(dependency: str | None) -> None:
+    from metaheal.kafka.serializers import AvroSerializer
+    from metaheal.streams.pipeline import fast_summary
+    from metaheal.streams.scoring import summary_event
+    from metaheal.streams.windows import SeriesWindow
+
+    sw = SeriesWindow("latency_ms", "latency", dependency, max_score=0.995, last_value=250.0, last_ts=12.5)
+    sw.baseline, sw.confidence = 100.0, 0.5
+    kw = {"threshold": 0.99, "model": "m/1", "window_start": 10.0, "window_end": 20.0}
+    fast, validated = fast_summary("api", sw, **kw), summary_event("api", sw, **kw)
+    assert fast == validated and fast.model_fields_set == set(AnomalyScore.model_fields)
+    ser = AvroSerializer(AnomalyScore)
+    assert ser(fast) == ser(validated)
+
+
 def test_idle_service_windows_close_on_wall_time_and_later_samples_are_late() -> None:
     now = [0.0]
     sink = ListSink()
@@ -296,7 +312,16 @@ def test_window_statistics_are_numpys_bit_for_bit() -> None:
 
 def test_metadata_record_written_directly_is_the_avro_encoding() -> None:
     """``encode_meta`` assembles the Avro bytes itself: they must be what the schema's encoder writes."""
-    from metaheal.streams.windows import _META, Point, ServiceState, encode_meta, meta_dict
+    from metaheal.streams.windows import (
+        _CHUNK,
+        _META,
+        STATE_VERSION,
+        Point,
+        ServiceState,
+        encode_chunk,
+        encode_meta,
+        meta_dict,
+    )
 
     rng = random.Random(3)
     for t in range(200):
@@ -317,6 +342,8 @@ def test_metadata_record_written_directly_is_the_avro_encoding() -> None:
             for sw in bucket.values():
                 sw.flushed, sw.max_score, sw.crossed = len(sw.values), rng.random(), rng.randint(0, 300)
                 sw.confidence = rng.random()
+        new = {series: sw.values.tobytes() for bucket in st.open.values() for series, sw in bucket.items()}
+        assert encode_chunk(new) == _CHUNK.encode({"version": STATE_VERSION, "series": new})
         blob = encode_meta(st)
         assert blob == _META.encode(meta_dict(st))
         assert _META.decode(blob) == meta_dict(st)
