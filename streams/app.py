@@ -9,9 +9,10 @@ Design choices, each measured on the tansu broker used here:
 * outputs (health, anomalies, dead letters) go through one librdkafka producer
   (``produce`` is non-blocking and batches), not faust's per-event ``send``, which
   tops out at a few thousand messages/s;
-* state lives in two faust tables with raw bytes values: ``windows`` (per service,
-  changelog ``<app id>-windows-changelog``) and ``scorers`` (per series, changelog =
-  the compacted ``<prefix>scorer-state`` topic). Tables are co-partitioned with
+* state lives in two changelog-backed stores (:mod:`~metaheal.streams.changelog`), not faust
+  tables: ``windows`` (per service, changelog ``<app id>-windows-changelog``) and ``scorers``
+  (per series, changelog = the compacted ``<prefix>scorer-state`` topic), written through one
+  librdkafka producer and loaded by :class:`PartitionSync`. They are co-partitioned with
   telemetry, so each changelog needs telemetry's partition count;
 * group joins are made fast with the session timeout from ``settings.kafka``
   (tansu completes a join in about half of it), no standby replicas and no
@@ -20,8 +21,8 @@ Design choices, each measured on the tansu broker used here:
 faust-streaming 0.15.3 flushes its producer buffer before committing offsets, but
 ``ProducerBuffer.flush`` gives up after 0.1 s without a send; under load a commit can
 then overtake changelog writes, and a crash at that moment loses window state (seen as
-a window short by one record in the SIGKILL test). :func:`_flush_fully` makes this
-app's buffer drain completely before every commit.
+a window short by one record in the SIGKILL test). :func:`_flush_fully` makes every
+changelog record acknowledged, and this app's buffer drained, before every commit.
 
 Even so, the SIGKILL test showed lost or double-applied records after a restart;
 :class:`PartitionSync` (see there) makes the changelogs decide what has been counted.
@@ -49,20 +50,21 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from faust.tables.manager import TableManager
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from metaheal.config import KafkaSettings, Settings
+from metaheal.errors import MetahealError
 from metaheal.events import AnomalyScore, DeadLetter, HealthWindow
 from metaheal.kafka import Consumer, Producer, aiokafka_security
 from metaheal.kafka.producer import drain
 from metaheal.kafka.serializers import MAGIC, AvroSerializer
 from metaheal.observability import CONSUMER_LAG, DEADLETTERS, STREAMS_HEARTBEAT, TELEMETRY_SAMPLES
+from metaheal.streams.changelog import ChangelogStore, ChangelogWriter, windows_changelog
+from metaheal.streams.encoders import HealthWriter
 from metaheal.streams.intake import Record
 from metaheal.streams.otlp_bridge import OtlpBridge
 from metaheal.streams.pipeline import Pipeline
-from metaheal.streams.scoring import TableStore
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class KafkaSink:
         self._producer = Producer(settings.kafka, **overrides).raw
         self._errors: list[Any] = []
         self._topics = {k: settings.topics.name(k) for k in ("health", "health-early", "anomalies", "deadletter")}
-        self._health = AvroSerializer(HealthWindow)
+        self._health = HealthWriter()
         self._anomaly = AvroSerializer(AnomalyScore)
         self._dead = AvroSerializer(DeadLetter)
         self._pending: list[dict[str, Any]] = []  # anomaly events of the current input record
@@ -223,40 +225,17 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         producer_linger_ms=5,
         **web,
     )
-    windows = app.Table(
-        "windows",
-        default=None,
-        partitions=partitions,
-        changelog_topic=app.topic(
-            f"{app_id(settings)}-windows-changelog",
-            partitions=partitions,
-            compacting=True,
-            key_serializer="raw",
-            value_serializer="raw",
-        ),
-        **_no_types(),
-    )
-    scorers = app.Table(
-        "scorers",
-        default=None,
-        partitions=partitions,
-        changelog_topic=app.topic(
-            settings.topics.name("scorer-state"),
-            partitions=partitions,
-            compacting=True,
-            key_serializer="raw",
-            value_serializer="raw",
-        ),
-        **_no_types(),
-    )
+    changelog = ChangelogWriter(kafka)
+    windows = ChangelogStore(windows_changelog(app_id(settings)), changelog)
+    scorers = ChangelogStore(settings.topics.name("scorer-state"), changelog)
     pipeline = Pipeline(
         cfg,
         sink if sink is not None else KafkaSink(settings),
-        TableStore(windows),
-        TableStore(scorers),
+        windows,
+        scorers,
         seed=cfg.seed,
         wall_clock=time.time,  # live telemetry: event time is bounded around now (replays use no wall clock)
-        state_topic=windows.changelog_topic.get_topic_name(),
+        state_topic=windows.topic,
     )
     telemetry = app.topic(
         settings.topics.name("telemetry"), partitions=partitions, key_serializer="raw", value_serializer="raw"
@@ -267,7 +246,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         telemetry.get_topic_name(),
         [windows, scorers],
         lambda: app.consumer.assignment(),
-        ready=lambda: cast(TableManager, app.tables).recovery.completed.is_set() and not app.in_recovery,
+        ready=lambda: not app.in_recovery,
     )
 
     @app.agent(telemetry, name="metaheal.streams.telemetry")
@@ -338,12 +317,19 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         if send is not None:
             send()
         pipeline.flush_state()
+        changelog.poll()
 
     async def on_revoked(_sender: Any, revoked: set[TP], **_kw: Any) -> None:
         gone = {tp.partition for tp in revoked if tp.topic == telemetry.get_topic_name()}
         pipeline.flush_state()
         pipeline.forget(gone)
         sync.revoked(gone)
+        try:
+            await asyncio.to_thread(changelog.flush)
+        except MetahealError as exc:  # the new owner resumes from the last progress marker that was written
+            logger.error("changelog not fully written before the partitions were handed over: %s", exc)
+        for store in (windows, scorers):
+            store.drop(gone)
         flush = getattr(pipeline.sink, "flush", None)
         if flush is not None:
             flush()
@@ -352,7 +338,7 @@ def create_app(settings: Settings, *, datadir: Path | None = None, sink: Any = N
         mine = sorted(tp.partition for tp in assigned if tp.topic == telemetry.get_topic_name())
         logger.info("partitions assigned app=%s telemetry=%s", app.conf.id, ",".join(map(str, mine)) or "-")
 
-    _flush_fully(app)
+    _flush_fully(app, changelog)
     _short_fetch_wait(app, cfg.fetch_max_wait_ms)
     # faust calls a receiver as (sender, partitions, signal=...); its types allow only (sender, *args, signal=...)
     app.on_partitions_revoked.connect(on_revoked, weak=False)  # type: ignore[arg-type]
@@ -391,12 +377,17 @@ def loop_time() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _flush_fully(app: faust.App, timeout: float = 30.0) -> None:
-    """Make the producer buffer's ``flush`` (called before each offset commit) drain it all."""
+def _flush_fully(app: faust.App, changelog: ChangelogWriter, timeout: float = 30.0) -> None:
+    """Make the producer buffer's ``flush`` (called before each offset commit) drain it all, after
+    every changelog record the worker wrote (:class:`ChangelogWriter`) was acknowledged."""
     buffer = cast(ProducerBuffer, app.producer.buffer)
     flush_atmost = buffer.flush_atmost
 
     async def flush() -> None:
+        try:
+            await asyncio.to_thread(changelog.flush, timeout)
+        except MetahealError as exc:  # the progress markers that made it decide where a restart resumes
+            logger.error("changelog not fully written before the offset commit: %s", exc)
         deadline = asyncio.get_running_loop().time() + timeout
         while buffer.size:
             await flush_atmost(None)
@@ -425,9 +416,14 @@ def _short_fetch_wait(app: faust.App, wait_ms: int) -> None:
 _DIRECT_READ: dict[str, Any] = {"fetch.wait.max.ms": 20, "fetch.error.backoff.ms": 10}
 
 
-def _read_changelog(settings: Settings, topic: str, partitions: list[int]) -> dict[bytes | None, bytes | None]:
+def _read_changelog(
+    settings: Settings, topic: str, partitions: list[int]
+) -> list[tuple[int, bytes | None, bytes | None]]:
     with Consumer(settings.kafka, **_DIRECT_READ) as c:
-        return {m.key(): m.value() for m in c.read_to_end(topic, partitions=partitions, timeout=120, wait=0.05)}
+        return [
+            (m.partition(), m.key(), m.value())
+            for m in c.read_to_end(topic, partitions=partitions, timeout=120, wait=0.05)
+        ]
 
 
 def _read_gap(settings: Settings, topic: str, partition: int, start: int, end: int | None = None) -> list[Record]:
@@ -448,7 +444,7 @@ class PartitionSync:
     tansu can report short of the real end), its offset commit can overtake changelog
     writes, and after a restart it sometimes delivered a partition from a later offset
     than the committed one. So before the first record of a newly assigned partition the
-    changelogs are re-read to partition EOF (reliable) into the tables, and whenever a
+    changelogs are read to partition EOF (reliable) into the stores, and whenever a
     record arrives past the next expected offset (the state's progress marker + 1, then
     the last record + 1) the records in between are read directly and processed first.
     Stream records below the next expected offset (what a restarted worker re-reads after
@@ -480,12 +476,12 @@ class PartitionSync:
         settings: Settings,
         pipeline: Pipeline,
         topic: str,
-        tables: list[Any],
+        stores: list[Any],
         assignment: Any,
         ready: Any = None,
         clock: Any = None,
     ) -> None:
-        self.settings, self.pipeline, self.topic, self.tables = settings, pipeline, topic, tables
+        self.settings, self.pipeline, self.topic, self.stores = settings, pipeline, topic, stores
         self.assignment = assignment  # () -> the consumer's assigned TopicPartitions
         self.ready = ready or (lambda: True)  # () -> faust's own table recovery is over
         self.clock = clock or time.monotonic
@@ -514,16 +510,25 @@ class PartitionSync:
             self.recheck.pop(p, None)
             self.stalled.pop(p, None)
 
-    def _load(self, partitions: list[int]) -> dict[int, int | None]:
-        for table in self.tables:
-            name = table.changelog_topic.get_topic_name()
-            entries = _read_changelog(self.settings, name, partitions)
-            for key, value in entries.items():
-                if value is None:
-                    table.data.pop(key, None)
-                else:
-                    table.data[key] = value
-            logger.info("changelog loaded topic=%s partitions=%s keys=%d", name, partitions, len(entries))
+    def _read(self, partitions: list[int]) -> list[list[tuple[int, bytes | None, bytes | None]]]:
+        """Every changelog's records of ``partitions``, to partition EOF (blocking: run in a thread)."""
+        return [_read_changelog(self.settings, store.topic, partitions) for store in self.stores]
+
+    def _load(
+        self, partitions: list[int], logs: list[list[tuple[int, bytes | None, bytes | None]]]
+    ) -> dict[int, int | None]:
+        """Replace what the stores hold of ``partitions`` by the changelogs read (on the loop: the
+        stores are not touched from two threads)."""
+        for store, entries in zip(self.stores, logs, strict=True):
+            store.drop(set(partitions))
+            held = store.load(entries)
+            logger.info(
+                "changelog loaded topic=%s partitions=%s records=%d keys_held=%d",
+                store.topic,
+                partitions,
+                len(entries),
+                held,
+            )
         markers = self.pipeline.progress(partitions)
         return {p: (markers[p] + 1 if p in markers else None) for p in partitions}
 
@@ -535,7 +540,8 @@ class PartitionSync:
         parts = sorted(({p} if p is not None else set()) | self._assigned() - set(self.next_offset))
         if parts:
             self.pipeline.forget(set(parts))
-            self.next_offset.update(await asyncio.to_thread(self._load, parts))
+            logs = await asyncio.to_thread(self._read, parts)
+            self.next_offset.update(self._load(parts, logs))
 
     def _apply(self, p: int, records: list[Record]) -> int:
         """Process directly read records not processed yet (the caller holds the lock); returns how many."""
@@ -577,7 +583,7 @@ class PartitionSync:
     async def catch_up(self) -> int:
         """Read directly what the stream did not deliver; returns how many partitions it advanced."""
         if not self.ready():
-            return 0  # faust still restores tables: loading the changelogs now could be overwritten
+            return 0  # faust is still between assignment and its seek to the committed offsets
         async with self.lock:
             await self._ensure_loaded()
         now, advanced = self.clock(), 0
@@ -613,8 +619,3 @@ class PartitionSync:
                 pause = min(self.MAX_IDLE_RECHECK, max(1.0, pause * 2))
                 self.recheck[p] = (now + pause, pause)
         return advanced
-
-
-def _no_types() -> dict[str, Any]:
-    # key/value types None + raw changelog serializers: bytes in, bytes out, also on recovery
-    return {"key_type": None, "value_type": None}

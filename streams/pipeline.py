@@ -39,9 +39,9 @@ from metaheal.streams.scorer import Score
 from metaheal.streams.scoring import (
     ScorerRegistry,
     Store,
+    _construct_anomaly,
     as_store,
     sample_event,
-    summary_event,
 )
 from metaheal.streams.signals import UNIT_SCALE, SignalMap
 from metaheal.streams.windows import (
@@ -101,6 +101,35 @@ class PipelineStats:
     dead_letters: int = 0
     windows: int = 0
     anomaly_events: int = 0
+
+
+def fast_summary(
+    service: str, sw: SeriesWindow, *, threshold: float, model: str, window_start: float, window_end: float
+) -> AnomalyScore:
+    """:func:`~metaheal.streams.scoring.summary_event` without re-validating fields that are valid by
+    construction (scorer output in 0..1, validated settings): one per series per closed window, as
+    many as samples when a series sends one sample per window (tests/streams/test_pipeline.py
+    checks it against the validated event)."""
+    score = sw.max_score
+    return _construct_anomaly(
+        {
+            "service": service,
+            "metric": sw.metric,
+            "signal": sw.signal,
+            "kind": "summary",
+            "value": sw.last_value,
+            "baseline": sw.baseline,
+            "score": score,
+            "threshold": threshold,
+            "crossed": score >= threshold,
+            "confidence": sw.confidence,
+            "model": model,
+            "ts": sw.last_ts,
+            "window_start": window_start,
+            "window_end": window_end,
+            "labels": {"dependency": sw.dependency} if sw.dependency else {},
+        }
+    )
 
 
 def _close_segment(sw: SeriesWindow, max_score: float, crossed: int, value: float, ts: float, sc: Score) -> None:
@@ -296,21 +325,19 @@ class Pipeline:
         self, service: str, partition: int, closed: list[tuple[HealthWindow, list[tuple[str, SeriesWindow]]]]
     ) -> None:
         threshold = self.settings.anomaly_threshold
+        scorers = self.scorers
         for hw, series in closed:
             self.stats.windows += 1
             self.sink.health(hw)
+            start, end = hw.window_start, hw.window_end
             for series_id, sw in series:
+                scorer = scorers.live.get(series_id) or scorers.get(series_id, partition)
                 self._anomaly(
-                    summary_event(
-                        service,
-                        sw,
-                        threshold=threshold,
-                        model=self.scorers.get(series_id, partition).model_name,
-                        window_start=hw.window_start,
-                        window_end=hw.window_end,
+                    fast_summary(
+                        service, sw, threshold=threshold, model=scorer.model_name, window_start=start, window_end=end
                     )
                 )
-                self.scorers.checkpoint(series_id)
+                scorers.checkpoint(series_id)
 
     def close_idle(self) -> int:
         """Close every open window of services that sent nothing for window + allowed lateness.

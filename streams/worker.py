@@ -30,7 +30,8 @@ from metaheal.config import Settings, load_settings
 from metaheal.kafka import KafkaUnavailable
 from metaheal.observability import use_log_format
 from metaheal.procs import PARENT_ENV, watch_parent
-from metaheal.streams.app import create_app
+from metaheal.streams.app import app_id, create_app
+from metaheal.streams.changelog import ensure_changelogs
 from metaheal.streams.otlp_bridge import ensure_otlp_topics
 from metaheal.streams.pipeline import PipelineStats
 from metaheal.streams.signals import SignalMap
@@ -48,6 +49,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, datadir: Path |
     SignalMap(settings.streams.signal_map)  # a bad override is an error before any I/O
     await asyncio.to_thread(ensure_topics, settings)
     await asyncio.to_thread(ensure_otlp_topics, settings)
+    await asyncio.to_thread(ensure_changelogs, settings, app_id(settings))
     app, pipeline = create_app(settings, datadir=datadir)
     logger.info("streams worker starting app=%s bootstrap=%s", app.conf.id, settings.kafka.bootstrap)
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from metaheal.config import StreamSettings
-from metaheal.events import MetricBatch
+from metaheal.events import AnomalyScore, MetricBatch
 from metaheal.kafka.serializers import AvroDeserializer
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import ListSink, Pipeline
@@ -228,6 +228,22 @@ def test_sample_events_equal_validated_models() -> None:
     assert (ev.crossed, ev.kind, ev.model_fields_set) == (True, "sample", set(AnomalyScore.model_fields))
 
 
+@pytest.mark.parametrize("dependency", [None, "db"])
+def test_summary_events_equal_validated_ones(dependency: str | None) -> None:
+    from metaheal.kafka.serializers import AvroSerializer
+    from metaheal.streams.pipeline import fast_summary
+    from metaheal.streams.scoring import summary_event
+    from metaheal.streams.windows import SeriesWindow
+
+    sw = SeriesWindow("latency_ms", "latency", dependency, max_score=0.995, last_value=250.0, last_ts=12.5)
+    sw.baseline, sw.confidence = 100.0, 0.5
+    kw = {"threshold": 0.99, "model": "m/1", "window_start": 10.0, "window_end": 20.0}
+    fast, validated = fast_summary("api", sw, **kw), summary_event("api", sw, **kw)
+    assert fast == validated and fast.model_fields_set == set(AnomalyScore.model_fields)
+    ser = AvroSerializer(AnomalyScore)
+    assert ser(fast) == ser(validated)
+
+
 def test_idle_service_windows_close_on_wall_time_and_later_samples_are_late() -> None:
     now = [0.0]
     sink = ListSink()
@@ -275,3 +291,63 @@ def test_metric_series_records_give_the_same_windows_and_scores_as_batches():
         outputs.append(([h.model_dump() for h in sink.health_windows], [a.model_dump() for a in sink.anomaly_events]))
     assert outputs[0] == outputs[1]
     assert len(outputs[0][0]) == 5 and any(a["kind"] == "sample" and a["crossed"] for a in outputs[0][1])
+
+
+def test_window_statistics_are_numpys_bit_for_bit() -> None:
+    """Small windows are summarised in Python: the floats must be numpy's mean/percentile/max exactly."""
+    from array import array
+
+    from metaheal.streams.windows import SMALL, _stats
+
+    rng = random.Random(11)
+    for _ in range(3000):
+        n = rng.randint(1, SMALL + 40)
+        scale = 10 ** rng.uniform(-3, 6)
+        values = array(
+            "d", (rng.gauss(100, 30) * scale if rng.random() < 0.9 else rng.choice([0.0, 1.0]) for _ in range(n))
+        )
+        a = np.frombuffer(values, dtype=np.float64)
+        assert _stats(values) == (float(a.mean()), *(float(x) for x in np.percentile(a, [50, 95])), float(a.max()))
+
+
+def test_metadata_record_written_directly_is_the_avro_encoding() -> None:
+    """``encode_meta`` assembles the Avro bytes itself: they must be what the schema's encoder writes."""
+    from metaheal.streams.windows import (
+        _CHUNK,
+        _META,
+        STATE_VERSION,
+        Point,
+        ServiceState,
+        encode_chunk,
+        encode_meta,
+        meta_dict,
+    )
+
+    rng = random.Random(3)
+    for t in range(200):
+        st = ServiceState(f"svc{t}")
+        for w in range(rng.randint(0, 4)):
+            for i in range(rng.randint(1, 6)):
+                for m in range(rng.randint(1, 25)):
+                    signal = rng.choice([None, "latency", "errors"])
+                    dep = rng.choice([None, "db", "dépendance"])
+                    st.add(
+                        Point(f"svc{t}/m{m}", f"m{m}", signal, dep, rng.gauss(0, 1e3), w * 5 + i * rng.random()), 5.0
+                    )
+            if rng.random() < 0.5:
+                st.close_ready(5.0, 1.0)
+        for p in range(rng.randint(0, 3)):
+            st.mark_applied(p, rng.randint(0, 10**12))
+        for bucket in st.open.values():
+            for sw in bucket.values():
+                sw.flushed, sw.max_score, sw.crossed = len(sw.values), rng.random(), rng.randint(0, 300)
+                sw.confidence = rng.random()
+        new = {series: sw.values.tobytes() for bucket in st.open.values() for series, sw in bucket.items()}
+        assert encode_chunk(new) == _CHUNK.encode({"version": STATE_VERSION, "series": new})
+        blob = encode_meta(st)
+        assert blob == _META.encode(meta_dict(st))
+        assert _META.decode(blob) == meta_dict(st)
+        # a later window closes: the baselines (kept encoded between flushes) change with it
+        st.add(Point(f"svc{t}/m0", "m0", None, None, 1.0, st.max_ts + 20.0 if st.open else 30.0), 5.0)
+        st.close_ready(5.0, 1.0)
+        assert encode_meta(st) == _META.encode(meta_dict(st))
