@@ -43,8 +43,12 @@ _SIGNAL_FIELDS = [
 ]
 
 
-def _long(n: int) -> bytes:
-    """Avro ``long``: zigzag varint."""
+def avro_long(n: int) -> bytes:
+    """Avro ``int``/``long``: zigzag varint.
+
+    >>> avro_long(0), avro_long(-1), avro_long(64)
+    (b'\\x00', b'\\x01', b'\\x80\\x01')
+    """
     z = (n << 1) ^ (n >> 63)
     out = bytearray()
     while z > 0x7F:
@@ -56,7 +60,7 @@ def _long(n: int) -> bytes:
 
 def _string(text: str) -> bytes:
     raw = text.encode()
-    return _long(len(raw)) + raw
+    return avro_long(len(raw)) + raw
 
 
 def _opt_double(x: float | None) -> bytes:
@@ -96,13 +100,13 @@ class HealthWriter:
         if self._header is None or hw.__pydantic_extra__:
             return self._generic(hw)
         s = self._s
-        parts = [self._header, s(hw.service), _DD(hw.window_start, hw.window_end), _long(hw.sample_count)]
+        parts = [self._header, s(hw.service), _DD(hw.window_start, hw.window_end), avro_long(hw.sample_count)]
         if hw.signals:
-            parts.append(_long(len(hw.signals)))
+            parts.append(avro_long(len(hw.signals)))
             parts.extend(
                 s(x.signal)
                 + s(x.metric)
-                + _long(x.count)
+                + avro_long(x.count)
                 + _D4(x.mean, x.p50, x.p95, x.max)
                 + _opt_double(x.rate)
                 + _opt_double(x.baseline_mean)

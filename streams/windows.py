@@ -50,6 +50,7 @@ import numpy as np
 from metaheal.errors import DecodeError
 from metaheal.events import HealthWindow, SignalStats
 from metaheal.kafka.serializers import MAGIC, RecordCodec
+from metaheal.streams.encoders import avro_long as _long
 
 logger = logging.getLogger(__name__)
 
@@ -451,17 +452,6 @@ _D4 = struct.Struct("<dddd").pack
 _ENTRY = struct.Struct("<BdBdddd").pack  # count, max_score, crossed, last_value, last_ts, baseline, confidence
 _SERIES_PREFIX: dict[tuple[str, str, str | None, str | None], bytes] = {}
 _STRINGS: dict[str, bytes] = {}
-
-
-def _long(n: int) -> bytes:
-    """Avro ``int``/``long``: zigzag varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 _VERSION = _long(STATE_VERSION)
