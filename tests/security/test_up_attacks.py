@@ -21,17 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metaheal.agents.executor.state import PlanRecord
 from metaheal.agents.meta.leader import LEADER_KEY
 from metaheal.agents.meta.status import StatusClient
 from metaheal.config import Settings
 from metaheal.events import (
-    AgenticPlan,
     Directive,
     DirectiveAdvice,
     LedgerEntry,
-    PlanStep,
-    RiskAssessment,
     SignedOutcome,
 )
 from metaheal.kafka import Admin, TopicSpec
@@ -41,7 +37,7 @@ from metaheal.streams.app import app_id
 from tests.metaheal.test_up_simulate import CLI, SIM_ARGS, outcomes, stop, wait_for_text
 
 from .conftest import attack, dead_letters, read_all, wait_for
-from .test_signed_records import directive, forged_envelope, send, violations
+from .test_signed_records import directive, forged_envelope, send, shell_rollback_record, violations
 from .test_window_state import _Payload
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -49,19 +45,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
 
 def _forged_state(marker: Path) -> list[tuple[str, bytes]]:
     """Executor state claiming a plan mid-rollback whose rollback is ``/bin/sh -c 'touch marker'``."""
-    step = PlanStep(action="command", params_json=json.dumps({"argv": ["/bin/sh", "-c", f"touch {marker}"]}))
-    plan = AgenticPlan(
-        plan_id="plan-evil", directive_id="d-evil", cycle_id="c", ts=time.time(), service="ghost",
-        selected_playbook="restart_service", steps=[step], verifications=[], rollback_plan=[step],
-        trust_approval_required=False, estimated_duration=1.0,
-        risk_assessment=RiskAssessment(impact="low", blast_radius=1, risk_score=0.1), confidence=1.0,
-    )  # fmt: skip
-    d = directive(directive_id="d-evil", service="ghost")
-    rec = PlanRecord(
-        directive_id="d-evil", service="ghost", status="rolling_back", plan_id="plan-evil",
-        directive_json=d.model_dump_json(), plan_json=plan.model_dump_json(), steps_done=1, rollback_started=None,
-    )  # fmt: skip
-    return [("d-evil", rec.model_dump_json().encode())]
+    return [("d-evil", shell_rollback_record(marker).model_dump_json().encode())]
 
 
 @pytest.mark.timeout(240)

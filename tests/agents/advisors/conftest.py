@@ -50,20 +50,26 @@ def window(service: str, *signals: SignalStats) -> HealthWindow:
     return HealthWindow(service=service, window_start=80.0, window_end=90.0, sample_count=100, signals=list(signals))
 
 
-def diagnose(windows: list[HealthWindow], graph: dict[str, list[str]], target: str = "api") -> list[RootCauseCandidate]:
-    """One cycle's diagnosis of ``target``: the anomaly advisor, then the root-cause suggester."""
-    focus = CycleFocus(
-        cycle_id="c1",
-        ts=100.0,
-        focus_area="latency_drift",
+def cycle_focus(
+    services: list[str], *, area: str = "latency_drift", cycle_id: str = "c1", ts: float = 100.0
+) -> CycleFocus:
+    """The meta loop's focus on ``services`` for one cycle (maintained guardrails, a 60 s budget)."""
+    return CycleFocus(
+        cycle_id=cycle_id,
+        ts=ts,
+        focus_area=area,
         confidence=0.9,
         reasoning=[],
         guardrail_adjustment="maintain",
         guardrail_level="maintain",
         time_budget_seconds=60,
-        target_services=[target],
+        target_services=services,
     )
-    ctx = CycleContext(focus=focus, services=[target], health=windows)
+
+
+def diagnose(windows: list[HealthWindow], graph: dict[str, list[str]], target: str = "api") -> list[RootCauseCandidate]:
+    """One cycle's diagnosis of ``target``: the anomaly advisor, then the root-cause suggester."""
+    ctx = CycleContext(focus=cycle_focus([target]), services=[target], health=windows)
     AnomalyAdvisor().advise(ctx)
     RootCauseSuggester(graph=graph).advise(ctx)
     return ctx.candidates

@@ -2,21 +2,12 @@ from __future__ import annotations
 
 from metaheal.agents.advisors.anomaly import AnomalyAdvisor
 from metaheal.agents.advisors.base import CycleContext
-from metaheal.events import AnomalyScore, CycleFocus, HealthWindow, SignalStats
+from metaheal.events import AnomalyScore, HealthWindow, SignalStats
+from tests.agents.advisors.conftest import cycle_focus
 
 
 def _focus(services):
-    return CycleFocus(
-        cycle_id="c1",
-        ts=100.0,
-        focus_area="latency_drift",
-        confidence=0.9,
-        reasoning=[],
-        guardrail_adjustment="maintain",
-        guardrail_level="maintain",
-        time_budget_seconds=60,
-        target_services=services,
-    )
+    return cycle_focus(services)
 
 
 def _score(service, metric, score, value, baseline=100.0, signal="latency", crossed=None, confidence=1.0, **labels):

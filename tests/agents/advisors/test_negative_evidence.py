@@ -30,6 +30,7 @@ from metaheal.simulator.runner import Simulator
 from metaheal.streams.app import KafkaSink
 from metaheal.streams.intake import Record
 from metaheal.streams.pipeline import Pipeline
+from tests.agents.advisors.conftest import cycle_focus
 
 pytestmark = pytest.mark.broker
 
@@ -138,17 +139,7 @@ async def test_a_healthy_dependency_keeps_upstream_outage_from_the_top(cfg: Sett
         now = time.time()
         publish(cfg, "anomalies", _noise(now), "api_cluster")
         cycle = f"c-{uuid.uuid4().hex[:8]}"
-        cf = CycleFocus(
-            cycle_id=cycle,
-            ts=now,
-            focus_area="error_spike",
-            confidence=0.9,
-            reasoning=["test"],
-            guardrail_adjustment="maintain",
-            guardrail_level="maintain",
-            time_budget_seconds=60,
-            target_services=["api_cluster"],
-        )
+        cf = cycle_focus(["api_cluster"], area="error_spike", cycle_id=cycle, ts=now)
         publish(cfg, "cycles", cf, cycle)
         advice = await read_advice(cfg, cycle)
 

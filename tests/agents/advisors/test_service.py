@@ -26,6 +26,7 @@ from metaheal.kafka import Consumer, Producer
 from metaheal.kafka.serializers import AvroDeserializer, AvroSerializer
 from metaheal.ledger import ImmutableLog
 from metaheal.ledger.keys import init_system_keys
+from tests.agents.advisors.conftest import cycle_focus
 
 pytestmark = pytest.mark.broker
 
@@ -76,17 +77,7 @@ def publish(settings: Settings, short: str, event, key: str) -> None:
 
 
 def focus(cycle_id: str, services: list[str], area: str = "latency_drift") -> CycleFocus:
-    return CycleFocus(
-        cycle_id=cycle_id,
-        ts=time.time(),
-        focus_area=area,
-        confidence=0.9,
-        reasoning=["test"],
-        guardrail_adjustment="maintain",
-        guardrail_level="maintain",
-        time_budget_seconds=60,
-        target_services=services,
-    )
+    return cycle_focus(services, area=area, cycle_id=cycle_id, ts=time.time())
 
 
 def anomaly(service: str, metric: str, signal: str | None, value: float, baseline: float, **labels: str):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from metaheal.agents.advisors.service import AdvisorService
 from metaheal.config import Settings
-from metaheal.events import CycleFocus, HealthWindow, SignalStats, SignedOutcome
+from metaheal.events import HealthWindow, SignalStats, SignedOutcome
+from tests.agents.advisors.conftest import cycle_focus
 
 NOW = 1_736_951_400.0
 
@@ -63,17 +64,7 @@ def test_evidence_from_before_a_fix_on_a_related_service_is_left_out() -> None:
                 ts=NOW - 10,
             )
         )
-        focus = CycleFocus(
-            cycle_id="c1",
-            ts=NOW,
-            focus_area="error_spike",
-            confidence=0.9,
-            reasoning=[],
-            guardrail_adjustment="maintain",
-            guardrail_level="maintain",
-            time_budget_seconds=60,
-            target_services=["api", "billing"],
-        )
+        focus = cycle_focus(["api", "billing"], area="error_spike", ts=NOW)
         ctx = svc.context(focus)
         assert sorted((w.service, w.window_end) for w in ctx.health) == [
             ("api", NOW - 2),
@@ -111,17 +102,7 @@ def test_a_persisting_fault_stays_a_symptom_while_the_streams_baseline_learns_it
                     ],
                 )
             )
-        focus = CycleFocus(
-            cycle_id="c1",
-            ts=NOW,
-            focus_area="latency_drift",
-            confidence=0.9,
-            reasoning=[],
-            guardrail_adjustment="maintain",
-            guardrail_level="maintain",
-            time_budget_seconds=60,
-            target_services=["api"],
-        )
+        focus = cycle_focus(["api"], area="latency_drift", ts=NOW)
         ctx = svc.context(focus)
         AnomalyAdvisor().advise(ctx)
         # the streams baseline (235) has all but learnt the fault; judged against healthy (100) it is x2.4
